@@ -1,0 +1,56 @@
+"""Composition root of the AnalyticsService process.
+
+Its RPCs answer UNIMPLEMENTED until analytics lands; the process already runs, migrates the database
+and reports health, so the mesh has its final shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NoReturn
+
+import grpc.aio
+from clipmind.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
+
+from services.common.config import AnalyticsSettings
+from services.common.db import create_pool
+from services.common.errors import Unimplemented
+from services.common.grpc_server import configure_logging, run_server
+
+
+def _not_yet(method: str) -> NoReturn:
+    raise Unimplemented(f"AnalyticsService.{method} is not implemented yet", reason="NOT_IMPLEMENTED")
+
+
+class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
+    async def RecordInteraction(self, request: Any, context: Any) -> Any:
+        _not_yet("RecordInteraction")
+
+    async def GetSearchStats(self, request: Any, context: Any) -> Any:
+        _not_yet("GetSearchStats")
+
+    async def ListPopularQueries(self, request: Any, context: Any) -> Any:
+        _not_yet("ListPopularQueries")
+
+    async def ListPopularClips(self, request: Any, context: Any) -> Any:
+        _not_yet("ListPopularClips")
+
+    async def GetUsage(self, request: Any, context: Any) -> Any:
+        _not_yet("GetUsage")
+
+
+async def serve(settings: AnalyticsSettings) -> None:
+    pool = await create_pool(settings.database_url, max_size=2)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(), server)
+        return [analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name]
+
+    await run_server(name="analytics", host=settings.grpc_host, port=settings.grpc_port, register=register,
+                     on_stop=[pool.close])
+
+
+def main() -> None:
+    settings = AnalyticsSettings()
+    configure_logging(settings.log_level)
+    asyncio.run(serve(settings))

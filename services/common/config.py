@@ -1,0 +1,78 @@
+"""Settings, one pydantic-settings class per process, all read from ``CLIPMIND_*`` variables.
+
+Each composition root (``server.py``, the arq worker's ``on_startup``) creates its settings once and
+passes them down; nothing reads the environment anywhere else. ``clipmind up`` starts each process with
+these variables set, so pointing a part at an existing server is only a matter of a URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every process of the mesh needs: where the shared servers are."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIPMIND_", extra="ignore")
+
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/clipmind",
+        description="PostgreSQL DSN (asyncpg); the database needs the pgvector extension available.",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for arq queues and pub/sub.")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton Inference Server gRPC endpoint host:port.")
+    blob_dir: Path = Field(Path(".clipmind/blobs"), description="Local blob store root directory.")
+    media_base_url: str = Field(
+        "http://127.0.0.1:8080/media",
+        description="Public base URL under which blobs (thumbnails, videos) are served, normally via Envoy.",
+    )
+    inference_timeout_s: float = Field(30.0, description="Deadline of one inference call.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+
+class ServerSettings(CommonSettings):
+    """A gRPC service process."""
+
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(50051, description="Port of the gRPC server.")
+
+
+class IngestSettings(ServerSettings):
+    """IngestService (+ IdentityService and the media HTTP server, hosted in the same process)."""
+
+    media_port: int = Field(8081, description="Port of the HTTP server that serves blobs under /media.")
+    max_upload_bytes: int = Field(4 * 1024**3, description="Largest accepted upload.")
+    upload_chunk_bytes: int = Field(4 * 1024**2, description="Largest accepted chunk of a resumable upload.")
+
+
+class PipelineSettings(ServerSettings):
+    """PipelineService (jobs, progress streams)."""
+
+    grpc_port: int = 50052
+
+
+class SearchSettings(ServerSettings):
+    """SearchService."""
+
+    grpc_port: int = 50053
+    default_page_size: int = 10
+    max_page_size: int = 100
+
+
+class AnalyticsSettings(ServerSettings):
+    """AnalyticsService."""
+
+    grpc_port: int = 50054
+
+
+class WorkerSettings(CommonSettings):
+    """arq worker running pipeline stages."""
+
+    max_jobs: int = Field(2, description="Jobs one worker runs at once.")
+    job_timeout_s: int = Field(3600, description="Longest a single processing job may run.")
+    max_tries: int = Field(3, description="Attempts before a job goes to the dead-letter list.")
+    scene_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold.")
+    min_scene_s: float = Field(0.6, description="Shortest scene kept by scene detection.")

@@ -1,0 +1,135 @@
+"""The one gRPC error model: domain exceptions → ``google.rpc.Status`` with ErrorInfo and BadRequest.
+
+Installed on every server as an interceptor. A ``ClipMindError`` becomes its own status code with an
+``ErrorInfo`` (stable ``reason``, domain ``clipmind.dev``) and, when it names bad fields, a ``BadRequest``
+with field violations. Any other exception becomes INTERNAL with a generic message; the real error is
+logged with the request id, never sent to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import grpc.aio
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from services.common.errors import ERROR_DOMAIN, ClipMindError, Unimplemented
+
+log = logging.getLogger(__name__)
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def to_rpc_status(exc: ClipMindError) -> status_pb2.Status:
+    """The ``google.rpc.Status`` that carries ``exc`` to the client."""
+    details: list[any_pb2.Any] = []
+    info = error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata)
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details.append(packed)
+    if exc.field_violations:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in exc.field_violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        details.append(packed)
+    return status_pb2.Status(code=code_pb2.Code.Value(exc.code), message=exc.message, details=details)
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return str(value)
+    return uuid.uuid4().hex
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
+    if isinstance(exc, NotImplementedError):
+        exc = Unimplemented(f"{method} is not implemented yet", reason="NOT_IMPLEMENTED")
+    if isinstance(exc, ClipMindError):
+        status = to_rpc_status(exc)
+        if exc.code == "INTERNAL":
+            log.error("%s failed: %s", method, exc)
+    else:
+        request_id = _request_id(context)
+        log.exception("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
+        status = to_rpc_status(
+            ClipMindError(f"internal error (request id {request_id})", reason="INTERNAL_ERROR")
+        )
+        status.code = code_pb2.INTERNAL
+    await context.abort(
+        grpc.StatusCode[code_pb2.Code.Name(status.code)],
+        status.message,
+        trailing_metadata=((_STATUS_DETAILS_KEY, status.SerializeToString()),),
+    )
+
+
+def _passthrough(exc: BaseException) -> bool:
+    """Exceptions that are gRPC's own control flow (an abort already under way, a cancelled call)."""
+    return isinstance(exc, grpc.aio.AbortError | asyncio.CancelledError)
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Maps exceptions of every RPC kind (unary and streaming) to rich statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary, method), **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(_wrap_unary(handler.stream_unary, method), **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream, method), **kwargs)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(
+                _wrap_stream(handler.stream_stream, method), **kwargs
+            )
+        return handler
+
+
+def _wrap_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+        except BaseException as exc:
+            if _passthrough(exc):
+                raise
+            await _abort(context, method, exc)
+
+    return wrapper
+
+
+def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except BaseException as exc:
+            if _passthrough(exc):
+                raise
+            await _abort(context, method, exc)
+
+    return wrapper

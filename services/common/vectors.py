@@ -1,0 +1,110 @@
+"""Vector index behind a small Protocol; pgvector (HNSW, cosine) is the default implementation.
+
+An index holds one vector per item id in a named collection ("transcript": SBERT 384-d). Each vector
+records the model that made it; queries only see vectors of the model asked for, so a changed model is
+never mixed silently with old vectors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+import numpy as np
+
+
+@dataclass(frozen=True)
+class VectorItem:
+    id: uuid.UUID
+    video_id: uuid.UUID
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class VectorHit:
+    id: uuid.UUID
+    video_id: uuid.UUID
+    score: float  # cosine similarity
+
+
+class VectorIndex(Protocol):
+    async def upsert(
+        self, collection: str, model: str, items: Sequence[VectorItem], *, conn: object | None = None
+    ) -> None: ...
+
+    async def query(
+        self,
+        collection: str,
+        model: str,
+        vector: np.ndarray,
+        top_k: int,
+        video_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[VectorHit]: ...
+
+    async def delete_video(self, collection: str, video_id: uuid.UUID) -> None: ...
+
+
+_TABLES = {"transcript": "transcript_vectors"}
+
+
+class PgVectorIndex:
+    """pgvector tables in the metadata database (HNSW, cosine distance)."""
+
+    def __init__(self, pool: asyncpg.Pool, ef_search: int = 100) -> None:
+        self._pool = pool
+        self._ef_search = ef_search
+
+    @staticmethod
+    def _table(collection: str) -> str:
+        try:
+            return _TABLES[collection]
+        except KeyError:
+            raise ValueError(f"unknown vector collection {collection!r}") from None
+
+    async def upsert(
+        self, collection: str, model: str, items: Sequence[VectorItem], *, conn: object | None = None
+    ) -> None:
+        table = self._table(collection)
+        sql = (
+            f"INSERT INTO {table} (id, video_id, model, embedding) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (id) DO UPDATE SET video_id = EXCLUDED.video_id, model = EXCLUDED.model, "
+            "embedding = EXCLUDED.embedding"
+        )
+        rows = [(i.id, i.video_id, model, np.asarray(i.vector, dtype=np.float32)) for i in items]
+        if conn is not None:
+            assert isinstance(conn, asyncpg.Connection)
+            await conn.executemany(sql, rows)
+        else:
+            async with self._pool.acquire() as c:
+                await c.executemany(sql, rows)
+
+    async def query(
+        self,
+        collection: str,
+        model: str,
+        vector: np.ndarray,
+        top_k: int,
+        video_ids: Sequence[uuid.UUID] | None = None,
+    ) -> list[VectorHit]:
+        table = self._table(collection)
+        vec = np.asarray(vector, dtype=np.float32)
+        where = "model = $2"
+        args: list[object] = [vec, model, top_k]
+        if video_ids:
+            where += " AND video_id = ANY($4::uuid[])"
+            args.append(list(video_ids))
+        sql = (
+            f"SELECT id, video_id, 1 - (embedding <=> $1) AS score FROM {table} "
+            f"WHERE {where} ORDER BY embedding <=> $1 LIMIT $3"
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self._ef_search, top_k))}")
+            rows = await conn.fetch(sql, *args)
+        return [VectorHit(r["id"], r["video_id"], float(r["score"])) for r in rows]
+
+    async def delete_video(self, collection: str, video_id: uuid.UUID) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(f"DELETE FROM {self._table(collection)} WHERE video_id = $1", video_id)

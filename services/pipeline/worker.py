@@ -1,0 +1,120 @@
+"""arq worker: runs the processing stages of queued jobs.
+
+Composition root of the worker process: ``on_startup`` builds settings, pool, stores, blob store,
+inference client and the processor; ``process_video`` only looks the job up and runs it, turning
+failures into retries (transient) or a failed job + dead letter (permanent, or out of attempts).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from arq import Retry, func
+from arq.connections import RedisSettings
+
+from services.common.blobstore import LocalBlobStore
+from services.common.config import WorkerSettings
+from services.common.db import create_pool
+from services.common.errors import ClipMindError, NotFound
+from services.common.grpc_server import configure_logging
+from services.common.inference import TritonTextEmbedder
+from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ProgressBus
+from services.common.records import DeadLetter
+from services.common.store import JobStore, VideoStore
+from services.pipeline.processor import STAGE_WEIGHTS, ProcessorConfig, VideoProcessor
+from services.pipeline.reporter import JobCancelled, JobReporter
+
+log = logging.getLogger("clipmind.worker")
+
+# Errors that re-running cannot fix: fail at once instead of retrying.
+PERMANENT_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE"})
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings: WorkerSettings = ctx["settings"]
+    pool = await create_pool(settings.database_url, max_size=4)
+    bus = ProgressBus.connect(settings.redis_url)
+    videos, jobs = VideoStore(pool), JobStore(pool)
+    embedder = TritonTextEmbedder(settings.triton_url, timeout_s=settings.inference_timeout_s)
+    reporter = JobReporter(jobs, bus)
+    ctx.update(
+        pool=pool, bus=bus, videos=videos, jobs=jobs, embedder=embedder, reporter=reporter,
+        processor=VideoProcessor(
+            videos, jobs, reporter, LocalBlobStore(settings.blob_dir, settings.media_base_url), embedder,
+            ProcessorConfig(settings.scene_threshold, settings.min_scene_s),
+        ),
+    )
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    for name in ("embedder", "bus"):
+        if name in ctx:
+            await ctx[name].close()
+    if "pool" in ctx:
+        await ctx["pool"].close()
+
+
+def _backoff_s(attempt: int) -> float:
+    return float(min(60, 2 ** attempt))
+
+
+async def process_video(ctx: dict[str, Any], job_id: str) -> str:
+    jobs: JobStore = ctx["jobs"]
+    try:
+        job = await jobs.get(uuid.UUID(job_id))
+    except NotFound:
+        return "job no longer exists"
+    if job.terminal:
+        return f"job already {job.state}"
+    attempt = int(ctx.get("job_try", 1))
+    report = ctx["reporter"].for_job(job.id, STAGE_WEIGHTS)
+    try:
+        await ctx["processor"].run(job, attempt)
+        return "succeeded"
+    except JobCancelled:
+        return "cancelled"
+    except Exception as exc:
+        permanent = isinstance(exc, ClipMindError) and exc.code in PERMANENT_CODES
+        if isinstance(exc, NotFound):
+            return "video deleted while processing"
+        message = exc.message if isinstance(exc, ClipMindError) else f"{type(exc).__name__}: {exc}"
+        final = permanent or attempt >= job.max_attempts
+        log.warning("job %s attempt %d failed (%s): %s", job.id, attempt,
+                    "final" if final else "will retry", message, exc_info=not permanent)
+        await report.failed(message, final=final)
+        if not final:
+            raise Retry(defer=_backoff_s(attempt)) from exc
+        await ctx["videos"].update_fields(job.video_id, state="FAILED", failure_reason=message)
+        await jobs.add_dead_letter(DeadLetter(uuid.uuid4(), job.id, job.video_id, message, attempt))
+        return "failed"
+
+
+def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
+    return {
+        "functions": [
+            func(process_video, name=PROCESS_VIDEO, max_tries=settings.max_tries,
+                 timeout=settings.job_timeout_s),
+        ],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "queue_name": QUEUE_NAME,
+        "max_jobs": settings.max_jobs,
+        "job_timeout": settings.job_timeout_s,
+        "ctx": {"settings": settings},
+        "keep_result": 3600,
+    }
+
+
+def main() -> None:
+    from arq.worker import run_worker
+
+    settings = WorkerSettings()
+    configure_logging(settings.log_level)
+    run_worker(arq_settings(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""SearchService gRPC servicer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clipmind.search.v1 import search_service_pb2 as pb
+from clipmind.search.v1 import search_service_pb2_grpc
+
+from services.common.blobstore import BlobStore
+from services.common.convert import from_timestamp
+from services.common.errors import Unimplemented
+from services.common.paging import parse_name
+from services.common.records import Clip
+from services.search.searcher import Searcher, SearchHit, SearchQuery
+
+
+def clip_to_pb(clip: Clip, blobs: BlobStore) -> pb.Clip:
+    playback = blobs.url(clip.video_blob_key)
+    return pb.Clip(
+        name=f"clips/{clip.id}",
+        video=f"videos/{clip.video_id}",
+        video_title=clip.video_title,
+        start_seconds=clip.start_s,
+        end_seconds=clip.end_s,
+        thumbnail_uri=blobs.url(clip.thumbnail_key),
+        playback_uri=f"{playback}#t={clip.start_s:.3f},{clip.end_s:.3f}" if playback else "",
+        transcript=clip.transcript,
+    )
+
+
+def hit_to_pb(hit: SearchHit, blobs: BlobStore) -> pb.SearchResult:
+    return pb.SearchResult(
+        clip=clip_to_pb(hit.clip, blobs), score=hit.score, visual_score=hit.visual_score,
+        transcript_score=hit.transcript_score, matched_text=hit.matched_text,
+        match_start_seconds=hit.match_start_s, match_end_seconds=hit.match_end_s,
+    )
+
+
+def query_from_pb(request: pb.SearchRequest) -> SearchQuery:
+    f = request.filter
+    return SearchQuery(
+        text=request.query,
+        image=request.image,
+        video_ids=tuple(parse_name(v, "videos", field=f"filter.videos[{i}]") for i, v in enumerate(f.videos)),
+        min_duration_s=f.min_duration_seconds,
+        max_duration_s=f.max_duration_seconds,
+        created_after=from_timestamp(f, "created_after"),
+        created_before=from_timestamp(f, "created_before"),
+        weights={"visual": request.weights.visual, "transcript": request.weights.transcript},
+        min_score=request.min_score,
+        page_size=request.page_size,
+        page_token=request.page_token,
+    )
+
+
+class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
+    def __init__(self, searcher: Searcher, blobs: BlobStore) -> None:
+        self._searcher = searcher
+        self._blobs = blobs
+
+    async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
+        page = await self._searcher.search(query_from_pb(request))
+        return pb.SearchResponse(
+            results=[hit_to_pb(h, self._blobs) for h in page.hits],
+            next_page_token=page.next_page_token,
+            search_id=str(page.search_id),
+        )
+
+    async def FindSimilarClips(self, request: Any, context: Any) -> pb.FindSimilarClipsResponse:
+        raise Unimplemented("similar clips need visual vectors (CLIP), not enabled yet",
+                            reason="NOT_IMPLEMENTED")
+
+    async def GetClip(self, request: pb.GetClipRequest, context: Any) -> pb.Clip:
+        return clip_to_pb(await self._searcher.get_clip(parse_name(request.name, "clips")), self._blobs)

@@ -1,0 +1,95 @@
+"""SBERT through a real tritonserver: semantics, shape, normalisation, per-request errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from services.common.errors import InvalidArgument, Unavailable
+from services.common.inference import SBERT_DIM, TextEmbedder, TritonTextEmbedder
+from services.launcher import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def embedder(triton_url: str):
+    client = TritonTextEmbedder(triton_url, timeout_s=30)
+    yield client
+    await client.close()
+
+
+async def test_is_a_text_embedder_and_ready(embedder: TritonTextEmbedder) -> None:
+    assert isinstance(embedder, TextEmbedder)
+    assert await embedder.ready()
+    assert embedder.model_id == "sbert/all-MiniLM-L6-v2"
+    assert embedder.dim == SBERT_DIM
+
+
+async def test_paraphrase_ranks_above_unrelated(embedder: TritonTextEmbedder) -> None:
+    query, paraphrase, unrelated = await embedder.embed_texts(
+        ["the cat sat on the mat", "a kitten is resting on a rug", "quarterly revenue grew 5 percent"]
+    )
+    assert float(query @ paraphrase) > float(query @ unrelated) + 0.3
+
+
+async def test_vectors_are_384d_float32_unit_norm(embedder: TritonTextEmbedder) -> None:
+    vectors = await embedder.embed_texts(["hello world", "ünïcödé text ✓", "x" * 5000])
+    assert vectors.shape == (3, SBERT_DIM)
+    assert vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+async def test_large_inputs_are_split_into_batches(embedder: TritonTextEmbedder) -> None:
+    texts = [f"sentence number {i} about topic {i % 7}" for i in range(150)]
+    vectors = await embedder.embed_texts(texts)
+    assert vectors.shape == (150, SBERT_DIM)
+    single = await embedder.embed_texts([texts[100]])
+    np.testing.assert_allclose(vectors[100], single[0], atol=1e-5)
+
+
+async def test_empty_input_gives_empty_matrix(embedder: TritonTextEmbedder) -> None:
+    assert (await embedder.embed_texts([])).shape == (0, SBERT_DIM)
+
+
+async def test_empty_text_is_invalid_argument(embedder: TritonTextEmbedder) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        await embedder.embed_texts(["fine", "   ", "also fine"])
+    assert [v.field for v in info.value.field_violations] == ["texts[1]"]
+
+
+async def test_model_rejects_empty_text_per_request(triton_url: str) -> None:
+    """Server side: the request with an empty text fails alone; requests batched with it succeed."""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(triton_url)
+
+    async def infer(texts: list[str]):
+        batch = np.array([[t.encode()] for t in texts], dtype=np.object_)
+        request = grpcclient.InferInput("TEXT", list(batch.shape), "BYTES")
+        request.set_data_from_numpy(batch)
+        return await client.infer("sbert", [request], client_timeout=30)
+
+    try:
+        results = await asyncio.gather(
+            infer(["a good sentence"]), infer(["ok", ""]), infer(["another good one"]), return_exceptions=True
+        )
+    finally:
+        await client.close()
+    assert isinstance(results[1], InferenceServerException)
+    assert "INVALID_ARGUMENT" in str(results[1].status())
+    for good in (results[0], results[2]):
+        assert good.as_numpy("EMBEDDING").shape == (1, SBERT_DIM)
+
+
+async def test_unreachable_server_is_unavailable() -> None:
+    client = TritonTextEmbedder(f"127.0.0.1:{free_port()}", timeout_s=3)
+    try:
+        assert not await client.ready()
+        with pytest.raises(Unavailable):
+            await client.embed_texts(["hello"])
+    finally:
+        await client.close()

@@ -1,0 +1,90 @@
+"""Pure rules of the services: fusion, page tokens, resource names, filters, cue → scene assignment,
+and the mapping of domain errors to google.rpc.Status."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from services.common.errors import FieldViolation, InvalidArgument, NotFound
+from services.common.grpc_errors import to_rpc_status
+from services.common.paging import decode_token, encode_token, page_size, parse_name
+from services.common.records import Clip, derived_id
+from services.pipeline.processor import assign_segments
+from services.pipeline.servicer import parse_job_filter
+from services.pipeline.subtitles import Cue
+from services.search.searcher import SearchQuery, _decode_page, _encode_page, fuse
+
+
+def test_fusion_renormalizes_over_present_modalities() -> None:
+    weights = {"visual": 0.6, "transcript": 0.4}
+    assert fuse({"visual": None, "transcript": 0.8}, weights) == pytest.approx(0.8)
+    assert fuse({"visual": 0.5, "transcript": 1.0}, weights) == pytest.approx(0.6 * 0.5 + 0.4 * 1.0)
+    assert fuse({"visual": None, "transcript": None}, weights) == 0.0
+    assert fuse({"visual": 0.9, "transcript": 0.1}, {"visual": 0.0, "transcript": 1.0}) == pytest.approx(0.1)
+
+
+def test_search_page_token_is_bound_to_its_query() -> None:
+    q = SearchQuery(text="dogs", page_size=2)
+    token = _encode_page(4, q.fingerprint())
+    assert _decode_page(token, q.fingerprint()) == 4
+    with pytest.raises(InvalidArgument) as err:
+        _decode_page(token, SearchQuery(text="cats").fingerprint())
+    assert err.value.field_violations[0].field == "page_token"
+    with pytest.raises(InvalidArgument):
+        _decode_page("!!garbage", q.fingerprint())
+
+
+def test_list_tokens_round_trip_and_reject_garbage() -> None:
+    stamp, item = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), uuid.uuid4()
+    assert decode_token(encode_token(stamp, item)) == (stamp, item)
+    assert decode_token("") is None
+    with pytest.raises(InvalidArgument):
+        decode_token("bm90LWEtdG9rZW4")
+    assert page_size(0) == 50 and page_size(5000) == 1000
+    with pytest.raises(InvalidArgument):
+        page_size(-1)
+
+
+def test_resource_names() -> None:
+    vid = uuid.uuid4()
+    assert parse_name(f"videos/{vid}", "videos") == vid
+    for bad, reason in [("", "REQUIRED_FIELD"), (f"clips/{vid}", "INVALID_NAME"), ("videos/x", "INVALID_NAME")]:
+        with pytest.raises(InvalidArgument) as err:
+            parse_name(bad, "videos", field="video.name")
+        assert err.value.reason == reason
+        assert err.value.field_violations == [err.value.field_violations[0]]
+        assert err.value.field_violations[0].field == "video.name"
+
+
+def test_job_filter() -> None:
+    vid = uuid.uuid4()
+    assert parse_job_filter("") == (None, None)
+    assert parse_job_filter(f'video = "videos/{vid}" AND state = RUNNING') == (vid, "RUNNING")
+    for bad in ("state = SLEEPING", "owner = me", 'video = "jobs/1"'):
+        with pytest.raises(InvalidArgument):
+            parse_job_filter(bad)
+
+
+def test_cues_go_to_the_scene_holding_their_midpoint() -> None:
+    vid = uuid.uuid4()
+    clips = [Clip(derived_id(vid, "clip", i), vid, i, s, e) for i, (s, e) in enumerate([(0, 10), (10, 20)])]
+    cues = [Cue(1, 3, "a"), Cue(7, 12, "b"), Cue(9, 14, "c"), Cue(19, 25, "d")]
+    segments = assign_segments(vid, cues, clips, "SIDECAR")
+    assert [s.clip_id == clips[1].id for s in segments] == [False, False, True, True]
+    assert segments[0].id == derived_id(vid, "segment", 0)  # stable across re-runs
+    assert derived_id(vid, "clip", 0) != derived_id(vid, "segment", 0)
+
+
+def test_domain_errors_become_rich_statuses() -> None:
+    err = InvalidArgument("video: empty file", reason="EMPTY_FILE",
+                          field_violations=[FieldViolation("video", "empty file")])
+    status = to_rpc_status(err)
+    assert status.code == code_pb2.INVALID_ARGUMENT and status.message == "video: empty file"
+    info, bad = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(info) and info.reason == "EMPTY_FILE" and info.domain == "clipmind.dev"
+    assert status.details[1].Unpack(bad) and bad.field_violations[0].field == "video"
+    assert to_rpc_status(NotFound("gone", reason="VIDEO_NOT_FOUND")).code == code_pb2.NOT_FOUND
