@@ -25,8 +25,9 @@ def rest_upload(
 ) -> httpx.Response:
     """Resumable upload over REST: create, PUT raw chunks, complete. Returns the completion response."""
     data = path.read_bytes()
-    created = client.post("/v1/uploads", json={"upload": {
-        "filename": path.name, "contentType": "video/mp4", "sizeBytes": str(len(data))}})
+    # The HTTP rule maps the whole body to the `upload` field: the JSON is the Upload itself.
+    created = client.post("/v1/uploads", json={
+        "filename": path.name, "contentType": "video/mp4", "sizeBytes": str(len(data))})
     created.raise_for_status()
     name = created.json()["name"]
     offset = 0

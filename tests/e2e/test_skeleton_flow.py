@@ -49,6 +49,7 @@ def test_upload_over_rest_creates_a_processing_video(processed_video: dict) -> N
     assert video["name"].startswith("videos/")
     assert video["state"] in ("STATE_PENDING", "STATE_PROCESSING")
     assert video["job"].startswith("jobs/")
+    assert video["filename"] == "four-scenes.mp4" and video["contentType"] == "video/mp4"
     assert abs(video["durationSeconds"] - BOUNDS[-1]) < 0.2
 
 
