@@ -8,11 +8,15 @@ and run the server on CPU with the repository's ``model_repository/``.
 Two facts about the stub shape the environment we give it:
 
 * It embeds the system ``libpython3.11`` and runs it isolated (``-I``), so ``PYTHONPATH`` does not
-  reach ``sys.path`` on its own; each model.py adds the ``PYTHONPATH`` entries as site dirs.
+  reach ``sys.path`` on its own; each model.py adds the ``PYTHONPATH`` entries as site dirs. The
+  repository root is one of them, so model.py imports the model classes from ``services.models``.
 * It is built with a pybind11 that predates NumPy 2: under NumPy 2 every array it creates (e.g. a
   BYTES input) has a zero stride and repeats its first byte. The stub therefore gets NumPy 1.x from a
   small side directory (``stub_site``), ahead of the virtualenv's site-packages; torch,
   sentence-transformers and the rest still come from the virtualenv.
+
+The models read their weights from the ``CLIPMIND_*`` model settings (``MODEL_SETTINGS_ENV``) in
+tritonserver's environment: the launcher's own environment, overridden by ``EmbeddedTriton.model_env``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import sysconfig
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,14 @@ STUB_NUMPY = "numpy>=1.26,<2"
 STUB_SITE_ENV = "CLIPMIND_TRITON_STUB_SITE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+# Settings the python-backend models read (services/models/triton_backend.py); passed to tritonserver.
+MODEL_SETTINGS_ENV = (
+    "CLIPMIND_CLIP_ARCH",
+    "CLIPMIND_CLIP_WEIGHTS",
+    "CLIPMIND_WHISPER_WEIGHTS",
+    "CLIPMIND_SBERT_WEIGHTS",
+    "CLIPMIND_MODEL_SEED",
+)
 
 
 def _package_dir(name: str) -> Path:
@@ -139,6 +151,8 @@ class EmbeddedTriton:
     models: Sequence[str] | None = None
     stub_site: Path | None = None
     ready_timeout_s: float = 300.0
+    # CLIPMIND_* model settings (MODEL_SETTINGS_ENV) for the models, over the launcher's own environment.
+    model_env: Mapping[str, str] = field(default_factory=dict)
     _proc: ManagedProcess | None = field(default=None, init=False, repr=False)
 
     @property
@@ -160,7 +174,11 @@ class EmbeddedTriton:
         stub_site = ensure_stub_site(self.stub_site or default_stub_site())
         env = dict(os.environ)
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(wheel.libs), env.get("LD_LIBRARY_PATH", "")) if p)
-        env["PYTHONPATH"] = os.pathsep.join([str(stub_site), *_venv_site_packages()])
+        env["PYTHONPATH"] = os.pathsep.join([str(stub_site), *_venv_site_packages(), str(REPO_ROOT)])
+        unknown = sorted(set(self.model_env) - set(MODEL_SETTINGS_ENV))
+        if unknown:
+            raise LaunchError(f"model_env holds {', '.join(unknown)}; only {', '.join(MODEL_SETTINGS_ENV)} apply")
+        env.update({key: str(value) for key, value in self.model_env.items()})
         env["HF_HUB_OFFLINE"] = "1"
         env["TRANSFORMERS_OFFLINE"] = "1"
         argv = [

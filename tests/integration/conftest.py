@@ -17,6 +17,13 @@ import pytest
 
 from services.launcher import EmbeddedPostgres, EmbeddedRedis, EmbeddedTriton, free_port
 
+#: Model settings of the session's tritonserver (and of in-process models compared with it).
+TRITON_TEST_MODEL_ENV = {
+    "CLIPMIND_CLIP_WEIGHTS": "random",
+    "CLIPMIND_WHISPER_WEIGHTS": "random",
+    "CLIPMIND_MODEL_SEED": "0",
+}
+
 
 @pytest.fixture(scope="session")
 def integration_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -58,7 +65,11 @@ def redis_url(integration_state_dir: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def triton_url(integration_state_dir: Path) -> Iterator[str]:
-    """gRPC ``host:port`` of tritonserver serving model_repository/ (every model loaded and ready)."""
+    """gRPC ``host:port`` of tritonserver serving model_repository/ (every model loaded and ready).
+
+    CLIP and Whisper run with seeded ``random`` weights (``TRITON_TEST_MODEL_ENV``): no hub is reachable
+    here, and the tests compare Triton's answers with the in-process model classes built the same way.
+    """
     external = os.environ.get("CLIPMIND_TEST_TRITON_URL")
     if external:
         yield external
@@ -68,6 +79,7 @@ def triton_url(integration_state_dir: Path) -> Iterator[str]:
         integration_state_dir / "logs" / "triton.log",
         grpc_port=free_port(),
         http_port=free_port(),
+        model_env=TRITON_TEST_MODEL_ENV,
     )
     server.start()
     try:
