@@ -79,6 +79,28 @@ def describe(endpoints: Endpoints, state_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def model_report(triton_url: str) -> str:
+    """What each model is doing, as Triton reports it: ready, degraded (random weights) or off, with the
+    setting that provides its weights."""
+    import asyncio
+
+    from services.common.inference import TritonInference
+    from services.common.model_health import describe as describe_model
+
+    async def statuses() -> list[str]:
+        inference = TritonInference(triton_url, timeout_s=30)
+        try:
+            return [describe_model(s) for s in (await inference.status()).values()]
+        finally:
+            await inference.close()
+
+    try:
+        lines = asyncio.run(statuses())
+    except Exception as exc:  # a report only: the mesh is up, say why the models could not be read
+        lines = [f"could not read model status from Triton: {exc}"]
+    return "\n".join(["Models:", *(f"  {line}" for line in lines)])
+
+
 def up(args: argparse.Namespace) -> int:
     config = MeshConfig(
         state_dir=args.state_dir,
@@ -101,6 +123,7 @@ def up(args: argparse.Namespace) -> int:
     try:
         print(f"starting ClipMind (state dir {mesh.state_dir})…", flush=True)
         endpoints = mesh.start(on_ready=lambda name, s: print(f"  {name:<10} healthy after {s:5.1f}s", flush=True))
+        print(model_report(endpoints.triton_url), flush=True)
         print(describe(endpoints, mesh.state_dir), flush=True)
         while not stop.wait(2.0):
             mesh.check_alive()

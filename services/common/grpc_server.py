@@ -4,6 +4,7 @@ reflection, message limits, graceful shutdown on SIGTERM/SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,8 +42,13 @@ async def run_server(
     register: Callable[[grpc.aio.Server], Sequence[str]],
     on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
     grace_s: float = 5.0,
+    component_health: Callable[[], Awaitable[dict[str, bool]]] | None = None,
+    component_poll_s: float = 10.0,
 ) -> None:
-    """Serve until SIGTERM/SIGINT. ``register`` adds the servicers and returns their full names."""
+    """Serve until SIGTERM/SIGINT. ``register`` adds the servicers and returns their full names.
+
+    ``component_health`` (optional) reports parts the process depends on, e.g. ``{"clipmind.model.clip_image":
+    False}``; each becomes a health-check service name, SERVING or NOT_SERVING, refreshed periodically."""
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
@@ -63,7 +69,23 @@ async def run_server(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    async def refresh_components() -> None:
+        assert component_health is not None
+        while not stop.is_set():
+            try:
+                for component, ok in (await component_health()).items():
+                    serving = health_pb2.HealthCheckResponse
+                    await health_servicer.set(component, serving.SERVING if ok else serving.NOT_SERVING)
+            except Exception:
+                log.exception("%s: component health check failed", name)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), component_poll_s)
+
+    poller = asyncio.create_task(refresh_components()) if component_health else None
     await stop.wait()
+    if poller is not None:
+        poller.cancel()
     log.info("%s stopping", name)
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace_s)

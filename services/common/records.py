@@ -38,6 +38,8 @@ class Video:
     sidecar_format: str = ""
     sidecar_language: str = ""
     failure_reason: str = ""
+    transcript_model: str = ""  # model id of the video's transcript vectors ("" = none)
+    visual_model: str = ""  # model id of the video's visual vectors ("" = none)
     create_time: datetime | None = None
     update_time: datetime | None = None
     job_id: uuid.UUID | None = None  # latest processing job
@@ -131,6 +133,9 @@ class ProcessedVideo:
     segments: list[Segment]
     vectors: list[tuple[uuid.UUID, object]] = field(default_factory=list)  # (segment id, vector)
     transcript_source: str = "NONE"
+    transcript_model: str = ""
+    visual_vectors: list[tuple[uuid.UUID, object]] = field(default_factory=list)  # (clip id, vector)
+    visual_model: str = ""
 
 
 def derived_id(video_id: uuid.UUID, kind: str, idx: int) -> uuid.UUID:

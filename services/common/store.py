@@ -110,7 +110,7 @@ class VideoStore:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
         return _record(Video, row)
 
-    async def save_processed(self, video_id: uuid.UUID, result: ProcessedVideo, model: str) -> None:
+    async def save_processed(self, video_id: uuid.UUID, result: ProcessedVideo) -> None:
         """Replace the video's clips, segments and transcript vectors and mark it READY, atomically."""
         async with self._pool.acquire() as conn, conn.transaction():
             locked = await conn.fetchval("SELECT id FROM videos WHERE id = $1 FOR UPDATE", video_id)
@@ -130,13 +130,33 @@ class VideoStore:
             )
             await conn.executemany(
                 "INSERT INTO transcript_vectors (id, video_id, model, embedding) VALUES ($1, $2, $3, $4)",
-                [(seg_id, video_id, model, vec) for seg_id, vec in result.vectors],
+                [(seg_id, video_id, result.transcript_model, vec) for seg_id, vec in result.vectors],
+            )
+            await conn.executemany(
+                "INSERT INTO visual_vectors (id, video_id, model, embedding) VALUES ($1, $2, $3, $4)",
+                [(clip_id, video_id, result.visual_model, vec) for clip_id, vec in result.visual_vectors],
             )
             await conn.execute(
                 "UPDATE videos SET state = 'READY', scene_count = $2, transcript_source = $3, "
-                "failure_reason = '', update_time = now() WHERE id = $1",
+                "transcript_model = $4, visual_model = $5, failure_reason = '', update_time = now() "
+                "WHERE id = $1",
                 video_id, len(result.clips), result.transcript_source,
+                result.transcript_model if result.vectors else "",
+                result.visual_model if result.visual_vectors else "",
             )
+
+    async def stale_models(self, transcript_model: str, visual_model: str) -> dict[str, int]:
+        """READY videos whose vectors came from another model than the one in use (reindex needed),
+        counted per "modality:model"."""
+        rows = await self._pool.fetch(
+            """SELECT 'transcript:' || transcript_model AS key, count(*) AS n FROM videos
+                WHERE state = 'READY' AND transcript_model NOT IN ('', $1) GROUP BY transcript_model
+               UNION ALL
+               SELECT 'visual:' || visual_model, count(*) FROM videos
+                WHERE state = 'READY' AND visual_model NOT IN ('', $2) GROUP BY visual_model""",
+            transcript_model, visual_model,
+        )
+        return {r["key"]: int(r["n"]) for r in rows}
 
 
 class UploadStore:
@@ -334,6 +354,15 @@ class ClipStore:
             where.append(f"v.create_time < ${len(args)}")
         rows = await self._pool.fetch(f"{_CLIP_SELECT} WHERE {' AND '.join(where)}", *args)
         return {r["id"]: _record(Clip, r) for r in rows}
+
+    async def segment_ids_by_clip(self, clip_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
+        rows = await self._pool.fetch(
+            "SELECT clip_id, id FROM transcript_segments WHERE clip_id = ANY($1::uuid[])", list(clip_ids)
+        )
+        found: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for r in rows:
+            found.setdefault(r["clip_id"], []).append(r["id"])
+        return found
 
     async def log_search(self, search_id: uuid.UUID, query: str, result_count: int, latency_ms: float) -> None:
         await self._pool.execute(

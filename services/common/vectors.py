@@ -46,8 +46,14 @@ class VectorIndex(Protocol):
 
     async def delete_video(self, collection: str, video_id: uuid.UUID) -> None: ...
 
+    async def scores(
+        self, collection: str, model: str, vector: np.ndarray, ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, float]: ...
 
-_TABLES = {"transcript": "transcript_vectors"}
+    async def get(self, collection: str, item_id: uuid.UUID) -> tuple[str, np.ndarray] | None: ...
+
+
+_TABLES = {"transcript": "transcript_vectors", "visual": "visual_vectors"}
 
 
 class PgVectorIndex:
@@ -104,6 +110,29 @@ class PgVectorIndex:
             await conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self._ef_search, top_k))}")
             rows = await conn.fetch(sql, *args)
         return [VectorHit(r["id"], r["video_id"], float(r["score"])) for r in rows]
+
+    async def scores(
+        self, collection: str, model: str, vector: np.ndarray, ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, float]:
+        """Exact cosine similarity of ``vector`` to the given items (those of ``model`` only)."""
+        if not ids:
+            return {}
+        rows = await self._pool.fetch(
+            f"SELECT id, 1 - (embedding <=> $1) AS score FROM {self._table(collection)} "
+            "WHERE id = ANY($2::uuid[]) AND model = $3",
+            np.asarray(vector, dtype=np.float32), list(ids), model,
+        )
+        return {r["id"]: float(r["score"]) for r in rows}
+
+    async def get(self, collection: str, item_id: uuid.UUID) -> tuple[str, np.ndarray] | None:
+        row = await self._pool.fetchrow(
+            f"SELECT model, embedding FROM {self._table(collection)} WHERE id = $1", item_id
+        )
+        if row is None:
+            return None
+        embedding = row["embedding"]
+        values = embedding.to_numpy() if hasattr(embedding, "to_numpy") else embedding
+        return row["model"], np.asarray(values, dtype=np.float32)
 
     async def delete_video(self, collection: str, video_id: uuid.UUID) -> None:
         async with self._pool.acquire() as conn:

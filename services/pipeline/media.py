@@ -19,6 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -362,3 +364,15 @@ def _subtitle_stream(stream: dict[str, Any]) -> SubtitleStream:
         is_default=bool(disposition.get("default")),
         is_forced=bool(disposition.get("forced")),
     )
+
+
+async def extract_audio(path: str | Path, sample_rate: int = 16_000, *, timeout_s: float = 600.0) -> np.ndarray:
+    """The first audio stream as mono float32 PCM at ``sample_rate`` (what Whisper takes)."""
+    result = await run_tool(
+        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1",
+         "-ar", str(sample_rate), "-f", "f32le", "-"],
+        timeout_s,
+    )
+    if result.returncode != 0:
+        raise media_error(REASON_UNREADABLE_MEDIA, f"cannot decode audio: {result.stderr_text[-300:]}", "video")
+    return np.frombuffer(result.stdout, dtype=np.float32).copy()

@@ -1,8 +1,10 @@
 """The processing of one video, stage by stage: probe → thumbnail → scenes → transcript → embed → index.
 
-Each stage reports STARTED/COMPLETED (or SKIPPED) events through the job reporter. Every write is keyed
-by the video (blob keys, derived row ids) and the final index step replaces the video's clips, segments
-and vectors in one transaction, so re-running a job leaves the same rows and never duplicates.
+Each stage reports STARTED/COMPLETED (or SKIPPED, saying why) events through the job reporter. Every
+write is keyed by the video (blob keys, derived row ids) and the final index step replaces the video's
+clips, segments and vectors in one transaction, so re-running a job leaves the same rows and never
+duplicates. Models come through the ``Inference`` interface; a model that is off (no weights) switches
+its modality off for this video, and the events name the setting that would turn it on.
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from services.common.blobstore import BlobStore
-from services.common.errors import ClipMindError, NotFound
-from services.common.inference import TextEmbedder
+from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
 from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
 from services.common.store import JobStore, VideoStore
-from services.pipeline.media import MediaInfo, extract_frame, probe
-from services.pipeline.reporter import JobCancelled, JobReporter
+from services.pipeline.media import MediaInfo, extract_audio, extract_frame, probe
+from services.pipeline.reporter import JobReporter
 from services.pipeline.scenes import Scene, detect_scenes_async
 from services.pipeline.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # Share of the whole job's progress taken by each stage, in order.
 STAGE_WEIGHTS = {
-    "PROBE": 0.05, "THUMBNAIL": 0.05, "SCENES": 0.40, "TRANSCRIPT": 0.10, "EMBED": 0.30, "INDEX": 0.10,
+    "PROBE": 0.05, "THUMBNAIL": 0.05, "SCENES": 0.35, "TRANSCRIPT": 0.15, "EMBED": 0.30, "INDEX": 0.10,
 }
 
 
@@ -37,6 +38,7 @@ STAGE_WEIGHTS = {
 class ProcessorConfig:
     scene_threshold: float = 27.0
     min_scene_s: float = 0.6
+    clip_batch_size: int = 8
 
 
 def assign_segments(video_id: uuid.UUID, cues: list[Cue], clips: list[Clip], source: str) -> list[Segment]:
@@ -52,16 +54,21 @@ def assign_segments(video_id: uuid.UUID, cues: list[Cue], clips: list[Clip], sou
     return segments
 
 
+def _off_note(status: ModelStatus) -> str:
+    hint = f"; set {status.setting} to enable it" if status.setting else ""
+    return f"{status.name} is {status.state}: {status.detail or 'no weights'}{hint}"
+
+
 class VideoProcessor:
     def __init__(
         self, videos: VideoStore, jobs: JobStore, reporter: JobReporter, blobs: BlobStore,
-        embedder: TextEmbedder, config: ProcessorConfig,
+        inference: Inference, config: ProcessorConfig,
     ) -> None:
         self._videos = videos
         self._jobs = jobs
         self._reporter = reporter
         self._blobs = blobs
-        self._embedder = embedder
+        self._inference = inference
         self._config = config
 
     async def run(self, job: Job, attempt: int) -> None:
@@ -69,6 +76,7 @@ class VideoProcessor:
         report = self._reporter.for_job(job.id, STAGE_WEIGHTS)
         await report.job_started(attempt)
         source = self._blobs.local_path(video.blob_key)
+        models = await self._inference.status()
 
         await report.start("PROBE", "reading container and streams")
         info = await probe(source)
@@ -81,7 +89,7 @@ class VideoProcessor:
 
         await report.start("THUMBNAIL", "extracting poster frame")
         thumb_key = f"videos/{video.id}/thumbnail.jpg"
-        await self._frame_to_blob(source, min(1.0, info.duration_s / 2), thumb_key)
+        await self._frame_to_blob(source, min(1.0, info.duration_s / 2), thumb_key, info.duration_s)
         await self._videos.update_fields(video.id, thumbnail_key=thumb_key)
         await report.done("THUMBNAIL", thumb_key)
 
@@ -90,60 +98,92 @@ class VideoProcessor:
             source, info.duration_s, threshold=self._config.scene_threshold,
             min_scene_s=self._config.min_scene_s,
         )
-        clips = await self._scene_clips(video, source, scenes)
+        clips = await self._scene_clips(video, source, scenes, info.duration_s)
         await report.done("SCENES", f"{len(clips)} scenes")
 
         await report.start("TRANSCRIPT", "looking for subtitles")
-        cues, transcript_source = await self._transcript(video, source, info)
+        cues, transcript_source, note = await self._transcript(video, source, info, models["whisper"])
         if cues:
-            await report.done("TRANSCRIPT", f"{len(cues)} cues from {transcript_source.lower()}")
+            await report.done("TRANSCRIPT", f"{len(cues)} segments from {transcript_source.lower()}{note}")
         else:
-            await report.skip("TRANSCRIPT", "no text subtitles in the file or sent with it; "
-                                            "speech recognition is not enabled")
+            await report.skip("TRANSCRIPT", note)
         segments = assign_segments(video.id, cues, clips, transcript_source)
 
-        vectors: list[tuple[uuid.UUID, object]] = []
+        await report.start("EMBED", f"embedding {len(segments)} transcript segments and {len(clips)} keyframes")
+        result = ProcessedVideo(clips, segments, transcript_source=transcript_source if cues else "NONE")
+        notes = []
         if segments:
-            await report.start("EMBED", f"embedding {len(segments)} transcript segments")
-            matrix = await self._embedder.embed_texts([s.text for s in segments])
-            vectors = [(s.id, np.asarray(matrix[i], dtype=np.float32)) for i, s in enumerate(segments)]
-            await report.done("EMBED", f"{len(vectors)} vectors from {self._embedder.model_id}")
+            matrix = await self._inference.embed_sentences([s.text for s in segments])
+            result.vectors = [(s.id, np.asarray(matrix[i], dtype=np.float32)) for i, s in enumerate(segments)]
+            result.transcript_model = models["sbert"].model_id
+            notes.append(f"{len(result.vectors)} transcript vectors ({result.transcript_model})")
+        clip_status = models["clip_image"]
+        if clip_status.usable:
+            result.visual_vectors = await self._visual_vectors(clips)
+            result.visual_model = clip_status.model_id
+            notes.append(f"{len(result.visual_vectors)} visual vectors ({result.visual_model})")
         else:
-            await report.skip("EMBED", "no transcript to embed")
+            notes.append(f"no visual vectors: {_off_note(clip_status)}")
+        if result.vectors or result.visual_vectors:
+            await report.done("EMBED", "; ".join(notes))
+        else:
+            await report.skip("EMBED", "; ".join(notes))
 
         await report.start("INDEX", "writing clips, segments and vectors")
         await report.check_cancelled()
-        result = ProcessedVideo(clips, segments, vectors, transcript_source if cues else "NONE")
-        await self._videos.save_processed(video.id, result, self._embedder.model_id)
+        await self._videos.save_processed(video.id, result)
         await report.finish("INDEX", f"indexed {len(clips)} clips, {len(segments)} segments")
 
-    async def _frame_to_blob(self, source: Path, at_s: float, key: str) -> None:
+    async def _frame_to_blob(self, source: Path, at_s: float, key: str, duration_s: float) -> None:
         with tempfile.TemporaryDirectory(prefix="clipmind-frame-") as tmp:
             out = Path(tmp) / "frame.jpg"
-            await extract_frame(source, at_s, out)
+            await extract_frame(source, at_s, out, duration_s=duration_s)
             await self._blobs.put_file(key, out, move=True)
 
-    async def _scene_clips(self, video: Video, source: Path, scenes: list[Scene]) -> list[Clip]:
+    async def _scene_clips(self, video: Video, source: Path, scenes: list[Scene], duration_s: float) -> list[Clip]:
         clips = []
         for scene in scenes:
             key = f"videos/{video.id}/scenes/{scene.index:04d}.jpg"
-            await self._frame_to_blob(source, (scene.start_s + scene.end_s) / 2, key)
+            await self._frame_to_blob(source, (scene.start_s + scene.end_s) / 2, key, duration_s)
             clips.append(
                 Clip(derived_id(video.id, "clip", scene.index), video.id, scene.index, scene.start_s,
                      scene.end_s, key)
             )
         return clips
 
-    async def _transcript(self, video: Video, source: Path, info: MediaInfo) -> tuple[list[Cue], str]:
+    async def _visual_vectors(self, clips: list[Clip]) -> list[tuple[uuid.UUID, object]]:
+        """CLIP vectors of the clips' keyframes, in batches; a keyframe the model rejects is left out."""
+        vectors: list[tuple[uuid.UUID, object]] = []
+        size = max(1, self._config.clip_batch_size)
+        for start in range(0, len(clips), size):
+            batch = clips[start:start + size]
+            images = [await self._blobs.get_bytes(c.thumbnail_key) for c in batch]
+            for clip, result in zip(batch, await self._inference.embed_images(images), strict=True):
+                if isinstance(result, Exception):
+                    log.warning("keyframe of clip %s rejected by CLIP: %s", clip.id, result)
+                    continue
+                vectors.append((clip.id, np.asarray(result, dtype=np.float32)))
+        return vectors
+
+    async def _transcript(
+        self, video: Video, source: Path, info: MediaInfo, whisper: ModelStatus
+    ) -> tuple[list[Cue], str, str]:
+        """(cues, source, note): sidecar first, then a text subtitle track, then speech recognition."""
         if video.sidecar_key:
             data = await self._blobs.get_bytes(video.sidecar_key)
             cues = parse_subtitles(data, video.sidecar_format or None, filename=video.sidecar_key)
-            return clip_cues(cues, info.duration_s), "SIDECAR"
+            return clip_cues(cues, info.duration_s), "SIDECAR", ""
         track = pick_text_track(info.subtitle_streams)
         if track is not None:
             cues = await extract_text_track(source, track)
-            return clip_cues(cues, info.duration_s), "SUBTITLE_TRACK"
-        return [], "NONE"
-
-
-__all__ = ["ClipMindError", "JobCancelled", "NotFound", "ProcessorConfig", "VideoProcessor"]
+            return clip_cues(cues, info.duration_s), "SUBTITLE_TRACK", ""
+        if not info.has_audio:
+            return [], "NONE", "no subtitles and no audio track"
+        if not whisper.usable:
+            return [], "NONE", f"no subtitles, and speech recognition is off: {_off_note(whisper)}"
+        audio = await extract_audio(source, WHISPER_SAMPLE_RATE)
+        if audio.size == 0:
+            return [], "NONE", "no subtitles and the audio track is empty"
+        transcript = await self._inference.transcribe(audio, WHISPER_SAMPLE_RATE)
+        cues = [Cue(s.start_s, s.end_s, s.text.strip()) for s in transcript.segments if s.text.strip()]
+        return clip_cues(cues, info.duration_s), "SPEECH_RECOGNITION", f" (language {transcript.language})"

@@ -19,7 +19,8 @@ from services.common.config import WorkerSettings
 from services.common.db import create_pool
 from services.common.errors import ClipMindError, NotFound
 from services.common.grpc_server import configure_logging
-from services.common.inference import TritonTextEmbedder
+from services.common.inference import make_inference
+from services.common.model_health import check_weight_settings, log_model_status
 from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ProgressBus
 from services.common.records import DeadLetter
 from services.common.store import JobStore, VideoStore
@@ -37,19 +38,20 @@ async def startup(ctx: dict[str, Any]) -> None:
     pool = await create_pool(settings.database_url, max_size=4)
     bus = ProgressBus.connect(settings.redis_url)
     videos, jobs = VideoStore(pool), JobStore(pool)
-    embedder = TritonTextEmbedder(settings.triton_url, timeout_s=settings.inference_timeout_s)
+    inference = make_inference(settings)
+    await log_model_status(inference, "worker")
     reporter = JobReporter(jobs, bus)
     ctx.update(
-        pool=pool, bus=bus, videos=videos, jobs=jobs, embedder=embedder, reporter=reporter,
+        pool=pool, bus=bus, videos=videos, jobs=jobs, inference=inference, reporter=reporter,
         processor=VideoProcessor(
-            videos, jobs, reporter, LocalBlobStore(settings.blob_dir, settings.media_base_url), embedder,
-            ProcessorConfig(settings.scene_threshold, settings.min_scene_s),
+            videos, jobs, reporter, LocalBlobStore(settings.blob_dir, settings.media_base_url), inference,
+            ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size),
         ),
     )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("embedder", "bus"):
+    for name in ("inference", "bus"):
         if name in ctx:
             await ctx[name].close()
     if "pool" in ctx:
@@ -113,6 +115,7 @@ def main() -> None:
 
     settings = WorkerSettings()
     configure_logging(settings.log_level)
+    check_weight_settings(settings)
     run_worker(arq_settings(settings))
 
 

@@ -1,8 +1,11 @@
 """Search: embed the query, retrieve per modality, fuse, filter, page, and log the search.
 
-Results are moments: the scene (clip) that holds the best-matching transcript segment, with the
-segment's own text and times as the highlight. Modalities without vectors for this deployment (visual,
-until CLIP is enabled) drop out of the fusion and the remaining weights are renormalized.
+Results are moments: scenes (clips). A text query is embedded twice — CLIP text against the clips'
+keyframe vectors (visual) and Sentence-BERT against their transcript segments (transcript); each
+modality proposes candidates by ANN, then every candidate gets its exact score in both, and the scores
+are fused with the request's weights (default visual 0.6, transcript 0.4). A modality that is off in
+this deployment, or runs on random weights (tests), drops out of the fusion and the remaining weights
+are renormalized. An image query searches the visual modality only.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from services.common.errors import Unimplemented, invalid_field
-from services.common.inference import TextEmbedder
+from services.common.errors import FailedPrecondition, invalid_field
+from services.common.inference_types import Inference, ModelStatus
 from services.common.records import Clip
 from services.common.store import ClipStore
 from services.common.vectors import VectorIndex
 
 DEFAULT_WEIGHTS = {"visual": 0.6, "transcript": 0.4}
 MAX_QUERY_CHARS = 1000
+STATUS_TTL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,22 @@ def _decode_page(token: str, fingerprint: str) -> int:
 
 
 class Searcher:
-    def __init__(self, clips: ClipStore, index: VectorIndex, embedder: TextEmbedder, *,
-                 candidates: int = 200, max_page_size: int = 100) -> None:
+    def __init__(self, clips: ClipStore, index: VectorIndex, inference: Inference, *,
+                 candidates: int = 200, max_page_size: int = 100, allow_random_weights: bool = False) -> None:
         self._clips = clips
         self._index = index
-        self._embedder = embedder
+        self._inference = inference
         self._candidates = candidates
         self._max_page_size = max_page_size
+        self._allow_random = allow_random_weights
+        self._status: tuple[float, dict[str, ModelStatus]] | None = None
+
+    async def _models(self) -> dict[str, ModelStatus]:
+        """Model status, refreshed at most every STATUS_TTL_S (it costs a few RPCs to Triton)."""
+        now = time.monotonic()
+        if self._status is None or now - self._status[0] > STATUS_TTL_S:
+            self._status = (now, await self._inference.status())
+        return self._status[1]
 
     def _validate(self, q: SearchQuery) -> dict[str, float]:
         if not q.text.strip() and not q.image:
@@ -113,11 +126,11 @@ class Searcher:
             raise invalid_field("weights", "weights must not be negative")
         if q.max_duration_s and q.max_duration_s < q.min_duration_s:
             raise invalid_field("filter.max_duration_seconds", "smaller than min_duration_seconds")
-        if q.image:
-            raise Unimplemented("image queries need the CLIP model, which is not enabled yet",
-                                reason="MODALITY_DISABLED")
-        weights = q.weights if any(q.weights.values()) else DEFAULT_WEIGHTS
-        return weights
+        return q.weights if any(q.weights.values()) else DEFAULT_WEIGHTS
+
+    def _ranks(self, status: ModelStatus) -> bool:
+        """Whether a model may affect ranking: usable, and not random weights unless allowed."""
+        return status.state == "ready" or (status.state == "degraded" and self._allow_random)
 
     async def search(self, q: SearchQuery) -> SearchPage:
         started = time.perf_counter()
@@ -132,34 +145,103 @@ class Searcher:
         await self._clips.log_search(search_id, q.text, len(ranked), (time.perf_counter() - started) * 1000)
         return SearchPage(page, next_token, search_id)
 
+    async def _query_vectors(self, q: SearchQuery) -> dict[str, tuple[str, object]]:
+        """Per active modality: (model id, query vector)."""
+        models = await self._models()
+        vectors: dict[str, tuple[str, object]] = {}
+        visual_on = self._ranks(models["clip_image"]) and self._ranks(models["clip_text"])
+        if q.image:
+            if not visual_on:
+                raise FailedPrecondition(
+                    "image queries need CLIP, which is off here: " + (models["clip_image"].detail or "no weights"),
+                    reason="MODALITY_OFF", metadata={"setting": models["clip_image"].setting},
+                )
+            (result,) = await self._inference.embed_images([q.image])
+            if isinstance(result, Exception):
+                raise invalid_field("image", f"cannot use this image: {result}", reason="INVALID_IMAGE")
+            vectors["visual"] = (models["clip_image"].model_id, result)
+            return vectors
+        text = q.text.strip()
+        if visual_on:
+            vectors["visual"] = (models["clip_image"].model_id, (await self._inference.embed_clip_texts([text]))[0])
+        if self._ranks(models["sbert"]):
+            vectors["transcript"] = (models["sbert"].model_id, (await self._inference.embed_sentences([text]))[0])
+        if not vectors:
+            raise FailedPrecondition("no search model is available", reason="MODALITY_OFF")
+        return vectors
+
     async def _ranked(self, q: SearchQuery, weights: dict[str, float]) -> list[SearchHit]:
-        vector = (await self._embedder.embed_texts([q.text.strip()]))[0]
-        hits = await self._index.query("transcript", self._embedder.model_id, vector, self._candidates,
-                                       q.video_ids or None)
-        if not hits:
+        vectors = await self._query_vectors(q)
+        video_ids = q.video_ids or None
+        visual: dict[uuid.UUID, float] = {}
+        transcript: dict[uuid.UUID, tuple[float, uuid.UUID | None]] = {}  # clip -> (best score, segment)
+        candidates: set[uuid.UUID] = set()
+        if "visual" in vectors:
+            model, vec = vectors["visual"]
+            hits = await self._index.query("visual", model, vec, self._candidates, video_ids)  # type: ignore[arg-type]
+            candidates.update(h.id for h in hits)
+        if "transcript" in vectors:
+            model, vec = vectors["transcript"]
+            hits = await self._index.query("transcript", model, vec, self._candidates, video_ids)  # type: ignore[arg-type]
+            segments = await self._clips.segments_with_clips([h.id for h in hits])
+            candidates.update(seg.clip_id for seg in segments.values())
+        if not candidates:
             return []
-        segments = await self._clips.segments_with_clips([h.id for h in hits])
-        best: dict[uuid.UUID, tuple[float, uuid.UUID]] = {}
-        for hit in hits:
-            seg = segments.get(hit.id)
-            if seg is not None and (seg.clip_id not in best or hit.score > best[seg.clip_id][0]):
-                best[seg.clip_id] = (hit.score, seg.id)
         clips = await self._clips.clips_for_search(
-            list(best), min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
+            list(candidates), min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
             created_after=q.created_after, created_before=q.created_before,
         )
+        if "visual" in vectors:
+            model, vec = vectors["visual"]
+            visual = await self._index.scores("visual", model, vec, list(clips))  # type: ignore[arg-type]
+        if "transcript" in vectors:
+            model, vec = vectors["transcript"]
+            by_clip = await self._clips.segment_ids_by_clip(list(clips))
+            seg_to_clip = {seg: clip for clip, segs in by_clip.items() for seg in segs}
+            scores = await self._index.scores("transcript", model, vec, list(seg_to_clip))  # type: ignore[arg-type]
+            for seg_id, score in scores.items():
+                clip_id = seg_to_clip[seg_id]
+                if clip_id not in transcript or score > transcript[clip_id][0]:
+                    transcript[clip_id] = (score, seg_id)
+        matched = await self._clips.segments_with_clips([seg for _, seg in transcript.values() if seg])
         results = []
-        for clip_id, (t_score, seg_id) in best.items():
-            clip = clips.get(clip_id)
-            if clip is None:
-                continue
-            score = fuse({"visual": None, "transcript": t_score}, weights)
+        for clip_id, clip in clips.items():
+            v_score = visual.get(clip_id, 0.0)
+            t_score, best_segment = transcript.get(clip_id, (0.0, None))
+            score = fuse({"visual": v_score if "visual" in vectors else None,
+                          "transcript": t_score if "transcript" in vectors else None}, weights)
             if score < q.min_score:
                 continue
-            seg = segments[seg_id]
-            results.append(SearchHit(clip, score, 0.0, t_score, seg.text, seg.start_s, seg.end_s))
-        results.sort(key=lambda h: (-h.score, h.clip.start_s))
+            seg = matched.get(best_segment) if best_segment else None
+            results.append(SearchHit(clip, score, v_score, t_score, seg.text if seg else "",
+                                     seg.start_s if seg else clip.start_s, seg.end_s if seg else clip.end_s))
+        results.sort(key=lambda h: (-h.score, str(h.clip.video_id), h.clip.start_s))
         return results
+
+    async def similar(self, clip_id: uuid.UUID, q: SearchQuery) -> SearchPage:
+        """Clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded."""
+        offset = _decode_page(q.page_token, q.fingerprint() + str(clip_id))
+        size = q.page_size or 10
+        await self._clips.get(clip_id)
+        found = await self._index.get("visual", clip_id)
+        if found is None:
+            raise FailedPrecondition("this clip has no visual vector (CLIP was off when it was indexed)",
+                                     reason="NO_VISUAL_VECTOR")
+        model, vec = found
+        hits = await self._index.query("visual", model, vec, self._candidates + 1, q.video_ids or None)
+        scores = {h.id: h.score for h in hits if h.id != clip_id}
+        clips = await self._clips.clips_for_search(
+            list(scores), min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
+            created_after=q.created_after, created_before=q.created_before,
+        )
+        ranked = sorted(
+            (SearchHit(c, scores[i], scores[i], 0.0, "", c.start_s, c.end_s) for i, c in clips.items()),
+            key=lambda h: -h.score,
+        )
+        page = ranked[offset:offset + size]
+        more = offset + size < len(ranked)
+        token = _encode_page(offset + size, q.fingerprint() + str(clip_id)) if more else ""
+        return SearchPage(page, token, uuid.uuid4())
 
     async def get_clip(self, clip_id: uuid.UUID) -> Clip:
         return await self._clips.get(clip_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import grpc.aio
 from clipmind.search.v1 import search_service_pb2, search_service_pb2_grpc
@@ -11,18 +12,27 @@ from services.common.blobstore import LocalBlobStore
 from services.common.config import SearchSettings
 from services.common.db import create_pool
 from services.common.grpc_server import configure_logging, run_server
-from services.common.inference import TritonTextEmbedder
-from services.common.store import ClipStore
+from services.common.inference import make_inference
+from services.common.model_health import check_weight_settings, log_model_status, model_health
+from services.common.store import ClipStore, VideoStore
 from services.common.vectors import PgVectorIndex
 from services.search.searcher import Searcher
 from services.search.servicer import SearchServicer
 
+log = logging.getLogger("clipmind.search")
+
 
 async def serve(settings: SearchSettings) -> None:
     pool = await create_pool(settings.database_url)
-    embedder = TritonTextEmbedder(settings.triton_url, timeout_s=settings.inference_timeout_s)
+    inference = make_inference(settings)
+    statuses = await log_model_status(inference, "search")
+    stale = await VideoStore(pool).stale_models(statuses["sbert"].model_id, statuses["clip_image"].model_id)
+    for key, count in stale.items():
+        log.warning("%d videos have %s vectors from another model than the one in use; they are left out of "
+                    "search until reprocessed (reindex needed)", count, key)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
-    searcher = Searcher(ClipStore(pool), PgVectorIndex(pool), embedder, max_page_size=settings.max_page_size)
+    searcher = Searcher(ClipStore(pool), PgVectorIndex(pool), inference, max_page_size=settings.max_page_size,
+                        allow_random_weights=settings.allow_random_weights_in_ranking)
     servicer = SearchServicer(searcher, blobs)
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -30,10 +40,11 @@ async def serve(settings: SearchSettings) -> None:
         return [search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name]
 
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[embedder.close, pool.close])
+                     on_stop=[inference.close, pool.close], component_health=model_health(inference))
 
 
 def main() -> None:
     settings = SearchSettings()
     configure_logging(settings.log_level)
+    check_weight_settings(settings)
     asyncio.run(serve(settings))

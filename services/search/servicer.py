@@ -9,7 +9,6 @@ from clipmind.search.v1 import search_service_pb2_grpc
 
 from services.common.blobstore import BlobStore
 from services.common.convert import from_timestamp
-from services.common.errors import Unimplemented
 from services.common.paging import parse_name
 from services.common.records import Clip
 from services.search.searcher import Searcher, SearchHit, SearchQuery
@@ -67,9 +66,21 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
             search_id=str(page.search_id),
         )
 
-    async def FindSimilarClips(self, request: Any, context: Any) -> pb.FindSimilarClipsResponse:
-        raise Unimplemented("similar clips need visual vectors (CLIP), not enabled yet",
-                            reason="NOT_IMPLEMENTED")
+    async def FindSimilarClips(
+        self, request: pb.FindSimilarClipsRequest, context: Any
+    ) -> pb.FindSimilarClipsResponse:
+        clip_id = parse_name(request.name, "clips")
+        f = request.filter
+        query = SearchQuery(
+            video_ids=tuple(parse_name(v, "videos", field=f"filter.videos[{i}]") for i, v in enumerate(f.videos)),
+            min_duration_s=f.min_duration_seconds, max_duration_s=f.max_duration_seconds,
+            created_after=from_timestamp(f, "created_after"), created_before=from_timestamp(f, "created_before"),
+            page_size=request.page_size, page_token=request.page_token,
+        )
+        page = await self._searcher.similar(clip_id, query)
+        return pb.FindSimilarClipsResponse(
+            results=[hit_to_pb(h, self._blobs) for h in page.hits], next_page_token=page.next_page_token
+        )
 
     async def GetClip(self, request: pb.GetClipRequest, context: Any) -> pb.Clip:
         return clip_to_pb(await self._searcher.get_clip(parse_name(request.name, "clips")), self._blobs)

@@ -15,15 +15,25 @@ from tests.e2e.clients import rest_upload, wait_ready, watch_job
 from tests.e2e.test_skeleton_flow import CUES, SCENES
 from tests.media import make_scene_video
 
+# CLIP and Whisper weights cannot be downloaded here: the e2e mesh runs them on explicitly requested,
+# seeded random weights. They are "degraded": their vectors and transcripts are stored, but they must
+# not change search ranking (the paraphrase tests below would fail if they did).
+MODEL_ENV = {"CLIPMIND_CLIP_WEIGHTS": "random", "CLIPMIND_WHISPER_WEIGHTS": "random", "CLIPMIND_MODEL_SEED": "0"}
+
 
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    launched = Mesh(MeshConfig(state_dir=tmp_path_factory.mktemp("mesh"), ports=MeshPorts.free()))
+    patch = pytest.MonkeyPatch()
+    for key, value in MODEL_ENV.items():
+        patch.setenv(key, value)  # the launcher hands CLIPMIND_* to Triton from its own environment
+    launched = Mesh(MeshConfig(state_dir=tmp_path_factory.mktemp("mesh"), ports=MeshPorts.free(),
+                               extra_env=MODEL_ENV))
     launched.start()
     try:
         yield launched
     finally:
         launched.stop()
+        patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,75 @@
+"""Re-running a job's index step leaves the same rows and vectors, never duplicates; deleting a video
+removes everything it owns (real PostgreSQL + pgvector)."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import numpy as np
+import pytest
+
+from services.common.db import create_pool
+from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
+from services.common.store import VideoStore
+from services.common.vectors import PgVectorIndex
+
+pytestmark = pytest.mark.integration
+
+
+def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
+    v = rng.standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def _result(video_id: uuid.UUID, rng: np.random.Generator) -> ProcessedVideo:
+    clips = [Clip(derived_id(video_id, "clip", i), video_id, i, i * 10.0, i * 10.0 + 10.0, f"k/{i}.jpg")
+             for i in range(3)]
+    segments = [Segment(derived_id(video_id, "segment", i), video_id, clips[i].id, i, i * 10.0 + 1,
+                        i * 10.0 + 4, f"line {i}", "SIDECAR") for i in range(3)]
+    return ProcessedVideo(
+        clips, segments, vectors=[(s.id, _unit(rng, 384)) for s in segments], transcript_source="SIDECAR",
+        transcript_model="sbert/test", visual_vectors=[(c.id, _unit(rng, 512)) for c in clips],
+        visual_model="clip/test",
+    )
+
+
+async def _counts(pool: asyncpg.Pool, video_id: uuid.UUID) -> tuple[int, ...]:
+    return tuple([
+        await pool.fetchval(f"SELECT count(*) FROM {table} WHERE video_id = $1", video_id)
+        for table in ("clips", "transcript_segments", "transcript_vectors", "visual_vectors")
+    ])
+
+
+async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str) -> None:
+    pool = await create_pool(pg_dsn)
+    try:
+        videos = VideoStore(pool)
+        video_id = uuid.uuid4()
+        await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"),
+                                     Job(uuid.uuid4(), video_id, "QUEUED"))
+        rng = np.random.default_rng(0)
+        first = _result(video_id, rng)
+        await videos.save_processed(video_id, first)
+        assert await _counts(pool, video_id) == (3, 3, 3, 3)
+        await videos.save_processed(video_id, _result(video_id, rng))  # same ids, new vectors
+        assert await _counts(pool, video_id) == (3, 3, 3, 3)
+        saved = await videos.get(video_id)
+        assert (saved.state, saved.scene_count, saved.transcript_model, saved.visual_model) == (
+            "READY", 3, "sbert/test", "clip/test")
+
+        index = PgVectorIndex(pool)
+        query = np.asarray(first.visual_vectors[1][1])
+        hits = await index.query("visual", "clip/test", query, 3)
+        assert len(hits) == 3
+        assert await index.query("visual", "clip/other-model", query, 3) == []  # never mixed
+        model, stored = await index.get("visual", first.visual_vectors[1][0]) or ("", None)
+        assert model == "clip/test" and stored is not None and stored.shape == (512,)
+        exact = await index.scores("visual", "clip/test", query, [c.id for c in first.clips])
+        assert len(exact) == 3 and all(-1.0 <= v <= 1.0 for v in exact.values())
+        assert await videos.stale_models("sbert/test", "clip/new") == {"visual:clip/test": 1}
+
+        await videos.delete(video_id)
+        assert await _counts(pool, video_id) == (0, 0, 0, 0)
+    finally:
+        await pool.close()
