@@ -91,7 +91,9 @@ class SbertModel:
             raise WeightsError(setting, f"could not load Sentence-BERT from {folder}: {exc}") from exc
         model.max_seq_length = max_seq_length
         model.eval()
-        dim = model.get_sentence_embedding_dimension()
+        # sentence-transformers ≥ 5 renamed the accessor; keep older releases working too.
+        get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = get_dim()
         if dim != SBERT_DIM:
             raise WeightsError(setting, f"Sentence-BERT at {folder} gives {dim}-d vectors, expected {SBERT_DIM}")
         if spec.kind == "package" and spec.value == DEFAULT_WEIGHTS.removeprefix("package:"):
