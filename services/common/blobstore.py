@@ -61,7 +61,11 @@ class LocalBlobStore:
             if move:
                 shutil.move(src, tmp)
             else:
-                shutil.copyfile(src, tmp)
+                try:  # same filesystem: a hard link costs nothing, and the source stays
+                    tmp.unlink(missing_ok=True)
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copyfile(src, tmp)
             os.replace(tmp, dst)
 
         await asyncio.to_thread(_copy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,8 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+
+log = logging.getLogger(__name__)
 
 PROCESS_VIDEO = "process_video"
 QUEUE_NAME = "clipmind:queue:default"
@@ -55,6 +58,13 @@ class ProgressBus:
 
     async def publish(self, job_id: uuid.UUID, sequence: int) -> None:
         await self._redis.publish(progress_channel(job_id), json.dumps({"sequence": sequence}))
+
+    async def publish_best_effort(self, job_id: uuid.UUID, sequence: int) -> None:
+        """A lost notice only delays watchers (they also poll Postgres), so Redis trouble is logged, not raised."""
+        try:
+            await self.publish(job_id, sequence)
+        except Exception as exc:
+            log.warning("progress notice for job %s not published: %s", job_id, exc)
 
     @asynccontextmanager
     async def subscribe(self, job_id: uuid.UUID) -> AsyncIterator[aioredis.client.PubSub]:

@@ -16,6 +16,7 @@ import asyncpg
 
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.records import (
+    TERMINAL_JOB_STATES,
     Clip,
     DeadLetter,
     Job,
@@ -110,9 +111,16 @@ class VideoStore:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
         return _record(Video, row)
 
-    async def save_processed(self, video_id: uuid.UUID, result: ProcessedVideo) -> None:
-        """Replace the video's clips, segments and transcript vectors and mark it READY, atomically."""
+    async def save_processed(
+        self, video_id: uuid.UUID, result: ProcessedVideo, job_id: uuid.UUID | None = None
+    ) -> None:
+        """Replace the video's clips, segments and vectors and mark it READY, atomically — unless the job
+        writing them has ended meanwhile (a cancel): then nothing is written."""
         async with self._pool.acquire() as conn, conn.transaction():
+            if job_id is not None:
+                state = await conn.fetchval("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+                if state is None or state in TERMINAL_JOB_STATES:
+                    raise FailedPrecondition(f"job is already {state}", reason="JOB_ALREADY_FINISHED")
             locked = await conn.fetchval("SELECT id FROM videos WHERE id = $1 FOR UPDATE", video_id)
             if locked is None:
                 raise NotFound(f"video {video_id} was deleted", reason="VIDEO_NOT_FOUND")
@@ -233,15 +241,23 @@ class JobStore:
         return [_record(JobEvent, r) for r in rows]
 
     async def record_event(
-        self, job_id: uuid.UUID, *, stage: str, stage_state: str, progress: float, message: str,
+        self, job_id: uuid.UUID, *, stage: str | None, stage_state: str, progress: float | None, message: str,
         job_state: str | None = None, attempt: int | None = None, failure_reason: str | None = None,
     ) -> JobEvent:
-        """Append the next event and update the job row to match, in one transaction."""
+        """Append the next event and update the job row to match, in one transaction.
+
+        A job that has already ended (cancelled, failed, succeeded) takes no further events: that raises
+        FAILED_PRECONDITION ``JOB_ALREADY_FINISHED``, which is how a running worker learns of a cancel.
+        ``stage``/``progress`` of None keep the job's current ones."""
         async with self._pool.acquire() as conn, conn.transaction():
             job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", job_id)
             if job is None:
                 raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+            if job["state"] in TERMINAL_JOB_STATES:
+                raise FailedPrecondition(f"job is already {job['state']}", reason="JOB_ALREADY_FINISHED")
             state = job_state or job["state"]
+            stage = stage or job["stage"]
+            progress = job["progress"] if progress is None else progress
             seq = await conn.fetchval(
                 "SELECT coalesce(max(sequence), 0) + 1 FROM job_events WHERE job_id = $1", job_id
             )
@@ -284,6 +300,14 @@ class JobStore:
             )
         await self._pool.execute("DELETE FROM dead_letters WHERE job_id = $1", job_id)
         return _record(Job, row)
+
+    async def mark_video_cancelled(self, video_id: uuid.UUID) -> None:
+        """A cancelled job leaves its video FAILED ("processing cancelled") unless it was already READY."""
+        await self._pool.execute(
+            "UPDATE videos SET state = 'FAILED', failure_reason = 'processing cancelled', update_time = now() "
+            "WHERE id = $1 AND state IN ('PENDING', 'PROCESSING')",
+            video_id,
+        )
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         await self._pool.execute(

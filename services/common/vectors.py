@@ -107,7 +107,12 @@ class PgVectorIndex:
             f"WHERE {where} ORDER BY embedding <=> $1 LIMIT $3"
         )
         async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self._ef_search, top_k))}")
+            if video_ids:
+                # pgvector 0.6 filters after the HNSW scan, which could leave a selective filter with no
+                # rows: for a video filter scan exactly (the video's rows come from the btree index).
+                await conn.execute("SET LOCAL enable_indexscan = off")
+            else:
+                await conn.execute(f"SET LOCAL hnsw.ef_search = {min(1000, max(self._ef_search, top_k))}")
             rows = await conn.fetch(sql, *args)
         return [VectorHit(r["id"], r["video_id"], float(r["score"])) for r in rows]
 

@@ -120,11 +120,16 @@ class VideoIngestor:
             )
         meta = VideoMeta(upload.filename, upload.content_type, title, description, upload.committed_size,
                          sidecar)
+        staged = self._staged(upload_id)
         try:
-            return await self._ingest(self._staged(upload_id), meta, upload_id=upload_id)
+            video = await self._ingest(staged, meta, upload_id=upload_id)
         except InvalidArgument:
             await self._uploads.set_state(upload_id, "CANCELLED")
+            await asyncio.to_thread(staged.unlink, missing_ok=True)
             raise
+        # Any other failure leaves the upload ACTIVE with its bytes: CompleteUpload can be called again.
+        await asyncio.to_thread(staged.unlink, missing_ok=True)
+        return video
 
     @staticmethod
     def _check_active(upload: Upload) -> None:
@@ -153,15 +158,12 @@ class VideoIngestor:
     # -- common path -------------------------------------------------------------------------
 
     async def _ingest(self, staged: Path, meta: VideoMeta, upload_id: uuid.UUID | None = None) -> Video:
-        """Validate, store the blob(s), create video + job rows, enqueue. Cleans up on any failure."""
-        try:
-            info = await validate_video(staged, field="video")
-            sidecar_format = ""
-            if meta.sidecar is not None:
-                sidecar_format = _check_sidecar(meta.sidecar)
-        except BaseException:
-            staged.unlink(missing_ok=True)
-            raise
+        """Validate, store the blob(s), create video + job rows, enqueue. Stores nothing on failure; the
+        staged file is left to the caller (a stream removes it, a resumable upload keeps it for a retry)."""
+        info = await validate_video(staged, field="video")
+        sidecar_format = ""
+        if meta.sidecar is not None:
+            sidecar_format = await asyncio.to_thread(_check_sidecar, meta.sidecar)
         video_id = uuid.uuid4()
         ext = _extension(meta.filename, info.format_name)
         video = Video(
@@ -175,7 +177,7 @@ class VideoIngestor:
         )
         job = Job(uuid.uuid4(), video_id, "QUEUED", max_attempts=self._max_attempts)
         try:
-            await self._blobs.put_file(video.blob_key, staged, move=True)
+            await self._blobs.put_file(video.blob_key, staged, move=upload_id is None)
             if meta.sidecar is not None:
                 video.sidecar_key = f"videos/{video_id}/subtitles{SUBTITLE_FORMATS[sidecar_format]}"
                 video.sidecar_format = sidecar_format
@@ -184,7 +186,6 @@ class VideoIngestor:
             await self._videos.create_with_job(video, job, upload_id)
         except BaseException:
             await self._blobs.delete_prefix(f"videos/{video_id}")
-            staged.unlink(missing_ok=True)
             raise
         await self._queue.enqueue(job.id)
         return await self._videos.get(video_id)

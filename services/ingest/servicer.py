@@ -72,6 +72,8 @@ def sidecar_from_pb(msg: pb.SubtitleFile, present: bool) -> SidecarInput | None:
     if which is None:
         raise invalid_field("sidecar_subtitles.content", "give the subtitle file as text or data")
     data = msg.text.encode() if which == "text" else msg.data
+    if msg.format not in pb.SubtitleFile.Format.values():
+        raise invalid_field("sidecar_subtitles.format", f"unknown subtitle format {msg.format}")
     fmt = pb.SubtitleFile.Format.Name(msg.format).removeprefix("FORMAT_") if msg.format else ""
     return SidecarInput(data=data, format=fmt, filename=msg.filename, language=msg.language)
 

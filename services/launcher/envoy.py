@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.launcher.process import LaunchError, ManagedProcess
+from services.launcher.process import LaunchError, ManagedProcess, OwnsProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
@@ -83,7 +83,7 @@ def admin_ready(admin_port: int, host: str = "127.0.0.1") -> bool:
 
 
 @dataclass
-class EmbeddedEnvoy:
+class EmbeddedEnvoy(OwnsProcess):
     """envoy running the rendered template; config written to ``work_dir/envoy.yaml``."""
 
     work_dir: Path
@@ -131,11 +131,3 @@ class EmbeddedEnvoy:
         self._proc.start()
         return self._proc.wait_ready(lambda: admin_ready(self.ports.admin_port), self.ready_timeout_s)
 
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def check_alive(self) -> None:
-        if self._proc is not None:
-            self._proc.check_alive()

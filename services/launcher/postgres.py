@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.launcher.process import LaunchError, ManagedProcess, log_tail
+from services.launcher.process import LaunchError, ManagedProcess, OwnsProcess, log_tail
 
 DATABASE = "clipmind"
 SUPERUSER = "postgres"
@@ -38,7 +38,7 @@ def pg_bin_dir() -> Path:
 
 
 @dataclass
-class EmbeddedPostgres:
+class EmbeddedPostgres(OwnsProcess):
     """PostgreSQL on ``host:port`` with its data under ``data_dir`` (kept across restarts)."""
 
     data_dir: Path
@@ -86,14 +86,6 @@ class EmbeddedPostgres:
         self._ensure_database(bin_dir)
         return waited
 
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def check_alive(self) -> None:
-        if self._proc is not None:
-            self._proc.check_alive()
 
     def psql(self, sql: str, database: str | None = None) -> str:
         """Run one statement through the wheel's ``psql``; returns unaligned tuples-only output."""

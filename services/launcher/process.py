@@ -157,3 +157,18 @@ class ManagedProcess:
                 os.killpg(proc.pid, sig)
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(sig)
+
+
+class OwnsProcess:
+    """Mixin for a launched part that holds one ``ManagedProcess`` in ``_proc``: stop it, check it."""
+
+    _proc: ManagedProcess | None
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop()  # SIGTERM, then SIGKILL after the grace period
+            self._proc = None
+
+    def check_alive(self) -> None:
+        if self._proc is not None:
+            self._proc.check_alive()

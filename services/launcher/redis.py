@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.launcher.process import LaunchError, ManagedProcess
+from services.launcher.process import LaunchError, ManagedProcess, OwnsProcess
 
 
 def redis_server_path() -> Path:
@@ -33,7 +33,7 @@ def redis_ping(host: str, port: int, timeout_s: float = 1.0) -> bool:
 
 
 @dataclass
-class EmbeddedRedis:
+class EmbeddedRedis(OwnsProcess):
     """redis-server on ``host:port`` persisting into ``data_dir``."""
 
     data_dir: Path
@@ -79,12 +79,3 @@ class EmbeddedRedis:
         self._proc.start()
         return self._proc.wait_ready(lambda: redis_ping(self.host, self.port), self.ready_timeout_s)
 
-    def stop(self) -> None:
-        # SIGTERM: redis flushes the AOF, writes a final snapshot and exits.
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def check_alive(self) -> None:
-        if self._proc is not None:
-            self._proc.check_alive()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.launcher.process import ManagedProcess
+from services.launcher.process import ManagedProcess, OwnsProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_GRACE_S = 2.0
@@ -40,7 +40,7 @@ def python_path() -> str:
 
 
 @dataclass
-class ServiceProcess:
+class ServiceProcess(OwnsProcess):
     """One ``python -m <module>`` of the mesh.
 
     ``grpc_address`` is ``host:port`` for servers (readiness by health check) and ``None`` for the
@@ -75,11 +75,3 @@ class ServiceProcess:
         started = time.monotonic()
         return self._proc.wait_ready(lambda: time.monotonic() - started >= WORKER_GRACE_S, self.ready_timeout_s)
 
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def check_alive(self) -> None:
-        if self._proc is not None:
-            self._proc.check_alive()

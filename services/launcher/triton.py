@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.launcher.process import LaunchError, ManagedProcess
+from services.launcher.process import LaunchError, ManagedProcess, OwnsProcess
 
 STUB_PYTHON = "3.11"
 STUB_NUMPY = "numpy>=1.26,<2"
@@ -139,7 +139,7 @@ def _http_ok(url: str, timeout_s: float = 2.0) -> bool:
 
 
 @dataclass
-class EmbeddedTriton:
+class EmbeddedTriton(OwnsProcess):
     """tritonserver on CPU serving ``model_repository`` (explicit model control, all models loaded)."""
 
     work_dir: Path
@@ -211,14 +211,6 @@ class EmbeddedTriton:
 
         return self._proc.wait_ready(ready, self.ready_timeout_s, interval_s=0.5)
 
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.stop()
-            self._proc = None
-
-    def check_alive(self) -> None:
-        if self._proc is not None:
-            self._proc.check_alive()
 
     def model_config(self, name: str) -> dict:
         with urllib.request.urlopen(f"{self.http_url}/v2/models/{name}/config", timeout=5) as resp:

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 CLIP_SETTING = "CLIPMIND_CLIP_WEIGHTS"
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_TAG = "laion2b_s34b_b79k"
+MAX_IMAGE_PIXELS = 40_000_000
 CHECKPOINT_NAMES = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.safetensors",
@@ -184,6 +185,10 @@ class ClipModel:
                 if not data:
                     raise ValueError("no bytes")
                 with Image.open(io.BytesIO(bytes(data))) as image:
+                    # Refuse decompression bombs before decoding: a small file may claim a huge canvas.
+                    if image.width * image.height > MAX_IMAGE_PIXELS:
+                        raise ValueError(f"image is {image.width}x{image.height}, over {MAX_IMAGE_PIXELS} pixels")
+                    image.draft("RGB", (448, 448))  # JPEG: decode at reduced size, CLIP needs 224
                     image.load()
                     rgb = image.convert("RGB")
                 tensors.append(self._transform(rgb))

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from services.common.errors import FailedPrecondition
 from services.common.queue import JobQueue, ProgressBus
-from services.common.records import TERMINAL_JOB_STATES, Job, JobEvent
+from services.common.records import Job, JobEvent
 from services.common.store import JobStore
 
 
@@ -31,8 +31,8 @@ class JobControl:
                 for event in await self._jobs.events(job_id, last):
                     yield event
                     last = event.sequence
-                    if event.job_state in TERMINAL_JOB_STATES:
-                        return
+                # Ended only if the job row says so *and* no event came after: a retried job has old
+                # terminal events followed by new ones.
                 job = await self._jobs.get(job_id)
                 if job.terminal and not await self._jobs.events(job_id, last):
                     return
@@ -42,11 +42,16 @@ class JobControl:
         job = await self._jobs.get(job_id)
         if job.terminal:
             raise FailedPrecondition(f"job is already {job.state}", reason="JOB_ALREADY_FINISHED")
-        event = await self._jobs.record_event(
-            job_id, stage=job.stage, stage_state="FAILED", progress=job.progress,
-            message="cancelled on request", job_state="CANCELLED", failure_reason="cancelled on request",
-        )
-        await self._bus.publish(job_id, event.sequence)
+        try:
+            event = await self._jobs.record_event(
+                job_id, stage=None, stage_state="FAILED", progress=None,
+                message="cancelled on request", job_state="CANCELLED", failure_reason="cancelled on request",
+            )
+        except FailedPrecondition as exc:  # it ended between the check above and the lock
+            raise FailedPrecondition(f"job is already {(await self._jobs.get(job_id)).state}",
+                                     reason="JOB_ALREADY_FINISHED") from exc
+        await self._jobs.mark_video_cancelled(job.video_id)
+        await self._bus.publish_best_effort(job_id, event.sequence)
         return await self._jobs.get(job_id)
 
     async def retry(self, job_id: uuid.UUID) -> Job:
@@ -55,6 +60,6 @@ class JobControl:
             job_id, stage=job.stage, stage_state="STARTED", progress=0.0, message="retry requested",
             job_state="QUEUED",
         )
-        await self._bus.publish(job_id, event.sequence)
         await self._queue.enqueue(job_id, generation=time.time_ns())
+        await self._bus.publish_best_effort(job_id, event.sequence)
         return await self._jobs.get(job_id)

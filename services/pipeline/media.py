@@ -117,8 +117,20 @@ def trim_stderr(stderr: bytes, limit: int = _STDERR_LIMIT) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
+# Demuxers ffmpeg/ffprobe may use on an uploaded file. Playlist and meta formats (hls, concat, …) are left
+# out: a text "video" that is an HLS playlist would otherwise make ffmpeg read other files on this host.
+ALLOWED_DEMUXERS = (
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,asf,ogg,mpeg,mxf,h264,hevc,"
+    "mp3,wav,aac,flac,image2,png_pipe,jpeg_pipe,webp_pipe,gif"
+)
+
+
 async def run_tool(args: list[str], timeout_s: float) -> ProcessResult:
-    """Run ffmpeg/ffprobe (``args[0]``) without a shell, capture output, kill it on timeout."""
+    """Run ffmpeg/ffprobe (``args[0]``) without a shell, capture output, kill it on timeout.
+
+    Inputs are restricted to local files and to ``ALLOWED_DEMUXERS``."""
+    if Path(args[0]).name in ("ffmpeg", "ffprobe"):
+        args = [args[0], "-protocol_whitelist", "file,pipe", "-format_whitelist", ALLOWED_DEMUXERS, *args[1:]]
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,

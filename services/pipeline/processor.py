@@ -9,6 +9,7 @@ its modality off for this video, and the events name the setting that would turn
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import uuid
@@ -18,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from services.common.blobstore import BlobStore
+from services.common.errors import FailedPrecondition
 from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
 from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
 from services.common.store import JobStore, VideoStore
 from services.pipeline.media import MediaInfo, extract_audio, extract_frame, probe
-from services.pipeline.reporter import JobReporter
+from services.pipeline.reporter import JobCancelled, JobReporter
 from services.pipeline.scenes import Scene, detect_scenes_async
 from services.pipeline.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
 
@@ -32,6 +34,9 @@ log = logging.getLogger(__name__)
 STAGE_WEIGHTS = {
     "PROBE": 0.05, "THUMBNAIL": 0.05, "SCENES": 0.35, "TRANSCRIPT": 0.15, "EMBED": 0.30, "INDEX": 0.10,
 }
+
+
+WHISPER_WINDOW_S = 30  # Whisper's own context; also bounds each inference call
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,10 @@ class VideoProcessor:
 
         await report.start("INDEX", "writing clips, segments and vectors")
         await report.check_cancelled()
-        await self._videos.save_processed(video.id, result)
+        try:
+            await self._videos.save_processed(video.id, result, job_id=job.id)
+        except FailedPrecondition as exc:
+            raise JobCancelled(str(job.id)) from exc
         await report.finish("INDEX", f"indexed {len(clips)} clips, {len(segments)} segments")
 
     async def _frame_to_blob(self, source: Path, at_s: float, key: str, duration_s: float) -> None:
@@ -171,7 +179,9 @@ class VideoProcessor:
         """(cues, source, note): sidecar first, then a text subtitle track, then speech recognition."""
         if video.sidecar_key:
             data = await self._blobs.get_bytes(video.sidecar_key)
-            cues = parse_subtitles(data, video.sidecar_format or None, filename=video.sidecar_key)
+            cues = await asyncio.to_thread(
+                parse_subtitles, data, video.sidecar_format or None, filename=video.sidecar_key
+            )
             return clip_cues(cues, info.duration_s), "SIDECAR", ""
         track = pick_text_track(info.subtitle_streams)
         if track is not None:
@@ -184,6 +194,14 @@ class VideoProcessor:
         audio = await extract_audio(source, WHISPER_SAMPLE_RATE)
         if audio.size == 0:
             return [], "NONE", "no subtitles and the audio track is empty"
-        transcript = await self._inference.transcribe(audio, WHISPER_SAMPLE_RATE)
-        cues = [Cue(s.start_s, s.end_s, s.text.strip()) for s in transcript.segments if s.text.strip()]
-        return clip_cues(cues, info.duration_s), "SPEECH_RECOGNITION", f" (language {transcript.language})"
+        heard: list[Cue] = []
+        languages: list[str] = []
+        window = WHISPER_WINDOW_S * WHISPER_SAMPLE_RATE
+        for start in range(0, audio.size, window):  # one call per window: each fits its deadline
+            offset = start / WHISPER_SAMPLE_RATE
+            transcript = await self._inference.transcribe(audio[start:start + window], WHISPER_SAMPLE_RATE)
+            languages.append(transcript.language)
+            heard += [Cue(offset + s.start_s, offset + s.end_s, s.text.strip())
+                     for s in transcript.segments if s.text.strip()]
+        language = max(set(languages), key=languages.count) if languages else "?"
+        return clip_cues(heard, info.duration_s), "SPEECH_RECOGNITION", f" (language {language})"

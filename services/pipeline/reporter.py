@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 
+from services.common.errors import FailedPrecondition
 from services.common.queue import ProgressBus
 from services.common.records import JobEvent
 from services.common.store import JobStore
@@ -25,8 +26,13 @@ class JobReporter:
         return StageReport(self, job_id, weights)
 
     async def emit(self, job_id: uuid.UUID, **kwargs: object) -> JobEvent:
-        event = await self._jobs.record_event(job_id, **kwargs)  # type: ignore[arg-type]
-        await self._bus.publish(job_id, event.sequence)
+        try:
+            event = await self._jobs.record_event(job_id, **kwargs)  # type: ignore[arg-type]
+        except FailedPrecondition as exc:
+            if exc.reason == "JOB_ALREADY_FINISHED":  # cancelled while this stage ran
+                raise JobCancelled(str(job_id)) from exc
+            raise
+        await self._bus.publish_best_effort(job_id, event.sequence)
         return event
 
 
@@ -80,8 +86,10 @@ class StageReport:
         await self._end(stage, "COMPLETED", message, job_state="SUCCEEDED")
 
     async def failed(self, message: str, *, final: bool) -> None:
+        """Report a failed attempt at the stage and progress the job row holds (this report object may be
+        a fresh one, made by the worker after the processor gave up)."""
         await self._reporter.emit(
-            self._job_id, stage=self._stage, stage_state="FAILED", progress=self._done,
+            self._job_id, stage=None, stage_state="FAILED", progress=None,
             message=message if final else f"{message} (will retry)",
             job_state="FAILED" if final else "RUNNING", failure_reason=message,
         )

@@ -7,7 +7,9 @@ failures into retries (transient) or a failed job + dead letter (permanent, or o
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -22,7 +24,7 @@ from services.common.grpc_server import configure_logging
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status
 from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ProgressBus
-from services.common.records import DeadLetter
+from services.common.records import DeadLetter, Job
 from services.common.store import JobStore, VideoStore
 from services.pipeline.processor import STAGE_WEIGHTS, ProcessorConfig, VideoProcessor
 from services.pipeline.reporter import JobCancelled, JobReporter
@@ -41,10 +43,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     inference = make_inference(settings)
     await log_model_status(inference, "worker")
     reporter = JobReporter(jobs, bus)
+    blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     ctx.update(
-        pool=pool, bus=bus, videos=videos, jobs=jobs, inference=inference, reporter=reporter,
+        pool=pool, bus=bus, videos=videos, jobs=jobs, inference=inference, reporter=reporter, blobs=blobs,
         processor=VideoProcessor(
-            videos, jobs, reporter, LocalBlobStore(settings.blob_dir, settings.media_base_url), inference,
+            videos, jobs, reporter, blobs, inference,
             ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size),
         ),
     )
@@ -64,6 +67,7 @@ def _backoff_s(attempt: int) -> float:
 
 async def process_video(ctx: dict[str, Any], job_id: str) -> str:
     jobs: JobStore = ctx["jobs"]
+    settings: WorkerSettings = ctx["settings"]
     try:
         job = await jobs.get(uuid.UUID(job_id))
     except NotFound:
@@ -71,26 +75,46 @@ async def process_video(ctx: dict[str, Any], job_id: str) -> str:
     if job.terminal:
         return f"job already {job.state}"
     attempt = int(ctx.get("job_try", 1))
-    report = ctx["reporter"].for_job(job.id, STAGE_WEIGHTS)
+    max_attempts = min(job.max_attempts, settings.max_tries)
+    started = time.monotonic()
     try:
         await ctx["processor"].run(job, attempt)
         return "succeeded"
     except JobCancelled:
         return "cancelled"
+    except NotFound:
+        await ctx["blobs"].delete_prefix(f"videos/{job.video_id}")  # deleted mid-run: drop what we wrote
+        return "video deleted while processing"
+    except asyncio.CancelledError:
+        # arq cancels the task on its job timeout (final: arq will not run it again) and on shutdown
+        # (the job is picked up again later: leave it as it is).
+        if time.monotonic() - started >= settings.job_timeout_s - 1:
+            await asyncio.shield(_fail(ctx, job, attempt, f"timed out after {settings.job_timeout_s} s", True))
+        raise
     except Exception as exc:
         permanent = isinstance(exc, ClipMindError) and exc.code in PERMANENT_CODES
-        if isinstance(exc, NotFound):
-            return "video deleted while processing"
         message = exc.message if isinstance(exc, ClipMindError) else f"{type(exc).__name__}: {exc}"
-        final = permanent or attempt >= job.max_attempts
-        log.warning("job %s attempt %d failed (%s): %s", job.id, attempt,
+        final = permanent or attempt >= max_attempts
+        log.warning("job %s attempt %d/%d failed (%s): %s", job.id, attempt, max_attempts,
                     "final" if final else "will retry", message, exc_info=not permanent)
-        await report.failed(message, final=final)
+        try:
+            await _fail(ctx, job, attempt, message, final)
+        except JobCancelled:
+            return "cancelled"
+        except Exception as bookkeeping:  # Postgres/Redis trouble: let arq try the whole job again
+            log.warning("job %s: could not record the failure (%s); retrying", job.id, bookkeeping)
+            raise Retry(defer=_backoff_s(attempt)) from exc
         if not final:
             raise Retry(defer=_backoff_s(attempt)) from exc
-        await ctx["videos"].update_fields(job.video_id, state="FAILED", failure_reason=message)
-        await jobs.add_dead_letter(DeadLetter(uuid.uuid4(), job.id, job.video_id, message, attempt))
         return "failed"
+
+
+async def _fail(ctx: dict[str, Any], job: Job, attempt: int, message: str, final: bool) -> None:
+    """Record a failed attempt; a final one also fails the video and leaves a dead letter."""
+    await ctx["reporter"].for_job(job.id, STAGE_WEIGHTS).failed(message, final=final)
+    if final:
+        await ctx["videos"].update_fields(job.video_id, state="FAILED", failure_reason=message)
+        await ctx["jobs"].add_dead_letter(DeadLetter(uuid.uuid4(), job.id, job.video_id, message, attempt))
 
 
 def arq_settings(settings: WorkerSettings) -> dict[str, Any]:

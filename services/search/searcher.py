@@ -220,6 +220,8 @@ class Searcher:
 
     async def similar(self, clip_id: uuid.UUID, q: SearchQuery) -> SearchPage:
         """Clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded."""
+        if q.page_size < 0 or q.page_size > self._max_page_size:
+            raise invalid_field("page_size", f"must be between 0 and {self._max_page_size}")
         offset = _decode_page(q.page_token, q.fingerprint() + str(clip_id))
         size = q.page_size or 10
         await self._clips.get(clip_id)

@@ -13,36 +13,14 @@ stored vectors. A request holding an empty or whitespace-only text gets its own 
 from __future__ import annotations
 
 import json
-import os
+import sys
 from pathlib import Path
 
+# The ClipMind checkout this repository belongs to (an installed ClipMind serves as well).
+sys.path.append(str(Path(__file__).resolve().parents[3]))
+from services.models.stub_env import prepare
 
-def _bootstrap() -> None:
-    """Make the virtualenv and the ClipMind checkout importable inside the python backend stub.
-
-    The stub runs its interpreter isolated (``-I``), which drops ``PYTHONPATH``; the launcher names the
-    virtualenv site dirs and the repository root there, so add each as a site dir (``.pth`` files apply),
-    ahead of the system dist-packages. Without ``PYTHONPATH`` (NVIDIA container with ClipMind installed)
-    the repository root next to model_repository/ is tried last.
-    """
-    import site
-    import sys
-
-    before = list(sys.path)
-    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
-        if entry and entry not in before and os.path.isdir(entry):
-            site.addsitedir(entry)
-    added = [p for p in sys.path if p not in before]
-    sys.path[:] = added + before
-    repo_root = str(Path(__file__).resolve().parents[3])
-    if (Path(repo_root) / "services" / "models").is_dir() and repo_root not in sys.path:
-        sys.path.append(repo_root)
-
-
-_bootstrap()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+prepare()
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
