@@ -10,6 +10,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
+
 TERMINAL_JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 STAGES = ("PROBE", "THUMBNAIL", "SCENES", "TRANSCRIPT", "EMBED", "INDEX")
 
@@ -131,10 +133,10 @@ class ProcessedVideo:
 
     clips: list[Clip]
     segments: list[Segment]
-    vectors: list[tuple[uuid.UUID, object]] = field(default_factory=list)  # (segment id, vector)
+    vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (segment id, vector)
     transcript_source: str = "NONE"
     transcript_model: str = ""
-    visual_vectors: list[tuple[uuid.UUID, object]] = field(default_factory=list)  # (clip id, vector)
+    visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (clip id, vector)
     visual_model: str = ""
 
 

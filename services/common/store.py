@@ -26,6 +26,7 @@ from services.common.records import (
     Upload,
     Video,
 )
+from services.common.vectors import PgVectorIndex, VectorItem
 
 _VIDEO_COLUMNS = [f.name for f in fields(Video) if f.name != "job_id"]
 _VIDEO_SELECT = (
@@ -42,6 +43,7 @@ def _record(cls: Any, row: asyncpg.Record) -> Any:
 class VideoStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._vectors = PgVectorIndex(pool)  # vectors live in the same database: written in one transaction
 
     async def get(self, video_id: uuid.UUID) -> Video:
         row = await self._pool.fetchrow(f"{_VIDEO_SELECT} WHERE v.id = $1", video_id)
@@ -136,13 +138,13 @@ class VideoStore:
                 [(s.id, s.video_id, s.clip_id, s.idx, s.start_s, s.end_s, s.text, s.source)
                  for s in result.segments],
             )
-            await conn.executemany(
-                "INSERT INTO transcript_vectors (id, video_id, model, embedding) VALUES ($1, $2, $3, $4)",
-                [(seg_id, video_id, result.transcript_model, vec) for seg_id, vec in result.vectors],
+            await self._vectors.upsert(
+                "transcript", result.transcript_model,
+                [VectorItem(seg_id, video_id, vec) for seg_id, vec in result.vectors], conn=conn,
             )
-            await conn.executemany(
-                "INSERT INTO visual_vectors (id, video_id, model, embedding) VALUES ($1, $2, $3, $4)",
-                [(clip_id, video_id, result.visual_model, vec) for clip_id, vec in result.visual_vectors],
+            await self._vectors.upsert(
+                "visual", result.visual_model,
+                [VectorItem(clip_id, video_id, vec) for clip_id, vec in result.visual_vectors], conn=conn,
             )
             await conn.execute(
                 "UPDATE videos SET state = 'READY', scene_count = $2, transcript_source = $3, "

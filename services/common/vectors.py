@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncpg
 import numpy as np
@@ -32,7 +32,7 @@ class VectorHit:
 
 class VectorIndex(Protocol):
     async def upsert(
-        self, collection: str, model: str, items: Sequence[VectorItem], *, conn: object | None = None
+        self, collection: str, model: str, items: Sequence[VectorItem], *, conn: Any = None
     ) -> None: ...
 
     async def query(
@@ -43,8 +43,6 @@ class VectorIndex(Protocol):
         top_k: int,
         video_ids: Sequence[uuid.UUID] | None = None,
     ) -> list[VectorHit]: ...
-
-    async def delete_video(self, collection: str, video_id: uuid.UUID) -> None: ...
 
     async def scores(
         self, collection: str, model: str, vector: np.ndarray, ids: Sequence[uuid.UUID]
@@ -71,7 +69,7 @@ class PgVectorIndex:
             raise ValueError(f"unknown vector collection {collection!r}") from None
 
     async def upsert(
-        self, collection: str, model: str, items: Sequence[VectorItem], *, conn: object | None = None
+        self, collection: str, model: str, items: Sequence[VectorItem], *, conn: Any = None
     ) -> None:
         table = self._table(collection)
         sql = (
@@ -80,8 +78,7 @@ class PgVectorIndex:
             "embedding = EXCLUDED.embedding"
         )
         rows = [(i.id, i.video_id, model, np.asarray(i.vector, dtype=np.float32)) for i in items]
-        if conn is not None:
-            assert isinstance(conn, asyncpg.Connection)
+        if conn is not None:  # the caller's transaction (a pool connection)
             await conn.executemany(sql, rows)
         else:
             async with self._pool.acquire() as c:
@@ -138,7 +135,3 @@ class PgVectorIndex:
         embedding = row["embedding"]
         values = embedding.to_numpy() if hasattr(embedding, "to_numpy") else embedding
         return row["model"], np.asarray(values, dtype=np.float32)
-
-    async def delete_video(self, collection: str, video_id: uuid.UUID) -> None:
-        async with self._pool.acquire() as conn:
-            await conn.execute(f"DELETE FROM {self._table(collection)} WHERE video_id = $1", video_id)

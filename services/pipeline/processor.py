@@ -159,9 +159,9 @@ class VideoProcessor:
             )
         return clips
 
-    async def _visual_vectors(self, clips: list[Clip]) -> list[tuple[uuid.UUID, object]]:
+    async def _visual_vectors(self, clips: list[Clip]) -> list[tuple[uuid.UUID, np.ndarray]]:
         """CLIP vectors of the clips' keyframes, in batches; a keyframe the model rejects is left out."""
-        vectors: list[tuple[uuid.UUID, object]] = []
+        vectors: list[tuple[uuid.UUID, np.ndarray]] = []
         size = max(1, self._config.clip_batch_size)
         for start in range(0, len(clips), size):
             batch = clips[start:start + size]
