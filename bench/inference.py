@@ -7,7 +7,8 @@
 
 Prints one row per (backend, model, batch, concurrency): items/s (images/s for clip_image, sentences/s for
 sbert and clip_text) or, for whisper, the real-time factor (processing seconds per second of audio, lower is
-better). Then the issue's two targets, per embedding model:
+better), as the median of interleaved rounds (every backend once per round, so drift in the machine's load
+falls on all of them alike) with the rounds' min and max. Then the issue's two targets, per embedding model:
 
 * Triton overhead <= 10% of in-process torch at batch 8 (concurrency 1): 1 - triton/torch throughput;
 * dynamic batching >= 2x: Triton throughput at concurrency 8 over concurrency 1 (batch 1 requests).
@@ -27,6 +28,7 @@ import contextlib
 import functools
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -60,20 +62,25 @@ SENTENCES = [
 
 @dataclass(frozen=True)
 class Cell:
+    """One (backend, model, batch, concurrency) cell: its figure in each round."""
+
     backend: str
     model: str
     batch: int
     concurrency: int
-    items: int
-    seconds: float
-    audio_s: float = 0.0
+    calls: int
+    rounds: tuple[float, ...]
 
     @property
     def value(self) -> float:
-        """items/s, or the real-time factor for whisper."""
-        if self.model == "whisper":
-            return self.seconds / self.audio_s if self.audio_s else float("nan")
-        return self.items / self.seconds if self.seconds else 0.0
+        """Median over the rounds of items/s, or of the real-time factor for whisper."""
+        return statistics.median(self.rounds) if self.rounds else float("nan")
+
+
+def round_value(model: str, calls: int, batch: int, seconds: float, audio_s: float) -> float:
+    if model == "whisper":
+        return seconds / (calls * audio_s) if calls and audio_s else float("nan")
+    return calls * batch / seconds if seconds else 0.0
 
 
 # ------------------------------------------------------------------------------------------ workloads
@@ -116,7 +123,6 @@ async def measure(
     call: Callable[[], Awaitable[Any]], concurrency: int, duration_s: float, min_calls: int
 ) -> tuple[int, float]:
     """Calls completed by ``concurrency`` closed-loop workers in about ``duration_s``, and the wall time."""
-    await call()  # warm-up (first-call allocations, lazy loads)
     done = 0
     start = time.perf_counter()
     stop = start + duration_s
@@ -228,18 +234,19 @@ def private_triton(models: Sequence[str], env: dict[str, str]):
 
 
 def table(cells: Sequence[Cell]) -> str:
-    rows = [("backend", "model", "batch", "conc", "calls", "seconds", "throughput", "unit")]
+    rows = [("backend", "model", "batch", "conc", "calls", "median", "min", "max", "unit")]
     for c in cells:
-        calls = c.items if c.model == "whisper" else c.items // c.batch
+        fmt = "{:.3f}" if c.model == "whisper" else "{:.1f}"
         rows.append(
             (
                 c.backend,
                 c.model,
                 str(c.batch),
                 str(c.concurrency),
-                str(calls),
-                f"{c.seconds:.1f}",
-                f"{c.value:.3f}" if c.model == "whisper" else f"{c.value:.1f}",
+                str(c.calls),
+                fmt.format(c.value),
+                fmt.format(min(c.rounds)),
+                fmt.format(max(c.rounds)),
                 UNITS[c.model],
             )
         )
@@ -295,14 +302,17 @@ def machine(device: str) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="batch 1,8; concurrency 1,8; 1.5 s per cell; 2 s of audio")
+    p.add_argument(
+        "--quick", action="store_true", help="batch 1,8; concurrency 1,8; 2 s per cell in 2 rounds; 2 s of audio"
+    )
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--backends", default="triton,torch", help="comma-separated of triton, torch, onnx")
     p.add_argument("--onnx", action="store_true", help="add the onnx backend (exported graphs in ONNX Runtime)")
     p.add_argument("--onnx-dir", type=Path, default=ROOT / "deploy" / "triton-gpu")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--concurrency", default="1,8")
-    p.add_argument("--duration", type=float, default=4.0, help="seconds per cell (after one warm-up call)")
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per cell and backend (after a warm-up call)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell; figures are their median")
     p.add_argument("--min-calls", type=int, default=2, help="calls per cell at least, however long they take")
     p.add_argument("--audio-seconds", type=float, default=10.0, help="length of the whisper clip")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch/onnx device")
@@ -312,7 +322,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.quick:
-        args.batches, args.duration, args.audio_seconds, args.min_calls = "1,8", 1.5, 2.0, 1
+        args.batches, args.duration, args.rounds, args.audio_seconds, args.min_calls = "1,8", 2.0, 2, 2.0, 1
     args.models = [m for m in args.models.split(",") if m]
     args.backends = [b for b in args.backends.split(",") if b] + (["onnx"] if args.onnx else [])
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -320,60 +330,70 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def bench_backend(name: str, backend: Any, args: argparse.Namespace, audio: np.ndarray) -> list[Cell]:
+async def bench(backends: dict[str, Any], args: argparse.Namespace, audio: np.ndarray) -> list[Cell]:
+    """Every cell, the backends interleaved: ``--rounds`` rounds of ``duration / rounds`` seconds each, every
+    backend once per round (the order rotating), so a change in the machine's load during the run falls on
+    all backends alike instead of on whichever ran last."""
+    audio_s = len(audio) / 16_000
     cells = []
     for model in args.models:
-        if name == "onnx" and model == "whisper":
-            continue
-        batches = [1] if model == "whisper" else args.batches
-        for batch in batches:
+        names = [name for name in backends if not (name == "onnx" and model == "whisper")]
+        for batch in [1] if model == "whisper" else args.batches:
             for concurrency in args.concurrency:
-                calls, seconds = await measure(
-                    call_for(backend, model, batch, audio), concurrency, args.duration, args.min_calls
-                )
-                items = calls if model == "whisper" else calls * batch
-                cell = Cell(name, model, batch, concurrency, items, seconds, audio_s=calls * len(audio) / 16_000)
-                print(
-                    f"  {name:6s} {model:10s} batch {batch:2d} conc {concurrency}: {cell.value:.3f} {UNITS[model]}",
-                    flush=True,
-                )
-                cells.append(cell)
+                calls = {name: call_for(backends[name], model, batch, audio) for name in names}
+                for name in names:
+                    await calls[name]()  # warm-up: first-call allocations, lazy loads
+                rounds: dict[str, list[float]] = {name: [] for name in names}
+                done = dict.fromkeys(names, 0)
+                for r in range(args.rounds):
+                    for name in names[r % len(names) :] + names[: r % len(names)]:
+                        n, seconds = await measure(
+                            calls[name], concurrency, args.duration / args.rounds, args.min_calls
+                        )
+                        done[name] += n
+                        rounds[name].append(round_value(model, n, batch, seconds, audio_s))
+                for name in names:
+                    cell = Cell(name, model, batch, concurrency, done[name], tuple(rounds[name]))
+                    print(
+                        f"  {name:6s} {model:10s} batch {batch:2d} conc {concurrency}: {cell.value:.3f} {UNITS[model]}"
+                        f" (rounds {', '.join(f'{v:.3g}' for v in cell.rounds)})",
+                        flush=True,
+                    )
+                    cells.append(cell)
     return cells
 
 
-async def run(args: argparse.Namespace, triton_url: str) -> list[Cell]:
+async def open_backend(name: str, args: argparse.Namespace, triton_url: str) -> Any:
     from services.common.config import CommonSettings
     from services.common.inference import make_inference
 
-    audio = sample_audio(args.audio_seconds)
-    cells: list[Cell] = []
-    for name in args.backends:
-        if name == "onnx":
-            backend: Any = OnnxInference(
-                args.onnx_dir, clip_weights=args.clip_weights, seed=args.seed, device=args.device
-            )
-        else:
-            settings = CommonSettings(
-                inference_backend=name,
-                triton_url=triton_url,
-                clip_weights=args.clip_weights,
-                whisper_weights=args.whisper_weights,
-                model_seed=args.seed,
-                inference_timeout_s=600.0,
-            )
-            if name == "torch" and args.device != "cpu":
-                from services.common.inference_torch import TorchInference
+    if name == "onnx":
+        return OnnxInference(args.onnx_dir, clip_weights=args.clip_weights, seed=args.seed, device=args.device)
+    settings = CommonSettings(
+        inference_backend=name,
+        triton_url=triton_url,
+        clip_weights=args.clip_weights,
+        whisper_weights=args.whisper_weights,
+        model_seed=args.seed,
+        inference_timeout_s=600.0,
+    )
+    if name == "torch" and args.device != "cpu":
+        from services.common.inference_torch import TorchInference
 
-                backend = TorchInference.from_settings(settings, device=args.device)
-            else:
-                backend = (
-                    make_inference(settings, max_parallel_requests=8) if name == "triton" else make_inference(settings)
-                )
-        try:
-            cells += await bench_backend(name, backend, args, audio)
-        finally:
+        return TorchInference.from_settings(settings, device=args.device)
+    return make_inference(settings, max_parallel_requests=8) if name == "triton" else make_inference(settings)
+
+
+async def run(args: argparse.Namespace, triton_url: str) -> list[Cell]:
+    audio = sample_audio(args.audio_seconds)
+    backends: dict[str, Any] = {}
+    try:
+        for name in args.backends:
+            backends[name] = await open_backend(name, args, triton_url)
+        return await bench(backends, args, audio)
+    finally:
+        for backend in backends.values():
             await backend.close()
-    return cells
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -125,6 +125,22 @@ def test_clip_texts_unit_norm_and_distinct(clip: ClipModel) -> None:
     assert clip.embed_texts([]).shape == (0, 512)
 
 
+def test_clip_text_trimmed_padding_matches_the_full_context(clip: ClipModel) -> None:
+    """embed_texts cuts the padding after the batch's longest text; open_clip's full 77-token pass agrees,
+    and a text's vector does not depend on the other texts of its batch."""
+    import torch
+
+    texts = ["dog", "a dog jumping into the pool at a summer party", "revenue " * 100]  # the last fills 77
+    vectors = clip.embed_texts(texts)
+    with torch.inference_mode():
+        full = clip._model.encode_text(clip._tokenizer(texts)).float().numpy()
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    np.testing.assert_allclose((vectors * full).sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors, full, atol=1e-5)
+    for i, text in enumerate(texts):
+        np.testing.assert_allclose(clip.embed_texts([text])[0], vectors[i], atol=1e-5)
+
+
 def test_clip_empty_text_is_a_value_error_naming_it(clip: ClipModel) -> None:
     with pytest.raises(ValueError, match=r"texts\[1\]"):
         clip.embed_texts(["fine", "  "])
