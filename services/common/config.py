@@ -98,6 +98,10 @@ class WorkerSettings(CommonSettings):
     max_jobs: int = Field(2, description="Jobs one worker runs at once.")
     job_timeout_s: int = Field(3600, description="Longest a single processing job may run.")
     max_tries: int = Field(3, description="Attempts before a job goes to the dead-letter list.")
+    requeue_idle_s: float = Field(
+        60.0, gt=0, description="A queued or running job idle this long whose queue entry is gone (Redis was "
+        "unreachable or lost its data) is enqueued again; the worker sweeps every 30 s.",
+    )
     clip_batch_size: int = Field(8, description="Keyframes per CLIP image request.")
     scene_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold.")
     min_scene_s: float = Field(0.6, description="Shortest scene kept by scene detection.")

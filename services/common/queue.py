@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -12,6 +13,14 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.jobs import Job as ArqJob
+from redis.exceptions import RedisError
+
+from services.common.records import queue_key
+
+__all__ = [
+    "PENDING_STATES", "ArqJobQueue", "JobQueue", "ProgressBus", "enqueue_or_leave_to_sweep", "queue_key",
+]
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +28,20 @@ PROCESS_VIDEO = "process_video"
 QUEUE_NAME = "clipmind:queue:default"
 
 
+# Answers of JobQueue.state: the entry waits, runs, or is gone (never enqueued, lost, or its result expired).
+PENDING_STATES = frozenset({"queued", "deferred", "in_progress"})
+
+
 class JobQueue(Protocol):
-    async def enqueue(self, job_id: uuid.UUID, *, generation: int = 0) -> None: ...
+    async def enqueue(self, job_id: uuid.UUID, key: str) -> None: ...
+
+    async def state(self, key: str) -> str: ...
 
     async def close(self) -> None: ...
 
 
 class ArqJobQueue:
-    """Enqueues processing jobs for the arq workers. One arq job id per (job, generation)."""
+    """Enqueues processing jobs for the arq workers, one arq job per :func:`~services.common.records.queue_key`."""
 
     def __init__(self, pool: ArqRedis) -> None:
         self._pool = pool
@@ -35,11 +50,29 @@ class ArqJobQueue:
     async def connect(cls, redis_url: str) -> ArqJobQueue:
         return cls(await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=QUEUE_NAME))
 
-    async def enqueue(self, job_id: uuid.UUID, *, generation: int = 0) -> None:
-        await self._pool.enqueue_job(PROCESS_VIDEO, str(job_id), _job_id=f"{job_id}:{generation}")
+    async def enqueue(self, job_id: uuid.UUID, key: str) -> None:
+        await self._pool.enqueue_job(PROCESS_VIDEO, str(job_id), _job_id=key)
+
+    async def state(self, key: str) -> str:
+        """``queued``, ``deferred`` (waiting for a retry), ``in_progress``, ``complete`` or ``not_found``."""
+        return str((await ArqJob(key, self._pool, _queue_name=QUEUE_NAME).status()).value)
 
     async def close(self) -> None:
         await self._pool.aclose()
+
+
+async def enqueue_or_leave_to_sweep(queue: JobQueue, job_id: uuid.UUID, key: str, *, timeout_s: float = 5.0) -> bool:
+    """Enqueue a job whose row is already committed; when Redis cannot take it now, log and return False.
+
+    The job stays QUEUED in the database and the worker's sweep (``JobControl.requeue_lost``) enqueues it
+    once Redis is back, so a caller never fails a request whose data is already stored."""
+    try:
+        await asyncio.wait_for(queue.enqueue(job_id, key), timeout_s)
+        return True
+    except (TimeoutError, RedisError, OSError) as exc:
+        log.warning("job %s could not be enqueued now (%s: %s); the worker's sweep will enqueue it",
+                    job_id, type(exc).__name__, exc)
+        return False
 
 
 def progress_channel(job_id: uuid.UUID) -> str:

@@ -60,6 +60,12 @@ class Upload:
     create_time: datetime | None = None
 
 
+def queue_key(job_id: uuid.UUID, generation: int = 0) -> str:
+    """The queue (arq job) id of one enqueue of a job: ``<job id>:<generation>``. The queue runs one entry
+    per id, so the same key enqueued twice runs once; a retry or a re-queue takes a new generation."""
+    return f"{job_id}:{generation}"
+
+
 @dataclass
 class Job:
     id: uuid.UUID
@@ -70,6 +76,7 @@ class Job:
     attempt: int = 0
     max_attempts: int = 3
     failure_reason: str = ""
+    queue_key: str = ""  # the arq job id it was last enqueued under (services.common.queue.queue_key)
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None

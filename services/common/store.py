@@ -25,6 +25,7 @@ from services.common.records import (
     Segment,
     Upload,
     Video,
+    queue_key,
 )
 from services.common.vectors import PgVectorIndex, VectorItem
 
@@ -86,8 +87,8 @@ class VideoStore:
                 *values,
             )
             await conn.execute(
-                "INSERT INTO jobs (id, video_id, state, max_attempts) VALUES ($1, $2, $3, $4)",
-                job.id, job.video_id, job.state, job.max_attempts,
+                "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key) VALUES ($1, $2, $3, $4, $5)",
+                job.id, job.video_id, job.state, job.max_attempts, job.queue_key or queue_key(job.id),
             )
             if upload_id is not None:
                 await conn.execute(
@@ -252,47 +253,78 @@ class JobStore:
         FAILED_PRECONDITION ``JOB_ALREADY_FINISHED``, which is how a running worker learns of a cancel.
         ``stage``/``progress`` of None keep the job's current ones."""
         async with self._pool.acquire() as conn, conn.transaction():
-            job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-            if job is None:
-                raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+            job = await self._lock_job(conn, job_id)
             if job["state"] in TERMINAL_JOB_STATES:
                 raise FailedPrecondition(f"job is already {job['state']}", reason="JOB_ALREADY_FINISHED")
-            state = job_state or job["state"]
-            stage = stage or job["stage"]
-            progress = job["progress"] if progress is None else progress
-            seq = await conn.fetchval(
-                "SELECT coalesce(max(sequence), 0) + 1 FROM job_events WHERE job_id = $1", job_id
+            return await self._append_event(
+                conn, job, stage=stage, stage_state=stage_state, progress=progress, message=message,
+                job_state=job_state, attempt=attempt, failure_reason=failure_reason,
             )
-            row = await conn.fetchrow(
-                "INSERT INTO job_events (job_id, sequence, stage, stage_state, progress, message, job_state)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
-                job_id, seq, stage, stage_state, progress, message, state,
+
+    async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]:
+        """Queued or running jobs whose row has not changed for ``idle_s`` seconds, the longest idle first."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM jobs WHERE state IN ('QUEUED', 'RUNNING') "
+            "AND update_time < now() - make_interval(secs => $1) ORDER BY update_time LIMIT $2",
+            idle_s, limit,
+        )
+        return [_record(Job, r) for r in rows]
+
+    async def requeue(self, job_id: uuid.UUID, *, expected_key: str, new_key: str, message: str) -> JobEvent | None:
+        """Move a job whose queue entry ``expected_key`` was lost to ``new_key`` (QUEUED, with an event).
+
+        None, changing nothing, when the job has ended or another sweep or a retry already moved it."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            job = await self._lock_job(conn, job_id)
+            if job["state"] in TERMINAL_JOB_STATES or job["queue_key"] != expected_key:
+                return None
+            await conn.execute("UPDATE jobs SET queue_key = $2 WHERE id = $1", job_id, new_key)
+            return await self._append_event(
+                conn, job, stage=None, stage_state="STARTED", progress=None, message=message, job_state="QUEUED",
             )
-            await conn.execute(
-                """UPDATE jobs SET state = $2, stage = $3, progress = $4, update_time = now(),
-                       attempt = coalesce($5, attempt),
-                       failure_reason = coalesce($6, failure_reason),
-                       start_time = CASE WHEN $2 = 'RUNNING' AND start_time IS NULL THEN now()
-                                         ELSE start_time END,
-                       end_time = CASE WHEN $2 IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN now()
-                                       ELSE NULL END
-                   WHERE id = $1""",
-                job_id, state, stage, progress, attempt, failure_reason,
-            )
+
+    @staticmethod
+    async def _lock_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> asyncpg.Record:
+        job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+        return job
+
+    @staticmethod
+    async def _append_event(
+        conn: asyncpg.Connection, job: asyncpg.Record, *, stage: str | None, stage_state: str,
+        progress: float | None, message: str, job_state: str | None = None, attempt: int | None = None,
+        failure_reason: str | None = None,
+    ) -> JobEvent:
+        job_id = job["id"]
+        state = job_state or job["state"]
+        stage = stage or job["stage"]
+        progress = job["progress"] if progress is None else progress
+        seq = await conn.fetchval("SELECT coalesce(max(sequence), 0) + 1 FROM job_events WHERE job_id = $1", job_id)
+        row = await conn.fetchrow(
+            "INSERT INTO job_events (job_id, sequence, stage, stage_state, progress, message, job_state)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+            job_id, seq, stage, stage_state, progress, message, state,
+        )
+        await conn.execute(
+            """UPDATE jobs SET state = $2, stage = $3, progress = $4, update_time = now(),
+                   attempt = coalesce($5, attempt),
+                   failure_reason = coalesce($6, failure_reason),
+                   start_time = CASE WHEN $2 = 'RUNNING' AND start_time IS NULL THEN now()
+                                     ELSE start_time END,
+                   end_time = CASE WHEN $2 IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN now()
+                                   ELSE NULL END
+               WHERE id = $1""",
+            job_id, state, stage, progress, attempt, failure_reason,
+        )
         return _record(JobEvent, row)
 
-    async def create_for_video(self, job: Job) -> Job:
-        row = await self._pool.fetchrow(
-            "INSERT INTO jobs (id, video_id, state, max_attempts) VALUES ($1, $2, $3, $4) RETURNING *",
-            job.id, job.video_id, job.state, job.max_attempts,
-        )
-        return _record(Job, row)
-
-    async def reset_for_retry(self, job_id: uuid.UUID) -> Job:
+    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str) -> Job:
+        """A failed or cancelled job back to QUEUED under the queue entry ``new_key``."""
         row = await self._pool.fetchrow(
             "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', end_time = NULL, "
-            "update_time = now() WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') RETURNING *",
-            job_id,
+            "queue_key = $2, update_time = now() WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') RETURNING *",
+            job_id, new_key,
         )
         if row is None:
             job = await self.get(job_id)

@@ -14,8 +14,8 @@ from pathlib import Path, PurePath
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, invalid_field
-from services.common.queue import JobQueue
-from services.common.records import Job, Upload, Video
+from services.common.queue import JobQueue, enqueue_or_leave_to_sweep
+from services.common.records import Job, Upload, Video, queue_key
 from services.common.store import UploadStore, VideoStore
 from services.pipeline.media import validate_video
 from services.pipeline.subtitles import parse_subtitles
@@ -175,7 +175,8 @@ class VideoIngestor:
             height=info.height, frame_rate=info.frame_rate, video_codec=info.video_codec,
             audio_codec=info.audio_codec, has_audio=info.has_audio,
         )
-        job = Job(uuid.uuid4(), video_id, "QUEUED", max_attempts=self._max_attempts)
+        job_id = uuid.uuid4()
+        job = Job(job_id, video_id, "QUEUED", max_attempts=self._max_attempts, queue_key=queue_key(job_id))
         try:
             await self._blobs.put_file(video.blob_key, staged, move=upload_id is None)
             if meta.sidecar is not None:
@@ -187,7 +188,8 @@ class VideoIngestor:
         except BaseException:
             await self._blobs.delete_prefix(f"videos/{video_id}")
             raise
-        await self._queue.enqueue(job.id)
+        # Stored: from here on the upload succeeds; a job Redis cannot take now is enqueued by the sweep.
+        await enqueue_or_leave_to_sweep(self._queue, job.id, job.queue_key)
         return await self._videos.get(video_id)
 
     # -- video resources ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 Composition root of the worker process: ``on_startup`` builds settings, pool, stores, blob store,
 inference client and the processor; ``process_video`` only looks the job up and runs it, turning
 failures into retries (transient) or a failed job + dead letter (permanent, or out of attempts).
+``requeue_lost_jobs`` (cron, every 30 s) enqueues again jobs whose queue entry Redis lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 import uuid
 from typing import Any
 
-from arq import Retry, func
+from arq import Retry, cron, func
 from arq.connections import RedisSettings
 
 from services.common.blobstore import LocalBlobStore
@@ -23,9 +24,10 @@ from services.common.errors import ClipMindError, NotFound
 from services.common.grpc_server import configure_logging
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status
-from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ProgressBus
+from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, ProgressBus
 from services.common.records import DeadLetter, Job
 from services.common.store import JobStore, VideoStore
+from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS, ProcessorConfig, VideoProcessor
 from services.pipeline.reporter import JobCancelled, JobReporter
 
@@ -46,6 +48,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     ctx.update(
         pool=pool, bus=bus, videos=videos, jobs=jobs, inference=inference, reporter=reporter, blobs=blobs,
+        control=JobControl(jobs, bus, ArqJobQueue(ctx["redis"])),
         processor=VideoProcessor(
             videos, jobs, reporter, blobs, inference,
             ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size),
@@ -59,6 +62,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             await ctx[name].close()
     if "pool" in ctx:
         await ctx["pool"].close()
+
+
+async def requeue_lost_jobs(ctx: dict[str, Any]) -> str:
+    """Cron (every 30 s, one worker at a time): enqueue again the jobs whose queue entry was lost."""
+    requeued = await ctx["control"].requeue_lost(idle_s=ctx["settings"].requeue_idle_s)
+    return f"re-queued {len(requeued)} job(s)"
 
 
 def _backoff_s(attempt: int) -> float:
@@ -123,6 +132,7 @@ def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
             func(process_video, name=PROCESS_VIDEO, max_tries=settings.max_tries,
                  timeout=settings.job_timeout_s),
         ],
+        "cron_jobs": [cron(requeue_lost_jobs, second={0, 30}, run_at_startup=True, timeout=120)],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url),

@@ -1,0 +1,51 @@
+"""The running worker's sweep finds a job that only the database knows of (its Redis entry lost) and runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
+
+from services.common.db import create_pool
+from services.common.records import Job, Video, queue_key
+from services.common.store import VideoStore
+from tests.e2e.clients import wait_ready, watch_job
+from tests.media import SceneSpec, make_scene_video
+
+pytestmark = pytest.mark.e2e
+
+
+async def _insert_lost_job(database_url: str, video: Video, job: Job) -> None:
+    pool = await create_pool(database_url)
+    try:
+        await VideoStore(pool).create_with_job(video, job)
+        # Idle for ten minutes as far as the sweep can tell, so the test need not wait for requeue_idle_s.
+        await pool.execute("UPDATE jobs SET update_time = now() - interval '10 minutes' WHERE id = $1", job.id)
+    finally:
+        await pool.close()
+
+
+def test_worker_sweep_runs_a_job_whose_queue_entry_was_lost(
+    endpoints, channel: grpc.Channel, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    video_id, job_id = uuid.uuid4(), uuid.uuid4()
+    source = make_scene_video(tmp_path / "lost.mp4", (SceneSpec(3.0, "testsrc2"), SceneSpec(3.0, "smptebars")),
+                              audio=False)
+    blob_key = f"videos/{video_id}/source.mp4"
+    (Path(endpoints.blob_dir) / blob_key).parent.mkdir(parents=True)
+    shutil.copyfile(source, Path(endpoints.blob_dir) / blob_key)
+    video = Video(video_id, blob_key, "PENDING", title="lost", filename="lost.mp4", content_type="video/mp4",
+                  size_bytes=source.stat().st_size)
+    asyncio.run(_insert_lost_job(endpoints.database_url, video,
+                                 Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id, 1))))
+
+    events = watch_job(channel, f"jobs/{job_id}", timeout=180)  # the sweep runs every 30 s
+    assert "re-queued" in events[0].message and f"{job_id}:1" in events[0].message
+    assert events[-1].job_state == pipeline_pb.Job.STATE_SUCCEEDED
+    final = wait_ready(channel, f"videos/{video_id}")
+    assert final.duration_seconds == pytest.approx(6.0, abs=0.2)

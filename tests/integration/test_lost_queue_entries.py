@@ -1,0 +1,150 @@
+"""Jobs whose Redis queue entry is lost are not lost: against real PostgreSQL and redis-server.
+
+The database is the record of what must run. An upload whose job Redis cannot take still succeeds (its
+data is stored), and the worker's sweep (``JobControl.requeue_lost``) enqueues again every idle queued or
+running job whose queue entry is gone, while leaving alone jobs still queued, running or ended."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.common.blobstore import LocalBlobStore
+from services.common.db import create_pool
+from services.common.queue import ArqJobQueue, ProgressBus, enqueue_or_leave_to_sweep
+from services.common.records import Job, Video, queue_key
+from services.common.store import JobStore, UploadStore, VideoStore
+from services.ingest.ingestor import VideoIngestor, VideoMeta
+from services.launcher import EmbeddedRedis, free_port
+from services.pipeline.jobs import JobControl
+from tests.media import make_scene_video
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def db(pg_dsn: str):  # type: ignore[no-untyped-def]
+    pool = await create_pool(pg_dsn)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A redis-server of this test's own, to stop and start again."""
+    server = EmbeddedRedis(tmp_path / "redis", tmp_path / "redis.log", free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+async def _new_job(videos: VideoStore) -> Job:
+    video_id, job_id = uuid.uuid4(), uuid.uuid4()
+    job = Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id))
+    await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    return job
+
+
+async def _age(pool, job_id: uuid.UUID, seconds: int = 600) -> None:  # type: ignore[no-untyped-def]
+    await pool.execute(
+        "UPDATE jobs SET update_time = now() - make_interval(secs => $2) WHERE id = $1", job_id, seconds
+    )
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    yield path.read_bytes()
+
+
+async def test_sweep_requeues_a_job_whose_entry_was_lost(db, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    jobs, videos = JobStore(db), VideoStore(db)
+    bus, queue = ProgressBus.connect(redis_url), await ArqJobQueue.connect(redis_url)
+    control = JobControl(jobs, bus, queue)
+    try:
+        job = await _new_job(videos)  # committed, never enqueued: Redis was down at that moment
+        assert await queue.state(job.queue_key) == "not_found"
+        assert job.id not in await control.requeue_lost(idle_s=60), "a job idle for less than idle_s was swept"
+
+        await _age(db, job.id)
+        assert job.id in await control.requeue_lost(idle_s=60)
+        again = await jobs.get(job.id)
+        assert again.state == "QUEUED" and again.queue_key != job.queue_key
+        assert again.queue_key.startswith(f"{job.id}:")
+        assert await queue.state(again.queue_key) == "queued"
+        event = (await jobs.events(job.id))[-1]
+        assert event.job_state == "QUEUED" and "re-queued" in event.message and job.queue_key in event.message
+
+        await _age(db, job.id)  # idle again, but its new entry is waiting in the queue: left alone
+        assert job.id not in await control.requeue_lost(idle_s=60)
+        assert (await jobs.get(job.id)).queue_key == again.queue_key
+    finally:
+        await queue.close()
+        await bus.close()
+
+
+async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    jobs, videos = JobStore(db), VideoStore(db)
+    bus, queue = ProgressBus.connect(redis_url), await ArqJobQueue.connect(redis_url)
+    control = JobControl(jobs, bus, queue)
+    try:
+        waiting = await _new_job(videos)
+        await queue.enqueue(waiting.id, waiting.queue_key)  # a long backlog: queued, not lost
+        ended = await _new_job(videos)
+        await control.cancel(ended.id)
+        running = await _new_job(videos)  # RUNNING in the database, its entry gone (worker and Redis lost)
+        await jobs.record_event(running.id, stage="SCENES", stage_state="STARTED", progress=0.3,
+                                message="detecting", job_state="RUNNING", attempt=1)
+        for job in (waiting, ended, running):
+            await _age(db, job.id)
+
+        swept = await control.requeue_lost(idle_s=60)
+        assert waiting.id not in swept and ended.id not in swept
+        assert running.id in swept
+        assert (await jobs.get(ended.id)).state == "CANCELLED"
+        assert (await jobs.get(waiting.id)).queue_key == waiting.queue_key
+        moved = await jobs.get(running.id)
+        assert moved.state == "QUEUED" and moved.stage == "SCENES"  # the worker starts it over
+
+        # A sweep that read the job before a retry or another sweep moved it changes nothing.
+        assert await jobs.requeue(running.id, expected_key=running.queue_key, new_key="x:1", message="m") is None
+        assert (await jobs.get(running.id)).queue_key == moved.queue_key
+    finally:
+        await queue.close()
+        await bus.close()
+
+
+async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # type: ignore[no-untyped-def]
+    db, own_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    jobs, videos = JobStore(db), VideoStore(db)
+    queue = await ArqJobQueue.connect(own_redis.url)
+    ingestor = VideoIngestor(
+        videos, UploadStore(db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"), queue,
+        tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=1_000_000,
+    )
+    source = make_scene_video(tmp_path / "clip.mp4", audio=False)
+    try:
+        own_redis.stop()
+        started = time.monotonic()
+        video = await ingestor.ingest_stream(VideoMeta(filename="clip.mp4"), _chunks(source))
+        assert time.monotonic() - started < 15, "the upload waited far longer than the enqueue timeout"
+        assert (await videos.get(video.id)).state == "PENDING"
+        (job,) = await jobs.list_page(limit=5, after=None, video_id=video.id)
+        assert job.state == "QUEUED"
+        assert (tmp_path / "blobs" / video.blob_key).is_file()
+        assert not await enqueue_or_leave_to_sweep(queue, job.id, job.queue_key, timeout_s=2)
+
+        own_redis.start()  # back, without the entry that was never written
+        bus = ProgressBus.connect(own_redis.url)
+        control = JobControl(jobs, bus, queue)
+        try:
+            await _age(db, job.id)
+            assert job.id in await control.requeue_lost(idle_s=60)
+            assert await queue.state((await jobs.get(job.id)).queue_key) == "queued"
+        finally:
+            await bus.close()
+    finally:
+        await queue.close()
