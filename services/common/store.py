@@ -7,14 +7,15 @@ These are adapters: SQL lives here and nowhere else, and they hand out the plain
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.records import (
     TERMINAL_JOB_STATES,
     Clip,
@@ -91,10 +92,12 @@ class VideoStore:
                 job.id, job.video_id, job.state, job.max_attempts, job.queue_key or queue_key(job.id),
             )
             if upload_id is not None:
-                await conn.execute(
-                    "UPDATE uploads SET state = 'COMPLETED', video_id = $2 WHERE id = $1",
+                status = await conn.execute(
+                    "UPDATE uploads SET state = 'COMPLETED', video_id = $2 WHERE id = $1 AND state = 'ACTIVE'",
                     upload_id, video.id,
                 )
+                if status.endswith(" 0"):  # completed or cancelled by another request meanwhile: roll back
+                    raise FailedPrecondition("upload is no longer active", reason="UPLOAD_NOT_ACTIVE")
 
     async def update_fields(self, video_id: uuid.UUID, **values: Any) -> Video:
         if values:
@@ -198,8 +201,28 @@ class UploadStore:
         )
         return not status.endswith(" 0")
 
-    async def set_state(self, upload_id: uuid.UUID, state: str) -> None:
-        await self._pool.execute("UPDATE uploads SET state = $2 WHERE id = $1", upload_id, state)
+    async def cancel(self, upload_id: uuid.UUID) -> None:
+        """An active upload to CANCELLED; a completed one stays completed."""
+        await self._pool.execute("UPDATE uploads SET state = 'CANCELLED' WHERE id = $1 AND state = 'ACTIVE'", upload_id)
+
+    @asynccontextmanager
+    async def exclusive(self, upload_id: uuid.UUID) -> AsyncIterator[None]:
+        """Hold the upload's lock for the block: one write or completion of an upload at a time.
+
+        A PostgreSQL advisory lock on a pooled connection, so every ingest process shares it and a crashed
+        process releases it with its connection. Held elsewhere → ABORTED ``UPLOAD_BUSY`` at once (the
+        client fetches the upload and resumes) rather than a wait behind a completion's validation."""
+        key = int.from_bytes(upload_id.bytes[:8], "big", signed=True)
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
+                raise Aborted(
+                    "another request is writing or completing this upload; fetch it and resume",
+                    reason="UPLOAD_BUSY", metadata={"name": f"uploads/{upload_id}"},
+                )
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", key)
 
 
 class JobStore:

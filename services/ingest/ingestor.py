@@ -4,6 +4,7 @@ queueing their processing. Nothing is stored for input that fails validation."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -82,54 +83,64 @@ class VideoIngestor:
         return await self._uploads.get(upload_id)
 
     async def write_upload(self, upload_id: uuid.UUID, offset: int, data: bytes) -> int:
-        """Write ``data`` at ``offset``; returns the committed size. Resending committed bytes is a no-op."""
-        upload = await self._uploads.get(upload_id)
-        self._check_active(upload)
+        """Write ``data`` at ``offset``; returns the committed size. Resending committed bytes is a no-op.
+
+        Writes and the completion of one upload take its lock in turn, so bytes on disk up to the committed
+        size are always those of the committed writes."""
         if offset < 0:
             raise invalid_field("offset", "must not be negative")
         if len(data) > self._max_chunk:
             raise invalid_field("data", f"chunk larger than {self._max_chunk} bytes", reason="CHUNK_TOO_LARGE")
-        committed = upload.committed_size
-        if offset > committed:
-            raise FailedPrecondition(
-                f"offset {offset} is past the committed size {committed}; resume from {committed}",
-                reason="UPLOAD_OFFSET_MISMATCH", metadata={"committed_size": str(committed)},
-            )
-        tail = data[committed - offset:]
-        if not tail:
-            return committed
-        new_size = committed + len(tail)
-        if new_size > self._max_upload or (upload.size_bytes and new_size > upload.size_bytes):
-            raise invalid_field("data", "writes past the declared or allowed upload size",
-                                reason="UPLOAD_TOO_LARGE")
-        await asyncio.to_thread(_write_at, self._staged(upload_id), committed, tail)
-        if not await self._uploads.advance(upload_id, committed, new_size):
-            raise FailedPrecondition("upload was written concurrently; fetch it and resume",
-                                     reason="UPLOAD_CONFLICT")
-        return new_size
+        async with self._uploads.exclusive(upload_id):
+            upload = await self._uploads.get(upload_id)
+            self._check_active(upload)
+            committed = upload.committed_size
+            if offset > committed:
+                raise FailedPrecondition(
+                    f"offset {offset} is past the committed size {committed}; resume from {committed}",
+                    reason="UPLOAD_OFFSET_MISMATCH", metadata={"committed_size": str(committed)},
+                )
+            tail = data[committed - offset:]
+            if not tail:
+                return committed
+            new_size = committed + len(tail)
+            if new_size > self._max_upload or (upload.size_bytes and new_size > upload.size_bytes):
+                raise invalid_field("data", "writes past the declared or allowed upload size",
+                                    reason="UPLOAD_TOO_LARGE")
+            await asyncio.to_thread(_write_at, self._staged(upload_id), committed, tail)
+            if not await self._uploads.advance(upload_id, committed, new_size):
+                raise FailedPrecondition("upload was written concurrently; fetch it and resume",
+                                         reason="UPLOAD_CONFLICT")
+            return new_size
 
     async def complete_upload(
         self, upload_id: uuid.UUID, title: str, description: str, sidecar: SidecarInput | None
     ) -> Video:
-        upload = await self._uploads.get(upload_id)
-        self._check_active(upload)
-        if upload.size_bytes and upload.committed_size != upload.size_bytes:
-            raise FailedPrecondition(
-                f"upload has {upload.committed_size} of {upload.size_bytes} bytes",
-                reason="UPLOAD_INCOMPLETE", metadata={"committed_size": str(upload.committed_size)},
-            )
-        meta = VideoMeta(upload.filename, upload.content_type, title, description, upload.committed_size,
-                         sidecar)
-        staged = self._staged(upload_id)
-        try:
-            video = await self._ingest(staged, meta, upload_id=upload_id)
-        except InvalidArgument:
-            await self._uploads.set_state(upload_id, "CANCELLED")
+        """Validate and store the committed bytes as a video, once: a second completion, or a write while
+        this one runs, fails (ABORTED ``UPLOAD_BUSY``, or FAILED_PRECONDITION once it is completed)."""
+        async with self._uploads.exclusive(upload_id):
+            upload = await self._uploads.get(upload_id)
+            self._check_active(upload)
+            if upload.size_bytes and upload.committed_size != upload.size_bytes:
+                raise FailedPrecondition(
+                    f"upload has {upload.committed_size} of {upload.size_bytes} bytes",
+                    reason="UPLOAD_INCOMPLETE", metadata={"committed_size": str(upload.committed_size)},
+                )
+            meta = VideoMeta(upload.filename, upload.content_type, title, description, upload.committed_size,
+                             sidecar)
+            staged = self._staged(upload_id)
+            # Bytes past the committed size belong to a write that never committed (its process died).
+            with contextlib.suppress(FileNotFoundError):  # gone: validation says the video is unreadable
+                await asyncio.to_thread(os.truncate, staged, upload.committed_size)
+            try:
+                video = await self._ingest(staged, meta, upload_id=upload_id)
+            except InvalidArgument:
+                await self._uploads.cancel(upload_id)
+                await asyncio.to_thread(staged.unlink, missing_ok=True)
+                raise
+            # Any other failure leaves the upload ACTIVE with its bytes: CompleteUpload can be called again.
             await asyncio.to_thread(staged.unlink, missing_ok=True)
-            raise
-        # Any other failure leaves the upload ACTIVE with its bytes: CompleteUpload can be called again.
-        await asyncio.to_thread(staged.unlink, missing_ok=True)
-        return video
+            return video
 
     @staticmethod
     def _check_active(upload: Upload) -> None:

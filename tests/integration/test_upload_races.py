@@ -1,0 +1,95 @@
+"""Resumable uploads under concurrency, against real PostgreSQL: one upload becomes at most one video, a
+write cannot change bytes a completion is storing, and bytes of a write that never committed are dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from pathlib import Path
+
+import pytest
+
+from services.common.blobstore import LocalBlobStore
+from services.common.db import create_pool
+from services.common.errors import Aborted, ClipMindError, FailedPrecondition
+from services.common.queue import ArqJobQueue
+from services.common.store import UploadStore, VideoStore
+from services.ingest.ingestor import VideoIngestor
+from tests.media import SceneSpec, make_scene_video
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def setup(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    pool = await create_pool(pg_dsn)
+    queue = await ArqJobQueue.connect(redis_url)
+    blobs = tmp_path / "blobs"
+    ingestor = VideoIngestor(
+        VideoStore(pool), UploadStore(pool), LocalBlobStore(blobs, "http://media.invalid"), queue,
+        tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=10_000_000,
+    )
+    video = make_scene_video(tmp_path / "clip.mp4", (SceneSpec(2.0, "testsrc2"),), audio=False)
+    yield pool, ingestor, blobs, video.read_bytes()
+    await queue.close()
+    await pool.close()
+
+
+async def _videos_of(pool, upload_id: uuid.UUID) -> int:  # type: ignore[no-untyped-def]
+    return int(await pool.fetchval(
+        "SELECT count(*) FROM videos v JOIN uploads u ON u.video_id = v.id WHERE u.id = $1", upload_id))
+
+
+async def test_concurrent_completions_make_one_video(setup) -> None:  # type: ignore[no-untyped-def]
+    pool, ingestor, blobs, data = setup
+    upload = await ingestor.create_upload("clip.mp4", "video/mp4", len(data))
+    await ingestor.write_upload(upload.id, 0, data)
+
+    results = await asyncio.gather(
+        *(ingestor.complete_upload(upload.id, f"take {i}", "", None) for i in range(3)), return_exceptions=True
+    )
+    videos = [r for r in results if not isinstance(r, BaseException)]
+    errors = [r for r in results if isinstance(r, BaseException)]
+    assert len(videos) == 1, results
+    assert all(isinstance(e, Aborted | FailedPrecondition) for e in errors), errors
+    assert {e.reason for e in errors} <= {"UPLOAD_BUSY", "UPLOAD_NOT_ACTIVE"}  # type: ignore[union-attr]
+    assert (await ingestor.get_upload(upload.id)).state == "COMPLETED"
+    assert await _videos_of(pool, upload.id) == 1
+    assert [p.parent.name for p in blobs.glob("videos/*/source*")] == [str(videos[0].id)]  # no orphan blobs
+    with pytest.raises(FailedPrecondition) as again:
+        await ingestor.complete_upload(upload.id, "late", "", None)
+    assert again.value.reason == "UPLOAD_NOT_ACTIVE"
+
+
+async def test_a_write_during_completion_is_refused_and_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+    _, ingestor, blobs, data = setup
+    upload = await ingestor.create_upload("clip.mp4", "video/mp4", 0)  # size not declared: appends allowed
+    await ingestor.write_upload(upload.id, 0, data)
+
+    completion = asyncio.create_task(ingestor.complete_upload(upload.id, "t", "", None))
+    await asyncio.sleep(0)  # let it take the lock
+    outcomes = []
+    while not completion.done():
+        try:
+            await ingestor.write_upload(upload.id, len(data), b"appended while completing")
+            outcomes.append("written")
+        except ClipMindError as exc:
+            outcomes.append(exc.reason)
+        await asyncio.sleep(0.01)
+    video = await completion
+    assert "written" not in outcomes and "UPLOAD_BUSY" in outcomes, outcomes
+    stored = (blobs / video.blob_key).read_bytes()
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    assert video.size_bytes == len(data)
+
+
+async def test_bytes_of_an_uncommitted_write_are_dropped(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    _, ingestor, blobs, data = setup
+    upload = await ingestor.create_upload("clip.mp4", "video/mp4", len(data))
+    await ingestor.write_upload(upload.id, 0, data)
+    with (tmp_path / "staging" / f"upload-{upload.id}").open("ab") as staged:  # a write whose process died
+        staged.write(b"\0" * 4096)                                           # before it committed
+
+    video = await ingestor.complete_upload(upload.id, "t", "", None)
+    assert (blobs / video.blob_key).read_bytes() == data
