@@ -103,10 +103,13 @@ class IngestServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WriteUpload(self, request, context):
-        """Appends bytes to an active upload at the given offset. Writing at an
-        offset below the committed size re-writes (idempotent retry); writing past
-        it fails with OUT_OF_RANGE. REST clients PUT the raw bytes as the request
-        body and pass `offset` as a query parameter.
+        """Appends bytes to an active upload at the given offset. Bytes below the
+        committed size are skipped (an idempotent retry); an offset past it fails
+        with FAILED_PRECONDITION (reason UPLOAD_OFFSET_MISMATCH, metadata
+        committed_size). While another write or the completion of the same upload
+        runs, it fails with ABORTED (reason UPLOAD_BUSY): get the upload and resume.
+        REST clients PUT the raw bytes as the request body and pass `offset` as a
+        query parameter.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,7 +125,9 @@ class IngestServiceServicer:
 
     def CompleteUpload(self, request, context):
         """Finishes an upload: creates the video record from the uploaded bytes and
-        starts its processing job.
+        starts its processing job. An upload makes at most one video: a second
+        call fails with ABORTED (reason UPLOAD_BUSY) while the first runs and with
+        FAILED_PRECONDITION (reason UPLOAD_NOT_ACTIVE) once it has completed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

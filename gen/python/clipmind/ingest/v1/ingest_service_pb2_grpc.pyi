@@ -43,10 +43,13 @@ class IngestServiceStub:
     and the session is turned into a video with CompleteUpload.
     """
     WriteUpload: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.WriteUploadRequest, _ingest_service_pb2.WriteUploadResponse]
-    """Appends bytes to an active upload at the given offset. Writing at an
-    offset below the committed size re-writes (idempotent retry); writing past
-    it fails with OUT_OF_RANGE. REST clients PUT the raw bytes as the request
-    body and pass `offset` as a query parameter.
+    """Appends bytes to an active upload at the given offset. Bytes below the
+    committed size are skipped (an idempotent retry); an offset past it fails
+    with FAILED_PRECONDITION (reason UPLOAD_OFFSET_MISMATCH, metadata
+    committed_size). While another write or the completion of the same upload
+    runs, it fails with ABORTED (reason UPLOAD_BUSY): get the upload and resume.
+    REST clients PUT the raw bytes as the request body and pass `offset` as a
+    query parameter.
     """
     GetUpload: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.GetUploadRequest, _ingest_service_pb2.Upload]
     """Returns an upload session, including how many bytes have been committed
@@ -54,7 +57,9 @@ class IngestServiceStub:
     """
     CompleteUpload: _grpc.UnaryUnaryMultiCallable[_ingest_service_pb2.CompleteUploadRequest, _ingest_service_pb2.Video]
     """Finishes an upload: creates the video record from the uploaded bytes and
-    starts its processing job.
+    starts its processing job. An upload makes at most one video: a second
+    call fails with ABORTED (reason UPLOAD_BUSY) while the first runs and with
+    FAILED_PRECONDITION (reason UPLOAD_NOT_ACTIVE) once it has completed.
     """
     UploadVideo: _grpc.StreamUnaryMultiCallable[_ingest_service_pb2.UploadVideoRequest, _ingest_service_pb2.Video]
     """Uploads a whole video in one client stream: the first message carries
@@ -88,10 +93,13 @@ class IngestServiceAsyncStub(IngestServiceStub):
     and the session is turned into a video with CompleteUpload.
     """
     WriteUpload: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.WriteUploadRequest, _ingest_service_pb2.WriteUploadResponse]  # type: ignore[assignment]
-    """Appends bytes to an active upload at the given offset. Writing at an
-    offset below the committed size re-writes (idempotent retry); writing past
-    it fails with OUT_OF_RANGE. REST clients PUT the raw bytes as the request
-    body and pass `offset` as a query parameter.
+    """Appends bytes to an active upload at the given offset. Bytes below the
+    committed size are skipped (an idempotent retry); an offset past it fails
+    with FAILED_PRECONDITION (reason UPLOAD_OFFSET_MISMATCH, metadata
+    committed_size). While another write or the completion of the same upload
+    runs, it fails with ABORTED (reason UPLOAD_BUSY): get the upload and resume.
+    REST clients PUT the raw bytes as the request body and pass `offset` as a
+    query parameter.
     """
     GetUpload: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.GetUploadRequest, _ingest_service_pb2.Upload]  # type: ignore[assignment]
     """Returns an upload session, including how many bytes have been committed
@@ -99,7 +107,9 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
     CompleteUpload: _aio.UnaryUnaryMultiCallable[_ingest_service_pb2.CompleteUploadRequest, _ingest_service_pb2.Video]  # type: ignore[assignment]
     """Finishes an upload: creates the video record from the uploaded bytes and
-    starts its processing job.
+    starts its processing job. An upload makes at most one video: a second
+    call fails with ABORTED (reason UPLOAD_BUSY) while the first runs and with
+    FAILED_PRECONDITION (reason UPLOAD_NOT_ACTIVE) once it has completed.
     """
     UploadVideo: _aio.StreamUnaryMultiCallable[_ingest_service_pb2.UploadVideoRequest, _ingest_service_pb2.Video]  # type: ignore[assignment]
     """Uploads a whole video in one client stream: the first message carries
@@ -142,10 +152,13 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ingest_service_pb2.WriteUploadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_service_pb2.WriteUploadResponse, _abc.Awaitable[_ingest_service_pb2.WriteUploadResponse]]:
-        """Appends bytes to an active upload at the given offset. Writing at an
-        offset below the committed size re-writes (idempotent retry); writing past
-        it fails with OUT_OF_RANGE. REST clients PUT the raw bytes as the request
-        body and pass `offset` as a query parameter.
+        """Appends bytes to an active upload at the given offset. Bytes below the
+        committed size are skipped (an idempotent retry); an offset past it fails
+        with FAILED_PRECONDITION (reason UPLOAD_OFFSET_MISMATCH, metadata
+        committed_size). While another write or the completion of the same upload
+        runs, it fails with ABORTED (reason UPLOAD_BUSY): get the upload and resume.
+        REST clients PUT the raw bytes as the request body and pass `offset` as a
+        query parameter.
         """
 
     @_abc_1.abstractmethod
@@ -165,7 +178,9 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_service_pb2.Video, _abc.Awaitable[_ingest_service_pb2.Video]]:
         """Finishes an upload: creates the video record from the uploaded bytes and
-        starts its processing job.
+        starts its processing job. An upload makes at most one video: a second
+        call fails with ABORTED (reason UPLOAD_BUSY) while the first runs and with
+        FAILED_PRECONDITION (reason UPLOAD_NOT_ACTIVE) once it has completed.
         """
 
     @_abc_1.abstractmethod
