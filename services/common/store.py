@@ -201,6 +201,19 @@ class UploadStore:
         )
         return not status.endswith(" 0")
 
+    async def expire(self) -> list[uuid.UUID]:
+        """Cancel every active upload past its expiry time; returns their ids."""
+        rows = await self._pool.fetch(
+            "UPDATE uploads SET state = 'CANCELLED' WHERE state = 'ACTIVE' AND expire_time < now() RETURNING id"
+        )
+        return [row["id"] for row in rows]
+
+    async def active_among(self, upload_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        rows = await self._pool.fetch(
+            "SELECT id FROM uploads WHERE id = ANY($1::uuid[]) AND state = 'ACTIVE'", list(upload_ids)
+        )
+        return {row["id"] for row in rows}
+
     async def cancel(self, upload_id: uuid.UUID) -> None:
         """An active upload to CANCELLED; a completed one stays completed."""
         await self._pool.execute("UPDATE uploads SET state = 'CANCELLED' WHERE id = $1 AND state = 'ACTIVE'", upload_id)

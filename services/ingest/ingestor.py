@@ -24,6 +24,8 @@ from services.pipeline.subtitles import parse_subtitles
 log = logging.getLogger(__name__)
 
 UPLOAD_TTL = timedelta(days=1)
+# A staged file no active upload owns and untouched this long is left over from a dead process.
+STAGING_STALE_AFTER = timedelta(hours=1)
 SUBTITLE_FORMATS = {"SRT": ".srt", "WEBVTT": ".vtt"}
 MAX_SUBTITLE_BYTES = 5 * 1024 * 1024
 
@@ -149,6 +151,28 @@ class VideoIngestor:
         if upload.expire_time < datetime.now(UTC):
             raise FailedPrecondition("upload expired", reason="UPLOAD_EXPIRED")
 
+    async def sweep_staging(self, *, stale_after: timedelta = STAGING_STALE_AFTER) -> int:
+        """Free the staging directory; returns the number of files deleted.
+
+        Uploads past their expiry are cancelled and their bytes deleted. Files that no active upload owns
+        (a process died between staging and its database row, or mid-stream) are deleted once untouched for
+        ``stale_after``; a live upload or stream keeps writing its file, so it is never that old."""
+        deleted = 0
+        for upload_id in await self._uploads.expire():
+            log.info("upload %s expired unfinished: cancelled, its staged bytes deleted", upload_id)
+            deleted += await asyncio.to_thread(_unlink, self._staged(upload_id))
+        cutoff = datetime.now(UTC).timestamp() - stale_after.total_seconds()
+        files = await asyncio.to_thread(lambda: [p for p in self._staging.iterdir() if p.is_file()])
+        owners = {p: _upload_id_of(p) for p in files}
+        active = await self._uploads.active_among([u for u in owners.values() if u is not None])
+        for path, owner in owners.items():
+            if owner in active:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    deleted += await asyncio.to_thread(_unlink, path)
+        return deleted
+
     # -- streamed uploads --------------------------------------------------------------------
 
     async def ingest_stream(self, meta: VideoMeta, chunks: AsyncIterator[bytes]) -> Video:
@@ -208,6 +232,24 @@ class VideoIngestor:
     async def delete_video(self, video_id: uuid.UUID) -> None:
         await self._videos.delete(video_id)
         await self._blobs.delete_prefix(f"videos/{video_id}")
+
+
+def _unlink(path: Path) -> int:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    return 1
+
+
+def _upload_id_of(path: Path) -> uuid.UUID | None:
+    """The upload a staged file belongs to (``upload-<id>``), None for streams and strays."""
+    if not path.name.startswith("upload-"):
+        return None
+    try:
+        return uuid.UUID(path.name.removeprefix("upload-"))
+    except ValueError:
+        return None
 
 
 def _write_at(path: Path, offset: int, data: bytes) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from services.common.blobstore import LocalBlobStore
 from services.common.config import IngestSettings
 from services.common.db import create_pool
@@ -11,6 +14,9 @@ from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.media_http import start_media_server
 from services.ingest.servicer import IngestServicer, register
+
+log = logging.getLogger("clipmind.ingest")
+STAGING_SWEEP_S = 600.0
 
 
 async def serve(settings: IngestSettings) -> None:
@@ -24,16 +30,32 @@ async def serve(settings: IngestSettings) -> None:
     )
     media = await start_media_server(blobs, settings.grpc_host, settings.media_port)
     servicer = IngestServicer(ingestor, videos, blobs)
+    sweeper = asyncio.create_task(_sweep_staging_forever(ingestor))
+
+    async def stop_sweeper() -> None:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+
     await run_server(
         name="ingest", host=settings.grpc_host, port=settings.grpc_port,
         register=lambda server: register(server, servicer),
-        on_stop=[media.cleanup, queue.close, pool.close],
+        on_stop=[stop_sweeper, media.cleanup, queue.close, pool.close],
     )
 
 
-def main() -> None:
-    import asyncio
+async def _sweep_staging_forever(ingestor: VideoIngestor, interval_s: float = STAGING_SWEEP_S) -> None:
+    """Expired uploads and leftover staged files, at start and every ``interval_s``."""
+    while True:
+        try:
+            deleted = await ingestor.sweep_staging()
+            if deleted:
+                log.info("staging sweep deleted %d file(s)", deleted)
+        except Exception:  # the database may be briefly away: try again next round
+            log.warning("staging sweep failed", exc_info=True)
+        await asyncio.sleep(interval_s)
 
+
+def main() -> None:
     settings = IngestSettings()
     configure_logging(settings.log_level)
     asyncio.run(serve(settings))
