@@ -34,6 +34,16 @@ async def db(pg_dsn: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
+async def parts(db, redis_url: str):  # type: ignore[no-untyped-def]
+    """Job store, video store, the arq queue on the session's redis-server, and the JobControl over them."""
+    bus, queue = ProgressBus.connect(redis_url), await ArqJobQueue.connect(redis_url)
+    jobs = JobStore(db)
+    yield jobs, VideoStore(db), queue, JobControl(jobs, bus, queue)
+    await queue.close()
+    await bus.close()
+
+
+@pytest.fixture
 def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A redis-server of this test's own, to stop and start again."""
     server = EmbeddedRedis(tmp_path / "redis", tmp_path / "redis.log", free_port())
@@ -59,61 +69,49 @@ async def _chunks(path: Path) -> AsyncIterator[bytes]:
     yield path.read_bytes()
 
 
-async def test_sweep_requeues_a_job_whose_entry_was_lost(db, redis_url: str) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos = JobStore(db), VideoStore(db)
-    bus, queue = ProgressBus.connect(redis_url), await ArqJobQueue.connect(redis_url)
-    control = JobControl(jobs, bus, queue)
-    try:
-        job = await _new_job(videos)  # committed, never enqueued: Redis was down at that moment
-        assert await queue.state(job.queue_key) == "not_found"
-        assert job.id not in await control.requeue_lost(idle_s=60), "a job idle for less than idle_s was swept"
+async def test_sweep_requeues_a_job_whose_entry_was_lost(db, parts) -> None:  # type: ignore[no-untyped-def]
+    jobs, videos, queue, control = parts
+    job = await _new_job(videos)  # committed, never enqueued: Redis was down at that moment
+    assert await queue.state(job.queue_key) == "not_found"
+    assert job.id not in await control.requeue_lost(idle_s=60), "a job idle for less than idle_s was swept"
 
+    await _age(db, job.id)
+    assert job.id in await control.requeue_lost(idle_s=60)
+    again = await jobs.get(job.id)
+    assert again.state == "QUEUED" and again.queue_key != job.queue_key
+    assert again.queue_key.startswith(f"{job.id}:")
+    assert await queue.state(again.queue_key) == "queued"
+    event = (await jobs.events(job.id))[-1]
+    assert event.job_state == "QUEUED" and "re-queued" in event.message and job.queue_key in event.message
+
+    await _age(db, job.id)  # idle again, but its new entry is waiting in the queue: left alone
+    assert job.id not in await control.requeue_lost(idle_s=60)
+    assert (await jobs.get(job.id)).queue_key == again.queue_key
+
+
+async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, parts) -> None:  # type: ignore[no-untyped-def]
+    jobs, videos, queue, control = parts
+    waiting = await _new_job(videos)
+    await queue.enqueue(waiting.id, waiting.queue_key)  # a long backlog: queued, not lost
+    ended = await _new_job(videos)
+    await control.cancel(ended.id)
+    running = await _new_job(videos)  # RUNNING in the database, its entry gone (worker and Redis lost)
+    await jobs.record_event(running.id, stage="SCENES", stage_state="STARTED", progress=0.3,
+                            message="detecting", job_state="RUNNING", attempt=1)
+    for job in (waiting, ended, running):
         await _age(db, job.id)
-        assert job.id in await control.requeue_lost(idle_s=60)
-        again = await jobs.get(job.id)
-        assert again.state == "QUEUED" and again.queue_key != job.queue_key
-        assert again.queue_key.startswith(f"{job.id}:")
-        assert await queue.state(again.queue_key) == "queued"
-        event = (await jobs.events(job.id))[-1]
-        assert event.job_state == "QUEUED" and "re-queued" in event.message and job.queue_key in event.message
 
-        await _age(db, job.id)  # idle again, but its new entry is waiting in the queue: left alone
-        assert job.id not in await control.requeue_lost(idle_s=60)
-        assert (await jobs.get(job.id)).queue_key == again.queue_key
-    finally:
-        await queue.close()
-        await bus.close()
+    swept = await control.requeue_lost(idle_s=60)
+    assert waiting.id not in swept and ended.id not in swept
+    assert running.id in swept
+    assert (await jobs.get(ended.id)).state == "CANCELLED"
+    assert (await jobs.get(waiting.id)).queue_key == waiting.queue_key
+    moved = await jobs.get(running.id)
+    assert moved.state == "QUEUED" and moved.stage == "SCENES"  # the worker starts it over
 
-
-async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, redis_url: str) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos = JobStore(db), VideoStore(db)
-    bus, queue = ProgressBus.connect(redis_url), await ArqJobQueue.connect(redis_url)
-    control = JobControl(jobs, bus, queue)
-    try:
-        waiting = await _new_job(videos)
-        await queue.enqueue(waiting.id, waiting.queue_key)  # a long backlog: queued, not lost
-        ended = await _new_job(videos)
-        await control.cancel(ended.id)
-        running = await _new_job(videos)  # RUNNING in the database, its entry gone (worker and Redis lost)
-        await jobs.record_event(running.id, stage="SCENES", stage_state="STARTED", progress=0.3,
-                                message="detecting", job_state="RUNNING", attempt=1)
-        for job in (waiting, ended, running):
-            await _age(db, job.id)
-
-        swept = await control.requeue_lost(idle_s=60)
-        assert waiting.id not in swept and ended.id not in swept
-        assert running.id in swept
-        assert (await jobs.get(ended.id)).state == "CANCELLED"
-        assert (await jobs.get(waiting.id)).queue_key == waiting.queue_key
-        moved = await jobs.get(running.id)
-        assert moved.state == "QUEUED" and moved.stage == "SCENES"  # the worker starts it over
-
-        # A sweep that read the job before a retry or another sweep moved it changes nothing.
-        assert await jobs.requeue(running.id, expected_key=running.queue_key, new_key="x:1", message="m") is None
-        assert (await jobs.get(running.id)).queue_key == moved.queue_key
-    finally:
-        await queue.close()
-        await bus.close()
+    # A sweep that read the job before a retry or another sweep moved it changes nothing.
+    assert await jobs.requeue(running.id, expected_key=running.queue_key, new_key="x:1", message="m") is None
+    assert (await jobs.get(running.id)).queue_key == moved.queue_key
 
 
 async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # type: ignore[no-untyped-def]
