@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -129,8 +130,7 @@ async def run_tool(args: list[str], timeout_s: float) -> ProcessResult:
     """Run ffmpeg/ffprobe (``args[0]``) without a shell, capture output, kill it on timeout.
 
     Inputs are restricted to local files and to ``ALLOWED_DEMUXERS``."""
-    if Path(args[0]).name in ("ffmpeg", "ffprobe"):
-        args = [args[0], "-protocol_whitelist", "file,pipe", "-format_whitelist", ALLOWED_DEMUXERS, *args[1:]]
+    args = _restricted(args)
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,
@@ -152,6 +152,13 @@ async def run_tool(args: list[str], timeout_s: float) -> ProcessResult:
         raise DeadlineExceeded(f"{args[0]} took longer than {timeout_s:.0f}s", reason="TOOL_TIMEOUT") from exc
     assert proc.returncode is not None
     return ProcessResult(proc.returncode, stdout, stderr)
+
+
+def _restricted(args: list[str]) -> list[str]:
+    """ffmpeg/ffprobe arguments that only read local files through ``ALLOWED_DEMUXERS``."""
+    if Path(args[0]).name in ("ffmpeg", "ffprobe"):
+        return [args[0], "-protocol_whitelist", "file,pipe", "-format_whitelist", ALLOWED_DEMUXERS, *args[1:]]
+    return args
 
 
 def media_error(reason: str, description: str, field_path: str) -> InvalidArgument:
@@ -378,13 +385,47 @@ def _subtitle_stream(stream: dict[str, Any]) -> SubtitleStream:
     )
 
 
-async def extract_audio(path: str | Path, sample_rate: int = 16_000, *, timeout_s: float = 600.0) -> np.ndarray:
-    """The first audio stream as mono float32 PCM at ``sample_rate`` (what Whisper takes)."""
-    result = await run_tool(
-        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1",
-         "-ar", str(sample_rate), "-f", "f32le", "-"],
-        timeout_s,
-    )
-    if result.returncode != 0:
-        raise media_error(REASON_UNREADABLE_MEDIA, f"cannot decode audio: {result.stderr_text[-300:]}", "video")
-    return np.frombuffer(result.stdout, dtype=np.float32).copy()
+async def audio_windows(
+    path: str | Path, sample_rate: int = 16_000, window_s: float = 30.0, *, stall_timeout_s: float = 300.0
+) -> AsyncGenerator[np.ndarray, None]:
+    """The first audio stream as mono float32 PCM at ``sample_rate``, in windows of ``window_s`` seconds
+    (the last one shorter), decoded as they are consumed: memory holds one window, not the whole track.
+
+    ffmpeg waits on the pipe while the consumer works on a window; ``stall_timeout_s`` bounds how long
+    one window may take to arrive. A decode error raises ``InvalidArgument`` (UNREADABLE_MEDIA) after the
+    windows decoded before it."""
+    args = _restricted(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1",
+                        "-ar", str(sample_rate), "-f", "f32le", "-"])
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except FileNotFoundError as exc:
+        raise FailedPrecondition("ffmpeg is not installed or not on PATH", reason="TOOL_NOT_FOUND") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    errors = asyncio.ensure_future(proc.stderr.read())  # drained alongside, so ffmpeg never blocks on it
+    size = int(window_s * sample_rate) * 4
+    try:
+        while True:
+            try:
+                chunk = await asyncio.wait_for(proc.stdout.readexactly(size), stall_timeout_s)
+            except asyncio.IncompleteReadError as end:
+                chunk = end.partial[: len(end.partial) // 4 * 4]
+                if chunk:
+                    yield np.frombuffer(chunk, dtype=np.float32).copy()
+                break
+            except TimeoutError as exc:
+                raise DeadlineExceeded(f"ffmpeg produced no audio for {stall_timeout_s:.0f}s",
+                                       reason="TOOL_TIMEOUT") from exc
+            yield np.frombuffer(chunk, dtype=np.float32).copy()
+        if await proc.wait() != 0:
+            stderr = (await errors).decode("utf-8", errors="replace")
+            raise media_error(REASON_UNREADABLE_MEDIA, f"cannot decode audio: {stderr[-300:]}", "video")
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await proc.wait()
+        errors.cancel()

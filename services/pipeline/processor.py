@@ -23,7 +23,7 @@ from services.common.errors import FailedPrecondition
 from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
 from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
 from services.common.store import JobStore, VideoStore
-from services.pipeline.media import MediaInfo, extract_audio, extract_frame, probe
+from services.pipeline.media import MediaInfo, audio_windows, extract_frame, probe
 from services.pipeline.reporter import JobCancelled, JobReporter
 from services.pipeline.scenes import Scene, detect_scenes_async
 from services.pipeline.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
@@ -191,17 +191,22 @@ class VideoProcessor:
             return [], "NONE", "no subtitles and no audio track"
         if not whisper.usable:
             return [], "NONE", f"no subtitles, and speech recognition is off: {_off_note(whisper)}"
-        audio = await extract_audio(source, WHISPER_SAMPLE_RATE)
-        if audio.size == 0:
-            return [], "NONE", "no subtitles and the audio track is empty"
         heard: list[Cue] = []
         languages: list[str] = []
-        window = WHISPER_WINDOW_S * WHISPER_SAMPLE_RATE
-        for start in range(0, audio.size, window):  # one call per window: each fits its deadline
-            offset = start / WHISPER_SAMPLE_RATE
-            transcript = await self._inference.transcribe(audio[start:start + window], WHISPER_SAMPLE_RATE)
-            languages.append(transcript.language)
-            heard += [Cue(offset + s.start_s, offset + s.end_s, s.text.strip())
-                     for s in transcript.segments if s.text.strip()]
-        language = max(set(languages), key=languages.count) if languages else "?"
+        # One call per window, decoded as it is needed: each call fits its deadline, and memory holds one
+        # window instead of the whole track (2 h of 16 kHz float32 would be 460 MB).
+        windows = audio_windows(source, WHISPER_SAMPLE_RATE, WHISPER_WINDOW_S)
+        try:
+            async for samples in windows:
+                offset = len(languages) * WHISPER_WINDOW_S
+                transcript = await self._inference.transcribe(samples, WHISPER_SAMPLE_RATE)
+                languages.append(transcript.language)
+                heard += [Cue(offset + s.start_s, offset + s.end_s, s.text.strip())
+                          for s in transcript.segments if s.text.strip()]
+        finally:
+            await windows.aclose()
+        if not languages:
+            return [], "NONE", "no subtitles and the audio track is empty"
+        language = max(set(languages), key=languages.count)
         return clip_cues(heard, info.duration_s), "SPEECH_RECOGNITION", f" (language {language})"
+

@@ -7,10 +7,11 @@ import time
 from itertools import pairwise
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.pipeline.media import extract_frame, probe, validate_video
+from services.pipeline.media import audio_windows, extract_frame, probe, validate_video
 from services.pipeline.scenes import detect_scenes, detect_scenes_async
 from services.pipeline.subtitles import clip_cues, extract_text_track, parse_subtitles, pick_text_track
 from tests.media import (
@@ -225,3 +226,33 @@ def test_tears_of_steel_flashes_do_not_explode_scene_count() -> None:
     assert 18 <= len(scenes) <= 34
     _assert_contiguous(scenes, 70.542)
     assert min(s.duration_s for s in scenes) >= 0.6
+
+
+async def test_audio_windows_stream_the_track_in_whole_windows(media_dir: Path) -> None:
+    tone = make_audio_only(media_dir / "tone-70s.wav", duration_s=70.0)
+    windows = [w async for w in audio_windows(tone, 16_000, 30.0)]
+    assert [w.size for w in windows] == [480_000, 480_000, 160_000]  # 30 s, 30 s, the last 10 s
+    assert all(w.dtype == np.float32 for w in windows)
+    rms = [float(np.sqrt(np.mean(w**2))) for w in windows]
+    assert all(0.05 < r < 0.5 for r in rms), rms  # the tone, not silence or garbage
+
+
+async def test_audio_windows_closed_early_leave_no_ffmpeg_behind(media_dir: Path) -> None:
+    import psutil
+
+    tone = make_audio_only(media_dir / "tone-70s-early.wav", duration_s=70.0)
+    windows = audio_windows(tone, 16_000, 10.0)
+    first = await anext(windows)
+    assert first.size == 160_000
+    children = psutil.Process().children()
+    assert any(c.name() == "ffmpeg" for c in children)  # still decoding the rest, paused on the pipe
+    await windows.aclose()
+    assert not [c for c in psutil.Process().children() if c.name() == "ffmpeg" and c.is_running()
+                and c.status() != psutil.STATUS_ZOMBIE]
+
+
+async def test_audio_windows_of_undecodable_audio_are_invalid_argument(media_dir: Path) -> None:
+    broken = make_text_file(media_dir / "not-audio.mp3")
+    with pytest.raises(InvalidArgument) as err:
+        [w async for w in audio_windows(broken, 16_000, 30.0)]
+    assert err.value.reason == "UNREADABLE_MEDIA"

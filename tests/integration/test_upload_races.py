@@ -63,12 +63,18 @@ async def test_concurrent_completions_make_one_video(setup) -> None:  # type: ig
 
 
 async def test_a_write_during_completion_is_refused_and_changes_nothing(setup) -> None:  # type: ignore[no-untyped-def]
-    _, ingestor, blobs, data = setup
+    pool, ingestor, blobs, data = setup
     upload = await ingestor.create_upload("clip.mp4", "video/mp4", 0)  # size not declared: appends allowed
     await ingestor.write_upload(upload.id, 0, data)
 
     completion = asyncio.create_task(ingestor.complete_upload(upload.id, "t", "", None))
-    await asyncio.sleep(0)  # let it take the lock
+    key = int.from_bytes(upload.id.bytes[:8], "big")
+    while not await pool.fetchval(  # wait until the completion holds the upload's lock (validation takes a while)
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1 AND objid = $2",
+        key >> 32, key & 0xFFFFFFFF,
+    ):
+        assert not completion.done(), "the completion ended before it was seen holding the lock"
+        await asyncio.sleep(0.005)
     outcomes = []
     while not completion.done():
         try:
