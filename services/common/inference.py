@@ -339,32 +339,14 @@ class TritonInference:
 
     async def _infer_texts(self, name: ModelName, texts: list[str], dim: int, deadline: float) -> np.ndarray:
         batch = np.array([[text.encode("utf-8")] for text in texts], dtype=np.object_)
-        inputs = [self._input("TEXT", batch, "BYTES")]
-        outputs = ["EMBEDDING"] if name == "sbert" else ["EMBEDDING", "MODEL_ID"]  # sbert: id is in its config
-        result = await self._call(
-            name,
-            deadline,
-            lambda timeout: self._client.infer(
-                name, inputs, outputs=[self._grpc.InferRequestedOutput(n) for n in outputs], client_timeout=timeout
-            ),
-        )
-        self._note_model_id(name, result)
+        outputs = ("EMBEDDING",) if name == "sbert" else ("EMBEDDING", "MODEL_ID")  # sbert: id is in its config
+        result = await self._infer(name, "TEXT", batch, "BYTES", outputs, deadline)
         return _checked_vectors(name, result.as_numpy("EMBEDDING"), len(texts), dim)
 
     async def _infer_images(self, images: list[bytes], deadline: float) -> list[np.ndarray | str]:
         """One request; per the clip_image contract, bad images come back as an ERROR string per item."""
         batch = np.array([[image] for image in images], dtype=np.object_)
-        inputs = [self._input("IMAGE", batch, "BYTES")]
-        result = await self._call(
-            "clip_image",
-            deadline,
-            lambda timeout: self._client.infer(
-                "clip_image", inputs,
-                outputs=[self._grpc.InferRequestedOutput(n) for n in ("EMBEDDING", "ERROR", "MODEL_ID")],
-                client_timeout=timeout,
-            ),
-        )
-        self._note_model_id("clip_image", result)
+        result = await self._infer("clip_image", "IMAGE", batch, "BYTES", ("EMBEDDING", "ERROR", "MODEL_ID"), deadline)
         vectors = _checked_vectors("clip_image", result.as_numpy("EMBEDDING"), len(images), CLIP_DIM)
         errors = result.as_numpy("ERROR")
         messages = [""] * len(images) if errors is None else [_to_str(e) for e in errors.reshape(-1)]
@@ -372,17 +354,20 @@ class TritonInference:
 
     async def _infer_audio(self, samples: np.ndarray, deadline: float) -> Any:
         """One clip per request (whisper has no batch dimension): AUDIO [samples] float32."""
-        inputs = [self._input("AUDIO", samples, "FP32")]
+        return await self._infer("whisper", "AUDIO", samples, "FP32", ("LANGUAGE", "SEGMENTS", "MODEL_ID"), deadline)
+
+    async def _infer(
+        self, name: ModelName, input_name: str, array: np.ndarray, datatype: str, outputs: Sequence[str],
+        deadline: float,
+    ) -> Any:
+        """One inference request under the call's deadline and retry policy; notes the model id it reports."""
+        inputs = [self._input(input_name, array, datatype)]
+        requested = [self._grpc.InferRequestedOutput(n) for n in outputs]
         result = await self._call(
-            "whisper",
-            deadline,
-            lambda timeout: self._client.infer(
-                "whisper", inputs,
-                outputs=[self._grpc.InferRequestedOutput(n) for n in ("LANGUAGE", "SEGMENTS", "MODEL_ID")],
-                client_timeout=timeout,
-            ),
+            name, deadline,
+            lambda timeout: self._client.infer(name, inputs, outputs=requested, client_timeout=timeout),
         )
-        self._note_model_id("whisper", result)
+        self._note_model_id(name, result)
         return result
 
     async def _probe_identity(self, model: _TritonModel, deadline: float) -> None:

@@ -37,6 +37,25 @@ _VIDEO_SELECT = (
 )
 
 
+def _newest_first(
+    select: str, equals: dict[str, Any], after: tuple[datetime, uuid.UUID] | None, limit: int, *, alias: str = ""
+) -> tuple[str, list[Any]]:
+    """``select`` newest first, keyset-paginated by (create_time, id) after ``after``, filtered by
+    ``column = value`` for every value that is not None: the SQL and its arguments."""
+    where: list[str] = []
+    args: list[Any] = []
+    if after is not None:
+        args += [after[0], after[1]]
+        where.append(f"({alias}create_time, {alias}id) < ($1, $2)")
+    for column, value in equals.items():
+        if value is not None:
+            args.append(value)
+            where.append(f"{column} = ${len(args)}")
+    args.append(limit)
+    filters = f" WHERE {' AND '.join(where)}" if where else ""
+    return (f"{select}{filters} ORDER BY {alias}create_time DESC, {alias}id DESC LIMIT ${len(args)}", args)
+
+
 def _record(cls: Any, row: asyncpg.Record) -> Any:
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in dict(row).items() if k in names})
@@ -58,18 +77,7 @@ class VideoStore:
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, state: str | None = None
     ) -> list[Video]:
         """Newest first, keyset-paginated by (create_time, id)."""
-        where, args = [], []
-        if after is not None:
-            args += [after[0], after[1]]
-            where.append(f"(v.create_time, v.id) < (${len(args) - 1}, ${len(args)})")
-        if state:
-            args.append(state)
-            where.append(f"v.state = ${len(args)}")
-        args.append(limit)
-        sql = (
-            f"{_VIDEO_SELECT} {'WHERE ' + ' AND '.join(where) if where else ''} "
-            f"ORDER BY v.create_time DESC, v.id DESC LIMIT ${len(args)}"
-        )
+        sql, args = _newest_first(_VIDEO_SELECT, {"v.state": state or None}, after, limit, alias="v.")
         return [_record(Video, r) for r in await self._pool.fetch(sql, *args)]
 
     async def count(self, state: str | None = None) -> int:
@@ -255,21 +263,7 @@ class JobStore:
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
         video_id: uuid.UUID | None = None, state: str | None = None,
     ) -> list[Job]:
-        where, args = [], []
-        if after is not None:
-            args += [after[0], after[1]]
-            where.append(f"(create_time, id) < (${len(args) - 1}, ${len(args)})")
-        if video_id is not None:
-            args.append(video_id)
-            where.append(f"video_id = ${len(args)}")
-        if state:
-            args.append(state)
-            where.append(f"state = ${len(args)}")
-        args.append(limit)
-        sql = (
-            f"SELECT * FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''} "
-            f"ORDER BY create_time DESC, id DESC LIMIT ${len(args)}"
-        )
+        sql, args = _newest_first("SELECT * FROM jobs", {"video_id": video_id, "state": state or None}, after, limit)
         return [_record(Job, r) for r in await self._pool.fetch(sql, *args)]
 
     async def events(self, job_id: uuid.UUID, after_sequence: int = 0) -> list[JobEvent]:
@@ -389,17 +383,8 @@ class JobStore:
     async def dead_letters(
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None
     ) -> list[DeadLetter]:
-        args: list[Any] = []
-        where = ""
-        if after is not None:
-            args += [after[0], after[1]]
-            where = "WHERE (create_time, id) < ($1, $2)"
-        args.append(limit)
-        rows = await self._pool.fetch(
-            f"SELECT * FROM dead_letters {where} ORDER BY create_time DESC, id DESC LIMIT ${len(args)}",
-            *args,
-        )
-        return [_record(DeadLetter, r) for r in rows]
+        sql, args = _newest_first("SELECT * FROM dead_letters", {}, after, limit)
+        return [_record(DeadLetter, r) for r in await self._pool.fetch(sql, *args)]
 
 
 _CLIP_SELECT = (

@@ -45,6 +45,18 @@ def seed(model_config: dict) -> int:
     return int(setting(model_config, "CLIPMIND_MODEL_SEED", "seed", "0"))
 
 
+def load_clip(model_config: dict) -> Any:
+    """The CLIP model that clip_image and clip_text serve: ``CLIPMIND_CLIP_ARCH`` / ``CLIPMIND_CLIP_WEIGHTS`` /
+    ``CLIPMIND_MODEL_SEED``, else the config.pbtxt parameters."""
+    from services.models.clip import ClipModel
+
+    return ClipModel.load(
+        arch=setting(model_config, "CLIPMIND_CLIP_ARCH", "arch", "ViT-B-32"),
+        weights=setting(model_config, "CLIPMIND_CLIP_WEIGHTS", "weights"),
+        seed=seed(model_config),
+    )
+
+
 def set_threads(model_config: dict) -> None:
     threads = int(parameter(model_config, "torch_threads", "0"))
     if threads > 0:

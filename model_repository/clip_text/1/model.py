@@ -1,4 +1,4 @@
-"""Triton python backend: CLIP text embeddings (services.models.clip.ClipModel) on CPU.
+"""Triton python backend: CLIP text embeddings (services.models.clip.ClipModel, via triton_backend.load_clip) on CPU.
 
 Input ``TEXT`` [batch, 1] raw UTF-8 strings (the CLIP tokenizer runs here); outputs ``EMBEDDING``
 [batch, 512] unit norm and ``MODEL_ID`` [batch, 1]. A request holding an empty text fails alone
@@ -21,7 +21,6 @@ prepare()
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 from services.models import triton_backend  # noqa: E402
-from services.models.clip import ClipModel  # noqa: E402
 
 
 class TritonPythonModel:
@@ -31,11 +30,7 @@ class TritonPythonModel:
         self.server = triton_backend.Server(
             pb_utils,
             "clip_text",
-            lambda: ClipModel.load(
-                arch=triton_backend.setting(config, "CLIPMIND_CLIP_ARCH", "arch", "ViT-B-32"),
-                weights=triton_backend.setting(config, "CLIPMIND_CLIP_WEIGHTS", "weights"),
-                seed=triton_backend.seed(config),
-            ),
+            lambda: triton_backend.load_clip(config),
         )
 
     def execute(self, requests: list) -> list:
