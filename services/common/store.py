@@ -1,4 +1,5 @@
-"""asyncpg repositories for videos, uploads, jobs (+ events, dead letters) and clips.
+"""asyncpg repositories for videos and uploads, and the SQL helpers the other repositories share
+(``job_store``: jobs, events, dead letters; ``clip_store``: clips, segments, the search log).
 
 These are adapters: SQL lives here and nowhere else, and they hand out the plain records of
 ``services.common.records``.
@@ -18,12 +19,8 @@ import asyncpg
 from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.records import (
     TERMINAL_JOB_STATES,
-    Clip,
-    DeadLetter,
     Job,
-    JobEvent,
     ProcessedVideo,
-    Segment,
     Upload,
     Video,
     queue_key,
@@ -37,7 +34,7 @@ _VIDEO_SELECT = (
 )
 
 
-def _newest_first(
+def newest_first(
     select: str, equals: dict[str, Any], after: tuple[datetime, uuid.UUID] | None, limit: int, *, alias: str = ""
 ) -> tuple[str, list[Any]]:
     """``select`` newest first, keyset-paginated by (create_time, id) after ``after``, filtered by
@@ -56,7 +53,7 @@ def _newest_first(
     return (f"{select}{filters} ORDER BY {alias}create_time DESC, {alias}id DESC LIMIT ${len(args)}", args)
 
 
-def _record(cls: Any, row: asyncpg.Record) -> Any:
+def to_record(cls: Any, row: asyncpg.Record) -> Any:
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in dict(row).items() if k in names})
 
@@ -71,14 +68,14 @@ class VideoStore:
         if row is None:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND",
                            metadata={"name": f"videos/{video_id}"})
-        return _record(Video, row)
+        return to_record(Video, row)
 
     async def list_page(
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, state: str | None = None
     ) -> list[Video]:
         """Newest first, keyset-paginated by (create_time, id)."""
-        sql, args = _newest_first(_VIDEO_SELECT, {"v.state": state or None}, after, limit, alias="v.")
-        return [_record(Video, r) for r in await self._pool.fetch(sql, *args)]
+        sql, args = newest_first(_VIDEO_SELECT, {"v.state": state or None}, after, limit, alias="v.")
+        return [to_record(Video, r) for r in await self._pool.fetch(sql, *args)]
 
     async def count(self, state: str | None = None) -> int:
         if state:
@@ -123,7 +120,7 @@ class VideoStore:
         row = await self._pool.fetchrow("DELETE FROM videos WHERE id = $1 RETURNING *", video_id)
         if row is None:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
-        return _record(Video, row)
+        return to_record(Video, row)
 
     async def save_processed(
         self, video_id: uuid.UUID, result: ProcessedVideo, job_id: uuid.UUID | None = None
@@ -192,13 +189,13 @@ class UploadStore:
             upload.id, upload.filename, upload.content_type, upload.size_bytes, upload.state,
             upload.expire_time,
         )
-        return _record(Upload, row)
+        return to_record(Upload, row)
 
     async def get(self, upload_id: uuid.UUID) -> Upload:
         row = await self._pool.fetchrow("SELECT * FROM uploads WHERE id = $1", upload_id)
         if row is None:
             raise NotFound(f"upload {upload_id} not found", reason="UPLOAD_NOT_FOUND")
-        return _record(Upload, row)
+        return to_record(Upload, row)
 
     async def advance(self, upload_id: uuid.UUID, expected_offset: int, new_size: int) -> bool:
         """Move committed_size from ``expected_offset`` to ``new_size``; False if someone else moved it."""
@@ -244,207 +241,3 @@ class UploadStore:
                 yield
             finally:
                 await conn.execute("SELECT pg_advisory_unlock($1)", key)
-
-
-class JobStore:
-    """Jobs, their ordered events and dead letters."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def get(self, job_id: uuid.UUID) -> Job:
-        row = await self._pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
-        if row is None:
-            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND",
-                           metadata={"name": f"jobs/{job_id}"})
-        return _record(Job, row)
-
-    async def list_page(
-        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
-        video_id: uuid.UUID | None = None, state: str | None = None,
-    ) -> list[Job]:
-        sql, args = _newest_first("SELECT * FROM jobs", {"video_id": video_id, "state": state or None}, after, limit)
-        return [_record(Job, r) for r in await self._pool.fetch(sql, *args)]
-
-    async def events(self, job_id: uuid.UUID, after_sequence: int = 0) -> list[JobEvent]:
-        rows = await self._pool.fetch(
-            "SELECT * FROM job_events WHERE job_id = $1 AND sequence > $2 ORDER BY sequence",
-            job_id, after_sequence,
-        )
-        return [_record(JobEvent, r) for r in rows]
-
-    async def record_event(
-        self, job_id: uuid.UUID, *, stage: str | None, stage_state: str, progress: float | None, message: str,
-        job_state: str | None = None, attempt: int | None = None, failure_reason: str | None = None,
-    ) -> JobEvent:
-        """Append the next event and update the job row to match, in one transaction.
-
-        A job that has already ended (cancelled, failed, succeeded) takes no further events: that raises
-        FAILED_PRECONDITION ``JOB_ALREADY_FINISHED``, which is how a running worker learns of a cancel.
-        ``stage``/``progress`` of None keep the job's current ones."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            job = await self._lock_job(conn, job_id)
-            if job["state"] in TERMINAL_JOB_STATES:
-                raise FailedPrecondition(f"job is already {job['state']}", reason="JOB_ALREADY_FINISHED")
-            return await self._append_event(
-                conn, job, stage=stage, stage_state=stage_state, progress=progress, message=message,
-                job_state=job_state, attempt=attempt, failure_reason=failure_reason,
-            )
-
-    async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]:
-        """Queued or running jobs whose row has not changed for ``idle_s`` seconds, the longest idle first."""
-        rows = await self._pool.fetch(
-            "SELECT * FROM jobs WHERE state IN ('QUEUED', 'RUNNING') "
-            "AND update_time < now() - make_interval(secs => $1) ORDER BY update_time LIMIT $2",
-            idle_s, limit,
-        )
-        return [_record(Job, r) for r in rows]
-
-    async def requeue(self, job_id: uuid.UUID, *, expected_key: str, new_key: str, message: str) -> JobEvent | None:
-        """Move a job whose queue entry ``expected_key`` was lost to ``new_key`` (QUEUED, with an event).
-
-        None, changing nothing, when the job has ended or another sweep or a retry already moved it."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            job = await self._lock_job(conn, job_id)
-            if job["state"] in TERMINAL_JOB_STATES or job["queue_key"] != expected_key:
-                return None
-            await conn.execute("UPDATE jobs SET queue_key = $2 WHERE id = $1", job_id, new_key)
-            return await self._append_event(
-                conn, job, stage=None, stage_state="STARTED", progress=None, message=message, job_state="QUEUED",
-            )
-
-    @staticmethod
-    async def _lock_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> asyncpg.Record:
-        job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-        if job is None:
-            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
-        return job
-
-    @staticmethod
-    async def _append_event(
-        conn: asyncpg.Connection, job: asyncpg.Record, *, stage: str | None, stage_state: str,
-        progress: float | None, message: str, job_state: str | None = None, attempt: int | None = None,
-        failure_reason: str | None = None,
-    ) -> JobEvent:
-        job_id = job["id"]
-        state = job_state or job["state"]
-        stage = stage or job["stage"]
-        progress = job["progress"] if progress is None else progress
-        seq = await conn.fetchval("SELECT coalesce(max(sequence), 0) + 1 FROM job_events WHERE job_id = $1", job_id)
-        row = await conn.fetchrow(
-            "INSERT INTO job_events (job_id, sequence, stage, stage_state, progress, message, job_state)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
-            job_id, seq, stage, stage_state, progress, message, state,
-        )
-        await conn.execute(
-            """UPDATE jobs SET state = $2, stage = $3, progress = $4, update_time = now(),
-                   attempt = coalesce($5, attempt),
-                   failure_reason = coalesce($6, failure_reason),
-                   start_time = CASE WHEN $2 = 'RUNNING' AND start_time IS NULL THEN now()
-                                     ELSE start_time END,
-                   end_time = CASE WHEN $2 IN ('SUCCEEDED', 'FAILED', 'CANCELLED') THEN now()
-                                   ELSE NULL END
-               WHERE id = $1""",
-            job_id, state, stage, progress, attempt, failure_reason,
-        )
-        return _record(JobEvent, row)
-
-    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str) -> Job:
-        """A failed or cancelled job back to QUEUED under the queue entry ``new_key``."""
-        row = await self._pool.fetchrow(
-            "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', end_time = NULL, "
-            "queue_key = $2, update_time = now() WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') RETURNING *",
-            job_id, new_key,
-        )
-        if row is None:
-            job = await self.get(job_id)
-            raise FailedPrecondition(
-                f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried",
-                reason="JOB_NOT_RETRYABLE",
-            )
-        await self._pool.execute("DELETE FROM dead_letters WHERE job_id = $1", job_id)
-        return _record(Job, row)
-
-    async def mark_video_cancelled(self, video_id: uuid.UUID) -> None:
-        """A cancelled job leaves its video FAILED ("processing cancelled") unless it was already READY."""
-        await self._pool.execute(
-            "UPDATE videos SET state = 'FAILED', failure_reason = 'processing cancelled', update_time = now() "
-            "WHERE id = $1 AND state IN ('PENDING', 'PROCESSING')",
-            video_id,
-        )
-
-    async def add_dead_letter(self, letter: DeadLetter) -> None:
-        await self._pool.execute(
-            "INSERT INTO dead_letters (id, job_id, video_id, failure_reason, attempts) "
-            "VALUES ($1, $2, $3, $4, $5)",
-            letter.id, letter.job_id, letter.video_id, letter.failure_reason, letter.attempts,
-        )
-
-    async def dead_letters(
-        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None
-    ) -> list[DeadLetter]:
-        sql, args = _newest_first("SELECT * FROM dead_letters", {}, after, limit)
-        return [_record(DeadLetter, r) for r in await self._pool.fetch(sql, *args)]
-
-
-_CLIP_SELECT = (
-    "SELECT c.*, v.title AS video_title, v.blob_key AS video_blob_key, "
-    "coalesce((SELECT string_agg(s.text, ' ' ORDER BY s.idx) FROM transcript_segments s "
-    "WHERE s.clip_id = c.id), '') AS transcript "
-    "FROM clips c JOIN videos v ON v.id = c.video_id"
-)
-
-
-class ClipStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    async def get(self, clip_id: uuid.UUID) -> Clip:
-        row = await self._pool.fetchrow(f"{_CLIP_SELECT} WHERE c.id = $1", clip_id)
-        if row is None:
-            raise NotFound(f"clip {clip_id} not found", reason="CLIP_NOT_FOUND",
-                           metadata={"name": f"clips/{clip_id}"})
-        return _record(Clip, row)
-
-    async def segments_with_clips(self, segment_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Segment]:
-        rows = await self._pool.fetch(
-            "SELECT * FROM transcript_segments WHERE id = ANY($1::uuid[])", list(segment_ids)
-        )
-        return {r["id"]: _record(Segment, r) for r in rows}
-
-    async def clips_for_search(
-        self, clip_ids: Sequence[uuid.UUID], *, min_duration_s: float = 0, max_duration_s: float = 0,
-        created_after: datetime | None = None, created_before: datetime | None = None,
-    ) -> dict[uuid.UUID, Clip]:
-        """The READY clips among ``clip_ids`` that pass the filters, keyed by id."""
-        args: list[Any] = [list(clip_ids)]
-        where = ["c.id = ANY($1::uuid[])", "v.state = 'READY'"]
-        if min_duration_s > 0:
-            args.append(min_duration_s)
-            where.append(f"v.duration_s >= ${len(args)}")
-        if max_duration_s > 0:
-            args.append(max_duration_s)
-            where.append(f"v.duration_s <= ${len(args)}")
-        if created_after is not None:
-            args.append(created_after)
-            where.append(f"v.create_time >= ${len(args)}")
-        if created_before is not None:
-            args.append(created_before)
-            where.append(f"v.create_time < ${len(args)}")
-        rows = await self._pool.fetch(f"{_CLIP_SELECT} WHERE {' AND '.join(where)}", *args)
-        return {r["id"]: _record(Clip, r) for r in rows}
-
-    async def segment_ids_by_clip(self, clip_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
-        rows = await self._pool.fetch(
-            "SELECT clip_id, id FROM transcript_segments WHERE clip_id = ANY($1::uuid[])", list(clip_ids)
-        )
-        found: dict[uuid.UUID, list[uuid.UUID]] = {}
-        for r in rows:
-            found.setdefault(r["clip_id"], []).append(r["id"])
-        return found
-
-    async def log_search(self, search_id: uuid.UUID, query: str, result_count: int, latency_ms: float) -> None:
-        await self._pool.execute(
-            "INSERT INTO searches (id, query, result_count, latency_ms) VALUES ($1, $2, $3, $4)",
-            search_id, query, result_count, latency_ms,
-        )

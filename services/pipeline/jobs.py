@@ -8,9 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 from services.common.errors import FailedPrecondition
+from services.common.job_store import JobStore
 from services.common.queue import PENDING_STATES, JobQueue, ProgressBus, enqueue_or_leave_to_sweep
 from services.common.records import Job, JobEvent, queue_key
-from services.common.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,9 @@ import numpy as np
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition
 from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
+from services.common.job_store import JobStore
 from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
-from services.common.store import JobStore, VideoStore
+from services.common.store import VideoStore
 from services.pipeline.media import MediaInfo, audio_windows, extract_frame, probe
 from services.pipeline.reporter import JobCancelled, JobReporter
 from services.pipeline.scenes import Scene, detect_scenes_async

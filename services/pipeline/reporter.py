@@ -8,9 +8,9 @@ from __future__ import annotations
 import uuid
 
 from services.common.errors import FailedPrecondition
+from services.common.job_store import JobStore
 from services.common.queue import ProgressBus
 from services.common.records import JobEvent
-from services.common.store import JobStore
 
 
 class JobCancelled(Exception):

@@ -10,8 +10,8 @@ from clipmind.pipeline.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 from services.common.config import PipelineSettings
 from services.common.db import create_pool
 from services.common.grpc_server import configure_logging, run_server
+from services.common.job_store import JobStore
 from services.common.queue import ArqJobQueue, ProgressBus
-from services.common.store import JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.servicer import PipelineServicer
 

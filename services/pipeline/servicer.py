@@ -12,9 +12,9 @@ from clipmind.pipeline.v1 import pipeline_service_pb2_grpc
 
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
+from services.common.job_store import JobStore
 from services.common.paging import decode_token, encode_token, page_size, parse_name
 from services.common.records import DeadLetter, Job, JobEvent
-from services.common.store import JobStore
 from services.pipeline.jobs import JobControl
 
 _FILTER_TERM = re.compile(r'^\s*(video|state)\s*=\s*"?([\w/-]+)"?\s*$')

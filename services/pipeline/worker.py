@@ -23,10 +23,11 @@ from services.common.db import create_pool
 from services.common.errors import ClipMindError, NotFound
 from services.common.grpc_server import configure_logging
 from services.common.inference import make_inference
+from services.common.job_store import JobStore
 from services.common.model_health import check_weight_settings, log_model_status
 from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, ProgressBus
 from services.common.records import DeadLetter, Job
-from services.common.store import JobStore, VideoStore
+from services.common.store import VideoStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS, ProcessorConfig, VideoProcessor
 from services.pipeline.reporter import JobCancelled, JobReporter

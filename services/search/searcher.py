@@ -18,10 +18,10 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services.common.clip_store import ClipStore
 from services.common.errors import FailedPrecondition, invalid_field
 from services.common.inference_types import Inference, ModelStatus
 from services.common.records import Clip
-from services.common.store import ClipStore
 from services.common.vectors import VectorIndex
 
 DEFAULT_WEIGHTS = {"visual": 0.6, "transcript": 0.4}

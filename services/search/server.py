@@ -9,12 +9,13 @@ import grpc.aio
 from clipmind.search.v1 import search_service_pb2, search_service_pb2_grpc
 
 from services.common.blobstore import LocalBlobStore
+from services.common.clip_store import ClipStore
 from services.common.config import SearchSettings
 from services.common.db import create_pool
 from services.common.grpc_server import configure_logging, run_server
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
-from services.common.store import ClipStore, VideoStore
+from services.common.store import VideoStore
 from services.common.vectors import PgVectorIndex
 from services.search.searcher import Searcher
 from services.search.servicer import SearchServicer

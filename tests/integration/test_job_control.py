@@ -10,9 +10,10 @@ import pytest
 
 from services.common.db import create_pool
 from services.common.errors import FailedPrecondition
+from services.common.job_store import JobStore
 from services.common.queue import ArqJobQueue, ProgressBus
 from services.common.records import Job, ProcessedVideo, Video
-from services.common.store import JobStore, VideoStore
+from services.common.store import VideoStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS
 from services.pipeline.reporter import JobCancelled, JobReporter

@@ -15,9 +15,10 @@ import pytest
 
 from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
+from services.common.job_store import JobStore
 from services.common.queue import ArqJobQueue, ProgressBus, enqueue_or_leave_to_sweep
 from services.common.records import Job, Video, queue_key
-from services.common.store import JobStore, UploadStore, VideoStore
+from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor, VideoMeta
 from services.launcher import EmbeddedRedis, free_port
 from services.pipeline.jobs import JobControl

@@ -8,8 +8,9 @@ import uuid
 import pytest
 
 from services.common.db import create_pool
+from services.common.job_store import JobStore
 from services.common.records import DeadLetter, Job, Video
-from services.common.store import JobStore, VideoStore
+from services.common.store import VideoStore
 
 pytestmark = pytest.mark.integration
 
