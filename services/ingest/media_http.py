@@ -1,7 +1,10 @@
-"""HTTP server for blobs (videos, thumbnails) under ``/media/<key>``, with Range support for playback.
+"""HTTP server for blobs (videos, thumbnails, sidecars) under ``/media/<key>``, with Range support.
 
 Envoy routes its ``/media/`` prefix here, so links in API answers (``thumbnail_uri``, ``playback_uri``)
-work from a browser.
+work from a browser. Blobs are user bytes served from the app's origin, so a response never lets a
+browser treat one as a page: the media type comes from a fixed map by the key's extension
+(``media_types.media_type``: video, JPEG, plain text, else ``application/octet-stream`` as an attachment), never
+from content or the ``mimetypes`` tables; every answer carries ``nosniff`` and a CSP that allows nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +13,14 @@ from aiohttp import web
 
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import InvalidArgument
+from services.pipeline.media_types import OCTET_STREAM, media_type
+
+CACHE_CONTROL = "private, max-age=3600"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox; frame-ancestors 'none'",
+}
+"""Sent with every response of this server, errors included."""
 
 
 def media_app(blobs: LocalBlobStore) -> web.Application:
@@ -20,12 +31,20 @@ def media_app(blobs: LocalBlobStore) -> web.Application:
             raise web.HTTPBadRequest(text="invalid media key") from None
         if not path.is_file() or path.name.endswith((".tmp", ".part")):
             raise web.HTTPNotFound(text="no such media")
-        return web.FileResponse(path, headers={"Cache-Control": "private, max-age=3600"})
+        content_type = media_type(path.name)
+        headers = {"Content-Type": content_type, "Cache-Control": CACHE_CONTROL}
+        if content_type == OCTET_STREAM:
+            headers["Content-Disposition"] = "attachment"
+        return web.FileResponse(path, headers=headers)
 
     async def health(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def secure(_: web.Request, response: web.StreamResponse) -> None:
+        response.headers.update(SECURITY_HEADERS)
+
     app = web.Application()
+    app.on_response_prepare.append(secure)
     app.router.add_get("/media/{key:.+}", serve)
     app.router.add_get("/healthz", health)
     return app

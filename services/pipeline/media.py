@@ -2,7 +2,10 @@
 
 ``probe`` reads what a file holds (``MediaInfo``); ``validate_video`` adds a cheap real decode of the
 first frame and of the last second so truncated uploads fail early; ``extract_frame`` writes a JPEG
-thumbnail. Every failure a user's file can cause is an ``InvalidArgument`` whose ``reason`` is one of
+thumbnail. Every ffmpeg/ffprobe here (and in ``scenes``/``subtitles``) reads through ``restricted`` args:
+local files only, through ``ALLOWED_DEMUXERS`` only. ``media_types.container_extension`` and ``media_type`` decide a
+stored blob's extension (from what ffprobe found, never from the client's filename) and the media type it
+is served with. Every failure a user's file can cause is an ``InvalidArgument`` whose ``reason`` is one of
 the ``REASON_*`` constants below and whose field violation names the request field (``field`` kwarg).
 Failures of the tools themselves (missing binary, timeout, unwritable output) are not the user's fault
 and surface as ``FailedPrecondition`` / ``DeadlineExceeded`` / ``Internal``.
@@ -14,13 +17,10 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from services.common.errors import (
     DeadlineExceeded,
@@ -29,6 +29,7 @@ from services.common.errors import (
     Internal,
     InvalidArgument,
 )
+from services.pipeline.media_types import container_extension
 
 REASON_EMPTY_FILE = "EMPTY_FILE"
 """The file has zero bytes."""
@@ -98,6 +99,17 @@ class MediaInfo:
     def text_subtitle_streams(self) -> list[SubtitleStream]:
         return [s for s in self.subtitle_streams if s.is_text]
 
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """Codec names of the first video, the first audio and every subtitle stream (present ones)."""
+        names = (self.video_codec, self.audio_codec, *(s.codec for s in self.subtitle_streams))
+        return tuple(name for name in names if name)
+
+    @property
+    def file_extension(self) -> str:
+        """The extension a copy of this file is stored under (``container_extension``)."""
+        return container_extension(self.format_name, self.codecs)
+
 
 @dataclass(frozen=True)
 class ProcessResult:
@@ -130,7 +142,7 @@ async def run_tool(args: list[str], timeout_s: float) -> ProcessResult:
     """Run ffmpeg/ffprobe (``args[0]``) without a shell, capture output, kill it on timeout.
 
     Inputs are restricted to local files and to ``ALLOWED_DEMUXERS``."""
-    args = _restricted(args)
+    args = restricted(args)
     try:
         proc = await asyncio.create_subprocess_exec(
             *args,
@@ -154,8 +166,11 @@ async def run_tool(args: list[str], timeout_s: float) -> ProcessResult:
     return ProcessResult(proc.returncode, stdout, stderr)
 
 
-def _restricted(args: list[str]) -> list[str]:
-    """ffmpeg/ffprobe arguments that only read local files through ``ALLOWED_DEMUXERS``."""
+def restricted(args: list[str]) -> list[str]:
+    """ffmpeg/ffprobe arguments that only read local files through ``ALLOWED_DEMUXERS``.
+
+    Every process that opens user media goes through this (``run_tool``, ``audio_windows``, the scene
+    decoder): no other demuxer, no network or other protocol, whatever the file's name or content says."""
     if Path(args[0]).name in ("ffmpeg", "ffprobe"):
         return [args[0], "-protocol_whitelist", "file,pipe", "-format_whitelist", ALLOWED_DEMUXERS, *args[1:]]
     return args
@@ -206,7 +221,7 @@ def media_info_from_probe(report: dict[str, Any], *, size_bytes: int, field: str
         raise media_error(REASON_UNREADABLE_MEDIA, "a text file, not media", field)
     if format_name == "image2" or format_name.endswith("_pipe"):
         raise media_error(REASON_NOT_A_VIDEO, "a still image, not a video", field)
-    video = _first_motion_video(streams)
+    video = first_motion_video(streams)
     if video is None:
         kinds = sorted({_stream_kind(s) for s in streams})
         raise media_error(REASON_NOT_A_VIDEO, f"no video stream (found: {', '.join(kinds)})", field)
@@ -244,50 +259,6 @@ async def validate_video(path: str | os.PathLike[str], field: str = "video") -> 
     return info
 
 
-async def extract_frame(
-    path: str | os.PathLike[str],
-    at_s: float,
-    out_path: str | os.PathLike[str],
-    max_width: int = 480,
-    *,
-    duration_s: float | None = None,
-) -> None:
-    """Write the frame shown at ``at_s`` (clamped into the video) as a JPEG at most ``max_width`` wide.
-
-    ``duration_s`` saves a probe when the caller already knows it. Seeking is frame-accurate; if no frame
-    comes out at the requested time (past the last frame), earlier times are tried.
-    """
-    if duration_s is None:
-        duration_s = (await probe(path)).duration_s
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    last_error = ""
-    for at in _frame_times(at_s, duration_s):
-        result = await run_tool(
-            [
-                "ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", f"{at:.3f}", "-i", str(path),
-                "-map", "0:v:0", "-frames:v", "1", "-an", "-sn", "-dn",
-                "-vf", f"scale='min({max_width},iw*sar)':-2,setsar=1",
-                "-q:v", "3", "-f", "image2", "-c:v", "mjpeg", "-update", "1", str(partial),
-            ],
-            FRAME_TIMEOUT_S,
-        )  # fmt: skip
-        if result.returncode == 0 and partial.exists() and partial.stat().st_size > 0:
-            partial.replace(out)
-            return
-        last_error = result.stderr_text
-    partial.unlink(missing_ok=True)
-    raise Internal(f"could not extract a frame near {at_s:.2f}s: {last_error}", reason="FRAME_EXTRACT_FAILED")
-
-
-def _frame_times(at_s: float, duration_s: float) -> list[float]:
-    """Times to try for a thumbnail: the clamped request, then a bit earlier, then the start."""
-    latest = max(0.0, duration_s - 0.05)
-    at = min(max(0.0, at_s), latest)
-    return sorted({at, max(0.0, at - 1.0), 0.0}, reverse=True)
-
-
 async def _count_decoded_frames(path: str | os.PathLike[str], start_s: float, max_frames: int | None) -> int:
     """Decode the first video stream from ``start_s`` (accurate seek) and count the frames that come out."""
     args = ["ffmpeg", "-nostdin", "-v", "error"]
@@ -316,7 +287,7 @@ def _stream_kind(stream: dict[str, Any]) -> str:
     return str(stream.get("codec_type", "unknown"))
 
 
-def _first_motion_video(streams: list[dict[str, Any]]) -> dict[str, Any] | None:
+def first_motion_video(streams: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The first stream that is moving picture: not cover art, not text art."""
     for stream in streams:
         if stream.get("codec_type") != "video":
@@ -383,49 +354,3 @@ def _subtitle_stream(stream: dict[str, Any]) -> SubtitleStream:
         is_default=bool(disposition.get("default")),
         is_forced=bool(disposition.get("forced")),
     )
-
-
-async def audio_windows(
-    path: str | Path, sample_rate: int = 16_000, window_s: float = 30.0, *, stall_timeout_s: float = 300.0
-) -> AsyncGenerator[np.ndarray, None]:
-    """The first audio stream as mono float32 PCM at ``sample_rate``, in windows of ``window_s`` seconds
-    (the last one shorter), decoded as they are consumed: memory holds one window, not the whole track.
-
-    ffmpeg waits on the pipe while the consumer works on a window; ``stall_timeout_s`` bounds how long
-    one window may take to arrive. A decode error raises ``InvalidArgument`` (UNREADABLE_MEDIA) after the
-    windows decoded before it."""
-    args = _restricted(["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-vn", "-ac", "1",
-                        "-ar", str(sample_rate), "-f", "f32le", "-"])
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except FileNotFoundError as exc:
-        raise FailedPrecondition("ffmpeg is not installed or not on PATH", reason="TOOL_NOT_FOUND") from exc
-    assert proc.stdout is not None and proc.stderr is not None
-    errors = asyncio.ensure_future(proc.stderr.read())  # drained alongside, so ffmpeg never blocks on it
-    size = int(window_s * sample_rate) * 4
-    try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(proc.stdout.readexactly(size), stall_timeout_s)
-            except asyncio.IncompleteReadError as end:
-                chunk = end.partial[: len(end.partial) // 4 * 4]
-                if chunk:
-                    yield np.frombuffer(chunk, dtype=np.float32).copy()
-                break
-            except TimeoutError as exc:
-                raise DeadlineExceeded(f"ffmpeg produced no audio for {stall_timeout_s:.0f}s",
-                                       reason="TOOL_TIMEOUT") from exc
-            yield np.frombuffer(chunk, dtype=np.float32).copy()
-        if await proc.wait() != 0:
-            stderr = (await errors).decode("utf-8", errors="replace")
-            raise media_error(REASON_UNREADABLE_MEDIA, f"cannot decode audio: {stderr[-300:]}", "video")
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await proc.wait()
-        errors.cancel()

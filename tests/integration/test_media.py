@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.pipeline.media import audio_windows, extract_frame, probe, validate_video
+from services.pipeline.decode import audio_windows, extract_frame
+from services.pipeline.media import probe, validate_video
 from services.pipeline.scenes import detect_scenes, detect_scenes_async
 from services.pipeline.subtitles import clip_cues, extract_text_track, parse_subtitles, pick_text_track
 from tests.media import (
