@@ -1,5 +1,10 @@
 """Ingest: receiving video bytes (resumable uploads and streams), validating them, storing them, and
-queueing their processing. Nothing is stored for input that fails validation."""
+queueing their processing. Nothing is stored for input that fails validation.
+
+Input is bounded here, whichever API it comes through: text fields by length and characters (only a file's
+base name is kept), uploads by ``max_upload_bytes`` (refused at the byte that passes it, or at a declared size
+over it) and the staging disk's free space (RESOURCE_EXHAUSTED), sidecars by size and a linear-time parse that
+runs before the video is looked at: a bad sidecar leaves a resumable upload ACTIVE, to be completed again."""
 
 from __future__ import annotations
 
@@ -7,53 +12,50 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
+from typing import BinaryIO
 
 from services.common.blobstore import BlobStore
-from services.common.errors import FailedPrecondition, InvalidArgument, invalid_field
+from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, invalid_field
 from services.common.queue import JobQueue, enqueue_or_leave_to_sweep
 from services.common.records import Job, Upload, Video, queue_key
 from services.common.store import UploadStore, VideoStore
+from services.ingest.inputs import (
+    MAX_CONTENT_TYPE_CHARS,
+    MAX_DESCRIPTION_CHARS,
+    MAX_TITLE_CHARS,
+    REASON_UPLOAD_TOO_LARGE,
+    SUBTITLE_FORMATS,
+    SidecarInput,
+    VideoMeta,
+    check_filename,
+    check_sidecar,
+    check_size,
+    check_text,
+    check_video_text,
+    checked_meta,
+)
 from services.pipeline.media import validate_video
-from services.pipeline.subtitles import parse_subtitles
+from services.pipeline.media_types import container_extension
 
 log = logging.getLogger(__name__)
 
 UPLOAD_TTL = timedelta(days=1)
 # A staged file no active upload owns and untouched this long is left over from a dead process.
 STAGING_STALE_AFTER = timedelta(hours=1)
-SUBTITLE_FORMATS = {"SRT": ".srt", "WEBVTT": ".vtt"}
-MAX_SUBTITLE_BYTES = 5 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SidecarInput:
-    """Subtitles sent along with a video."""
-
-    data: bytes
-    format: str = ""  # "SRT", "WEBVTT" or "" (detect from filename/content)
-    filename: str = ""
-    language: str = ""
-
-
-@dataclass(frozen=True)
-class VideoMeta:
-    filename: str = ""
-    content_type: str = ""
-    title: str = ""
-    description: str = ""
-    size_bytes: int = 0
-    sidecar: SidecarInput | None = None
+DEFAULT_MIN_FREE_DISK_BYTES = 1024**3
+REASON_INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
 
 
 class VideoIngestor:
     def __init__(
         self, videos: VideoStore, uploads: UploadStore, blobs: BlobStore, queue: JobQueue,
         staging_dir: Path, *, max_upload_bytes: int, max_chunk_bytes: int, max_attempts: int = 3,
+        min_free_disk_bytes: int = DEFAULT_MIN_FREE_DISK_BYTES,
     ) -> None:
         self._videos = videos
         self._uploads = uploads
@@ -64,6 +66,7 @@ class VideoIngestor:
         self._max_upload = max_upload_bytes
         self._max_chunk = max_chunk_bytes
         self._max_attempts = max_attempts
+        self._min_free_disk = min_free_disk_bytes
 
     # -- resumable uploads -------------------------------------------------------------------
 
@@ -71,11 +74,12 @@ class VideoIngestor:
         return self._staging / f"upload-{upload_id}"
 
     async def create_upload(self, filename: str, content_type: str, size_bytes: int) -> Upload:
-        if size_bytes < 0:
-            raise invalid_field("upload.size_bytes", "must not be negative")
-        if size_bytes > self._max_upload:
-            raise invalid_field("upload.size_bytes", f"larger than the limit of {self._max_upload} bytes",
-                                reason="UPLOAD_TOO_LARGE")
+        """Open a resumable upload of ``size_bytes`` (0: not declared), which must fit under the upload limit
+        and in the staging disk's free space; ``filename`` is kept as its base name."""
+        filename = check_filename(filename, "upload.filename")
+        check_text(content_type, "upload.content_type", MAX_CONTENT_TYPE_CHARS)
+        check_size(size_bytes, "upload.size_bytes", self._max_upload)
+        await asyncio.to_thread(self._ensure_room, size_bytes)
         upload = Upload(uuid.uuid4(), "ACTIVE", datetime.now(UTC) + UPLOAD_TTL, filename=filename,
                         content_type=content_type, size_bytes=size_bytes)
         self._staged(upload.id).touch()
@@ -93,7 +97,10 @@ class VideoIngestor:
             raise invalid_field("offset", "must not be negative")
         if len(data) > self._max_chunk:
             raise invalid_field("data", f"chunk larger than {self._max_chunk} bytes", reason="CHUNK_TOO_LARGE")
-        async with self._uploads.exclusive(upload_id):
+        if offset + len(data) > self._max_upload:
+            raise invalid_field("data", f"writes past the upload limit of {self._max_upload} bytes",
+                                reason=REASON_UPLOAD_TOO_LARGE)
+        async with self._uploads.exclusive(upload_id) as lock:
             upload = await self._uploads.get(upload_id)
             self._check_active(upload)
             committed = upload.committed_size
@@ -109,8 +116,8 @@ class VideoIngestor:
             if new_size > self._max_upload or (upload.size_bytes and new_size > upload.size_bytes):
                 raise invalid_field("data", "writes past the declared or allowed upload size",
                                     reason="UPLOAD_TOO_LARGE")
-            await asyncio.to_thread(_write_at, self._staged(upload_id), committed, tail)
-            if not await self._uploads.advance(upload_id, committed, new_size):
+            await asyncio.to_thread(self._stage_at, self._staged(upload_id), committed, tail)
+            if not await self._uploads.advance(upload_id, committed, new_size, lock=lock):
                 raise FailedPrecondition("upload was written concurrently; fetch it and resume",
                                          reason="UPLOAD_CONFLICT")
             return new_size
@@ -119,8 +126,14 @@ class VideoIngestor:
         self, upload_id: uuid.UUID, title: str, description: str, sidecar: SidecarInput | None
     ) -> Video:
         """Validate and store the committed bytes as a video, once: a second completion, or a write while
-        this one runs, fails (ABORTED ``UPLOAD_BUSY``, or FAILED_PRECONDITION once it is completed)."""
-        async with self._uploads.exclusive(upload_id):
+        this one runs, fails (ABORTED ``UPLOAD_BUSY``, or FAILED_PRECONDITION once it is completed).
+
+        The request's own fields (title, description, sidecar subtitles) are checked first, before the lock:
+        when they are bad the upload stays ACTIVE with its bytes, to be completed again with better ones.
+        A bad video cancels the upload."""
+        check_video_text(title, description)
+        sidecar_format = "" if sidecar is None else await asyncio.to_thread(check_sidecar, sidecar)
+        async with self._uploads.exclusive(upload_id) as lock:
             upload = await self._uploads.get(upload_id)
             self._check_active(upload)
             if upload.size_bytes and upload.committed_size != upload.size_bytes:
@@ -135,7 +148,8 @@ class VideoIngestor:
             with contextlib.suppress(FileNotFoundError):  # gone: validation says the video is unreadable
                 await asyncio.to_thread(os.truncate, staged, upload.committed_size)
             try:
-                video = await self._ingest(staged, meta, upload_id=upload_id)
+                video = await self._ingest(staged, meta, upload_id=upload_id, lock=lock,
+                                           sidecar_format=sidecar_format)
             except InvalidArgument:
                 await self._uploads.cancel(upload_id)
                 await asyncio.to_thread(staged.unlink, missing_ok=True)
@@ -176,6 +190,12 @@ class VideoIngestor:
     # -- streamed uploads --------------------------------------------------------------------
 
     async def ingest_stream(self, meta: VideoMeta, chunks: AsyncIterator[bytes]) -> Video:
+        """Store a streamed video. Its metadata and sidecar are checked before the first chunk is read; the
+        stream is refused at the chunk that passes the upload limit or the declared size, or that would leave
+        the staging disk too full. Nothing is kept when it fails."""
+        meta = checked_meta(meta, self._max_upload)
+        sidecar_format = "" if meta.sidecar is None else await asyncio.to_thread(check_sidecar, meta.sidecar)
+        await asyncio.to_thread(self._ensure_room, meta.size_bytes)
         staged = self._staging / f"stream-{uuid.uuid4()}"
         size = 0
         try:
@@ -184,23 +204,30 @@ class VideoIngestor:
                     size += len(chunk)
                     if size > self._max_upload:
                         raise invalid_field("chunk", f"video larger than {self._max_upload} bytes",
-                                            reason="UPLOAD_TOO_LARGE")
-                    await asyncio.to_thread(out.write, chunk)
-            return await self._ingest(staged, meta)
+                                            reason=REASON_UPLOAD_TOO_LARGE)
+                    if meta.size_bytes and size > meta.size_bytes:
+                        raise invalid_field("chunk", f"more than the {meta.size_bytes} bytes declared in "
+                                            "metadata.size_bytes", reason="UPLOAD_SIZE_MISMATCH")
+                    await asyncio.to_thread(self._stage_chunk, out, chunk)
+            if meta.size_bytes and size != meta.size_bytes:
+                raise invalid_field("metadata.size_bytes", f"declared {meta.size_bytes} bytes, the stream "
+                                    f"had {size}", reason="UPLOAD_SIZE_MISMATCH")
+            return await self._ingest(staged, meta, sidecar_format=sidecar_format)
         finally:
             staged.unlink(missing_ok=True)
 
     # -- common path -------------------------------------------------------------------------
 
-    async def _ingest(self, staged: Path, meta: VideoMeta, upload_id: uuid.UUID | None = None) -> Video:
+    async def _ingest(self, staged: Path, meta: VideoMeta, upload_id: uuid.UUID | None = None,
+                      lock: uuid.UUID | None = None, *, sidecar_format: str = "") -> Video:
         """Validate, store the blob(s), create video + job rows, enqueue. Stores nothing on failure; the
-        staged file is left to the caller (a stream removes it, a resumable upload keeps it for a retry)."""
+        staged file is left to the caller (a stream removes it, a resumable upload keeps it for a retry).
+        Callers check the sidecar first (``sidecar_format``), so an InvalidArgument here is the video's."""
+        if meta.sidecar is not None and not sidecar_format:
+            sidecar_format = await asyncio.to_thread(check_sidecar, meta.sidecar)
         info = await validate_video(staged, field="video")
-        sidecar_format = ""
-        if meta.sidecar is not None:
-            sidecar_format = await asyncio.to_thread(_check_sidecar, meta.sidecar)
         video_id = uuid.uuid4()
-        ext = _extension(meta.filename, info.format_name)
+        ext = _extension(info.format_name, info.codecs)
         video = Video(
             video_id, f"videos/{video_id}/source{ext}", "PENDING",
             title=meta.title or PurePath(meta.filename).stem or "untitled",
@@ -219,7 +246,7 @@ class VideoIngestor:
                 video.sidecar_format = sidecar_format
                 video.sidecar_language = meta.sidecar.language
                 await self._blobs.put_bytes(video.sidecar_key, meta.sidecar.data)
-            await self._videos.create_with_job(video, job, upload_id)
+            await self._videos.create_with_job(video, job, upload_id, lock=lock)
         except BaseException:
             await self._blobs.delete_prefix(f"videos/{video_id}")
             raise
@@ -229,9 +256,38 @@ class VideoIngestor:
 
     # -- video resources ---------------------------------------------------------------------
 
+    async def update_video(
+        self, video_id: uuid.UUID, *, title: str | None = None, description: str | None = None
+    ) -> Video:
+        """Set a video's title and/or description (None: unchanged), held to the limits of an upload."""
+        values: dict[str, str] = {}
+        if title is not None:
+            values["title"] = check_text(title, "video.title", MAX_TITLE_CHARS)
+        if description is not None:
+            values["description"] = check_text(description, "video.description", MAX_DESCRIPTION_CHARS,
+                                               multiline=True)
+        return await self._videos.update_fields(video_id, **values)
+
     async def delete_video(self, video_id: uuid.UUID) -> None:
         await self._videos.delete(video_id)
         await self._blobs.delete_prefix(f"videos/{video_id}")
+
+    # -- staging disk ------------------------------------------------------------------------
+
+    def _ensure_room(self, incoming: int) -> None:
+        """RESOURCE_EXHAUSTED unless ``incoming`` more bytes leave ``min_free_disk_bytes`` free on the staging
+        disk. Blocking (statvfs): runs in a thread, with the write it guards."""
+        if shutil.disk_usage(self._staging).free - incoming < self._min_free_disk:
+            raise ResourceExhausted("the server is short of disk space for uploads; try again later",
+                                    reason=REASON_INSUFFICIENT_STORAGE)
+
+    def _stage_at(self, path: Path, offset: int, data: bytes) -> None:
+        self._ensure_room(len(data))
+        _write_at(path, offset, data)
+
+    def _stage_chunk(self, out: BinaryIO, chunk: bytes) -> None:
+        self._ensure_room(len(chunk))
+        out.write(chunk)
 
 
 def _unlink(path: Path) -> int:
@@ -260,27 +316,7 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
         os.close(fd)
 
 
-def _check_sidecar(sidecar: SidecarInput) -> str:
-    """Parse the sidecar once now so bad subtitles are refused with the upload; returns its format."""
-    if not sidecar.data:
-        raise invalid_field("sidecar_subtitles", "empty subtitle file", reason="INVALID_SUBTITLES")
-    if len(sidecar.data) > MAX_SUBTITLE_BYTES:
-        raise invalid_field("sidecar_subtitles", f"larger than {MAX_SUBTITLE_BYTES} bytes",
-                            reason="INVALID_SUBTITLES")
-    fmt = sidecar.format
-    if not fmt:
-        suffix = PurePath(sidecar.filename).suffix.lower()
-        head = sidecar.data[:64].lstrip(b"\xef\xbb\xbf").lstrip()
-        fmt = "WEBVTT" if suffix == ".vtt" or head.startswith(b"WEBVTT") else "SRT"
-    cues = parse_subtitles(sidecar.data, fmt.lower(), filename=sidecar.filename, field="sidecar_subtitles")
-    if not cues:
-        raise invalid_field("sidecar_subtitles", "no cues with text", reason="INVALID_SUBTITLES")
-    return fmt
-
-
-def _extension(filename: str, format_name: str) -> str:
-    suffix = PurePath(filename).suffix.lower()
-    if suffix and len(suffix) <= 6 and suffix[1:].isalnum():
-        return suffix
-    first = format_name.split(",")[0] if format_name else ""
-    return {"mov": ".mp4", "matroska": ".mkv", "webm": ".webm", "avi": ".avi"}.get(first, ".bin")
+def _extension(format_name: str, codecs: tuple[str, ...]) -> str:
+    """The stored source's extension: from the allow-list of containers, by what ffprobe found; never
+    from the client's filename (``x.html``, ``x.svg``, ``x.m3u8`` are stored and served as video)."""
+    return container_extension(format_name, codecs)

@@ -17,7 +17,8 @@ from services.common.errors import Unimplemented, invalid_field
 from services.common.paging import decode_token, encode_token, page_size, parse_name
 from services.common.records import Upload, Video
 from services.common.store import VideoStore
-from services.ingest.ingestor import SidecarInput, VideoIngestor, VideoMeta
+from services.ingest.ingestor import VideoIngestor
+from services.ingest.inputs import SidecarInput, VideoMeta
 
 MUTABLE_VIDEO_FIELDS = ("title", "description")
 
@@ -168,7 +169,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 raise invalid_field("update_mask", f"{path!r} cannot be updated; mutable: "
                                     + ", ".join(MUTABLE_VIDEO_FIELDS))
         values = {p: getattr(request.video, p) for p in paths}
-        return video_to_pb(await self._videos.update_fields(video_id, **values), self._blobs)
+        return video_to_pb(await self._ingestor.update_video(video_id, **values), self._blobs)
 
     async def DeleteVideo(self, request: pb.DeleteVideoRequest, context: Any) -> empty_pb2.Empty:
         await self._ingestor.delete_video(parse_name(request.name, "videos"))

@@ -8,6 +8,8 @@ from services.common.errors import InvalidArgument
 from services.pipeline.media import SubtitleStream
 from services.pipeline.scenes import scenes_from_cuts
 from services.pipeline.subtitles import (
+    MAX_CUE_CHARS,
+    MAX_CUES,
     Cue,
     clean_cue_text,
     clip_cues,
@@ -161,3 +163,35 @@ def test_scenes_from_cuts_cover_the_duration() -> None:
     assert [s.index for s in scenes] == [0, 1, 2]
     assert [(s.start_s, s.end_s) for s in scenes_from_cuts([], 5.0)] == [(0.0, 5.0)]
     assert len(scenes_from_cuts([0.2], 0.5, 0.6)) == 1
+
+
+def test_sloppy_srt_is_read_as_players_read_it() -> None:
+    srt = (
+        "1\r\n0:00:01.000 --> 0:00:02,500 X1:10 X2:20\r\nno blank line after me\r\n"  # 1-digit hours, dot
+        "2\r\n00:00:03,000-->00:00:04,000\r\nfirst line\r\n\r\nafter a blank line\r\n\r\n\r\n"
+        "3\n00:05,000 --> 00:06,5\ntrailing id 42\n"
+    )
+    assert parse_subtitles(srt, "srt") == [
+        Cue(1.0, 2.5, "no blank line after me"),
+        Cue(3.0, 4.0, "first line after a blank line"),
+        Cue(5.0, 6.5, "trailing id 42"),
+    ]
+
+
+def test_vtt_cue_ends_at_a_blank_line_and_blocks_between_are_skipped() -> None:
+    vtt = (
+        "\ufeffWEBVTT\n\nREGION\nid:fred\n\n00:01.000 --> 00:02.000 region:fred\nHi\n\nstray text\n\n"
+        "NOTE 00:09.000 is not a cue\n\nSTYLE\n::cue(b) { color: red }\n\n"
+        "id-2\n00:03.000 --> 00:04.000\n<b>There</b>\n"
+    )
+    assert parse_subtitles(vtt) == [Cue(1.0, 2.0, "Hi"), Cue(3.0, 4.0, "There")]
+
+
+def test_cue_count_and_cue_length_are_bounded() -> None:
+    many = "0:0:0,000 --> 0:0:1,000\nx\n\n" * (MAX_CUES + 1)
+    with pytest.raises(InvalidArgument) as caught:
+        parse_subtitles(many, "srt")
+    assert caught.value.reason == "INVALID_SUBTITLES"
+    long_cue = ("1\n00:00:01,000 --> 00:00:02,000\n" + "w " * MAX_CUE_CHARS
+                + "\n\n2\n00:00:03,000 --> 00:00:04,000\nok\n")
+    assert parse_subtitles(long_cue, "srt") == [Cue(3.0, 4.0, "ok")]  # markup soup or a pasted transcript
