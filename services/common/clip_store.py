@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-
+from services.common.db import Database
 from services.common.errors import NotFound
 from services.common.records import Clip, Segment
 from services.common.store import to_record
@@ -22,7 +21,7 @@ _CLIP_SELECT = (
 
 
 class ClipStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def get(self, clip_id: uuid.UUID) -> Clip:

@@ -55,6 +55,12 @@ class CommonSettings(BaseSettings):
         False, description="Let modalities with random weights affect search ranking (tests only)."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    db_pool_min_size: int = Field(1, ge=0, description="Connections the process keeps open to PostgreSQL.")
+    db_pool_max_size: int = Field(10, ge=1, description="Most connections the process opens to PostgreSQL.")
+    db_acquire_timeout_s: float = Field(
+        5.0, gt=0, description="Longest wait for a free database connection; past it the call fails UNAVAILABLE "
+        "with a retry hint instead of hanging.",
+    )
 
 
 class ServerSettings(CommonSettings):
@@ -62,20 +68,42 @@ class ServerSettings(CommonSettings):
 
     grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
     grpc_port: int = Field(50051, description="Port of the gRPC server.")
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="On SIGTERM: health turns NOT_SERVING, new RPCs are refused, and RPCs in flight "
+        "get this long to finish before they are cancelled (the launcher waits longer before SIGKILL).",
+    )
 
 
 class IngestSettings(ServerSettings):
     """IngestService (+ IdentityService and the media HTTP server, hosted in the same process)."""
 
     media_port: int = Field(8081, description="Port of the HTTP server that serves blobs under /media.")
-    max_upload_bytes: int = Field(4 * 1024**3, description="Largest accepted upload.")
+    max_upload_bytes: int = Field(
+        10_000_000_000, ge=1, description="Largest accepted upload (10 GB): a declared size over it, or the byte "
+        "that passes it, is refused with INVALID_ARGUMENT (UPLOAD_TOO_LARGE) and nothing is kept.",
+    )
     upload_chunk_bytes: int = Field(4 * 1024**2, description="Largest accepted chunk of a resumable upload.")
+    min_free_disk_bytes: int = Field(
+        1024**3, ge=0, description="Free space the staging disk keeps: an upload (declared size) or chunk that "
+        "would leave less is refused with RESOURCE_EXHAUSTED (INSUFFICIENT_STORAGE).",
+    )
 
 
 class PipelineSettings(ServerSettings):
     """PipelineService (jobs, progress streams)."""
 
     grpc_port: int = 50052
+    watch_heartbeat_s: float = Field(
+        15.0, gt=0, description="A WatchJob stream quiet this long sends a heartbeat event, so proxies that close "
+        "idle streams (Envoy's stream idle timeout, load balancers' 60 s) keep it open.",
+    )
+    watch_poll_s: float = Field(
+        3.0, gt=0, description="How often a WatchJob stream re-reads Postgres while Redis notices are unavailable.",
+    )
+    max_watch_streams: int = Field(
+        1000, ge=1, description="Most WatchJob streams one process serves at once; past it RESOURCE_EXHAUSTED "
+        "(TOO_MANY_STREAMS).",
+    )
 
 
 class SearchSettings(ServerSettings):
@@ -96,11 +124,30 @@ class WorkerSettings(CommonSettings):
     """arq worker running pipeline stages."""
 
     max_jobs: int = Field(2, description="Jobs one worker runs at once.")
-    job_timeout_s: int = Field(3600, description="Longest a single processing job may run.")
-    max_tries: int = Field(3, description="Attempts before a job goes to the dead-letter list.")
+    job_timeout_s: int = Field(3600, description="Longest a single attempt at a processing job may run.")
     requeue_idle_s: float = Field(
-        60.0, gt=0, description="A queued or running job idle this long whose queue entry is gone (Redis was "
-        "unreachable or lost its data) is enqueued again; the worker sweeps every 30 s.",
+        60.0, gt=0, description="A queued job idle this long whose queue entry is gone (Redis was unreachable "
+        "or lost its data) is enqueued again by the sweep.",
+    )
+    sweep_every_s: int = Field(
+        30, ge=1, le=60, description="How often (seconds; a divisor of 60) a worker sweeps for jobs whose queue "
+        "entry was lost and for runs whose lease expired.",
+    )
+    lease_s: float = Field(
+        60.0, gt=0, description="A job run's lease: a run not renewed for this long lost its worker and is taken "
+        "over by the sweep as a new attempt.",
+    )
+    heartbeat_s: float = Field(10.0, gt=0, description="How often a running job renews its lease.")
+    cancel_poll_s: float = Field(
+        1.0, gt=0, description="How often a running job checks that it still owns the job (a cancel stops work "
+        "within about this long).",
+    )
+    retry_base_s: float = Field(
+        60.0, ge=0, description="Backoff before a failed job's next attempt: retry_base_s · 2^(attempt-1).",
+    )
+    shutdown_grace_s: float = Field(
+        25.0, ge=0, description="On SIGTERM, how long running jobs may go on to their next stage boundary before "
+        "they are stopped; either way they are handed back without using an attempt.",
     )
     clip_batch_size: int = Field(8, description="Keyframes per CLIP image request.")
     scene_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold.")

@@ -7,12 +7,21 @@ advisory lock makes concurrent starts safe, and applied versions are skipped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from pgvector.asyncpg import register_vector
+
+from services.common.config import CommonSettings
+from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +44,9 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Pa
     return found
 
 
-async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[int]:
+async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR, *, connect_timeout_s: float = 60.0) -> list[int]:
     """Apply pending migrations; returns the versions applied now."""
-    conn = await asyncpg.connect(dsn)
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout_s)
     applied_now: list[int] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
@@ -70,11 +79,124 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await register_vector(conn)
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """Migrate, then open the process's pool (pgvector codec registered on every connection)."""
-    await migrate(dsn)
+# Errors that mean "the database is not reachable right now" (down, restarting, connection dropped), not
+# "this request is wrong": callers get UNAVAILABLE with a retry hint, and the pool reconnects on its own.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # connection lost, refused, rejected
+    asyncpg.exceptions.AdminShutdownError,  # server restarting: sessions terminated
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,  # server starting up or shutting down
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,  # "connection is closed" after the server went away
+    ConnectionError,
+    OSError,
+)
+
+RETRY_AFTER_S = 1.0
+# How long a starting process waits for its database before giving up (and being restarted).
+STARTUP_WAIT_S = 30.0
+
+
+class Database:
+    """The process's asyncpg pool, bounded: every acquisition waits at most ``acquire_timeout_s``.
+
+    asyncpg's own ``Pool.fetch``/``execute`` wait for a free connection forever, so a burst of requests
+    (or code that holds a connection while asking for another) hangs instead of failing. Here a request
+    that cannot get a connection in time, or loses it to a database restart, fails UNAVAILABLE with a
+    RetryInfo (``retry_delay_s``) naming when to try again; the pool replaces dropped connections itself.
+    It offers the subset of ``asyncpg.Pool`` that the repositories use."""
+
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout_s: float = 5.0) -> None:
+        self._pool = pool
+        self.acquire_timeout_s = acquire_timeout_s
+
+    @property
+    def raw(self) -> asyncpg.Pool:
+        return self._pool
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            conn = await self._pool.acquire(timeout=self.acquire_timeout_s)
+        except TimeoutError as exc:
+            raise Unavailable(
+                f"the database is busy: no connection free within {self.acquire_timeout_s:g} s; retry shortly",
+                reason="DATABASE_BUSY", retry_delay_s=RETRY_AFTER_S,
+            ) from exc
+        except CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        try:
+            yield conn
+        except CONNECTION_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        finally:
+            with contextlib.suppress(Exception):  # a broken connection: the pool drops and replaces it
+                await self._pool.release(conn)
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.acquire() as conn:
+            return await conn.fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.acquire() as conn:
+            return await conn.fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.acquire() as conn:
+            return str(await conn.execute(query, *args))
+
+    async def executemany(self, query: str, args: Any) -> None:
+        async with self.acquire() as conn:
+            await conn.executemany(query, args)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+def _unavailable(exc: BaseException) -> Unavailable:
+    log.warning("database unreachable: %s: %s", type(exc).__name__, exc)
+    return Unavailable("the database is unreachable right now; retry shortly", reason="DATABASE_UNAVAILABLE",
+                       retry_delay_s=RETRY_AFTER_S)
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, acquire_timeout_s: float = 5.0,
+    connect_timeout_s: float = 5.0,
+) -> Database:
+    """Migrate, then open the process's pool (pgvector codec registered on every connection).
+
+    A database that is still starting (or restarting) is waited for, up to ``STARTUP_WAIT_S``, so a
+    process started beside it does not crash and get restarted in a loop."""
+    min_size = min(min_size, max_size)
+    deadline = time.monotonic() + STARTUP_WAIT_S
+    delay = 0.25
+    while True:
+        try:
+            await migrate(dsn, connect_timeout_s=connect_timeout_s)
+            break
+        except CONNECTION_ERRORS as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database not reachable yet (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60,
+        timeout=connect_timeout_s,
     )
     assert pool is not None
-    return pool
+    return Database(pool, acquire_timeout_s=acquire_timeout_s)
+
+
+async def open_database(settings: CommonSettings, *, max_size: int | None = None) -> Database:
+    """The process's database from its settings (pool sizes and acquire timeout are settings)."""
+    return await create_pool(
+        settings.database_url, min_size=settings.db_pool_min_size,
+        max_size=max_size if max_size is not None else settings.db_pool_max_size,
+        acquire_timeout_s=settings.db_acquire_timeout_s,
+    )

@@ -29,6 +29,7 @@ class ClipMindError(Exception):
     reason: str = "UNKNOWN"
     field_violations: list[FieldViolation] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    retry_delay_s: float | None = None  # sent as google.rpc.RetryInfo: when a retry may succeed
 
     code = "UNKNOWN"
 

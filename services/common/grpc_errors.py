@@ -13,6 +13,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -44,6 +45,12 @@ def to_rpc_status(exc: ClipMindError) -> status_pb2.Status:
         packed = any_pb2.Any()
         packed.Pack(bad)
         details.append(packed)
+    if exc.retry_delay_s is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromTimedelta(timedelta(seconds=exc.retry_delay_s))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        details.append(packed)
     return status_pb2.Status(code=code_pb2.Code.Value(exc.code), message=exc.message, details=details)
 
 
@@ -57,15 +64,16 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> None:
     if isinstance(exc, NotImplementedError):
         exc = Unimplemented(f"{method} is not implemented yet", reason="NOT_IMPLEMENTED")
-    if isinstance(exc, ClipMindError):
+    if isinstance(exc, ClipMindError) and exc.code != "INTERNAL":
         status = to_rpc_status(exc)
-        if exc.code == "INTERNAL":
-            log.error("%s failed: %s", method, exc)
     else:
+        # Internal errors say only that something broke and under which request id: their text (paths,
+        # hosts, library messages) is for the log, where the same request id finds it.
         request_id = _request_id(context)
         log.exception("unexpected error in %s (request id %s)", method, request_id, exc_info=exc)
         status = to_rpc_status(
-            ClipMindError(f"internal error (request id {request_id})", reason="INTERNAL_ERROR")
+            ClipMindError(f"internal error (request id {request_id})", reason="INTERNAL_ERROR",
+                          metadata={"request_id": request_id})
         )
         status.code = code_pb2.INTERNAL
     await context.abort(

@@ -7,15 +7,23 @@ from datetime import datetime
 
 import asyncpg
 
+from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.records import TERMINAL_JOB_STATES, DeadLetter, Job, JobEvent
 from services.common.store import newest_first, to_record
 
 
+def _check_owner(job: asyncpg.Record, run_id: uuid.UUID) -> None:
+    """A run's write goes through only while that run owns the job (its fencing token is the job's)."""
+    if job["state"] != "RUNNING" or job["run_id"] != run_id:
+        raise FailedPrecondition("this run no longer owns the job (cancelled or taken over)",
+                                 reason="RUN_SUPERSEDED")
+
+
 class JobStore:
     """Jobs, their ordered events and dead letters."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def get(self, job_id: uuid.UUID) -> Job:
@@ -42,25 +50,169 @@ class JobStore:
     async def record_event(
         self, job_id: uuid.UUID, *, stage: str | None, stage_state: str, progress: float | None, message: str,
         job_state: str | None = None, attempt: int | None = None, failure_reason: str | None = None,
+        run_id: uuid.UUID | None = None,
     ) -> JobEvent:
         """Append the next event and update the job row to match, in one transaction.
 
         A job that has already ended (cancelled, failed, succeeded) takes no further events: that raises
         FAILED_PRECONDITION ``JOB_ALREADY_FINISHED``, which is how a running worker learns of a cancel.
+        With ``run_id`` the event is a run's: it is written only while that run still owns the job
+        (FAILED_PRECONDITION ``RUN_SUPERSEDED`` once it was cancelled or taken over).
         ``stage``/``progress`` of None keep the job's current ones."""
         async with self._pool.acquire() as conn, conn.transaction():
             job = await self._lock_job(conn, job_id)
             if job["state"] in TERMINAL_JOB_STATES:
                 raise FailedPrecondition(f"job is already {job['state']}", reason="JOB_ALREADY_FINISHED")
+            if run_id is not None:
+                _check_owner(job, run_id)
             return await self._append_event(
                 conn, job, stage=stage, stage_state=stage_state, progress=progress, message=message,
                 job_state=job_state, attempt=attempt, failure_reason=failure_reason,
             )
 
-    async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]:
-        """Queued or running jobs whose row has not changed for ``idle_s`` seconds, the longest idle first."""
+    # -- runs: claim, lease, end ---------------------------------------------------------------
+
+    async def claim(
+        self, job_id: uuid.UUID, *, queue_key: str, run_id: uuid.UUID, worker: str, lease_s: float
+    ) -> tuple[Job, JobEvent] | None:
+        """Start the next attempt of a QUEUED job enqueued under ``queue_key``: the run ``run_id`` owns it
+        under a lease of ``lease_s``. None when the job is not there to take (ended, running elsewhere, or
+        re-queued under another key since this queue entry was written)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+            if job is None or job["state"] != "QUEUED" or job["queue_key"] != queue_key:
+                return None
+            attempt = job["attempt"] + 1
+            await conn.execute(
+                "UPDATE jobs SET run_id = $2, worker = $3, lease_expire_time = now() + make_interval(secs => $4) "
+                "WHERE id = $1",
+                job_id, run_id, worker, lease_s,
+            )
+            event = await self._append_event(
+                conn, job, stage=None, stage_state="STARTED", progress=None,
+                message=f"attempt {attempt} of {job['max_attempts']} started on {worker}", job_state="RUNNING",
+                attempt=attempt,
+            )
+            claimed = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+            return to_record(Job, claimed), event
+
+    async def heartbeat(self, job_id: uuid.UUID, run_id: uuid.UUID, lease_s: float) -> bool:
+        """Extend the run's lease; False when the run no longer owns the job (cancelled, taken over)."""
+        status = await self._pool.execute(
+            "UPDATE jobs SET lease_expire_time = now() + make_interval(secs => $3) "
+            "WHERE id = $1 AND run_id = $2 AND state = 'RUNNING'",
+            job_id, run_id, lease_s,
+        )
+        return not status.endswith(" 0")
+
+    async def owns(self, job_id: uuid.UUID, run_id: uuid.UUID) -> bool:
+        """Whether the run still owns the job (one cheap read; the cancel check of a running stage)."""
+        return bool(await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1 AND run_id = $2 AND state = 'RUNNING')", job_id, run_id
+        ))
+
+    async def end_run(
+        self, job_id: uuid.UUID, run_id: uuid.UUID | None, *, outcome: str, message: str, code: str = "",
+        new_key: str = "", event_message: str | None = None,
+    ) -> JobEvent | None:
+        """End a run that owns the job (``run_id``; None: a run whose lease expired, checked by the caller's
+        ``expected``-free sweep below). ``outcome``:
+
+        - ``retry``: the attempt failed; the job is QUEUED again under ``new_key``.
+        - ``fail``: the last attempt failed; the job and its video are FAILED and a dead letter says why.
+        - ``handback``: the worker is stopping; the job is QUEUED again under ``new_key`` and the attempt is
+          given back (it does not count).
+
+        None, changing nothing, when the run no longer owns the job."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            job = await self._lock_job(conn, job_id)
+            if job["state"] != "RUNNING" or (run_id is not None and job["run_id"] != run_id):
+                return None
+            return await self._end(conn, job, outcome=outcome, message=message, code=code, new_key=new_key,
+                                   event_message=event_message)
+
+    async def expired_runs(self, *, idle_s: float, limit: int = 100) -> list[Job]:
+        """RUNNING jobs whose run lost its lease: the worker died (or, for rows from before leases, a job
+        unchanged for ``idle_s``)."""
         rows = await self._pool.fetch(
-            "SELECT * FROM jobs WHERE state IN ('QUEUED', 'RUNNING') "
+            "SELECT * FROM jobs WHERE state = 'RUNNING' AND (lease_expire_time < now() OR "
+            "(lease_expire_time IS NULL AND update_time < now() - make_interval(secs => $1))) "
+            "ORDER BY update_time LIMIT $2",
+            idle_s, limit,
+        )
+        return [to_record(Job, r) for r in rows]
+
+    async def take_over(self, job: Job, *, new_key: str) -> tuple[JobEvent, bool] | None:
+        """The run of ``job`` (as read by ``expired_runs``) lost its worker: count the attempt as failed and
+        queue the next one under ``new_key``, or, after the last attempt, fail the job with a dead letter.
+        Returns (event, final), or None when the job changed meanwhile (the run came back, or another sweep
+        took it)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await self._lock_job(conn, job.id)
+            expired = await conn.fetchval(
+                "SELECT state = 'RUNNING' AND run_id IS NOT DISTINCT FROM $2 AND "
+                "(lease_expire_time IS NULL OR lease_expire_time < now()) FROM jobs WHERE id = $1",
+                job.id, job.run_id,
+            )
+            if not expired:
+                return None
+            final = row["attempt"] >= row["max_attempts"]
+            worker = row["worker"] or "its worker"
+            message = (f"{worker} stopped during {row['stage'].removeprefix('STAGE_')} "
+                       f"(attempt {row['attempt']} of {row['max_attempts']})")
+            event = await self._end(
+                conn, row, outcome="fail" if final else "retry", message=message, code="WORKER_LOST",
+                new_key=new_key,
+                event_message=None if final else f"WORKER_LOST: {message}; taken over as attempt {row['attempt'] + 1}",
+            )
+            return event, final
+
+    async def _end(
+        self, conn: asyncpg.Connection, job: asyncpg.Record, *, outcome: str, message: str, code: str,
+        new_key: str, event_message: str | None,
+    ) -> JobEvent:
+        job_id = job["id"]
+        reason = f"{code}: {message}" if code else message
+        if outcome == "fail":
+            await conn.execute(
+                "UPDATE jobs SET run_id = NULL, lease_expire_time = NULL, failure_code = $2 WHERE id = $1",
+                job_id, code,
+            )
+            event = await self._append_event(
+                conn, job, stage=None, stage_state="FAILED", progress=None, message=event_message or reason,
+                job_state="FAILED", failure_reason=reason,
+            )
+            await conn.execute(
+                "UPDATE videos SET state = 'FAILED', failure_reason = $2, update_time = now() WHERE id = $1",
+                job["video_id"], reason,
+            )
+            await conn.execute(
+                "INSERT INTO dead_letters (id, job_id, video_id, failure_reason, attempts, failure_code) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                uuid.uuid4(), job_id, job["video_id"], reason, job["attempt"], code,
+            )
+            return event
+        if outcome not in ("retry", "handback"):
+            raise ValueError(f"unknown run outcome {outcome!r}")
+        await conn.execute(
+            "UPDATE jobs SET run_id = NULL, lease_expire_time = NULL, queue_key = $2, "
+            "attempt = attempt - $3, failure_code = $4 WHERE id = $1",
+            job_id, new_key, 1 if outcome == "handback" else 0, code if outcome == "retry" else job["failure_code"],
+        )
+        if outcome == "handback":
+            return await self._append_event(
+                conn, job, stage=None, stage_state="STARTED", progress=None, message=event_message or message,
+                job_state="QUEUED",
+            )
+        return await self._append_event(
+            conn, job, stage=None, stage_state="FAILED", progress=None, message=event_message or reason,
+            job_state="QUEUED", failure_reason=reason,
+        )
+
+    async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]:
+        """Queued jobs whose row has not changed for ``idle_s`` seconds, the longest idle first."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM jobs WHERE state = 'QUEUED' "
             "AND update_time < now() - make_interval(secs => $1) ORDER BY update_time LIMIT $2",
             idle_s, limit,
         )
@@ -72,7 +224,7 @@ class JobStore:
         None, changing nothing, when the job has ended or another sweep or a retry already moved it."""
         async with self._pool.acquire() as conn, conn.transaction():
             job = await self._lock_job(conn, job_id)
-            if job["state"] in TERMINAL_JOB_STATES or job["queue_key"] != expected_key:
+            if job["state"] != "QUEUED" or job["queue_key"] != expected_key:
                 return None
             await conn.execute("UPDATE jobs SET queue_key = $2 WHERE id = $1", job_id, new_key)
             return await self._append_event(
@@ -105,6 +257,9 @@ class JobStore:
         await conn.execute(
             """UPDATE jobs SET state = $2, stage = $3, progress = $4, update_time = now(),
                    attempt = coalesce($5, attempt),
+                   failure_code = CASE WHEN $2 = 'SUCCEEDED' THEN '' ELSE failure_code END,
+                   run_id = CASE WHEN $2 = 'RUNNING' THEN run_id END,
+                   lease_expire_time = CASE WHEN $2 = 'RUNNING' THEN lease_expire_time END,
                    failure_reason = coalesce($6, failure_reason),
                    start_time = CASE WHEN $2 = 'RUNNING' AND start_time IS NULL THEN now()
                                      ELSE start_time END,
@@ -118,7 +273,7 @@ class JobStore:
     async def reset_for_retry(self, job_id: uuid.UUID, new_key: str) -> Job:
         """A failed or cancelled job back to QUEUED under the queue entry ``new_key``."""
         row = await self._pool.fetchrow(
-            "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', end_time = NULL, "
+            "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', failure_code = '', end_time = NULL, "
             "queue_key = $2, update_time = now() WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') RETURNING *",
             job_id, new_key,
         )

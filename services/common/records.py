@@ -77,6 +77,10 @@ class Job:
     max_attempts: int = 3
     failure_reason: str = ""
     queue_key: str = ""  # the arq job id it was last enqueued under (services.common.queue.queue_key)
+    run_id: uuid.UUID | None = None  # fencing token of the run that owns the job now (None: no run)
+    lease_expire_time: datetime | None = None  # the owning run's lease; its heartbeat pushes it forward
+    worker: str = ""  # who runs (or last ran) it: host:pid
+    failure_code: str = ""  # stable reason of the failure (WORKER_LOST, UNREADABLE_MEDIA, INTERNAL, ...)
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
@@ -85,6 +89,17 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_JOB_STATES
+
+
+@dataclass(frozen=True)
+class Run:
+    """One attempt at a job by one worker: ``run_id`` fences every write it makes."""
+
+    job_id: uuid.UUID
+    video_id: uuid.UUID
+    run_id: uuid.UUID
+    attempt: int
+    max_attempts: int
 
 
 @dataclass
@@ -106,6 +121,7 @@ class DeadLetter:
     video_id: uuid.UUID
     failure_reason: str
     attempts: int
+    failure_code: str = ""
     create_time: datetime | None = None
 
 

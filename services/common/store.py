@@ -16,11 +16,12 @@ from typing import Any
 
 import asyncpg
 
+from services.common.db import Database
 from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.records import (
-    TERMINAL_JOB_STATES,
     Job,
     ProcessedVideo,
+    Run,
     Upload,
     Video,
     queue_key,
@@ -58,8 +59,17 @@ def to_record(cls: Any, row: asyncpg.Record) -> Any:
     return cls(**{k: v for k, v in dict(row).items() if k in names})
 
 
+async def _lock_run(conn: asyncpg.Connection, run: Run) -> None:
+    """Lock the run's job row for the transaction; FAILED_PRECONDITION unless the run still owns it. Writes
+    of a run happen under this lock, so a cancel or a take-over waits for them or they never happen."""
+    row = await conn.fetchrow("SELECT state, run_id FROM jobs WHERE id = $1 FOR UPDATE", run.job_id)
+    if row is None or row["state"] != "RUNNING" or row["run_id"] != run.run_id:
+        raise FailedPrecondition("this run no longer owns the job (cancelled or taken over)",
+                                 reason="RUN_SUPERSEDED")
+
+
 class VideoStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
         self._vectors = PgVectorIndex(pool)  # vectors live in the same database: written in one transaction
 
@@ -82,8 +92,11 @@ class VideoStore:
             return int(await self._pool.fetchval("SELECT count(*) FROM videos WHERE state = $1", state))
         return int(await self._pool.fetchval("SELECT count(*) FROM videos"))
 
-    async def create_with_job(self, video: Video, job: Job, upload_id: uuid.UUID | None = None) -> None:
-        """Insert the video row and its first job in one transaction (and close the upload)."""
+    async def create_with_job(
+        self, video: Video, job: Job, upload_id: uuid.UUID | None = None, *, lock: uuid.UUID | None = None
+    ) -> None:
+        """Insert the video row and its first job in one transaction (and close the upload, which must still
+        be ACTIVE and held under ``lock``)."""
         cols = [c for c in _VIDEO_COLUMNS if c not in ("create_time", "update_time")]
         values = [getattr(video, c) for c in cols]
         async with self._pool.acquire() as conn, conn.transaction():
@@ -98,8 +111,9 @@ class VideoStore:
             )
             if upload_id is not None:
                 status = await conn.execute(
-                    "UPDATE uploads SET state = 'COMPLETED', video_id = $2 WHERE id = $1 AND state = 'ACTIVE'",
-                    upload_id, video.id,
+                    "UPDATE uploads SET state = 'COMPLETED', video_id = $2 WHERE id = $1 AND state = 'ACTIVE' "
+                    "AND lock_token IS NOT DISTINCT FROM $3",
+                    upload_id, video.id, lock,
                 )
                 if status.endswith(" 0"):  # completed or cancelled by another request meanwhile: roll back
                     raise FailedPrecondition("upload is no longer active", reason="UPLOAD_NOT_ACTIVE")
@@ -116,22 +130,33 @@ class VideoStore:
                 raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
         return await self.get(video_id)
 
+    async def update_for_run(self, run: Run, **values: Any) -> None:
+        """Set video fields on behalf of a job run, only while that run owns its job (fenced): a cancelled
+        or taken-over run writes nothing (FAILED_PRECONDITION ``RUN_SUPERSEDED``)."""
+        cols = list(values)
+        sets = ", ".join(f"{c} = ${i + 2}" for i, c in enumerate(cols))
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _lock_run(conn, run)
+            status = await conn.execute(
+                f"UPDATE videos SET {sets}, update_time = now() WHERE id = $1", run.video_id,
+                *[values[c] for c in cols],
+            )
+            if status.endswith(" 0"):
+                raise NotFound(f"video {run.video_id} was deleted", reason="VIDEO_NOT_FOUND")
+
     async def delete(self, video_id: uuid.UUID) -> Video:
         row = await self._pool.fetchrow("DELETE FROM videos WHERE id = $1 RETURNING *", video_id)
         if row is None:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
         return to_record(Video, row)
 
-    async def save_processed(
-        self, video_id: uuid.UUID, result: ProcessedVideo, job_id: uuid.UUID | None = None
-    ) -> None:
-        """Replace the video's clips, segments and vectors and mark it READY, atomically — unless the job
-        writing them has ended meanwhile (a cancel): then nothing is written."""
+    async def save_processed(self, video_id: uuid.UUID, result: ProcessedVideo, run: Run | None = None) -> None:
+        """Replace the video's clips, segments and vectors and mark it READY, atomically — unless the run
+        writing them no longer owns its job (cancelled, or taken over after its lease ran out): then
+        nothing is written (FAILED_PRECONDITION ``RUN_SUPERSEDED``)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            if job_id is not None:
-                state = await conn.fetchval("SELECT state FROM jobs WHERE id = $1 FOR UPDATE", job_id)
-                if state is None or state in TERMINAL_JOB_STATES:
-                    raise FailedPrecondition(f"job is already {state}", reason="JOB_ALREADY_FINISHED")
+            if run is not None:
+                await _lock_run(conn, run)
             locked = await conn.fetchval("SELECT id FROM videos WHERE id = $1 FOR UPDATE", video_id)
             if locked is None:
                 raise NotFound(f"video {video_id} was deleted", reason="VIDEO_NOT_FOUND")
@@ -178,8 +203,13 @@ class VideoStore:
         return {r["key"]: int(r["n"]) for r in rows}
 
 
+# An upload's lock outlives any one write or completion (validation of the largest video takes a few
+# minutes at most); it only matters when its holder died, and then the client waits this long.
+UPLOAD_LOCK_TTL_S = 600.0
+
+
 class UploadStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: Database) -> None:
         self._pool = pool
 
     async def create(self, upload: Upload) -> Upload:
@@ -197,12 +227,13 @@ class UploadStore:
             raise NotFound(f"upload {upload_id} not found", reason="UPLOAD_NOT_FOUND")
         return to_record(Upload, row)
 
-    async def advance(self, upload_id: uuid.UUID, expected_offset: int, new_size: int) -> bool:
-        """Move committed_size from ``expected_offset`` to ``new_size``; False if someone else moved it."""
+    async def advance(self, upload_id: uuid.UUID, expected_offset: int, new_size: int, *, lock: uuid.UUID) -> bool:
+        """Move committed_size from ``expected_offset`` to ``new_size`` under the lock ``lock``; False if
+        someone else moved it or the lock was lost (expired and taken)."""
         status = await self._pool.execute(
             "UPDATE uploads SET committed_size = $3 WHERE id = $1 AND committed_size = $2 "
-            "AND state = 'ACTIVE'",
-            upload_id, expected_offset, new_size,
+            "AND state = 'ACTIVE' AND lock_token = $4",
+            upload_id, expected_offset, new_size, lock,
         )
         return not status.endswith(" 0")
 
@@ -224,20 +255,31 @@ class UploadStore:
         await self._pool.execute("UPDATE uploads SET state = 'CANCELLED' WHERE id = $1 AND state = 'ACTIVE'", upload_id)
 
     @asynccontextmanager
-    async def exclusive(self, upload_id: uuid.UUID) -> AsyncIterator[None]:
-        """Hold the upload's lock for the block: one write or completion of an upload at a time.
+    async def exclusive(self, upload_id: uuid.UUID, *, ttl_s: float = UPLOAD_LOCK_TTL_S) -> AsyncIterator[uuid.UUID]:
+        """Hold the upload's lock for the block: one write or completion of an upload at a time. Yields the
+        lock's token, which fences the block's writes (``advance``, ``create_with_job``).
 
-        A PostgreSQL advisory lock on a pooled connection, so every ingest process shares it and a crashed
-        process releases it with its connection. Held elsewhere → ABORTED ``UPLOAD_BUSY`` at once (the
-        client fetches the upload and resumes) rather than a wait behind a completion's validation."""
-        key = int.from_bytes(upload_id.bytes[:8], "big", signed=True)
-        async with self._pool.acquire() as conn:
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", key):
-                raise Aborted(
-                    "another request is writing or completing this upload; fetch it and resume",
-                    reason="UPLOAD_BUSY", metadata={"name": f"uploads/{upload_id}"},
-                )
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", key)
+        The lock is a lease in the upload's row (token + expiry), taken and released by one short statement
+        each: no database connection is held while the block writes bytes or validates a video, so many
+        concurrent uploads never wait on each other for connections. Every ingest process shares it; a
+        crashed process's lease expires after ``ttl_s``. Held elsewhere → ABORTED ``UPLOAD_BUSY`` at once
+        (the client fetches the upload and resumes) rather than a wait behind a completion's validation."""
+        token = uuid.uuid4()
+        row = await self._pool.fetchrow(
+            "UPDATE uploads SET lock_token = $2, lock_expire_time = now() + make_interval(secs => $3) "
+            "WHERE id = $1 AND (lock_token IS NULL OR lock_expire_time < now()) RETURNING id",
+            upload_id, token, ttl_s,
+        )
+        if row is None:
+            await self.get(upload_id)  # NOT_FOUND when there is no such upload
+            raise Aborted(
+                "another request is writing or completing this upload; fetch it and resume",
+                reason="UPLOAD_BUSY", metadata={"name": f"uploads/{upload_id}"}, retry_delay_s=1.0,
+            )
+        try:
+            yield token
+        finally:
+            await self._pool.execute(
+                "UPDATE uploads SET lock_token = NULL, lock_expire_time = NULL WHERE id = $1 AND lock_token = $2",
+                upload_id, token,
+            )

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import asyncpg
 import numpy as np
+
+from services.common.db import Database
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ _TABLES = {"transcript": "transcript_vectors", "visual": "visual_vectors"}
 class PgVectorIndex:
     """pgvector tables in the metadata database (HNSW, cosine distance)."""
 
-    def __init__(self, pool: asyncpg.Pool, ef_search: int = 100) -> None:
+    def __init__(self, pool: Database, ef_search: int = 100) -> None:
         self._pool = pool
         self._ef_search = ef_search
 

@@ -1,45 +1,26 @@
-"""Jobs as the PipelineService sees them: follow progress, cancel, retry, dead letters."""
+"""Job control: cancel, retry, and the sweeps that re-queue lost queue entries and take over dead runs
+(following progress is ``watch``; running an attempt is ``runs``)."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 from services.common.errors import FailedPrecondition
 from services.common.job_store import JobStore
-from services.common.queue import PENDING_STATES, JobQueue, ProgressBus, enqueue_or_leave_to_sweep
-from services.common.records import Job, JobEvent, queue_key
+from services.common.progress import ProgressBus
+from services.common.queue import PENDING_STATES, JobQueue, enqueue_or_leave_to_sweep
+from services.common.records import Job, queue_key
 
 log = logging.getLogger(__name__)
 
 
 class JobControl:
-    def __init__(self, jobs: JobStore, bus: ProgressBus, queue: JobQueue, *, poll_s: float = 2.0) -> None:
+    def __init__(self, jobs: JobStore, bus: ProgressBus, queue: JobQueue) -> None:
         self._jobs = jobs
         self._bus = bus
         self._queue = queue
-        self._poll_s = poll_s
-
-    async def watch(self, job_id: uuid.UUID, after_sequence: int = 0) -> AsyncIterator[JobEvent]:
-        """Events after ``after_sequence`` in order, live, until one that ends the job.
-
-        Postgres is the source of truth; Redis notices only wake the loop early, and a slow poll
-        covers a notice lost in transit."""
-        job = await self._jobs.get(job_id)
-        last = after_sequence
-        async with self._bus.subscribe(job_id) as pubsub:
-            while True:
-                for event in await self._jobs.events(job_id, last):
-                    yield event
-                    last = event.sequence
-                # Ended only if the job row says so *and* no event came after: a retried job has old
-                # terminal events followed by new ones.
-                job = await self._jobs.get(job_id)
-                if job.terminal and not await self._jobs.events(job_id, last):
-                    return
-                await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._poll_s)
 
     async def cancel(self, job_id: uuid.UUID) -> Job:
         job = await self._jobs.get(job_id)
@@ -68,12 +49,12 @@ class JobControl:
         return await self._jobs.get(job_id)
 
     async def requeue_lost(self, *, idle_s: float) -> list[uuid.UUID]:
-        """Enqueue again every queued or running job, idle for ``idle_s``, whose queue entry is gone.
+        """Enqueue again every queued job, idle for ``idle_s``, whose queue entry is gone.
 
         The database is the record of what must run; the queue can lose entries (Redis unreachable when
-        a job was created or retried, or restarted without its data). An entry still queued, deferred or
-        running is left alone, so a long backlog or a long stage is never run twice. Returns the jobs
-        re-queued."""
+        a job was created or retried, or restarted without its data). An entry still queued or deferred
+        is left alone, so a long backlog is never run twice. (Running jobs are the lease's business:
+        ``take_over_expired``.) Returns the jobs re-queued."""
         requeued = []
         for job in await self._jobs.pending(idle_s=idle_s):
             old_key = job.queue_key or queue_key(job.id)
@@ -86,7 +67,7 @@ class JobControl:
                 message=f"re-queued: its queue entry {old_key} was {state.replace('_', ' ')} while the job was "
                         f"{job.state}",
             )
-            if event is None:  # ended, retried or re-queued meanwhile
+            if event is None:  # ended, retried, re-queued or started meanwhile
                 continue
             log.warning("job %s was %s but its queue entry %s is %s: enqueued again as %s",
                         job.id, job.state, old_key, state, new_key)
@@ -94,3 +75,23 @@ class JobControl:
             await self._bus.publish_best_effort(job.id, event.sequence)
             requeued.append(job.id)
         return requeued
+
+    async def take_over_expired(self, *, idle_s: float) -> list[uuid.UUID]:
+        """Take over every running job whose run lost its lease (its worker died or hung): the attempt counts
+        as failed (``WORKER_LOST``); the next one is queued at once — the lease already cost its TTL — or,
+        after the last attempt, the job fails with a dead letter and is never queued again. Returns the jobs
+        taken over (dead-lettered ones included)."""
+        taken = []
+        for job in await self._jobs.expired_runs(idle_s=idle_s):
+            new_key = queue_key(job.id, time.time_ns())
+            outcome = await self._jobs.take_over(job, new_key=new_key)
+            if outcome is None:  # renewed, ended or taken by another sweep meanwhile
+                continue
+            event, final = outcome
+            log.warning("job %s lost its worker (%s) during %s, attempt %d of %d: %s", job.id, job.worker or "?",
+                        job.stage, job.attempt, job.max_attempts, "dead-lettered" if final else "taken over")
+            if not final:
+                await enqueue_or_leave_to_sweep(self._queue, job.id, new_key)
+            await self._bus.publish_best_effort(job.id, event.sequence)
+            taken.append(job.id)
+        return taken

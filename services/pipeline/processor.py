@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from services.common.blobstore import BlobStore
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
 from services.common.job_store import JobStore
-from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
+from services.common.records import Clip, ProcessedVideo, Run, Segment, Video, derived_id
 from services.common.store import VideoStore
-from services.pipeline.media import MediaInfo, audio_windows, extract_frame, probe
-from services.pipeline.reporter import JobCancelled, JobReporter
+from services.pipeline.decode import audio_windows, extract_frame
+from services.pipeline.media import MediaInfo, probe
+from services.pipeline.reporter import JobCancelled, JobReporter, ride_out, superseded
 from services.pipeline.scenes import Scene, detect_scenes_async
 from services.pipeline.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
 
@@ -77,17 +78,19 @@ class VideoProcessor:
         self._inference = inference
         self._config = config
 
-    async def run(self, job: Job, attempt: int) -> None:
-        video = await self._videos.get(job.video_id)
-        report = self._reporter.for_job(job.id, STAGE_WEIGHTS)
-        await report.job_started(attempt)
+    async def run(self, run: Run, stopping: asyncio.Event | None = None) -> None:
+        """Run every stage for ``run``. Its writes are fenced by the run (a cancelled or taken-over run stops
+        with ``JobCancelled`` and writes nothing more); when ``stopping`` is set the run stops at the next
+        stage boundary with ``StopRequested``."""
+        video = await ride_out(lambda: self._videos.get(run.video_id))
+        report = self._reporter.for_run(run, STAGE_WEIGHTS, stopping)
         source = self._blobs.local_path(video.blob_key)
         models = await self._inference.status()
 
         await report.start("PROBE", "reading container and streams")
         info = await probe(source)
-        await self._videos.update_fields(
-            video.id, duration_s=info.duration_s, width=info.width, height=info.height,
+        await self._update_video(
+            run, duration_s=info.duration_s, width=info.width, height=info.height,
             frame_rate=info.frame_rate, video_codec=info.video_codec, audio_codec=info.audio_codec,
             has_audio=info.has_audio, state="PROCESSING",
         )
@@ -96,7 +99,7 @@ class VideoProcessor:
         await report.start("THUMBNAIL", "extracting poster frame")
         thumb_key = f"videos/{video.id}/thumbnail.jpg"
         await self._frame_to_blob(source, min(1.0, info.duration_s / 2), thumb_key, info.duration_s)
-        await self._videos.update_fields(video.id, thumbnail_key=thumb_key)
+        await self._update_video(run, thumbnail_key=thumb_key)
         await report.done("THUMBNAIL", thumb_key)
 
         await report.start("SCENES", "detecting shot boundaries")
@@ -136,12 +139,21 @@ class VideoProcessor:
             await report.skip("EMBED", "; ".join(notes))
 
         await report.start("INDEX", "writing clips, segments and vectors")
-        await report.check_cancelled()
         try:
-            await self._videos.save_processed(video.id, result, job_id=job.id)
+            await ride_out(lambda: self._videos.save_processed(video.id, result, run=run))
         except FailedPrecondition as exc:
-            raise JobCancelled(str(job.id)) from exc
+            if superseded(exc):
+                raise JobCancelled(str(run.job_id)) from exc
+            raise
         await report.finish("INDEX", f"indexed {len(clips)} clips, {len(segments)} segments")
+
+    async def _update_video(self, run: Run, **values: object) -> None:
+        try:
+            await ride_out(lambda: self._videos.update_for_run(run, **values))
+        except FailedPrecondition as exc:
+            if superseded(exc):
+                raise JobCancelled(str(run.job_id)) from exc
+            raise
 
     async def _frame_to_blob(self, source: Path, at_s: float, key: str, duration_s: float) -> None:
         with tempfile.TemporaryDirectory(prefix="clipmind-frame-") as tmp:
@@ -185,13 +197,19 @@ class VideoProcessor:
             )
             return clip_cues(cues, info.duration_s), "SIDECAR", ""
         track = pick_text_track(info.subtitle_streams)
+        track_note = ""
         if track is not None:
-            cues = await extract_text_track(source, track)
-            return clip_cues(cues, info.duration_s), "SUBTITLE_TRACK", ""
+            try:
+                cues = await extract_text_track(source, track)
+            except InvalidArgument as exc:  # an unreadable or oversized track: not worth failing the video
+                log.warning("video %s: subtitle track %d unusable: %s", video.id, track.index, exc.message)
+                track_note = f"; subtitle track {track.index} unusable ({exc.reason})"
+            else:
+                return clip_cues(cues, info.duration_s), "SUBTITLE_TRACK", ""
         if not info.has_audio:
-            return [], "NONE", "no subtitles and no audio track"
+            return [], "NONE", f"no subtitles and no audio track{track_note}"
         if not whisper.usable:
-            return [], "NONE", f"no subtitles, and speech recognition is off: {_off_note(whisper)}"
+            return [], "NONE", f"no subtitles, and speech recognition is off: {_off_note(whisper)}{track_note}"
         heard: list[Cue] = []
         languages: list[str] = []
         # One call per window, decoded as it is needed: each call fits its deadline, and memory holds one

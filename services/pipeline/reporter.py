@@ -1,78 +1,123 @@
 """Job progress: every stage transition is an ordered event row in Postgres, then a Redis notice.
 
 ``WatchJob`` streams from the rows, so a notice lost on the way only delays an event, never drops it.
+A run's events are fenced: they are written only while that run owns its job, so a cancelled or
+taken-over run learns it at its next event (``JobCancelled``) and writes nothing more.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-from services.common.errors import FailedPrecondition
+from services.common.errors import FailedPrecondition, Unavailable
 from services.common.job_store import JobStore
-from services.common.queue import ProgressBus
-from services.common.records import JobEvent
+from services.common.progress import ProgressBus
+from services.common.records import JobEvent, Run
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A run rides out a database that is away this long (a restart, a failover) before its attempt fails.
+DB_OUTAGE_S = 60.0
 
 
 class JobCancelled(Exception):
-    """The job was cancelled while it ran; the worker stops at the next stage boundary."""
+    """The run no longer owns its job (cancelled, or taken over after its lease ran out): it stops."""
+
+
+class StopRequested(Exception):
+    """The worker is shutting down: the run stops at a stage boundary and hands its job back."""
+
+
+async def ride_out(call: Callable[[], Awaitable[T]], *, within_s: float = DB_OUTAGE_S) -> T:
+    """``call()``, retried with backoff while the database is UNAVAILABLE, for up to ``within_s``."""
+    deadline = time.monotonic() + within_s
+    delay = 0.2
+    while True:
+        try:
+            return await call()
+        except Unavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable (%s); retrying in %.1f s", exc.reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def superseded(exc: FailedPrecondition) -> bool:
+    """Does this error say the run lost its job (cancelled, ended or taken over)?"""
+    return exc.reason in ("JOB_ALREADY_FINISHED", "RUN_SUPERSEDED")
 
 
 class JobReporter:
-    def __init__(self, jobs: JobStore, bus: ProgressBus) -> None:
+    def __init__(self, jobs: JobStore, bus: ProgressBus, *, db_outage_s: float = DB_OUTAGE_S) -> None:
         self._jobs = jobs
         self._bus = bus
+        self._db_outage_s = db_outage_s
 
-    def for_job(self, job_id: uuid.UUID, weights: dict[str, float]) -> StageReport:
-        return StageReport(self, job_id, weights)
+    def for_run(self, run: Run, weights: dict[str, float], stopping: asyncio.Event | None = None) -> StageReport:
+        return StageReport(self, run, weights, stopping)
 
-    async def emit(self, job_id: uuid.UUID, **kwargs: object) -> JobEvent:
+    async def emit(self, job_id: uuid.UUID, run_id: uuid.UUID | None = None, **kwargs: object) -> JobEvent:
         try:
-            event = await self._jobs.record_event(job_id, **kwargs)  # type: ignore[arg-type]
+            event = await ride_out(
+                lambda: self._jobs.record_event(job_id, run_id=run_id, **kwargs),  # type: ignore[arg-type]
+                within_s=self._db_outage_s,
+            )
         except FailedPrecondition as exc:
-            if exc.reason == "JOB_ALREADY_FINISHED":  # cancelled while this stage ran
+            if superseded(exc):
                 raise JobCancelled(str(job_id)) from exc
             raise
         await self._bus.publish_best_effort(job_id, event.sequence)
+        return event
+
+    async def published(self, event: JobEvent) -> JobEvent:
+        """Publish the notice of an event written elsewhere (a claim, the end of a run)."""
+        await self._bus.publish_best_effort(event.job_id, event.sequence)
         return event
 
 
 class StageReport:
     """Reports the stages of one run of one job, tracking overall progress from stage weights."""
 
-    def __init__(self, reporter: JobReporter, job_id: uuid.UUID, weights: dict[str, float]) -> None:
+    def __init__(
+        self, reporter: JobReporter, run: Run, weights: dict[str, float], stopping: asyncio.Event | None = None
+    ) -> None:
         self._reporter = reporter
-        self._job_id = job_id
+        self._run = run
         self._weights = weights
+        self._stopping = stopping
         self._done = 0.0
         self._stage = "STAGE_UNSPECIFIED"
 
-    async def check_cancelled(self) -> None:
-        job = await self._reporter._jobs.get(self._job_id)
-        if job.state == "CANCELLED":
-            raise JobCancelled(str(self._job_id))
-
-    async def job_started(self, attempt: int) -> None:
-        await self.check_cancelled()
-        first = next(iter(self._weights))
-        await self._reporter.emit(
-            self._job_id, stage=first, stage_state="STARTED", progress=0.0,
-            message=f"attempt {attempt} started", job_state="RUNNING", attempt=attempt,
-        )
+    @property
+    def stage(self) -> str:
+        return self._stage
 
     async def start(self, stage: str, message: str) -> None:
-        await self.check_cancelled()
+        """A stage begins — unless the worker is stopping: then the run hands its job back here, at a stage
+        boundary, so a stage is never cut off halfway."""
+        if self._stopping is not None and self._stopping.is_set():
+            raise StopRequested(stage)
         self._stage = stage
-        await self._reporter.emit(
-            self._job_id, stage=stage, stage_state="STARTED", progress=self._done, message=message,
-            job_state="RUNNING",
-        )
+        await self._emit(stage=stage, stage_state="STARTED", progress=self._done, message=message,
+                         job_state="RUNNING")
 
     async def _end(self, stage: str, stage_state: str, message: str, job_state: str = "RUNNING") -> None:
         self._done = min(1.0, self._done + self._weights.get(stage, 0.0))
-        await self._reporter.emit(
-            self._job_id, stage=stage, stage_state=stage_state, progress=self._done, message=message,
-            job_state=job_state, failure_reason="" if job_state == "SUCCEEDED" else None,
+        await self._emit(
+            stage=stage, stage_state=stage_state, progress=self._done, message=message, job_state=job_state,
+            failure_reason="" if job_state == "SUCCEEDED" else None,
         )
+
+    async def _emit(self, **kwargs: object) -> None:
+        await self._reporter.emit(self._run.job_id, self._run.run_id, **kwargs)
 
     async def done(self, stage: str, message: str) -> None:
         await self._end(stage, "COMPLETED", message)
@@ -84,12 +129,3 @@ class StageReport:
         """The last stage completed: the job succeeded."""
         self._done = 1.0 - self._weights.get(stage, 0.0)
         await self._end(stage, "COMPLETED", message, job_state="SUCCEEDED")
-
-    async def failed(self, message: str, *, final: bool) -> None:
-        """Report a failed attempt at the stage and progress the job row holds (this report object may be
-        a fresh one, made by the worker after the processor gave up)."""
-        await self._reporter.emit(
-            self._job_id, stage=None, stage_state="FAILED", progress=None,
-            message=message if final else f"{message} (will retry)",
-            job_state="FAILED" if final else "RUNNING", failure_reason=message,
-        )

@@ -1,60 +1,79 @@
 """arq worker: runs the processing stages of queued jobs.
 
-Composition root of the worker process: ``on_startup`` builds settings, pool, stores, blob store,
-inference client and the processor; ``process_video`` only looks the job up and runs it, turning
-failures into retries (transient) or a failed job + dead letter (permanent, or out of attempts).
-``requeue_lost_jobs`` (cron, every 30 s) enqueues again jobs whose queue entry Redis lost.
+Composition root of the worker process: ``startup`` builds settings, pool, stores, blob store, inference
+client, the processor and the ``JobRunner`` (``services.pipeline.runs``: claim, lease, fencing, retries);
+``process_video`` only hands a queue entry to the runner. ``sweep`` (an arq cron, every
+``sweep_every_s``) takes over runs whose worker died and enqueues again jobs whose queue entry was lost.
+
+``ResilientWorker`` keeps the process alive through a Redis outage: arq's own loop exits on the first
+connection error, so its poll iteration is retried with capped backoff instead, and running jobs go on
+(their state lives in PostgreSQL). On SIGTERM the worker stops taking jobs; running jobs hand their job
+back at the next stage boundary, or when ``shutdown_grace_s`` runs out, without using an attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import os
+import signal
+import socket
 import uuid
 from typing import Any
 
-from arq import Retry, cron, func
-from arq.connections import RedisSettings
+from arq import cron, func
+from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from services.common.blobstore import LocalBlobStore
 from services.common.config import WorkerSettings
-from services.common.db import create_pool
-from services.common.errors import ClipMindError, NotFound
+from services.common.db import open_database
 from services.common.grpc_server import configure_logging
 from services.common.inference import make_inference
 from services.common.job_store import JobStore
 from services.common.model_health import check_weight_settings, log_model_status
-from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, ProgressBus
-from services.common.records import DeadLetter, Job
+from services.common.progress import ProgressBus
+from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, arq_redis
 from services.common.store import VideoStore
 from services.pipeline.jobs import JobControl
-from services.pipeline.processor import STAGE_WEIGHTS, ProcessorConfig, VideoProcessor
-from services.pipeline.reporter import JobCancelled, JobReporter
+from services.pipeline.processor import ProcessorConfig, VideoProcessor
+from services.pipeline.reporter import JobReporter
+from services.pipeline.runs import JobRunner, RunPolicy
 
 log = logging.getLogger("clipmind.worker")
 
-# Errors that re-running cannot fix: fail at once instead of retrying.
-PERMANENT_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE"})
+# Errors of Redis being away; the worker waits them out instead of exiting.
+REDIS_ERRORS = (RedisError, OSError, ConnectionError, TimeoutError)
+
+
+def run_policy(settings: WorkerSettings) -> RunPolicy:
+    return RunPolicy(
+        lease_s=settings.lease_s, heartbeat_s=settings.heartbeat_s, cancel_poll_s=settings.cancel_poll_s,
+        retry_base_s=settings.retry_base_s, job_timeout_s=settings.job_timeout_s,
+    )
 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: WorkerSettings = ctx["settings"]
-    pool = await create_pool(settings.database_url, max_size=4)
+    pool = await open_database(settings)
     bus = ProgressBus.connect(settings.redis_url)
     videos, jobs = VideoStore(pool), JobStore(pool)
     inference = make_inference(settings)
     await log_model_status(inference, "worker")
     reporter = JobReporter(jobs, bus)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
-    ctx.update(
-        pool=pool, bus=bus, videos=videos, jobs=jobs, inference=inference, reporter=reporter, blobs=blobs,
-        control=JobControl(jobs, bus, ArqJobQueue(ctx["redis"])),
-        processor=VideoProcessor(
-            videos, jobs, reporter, blobs, inference,
-            ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size),
-        ),
+    queue = ArqJobQueue(ctx["redis"])
+    processor = VideoProcessor(
+        videos, jobs, reporter, blobs, inference,
+        ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size),
     )
+    ctx.update(
+        pool=pool, bus=bus, inference=inference,
+        control=JobControl(jobs, bus, queue),
+        runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
+                         worker=f"{socket.gethostname()}:{os.getpid()}"),
+    )
+    ctx.setdefault("stopping", asyncio.Event())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -65,93 +84,68 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["pool"].close()
 
 
-async def requeue_lost_jobs(ctx: dict[str, Any]) -> str:
-    """Cron (every 30 s, one worker at a time): enqueue again the jobs whose queue entry was lost."""
-    requeued = await ctx["control"].requeue_lost(idle_s=ctx["settings"].requeue_idle_s)
-    return f"re-queued {len(requeued)} job(s)"
-
-
-def _backoff_s(attempt: int) -> float:
-    return float(min(60, 2 ** attempt))
+async def sweep(ctx: dict[str, Any]) -> str:
+    """Cron (one worker at a time): take over runs whose worker died, re-queue jobs whose entry was lost."""
+    settings: WorkerSettings = ctx["settings"]
+    control: JobControl = ctx["control"]
+    taken = await control.take_over_expired(idle_s=max(settings.lease_s, settings.requeue_idle_s))
+    requeued = await control.requeue_lost(idle_s=settings.requeue_idle_s)
+    return f"took over {len(taken)} run(s), re-queued {len(requeued)} job(s)"
 
 
 async def process_video(ctx: dict[str, Any], job_id: str) -> str:
-    jobs: JobStore = ctx["jobs"]
-    settings: WorkerSettings = ctx["settings"]
-    try:
-        job = await jobs.get(uuid.UUID(job_id))
-    except NotFound:
-        return "job no longer exists"
-    if job.terminal:
-        return f"job already {job.state}"
-    attempt = int(ctx.get("job_try", 1))
-    max_attempts = min(job.max_attempts, settings.max_tries)
-    started = time.monotonic()
-    try:
-        await ctx["processor"].run(job, attempt)
-        return "succeeded"
-    except JobCancelled:
-        return "cancelled"
-    except NotFound:
-        await ctx["blobs"].delete_prefix(f"videos/{job.video_id}")  # deleted mid-run: drop what we wrote
-        return "video deleted while processing"
-    except asyncio.CancelledError:
-        # arq cancels the task on its job timeout (final: arq will not run it again) and on shutdown
-        # (the job is picked up again later: leave it as it is).
-        if time.monotonic() - started >= settings.job_timeout_s - 1:
-            await asyncio.shield(_fail(ctx, job, attempt, f"timed out after {settings.job_timeout_s} s", True))
-        raise
-    except Exception as exc:
-        permanent = isinstance(exc, ClipMindError) and exc.code in PERMANENT_CODES
-        message = exc.message if isinstance(exc, ClipMindError) else f"{type(exc).__name__}: {exc}"
-        final = permanent or attempt >= max_attempts
-        log.warning("job %s attempt %d/%d failed (%s): %s", job.id, attempt, max_attempts,
-                    "final" if final else "will retry", message, exc_info=not permanent)
+    """One queue entry (arq job id ``ctx["job_id"]``, our queue key) of job ``job_id``."""
+    return await ctx["runner"].run(uuid.UUID(job_id), ctx["job_id"], stopping=ctx["stopping"])
+
+
+class ResilientWorker(Worker):
+    """arq's worker, riding out Redis outages and handing jobs back on SIGTERM (see the module doc)."""
+
+    _outage_delay = 0.5
+
+    async def _poll_iteration(self) -> None:
         try:
-            await _fail(ctx, job, attempt, message, final)
-        except JobCancelled:
-            return "cancelled"
-        except Exception as bookkeeping:  # Postgres/Redis trouble: let arq try the whole job again
-            log.warning("job %s: could not record the failure (%s); retrying", job.id, bookkeeping)
-            raise Retry(defer=_backoff_s(attempt)) from exc
-        if not final:
-            raise Retry(defer=_backoff_s(attempt)) from exc
-        return "failed"
+            await super()._poll_iteration()
+        except REDIS_ERRORS as exc:
+            log.warning("Redis unreachable (%s: %s); polling again in %.1f s", type(exc).__name__, exc,
+                        self._outage_delay)
+            await asyncio.sleep(self._outage_delay)
+            self._outage_delay = min(self._outage_delay * 2, 10.0)
+            return
+        self._outage_delay = 0.5
 
-
-async def _fail(ctx: dict[str, Any], job: Job, attempt: int, message: str, final: bool) -> None:
-    """Record a failed attempt; a final one also fails the video and leaves a dead letter."""
-    await ctx["reporter"].for_job(job.id, STAGE_WEIGHTS).failed(message, final=final)
-    if final:
-        await ctx["videos"].update_fields(job.video_id, state="FAILED", failure_reason=message)
-        await ctx["jobs"].add_dead_letter(DeadLetter(uuid.uuid4(), job.id, job.video_id, message, attempt))
+    def handle_sig_wait_for_completion(self, signum: signal.Signals) -> None:
+        stopping = self.ctx.get("stopping")
+        if isinstance(stopping, asyncio.Event):
+            stopping.set()  # running jobs hand their job back at the next stage boundary
+        super().handle_sig_wait_for_completion(signum)
 
 
 def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
+    every = settings.sweep_every_s
     return {
         "functions": [
-            func(process_video, name=PROCESS_VIDEO, max_tries=settings.max_tries,
-                 timeout=settings.job_timeout_s),
+            # One queue entry runs once: attempts, retries and take-overs are the runner's (new entries).
+            func(process_video, name=PROCESS_VIDEO, max_tries=1, timeout=settings.job_timeout_s),
         ],
-        "cron_jobs": [cron(requeue_lost_jobs, second={0, 30}, run_at_startup=True, timeout=120)],
+        "cron_jobs": [cron(sweep, second=set(range(0, 60, every)), run_at_startup=True, timeout=120)],
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        "redis_pool": arq_redis(settings.redis_url),
         "queue_name": QUEUE_NAME,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
-        "ctx": {"settings": settings},
+        "job_completion_wait": settings.shutdown_grace_s,
+        "ctx": {"settings": settings, "stopping": asyncio.Event()},
         "keep_result": 3600,
     }
 
 
 def main() -> None:
-    from arq.worker import run_worker
-
     settings = WorkerSettings()
     configure_logging(settings.log_level)
     check_weight_settings(settings)
-    run_worker(arq_settings(settings))
+    ResilientWorker(**arq_settings(settings)).run()
 
 
 if __name__ == "__main__":

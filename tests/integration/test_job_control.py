@@ -11,12 +11,14 @@ import pytest
 from services.common.db import create_pool
 from services.common.errors import FailedPrecondition
 from services.common.job_store import JobStore
-from services.common.queue import ArqJobQueue, ProgressBus
-from services.common.records import Job, ProcessedVideo, Video
+from services.common.progress import ProgressBus
+from services.common.queue import ArqJobQueue
+from services.common.records import Job, JobEvent, ProcessedVideo, Run, Video, queue_key
 from services.common.store import VideoStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS
 from services.pipeline.reporter import JobCancelled, JobReporter
+from services.pipeline.watch import JobWatcher
 
 pytestmark = pytest.mark.integration
 
@@ -27,24 +29,33 @@ async def parts(pg_dsn: str, redis_url: str):  # type: ignore[no-untyped-def]
     bus = ProgressBus.connect(redis_url)
     queue = await ArqJobQueue.connect(redis_url)
     jobs, videos = JobStore(pool), VideoStore(pool)
-    yield jobs, videos, JobReporter(jobs, bus), JobControl(jobs, bus, queue, poll_s=0.2)
+    yield jobs, videos, JobReporter(jobs, bus), JobControl(jobs, bus, queue), JobWatcher(jobs, bus, poll_s=0.2)
     await queue.close()
     await bus.close()
     await pool.close()
 
 
 async def _new_job(videos: VideoStore) -> Job:
-    video_id = uuid.uuid4()
-    job = Job(uuid.uuid4(), video_id, "QUEUED")
+    video_id, job_id = uuid.uuid4(), uuid.uuid4()
+    job = Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id))
     await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
     return job
 
 
+async def _claim(jobs: JobStore, job: Job, key: str | None = None) -> Run:
+    claimed = await jobs.claim(job.id, queue_key=key or job.queue_key, run_id=uuid.uuid4(), worker="test:1",
+                               lease_s=60)
+    assert claimed is not None
+    row, _ = claimed
+    assert row.run_id is not None
+    return Run(row.id, row.video_id, row.run_id, row.attempt, row.max_attempts)
+
+
 async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, reporter, control = parts
+    jobs, videos, reporter, control, _ = parts
     job = await _new_job(videos)
-    report = reporter.for_job(job.id, STAGE_WEIGHTS)
-    await report.job_started(1)
+    run = await _claim(jobs, job)
+    report = reporter.for_run(run, STAGE_WEIGHTS)
     await report.start("SCENES", "detecting")
 
     cancelled = await control.cancel(job.id)  # arrives while SCENES runs
@@ -52,50 +63,57 @@ async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type
 
     with pytest.raises(JobCancelled):  # the worker's next report learns of it and stops
         await report.done("SCENES", "3 scenes")
+    with pytest.raises(FailedPrecondition) as fenced:
+        await videos.save_processed(job.video_id, ProcessedVideo([], []), run=run)
+    assert fenced.value.reason == "RUN_SUPERSEDED"
     with pytest.raises(FailedPrecondition):
-        await videos.save_processed(job.video_id, ProcessedVideo([], []), job_id=job.id)
+        await videos.update_for_run(run, thumbnail_key="videos/x/late.jpg")
     assert (await jobs.get(job.id)).state == "CANCELLED"
     video = await videos.get(job.video_id)
-    assert (video.state, video.failure_reason) == ("FAILED", "processing cancelled")
+    assert (video.state, video.failure_reason, video.thumbnail_key) == ("FAILED", "processing cancelled", "")
     with pytest.raises(FailedPrecondition) as err:
         await control.cancel(job.id)
     assert err.value.reason == "JOB_ALREADY_FINISHED"
 
 
 async def test_failure_event_keeps_the_stage_it_failed_in(parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, reporter, _ = parts
+    jobs, videos, reporter, _, _ = parts
     job = await _new_job(videos)
-    report = reporter.for_job(job.id, STAGE_WEIGHTS)
-    await report.job_started(1)
+    run = await _claim(jobs, job)
+    report = reporter.for_run(run, STAGE_WEIGHTS)
+    await report.start("PROBE", "probing")
     await report.done("PROBE", "ok")
     await report.start("SCENES", "detecting")
-    await reporter.for_job(job.id, STAGE_WEIGHTS).failed("boom", final=False)  # a fresh report, as the worker
+    event = await jobs.end_run(job.id, run.run_id, outcome="retry", code="BOOM", message="boom", new_key="k:1")
+    assert event is not None
     last = (await jobs.events(job.id))[-1]
-    assert (last.stage, last.stage_state, last.job_state) == ("SCENES", "FAILED", "RUNNING")
+    assert (last.stage, last.stage_state, last.job_state) == ("SCENES", "FAILED", "QUEUED")
     assert last.progress == pytest.approx(STAGE_WEIGHTS["PROBE"])
+    again = await jobs.get(job.id)
+    assert (again.failure_reason, again.failure_code, again.queue_key, again.run_id) == ("BOOM: boom", "BOOM",
+                                                                                         "k:1", None)
 
 
 async def test_watching_a_retried_job_follows_the_new_attempt(parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, reporter, control = parts
+    jobs, videos, reporter, control, watcher = parts
     job = await _new_job(videos)
-    report = reporter.for_job(job.id, STAGE_WEIGHTS)
-    await report.job_started(1)
-    await report.failed("broken", final=True)
+    run = await _claim(jobs, job)
+    await jobs.end_run(job.id, run.run_id, outcome="fail", code="BROKEN", message="broken")
     assert (await jobs.get(job.id)).state == "FAILED"
-    await control.retry(job.id)
+    retried = await control.retry(job.id)
 
     seen: list[str] = []
 
     async def watch() -> None:
-        async for event in control.watch(job.id):
+        async for event in watcher.watch(job.id):
+            assert isinstance(event, JobEvent)
             seen.append(event.job_state)
 
-    watcher = asyncio.create_task(watch())
+    task = asyncio.create_task(watch())
     await asyncio.sleep(0.5)
-    assert not watcher.done(), "watch stopped at the old FAILED event"
-    second = reporter.for_job(job.id, STAGE_WEIGHTS)
-    await second.job_started(2)
-    await second.finish("INDEX", "done")
-    await asyncio.wait_for(watcher, 10)
+    assert not task.done(), "watch stopped at the old FAILED event"
+    second = await _claim(jobs, job, retried.queue_key)
+    assert second.attempt == 1 and second.run_id != run.run_id
+    await reporter.for_run(second, STAGE_WEIGHTS).finish("INDEX", "done")
+    await asyncio.wait_for(task, 10)
     assert seen[:3] == ["RUNNING", "FAILED", "QUEUED"]
-    assert seen[-1] == "SUCCEEDED"

@@ -1,8 +1,9 @@
 """Jobs whose Redis queue entry is lost are not lost: against real PostgreSQL and redis-server.
 
 The database is the record of what must run. An upload whose job Redis cannot take still succeeds (its
-data is stored), and the worker's sweep (``JobControl.requeue_lost``) enqueues again every idle queued or
-running job whose queue entry is gone, while leaving alone jobs still queued, running or ended."""
+data is stored), and the worker's sweep (``JobControl.requeue_lost``) enqueues again every idle queued job
+whose queue entry is gone, while leaving alone jobs still queued or ended; a running job whose worker is
+gone is taken over by the lease sweep (``JobControl.take_over_expired``)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ import pytest
 from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.job_store import JobStore
-from services.common.queue import ArqJobQueue, ProgressBus, enqueue_or_leave_to_sweep
+from services.common.progress import ProgressBus
+from services.common.queue import ArqJobQueue, enqueue_or_leave_to_sweep
 from services.common.records import Job, Video, queue_key
 from services.common.store import UploadStore, VideoStore
-from services.ingest.ingestor import VideoIngestor, VideoMeta
+from services.ingest.ingestor import VideoIngestor
+from services.ingest.inputs import VideoMeta
 from services.launcher import EmbeddedRedis, free_port
 from services.pipeline.jobs import JobControl
 from tests.media import make_scene_video
@@ -104,11 +107,16 @@ async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, parts) -> N
 
     swept = await control.requeue_lost(idle_s=60)
     assert waiting.id not in swept and ended.id not in swept
-    assert running.id in swept
+    assert running.id not in swept, "a running job is the lease's business, not the queue sweep's"
     assert (await jobs.get(ended.id)).state == "CANCELLED"
     assert (await jobs.get(waiting.id)).queue_key == waiting.queue_key
+
+    # Its worker is gone (a row from before leases, unchanged for long): the lease sweep takes it over.
+    assert await control.take_over_expired(idle_s=60) == [running.id]
     moved = await jobs.get(running.id)
-    assert moved.state == "QUEUED" and moved.stage == "SCENES"  # the worker starts it over
+    assert moved.state == "QUEUED" and moved.stage == "SCENES" and moved.queue_key != running.queue_key
+    assert moved.failure_code == "WORKER_LOST"
+    assert await queue.state(moved.queue_key) == "queued"
 
     # A sweep that read the job before a retry or another sweep moved it changes nothing.
     assert await jobs.requeue(running.id, expected_key=running.queue_key, new_key="x:1", message="m") is None

@@ -68,10 +68,8 @@ async def test_a_write_during_completion_is_refused_and_changes_nothing(setup) -
     await ingestor.write_upload(upload.id, 0, data)
 
     completion = asyncio.create_task(ingestor.complete_upload(upload.id, "t", "", None))
-    key = int.from_bytes(upload.id.bytes[:8], "big")
     while not await pool.fetchval(  # wait until the completion holds the upload's lock (validation takes a while)
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = $1 AND objid = $2",
-        key >> 32, key & 0xFFFFFFFF,
+        "SELECT count(*) FROM uploads WHERE id = $1 AND lock_token IS NOT NULL", upload.id
     ):
         assert not completion.done(), "the completion ended before it was seen holding the lock"
         await asyncio.sleep(0.005)
@@ -99,3 +97,19 @@ async def test_bytes_of_an_uncommitted_write_are_dropped(setup, tmp_path: Path) 
 
     video = await ingestor.complete_upload(upload.id, "t", "", None)
     assert (blobs / video.blob_key).read_bytes() == data
+
+
+async def test_a_lock_whose_holder_died_expires(setup) -> None:  # type: ignore[no-untyped-def]
+    """The upload lock is a lease: a process that died holding it blocks the upload only until it expires."""
+    pool, ingestor, _, data = setup
+    upload = await ingestor.create_upload("clip.mp4", "video/mp4", len(data))
+    await pool.execute(  # a holder that died a moment ago, its lease still running
+        "UPDATE uploads SET lock_token = gen_random_uuid(), lock_expire_time = now() + interval '1 hour' WHERE id = $1",
+        upload.id,
+    )
+    with pytest.raises(Aborted) as busy:
+        await ingestor.write_upload(upload.id, 0, data)
+    assert busy.value.reason == "UPLOAD_BUSY" and busy.value.retry_delay_s
+    await pool.execute("UPDATE uploads SET lock_expire_time = now() - interval '1 second' WHERE id = $1", upload.id)
+    assert await ingestor.write_upload(upload.id, 0, data) == len(data)
+    assert (await ingestor.complete_upload(upload.id, "t", "", None)).size_bytes == len(data)

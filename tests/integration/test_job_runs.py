@@ -1,0 +1,248 @@
+"""Job runs against real PostgreSQL and redis-server: claims, leases, fencing, backoff, take-over, hand-back.
+
+The stages are a small stand-in for ``VideoProcessor`` (same ``run(run, stopping)`` contract, reporting
+through the real reporter) so each case is fast and exact; the e2e chaos tests run the real stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from services.common.blobstore import LocalBlobStore
+from services.common.db import create_pool
+from services.common.errors import Unavailable
+from services.common.job_store import JobStore
+from services.common.progress import ProgressBus
+from services.common.queue import ArqJobQueue
+from services.common.records import Job, Run, Video, queue_key
+from services.common.store import VideoStore
+from services.pipeline.jobs import JobControl
+from services.pipeline.media import run_tool
+from services.pipeline.processor import STAGE_WEIGHTS
+from services.pipeline.reporter import JobReporter
+from services.pipeline.runs import JobRunner, RunPolicy, backoff_s
+
+pytestmark = pytest.mark.integration
+
+
+class Stages:
+    """Stand-in stages: ``behaviour(attempt)`` runs inside SCENES (raise, sleep, run ffmpeg...)."""
+
+    def __init__(self, reporter: JobReporter, behaviour: Callable[[int], object]) -> None:
+        self.reporter = reporter
+        self.behaviour = behaviour
+        self.runs: list[tuple[int, float]] = []  # (attempt, monotonic start)
+
+    async def run(self, run: Run, stopping: asyncio.Event | None = None) -> None:
+        self.runs.append((run.attempt, time.monotonic()))
+        report = self.reporter.for_run(run, STAGE_WEIGHTS, stopping)
+        await report.start("SCENES", "detecting")
+        result = self.behaviour(run.attempt)
+        if asyncio.iscoroutine(result):
+            await result
+        await report.done("SCENES", "1 scene")
+        await report.start("INDEX", "writing")
+        await report.finish("INDEX", "done")
+
+
+@pytest.fixture
+async def parts(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    pool = await create_pool(pg_dsn)
+    bus = ProgressBus.connect(redis_url)
+    queue = await ArqJobQueue.connect(redis_url)
+    jobs, videos = JobStore(pool), VideoStore(pool)
+    reporter = JobReporter(jobs, bus)
+    blobs = LocalBlobStore(tmp_path / "blobs", "http://media.invalid")
+
+    def runner(behaviour: Callable[[int], object], **policy: float) -> tuple[JobRunner, Stages]:
+        stages = Stages(reporter, behaviour)
+        settings = RunPolicy(**{"lease_s": 30.0, "heartbeat_s": 0.5, "cancel_poll_s": 0.2, "retry_base_s": 0.0,
+                                **policy})
+        return JobRunner(jobs, reporter, queue, blobs, stages, settings, worker="test:1"), stages  # type: ignore[arg-type]
+
+    yield pool, jobs, videos, JobControl(jobs, bus, queue), runner
+    await queue.close()
+    await bus.close()
+    await pool.close()
+
+
+async def _new_job(videos: VideoStore, max_attempts: int = 3) -> Job:
+    video_id, job_id = uuid.uuid4(), uuid.uuid4()
+    job = Job(job_id, video_id, "QUEUED", max_attempts=max_attempts, queue_key=queue_key(job_id))
+    await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    return job
+
+
+async def test_a_queue_entry_runs_only_the_attempt_it_stands_for(parts) -> None:  # type: ignore[no-untyped-def]
+    _, jobs, videos, _, runner = parts
+    job = await _new_job(videos)
+    run, stages = runner(lambda attempt: None)
+    assert "nothing to run" in await run.run(job.id, f"{job.id}:stale")  # an old entry of the job
+    assert await run.run(job.id, job.queue_key) == "succeeded"
+    assert "nothing to run" in await run.run(job.id, job.queue_key)  # the same entry delivered twice
+    assert len(stages.runs) == 1
+    done = await jobs.get(job.id)
+    assert (done.state, done.attempt, done.run_id) == ("SUCCEEDED", 1, None)
+
+
+async def test_failed_attempts_back_off_exponentially_then_dead_letter(parts) -> None:  # type: ignore[no-untyped-def]
+    _, jobs, videos, _, runner = parts
+    job = await _new_job(videos, max_attempts=3)
+    base = 0.4
+
+    def fail(attempt: int) -> None:
+        raise Unavailable(f"triton blip {attempt}", reason="MODEL_UNAVAILABLE")
+
+    run, stages = runner(fail, retry_base_s=base)
+    key = job.queue_key
+    for attempt in (1, 2, 3):
+        outcome = await run.run(job.id, key)
+        row = await jobs.get(job.id)
+        if attempt < 3:
+            assert outcome == "will retry" and row.state == "QUEUED"
+            events = await jobs.events(job.id)
+            assert f"next attempt in {backoff_s(base, attempt):g} s" in events[-1].message
+            await asyncio.sleep(backoff_s(base, attempt))  # the queue defers the entry this long
+            key = row.queue_key
+        else:
+            assert outcome == "failed"
+    gaps = [b[1] - a[1] for a, b in zip(stages.runs, stages.runs[1:], strict=False)]
+    assert gaps[0] == pytest.approx(base, abs=0.25) and gaps[1] == pytest.approx(2 * base, abs=0.25)
+    failed = await jobs.get(job.id)
+    assert (failed.state, failed.attempt, failed.failure_code) == ("FAILED", 3, "MODEL_UNAVAILABLE")
+    assert failed.failure_reason == "MODEL_UNAVAILABLE: triton blip 3"
+    letters = [d for d in await jobs.dead_letters(limit=50, after=None) if d.job_id == job.id]
+    assert [(d.attempts, d.failure_code) for d in letters] == [(3, "MODEL_UNAVAILABLE")]
+    assert (await videos.get(job.video_id)).state == "FAILED"
+
+
+async def test_internal_errors_keep_details_out_of_the_job(parts, caplog) -> None:  # type: ignore[no-untyped-def]
+    _, jobs, videos, _, runner = parts
+    job = await _new_job(videos, max_attempts=1)
+
+    def boom(attempt: int) -> None:
+        raise OSError("/srv/secret/path/source.mp4: host db-internal.example unreachable")
+
+    run, _ = runner(boom)
+    assert await run.run(job.id, job.queue_key) == "failed"
+    failed = await jobs.get(job.id)
+    assert failed.failure_code == "INTERNAL"
+    assert failed.failure_reason.startswith("INTERNAL: internal error during processing (request id ")
+    assert "/srv" not in failed.failure_reason and "example" not in failed.failure_reason
+    request_id = failed.failure_reason.rsplit("request id ", 1)[1].rstrip(")")
+    assert any(request_id in r.getMessage() for r in caplog.records), "the log holds the details under the id"
+
+
+async def test_cancel_stops_a_running_subprocess_within_2s_and_fences_the_run(parts) -> None:  # type: ignore[no-untyped-def]
+    _, jobs, videos, control, runner = parts
+    job = await _new_job(videos)
+    started = asyncio.Event()
+
+    async def long_tool(attempt: int) -> None:  # a stage's long subprocess (ffmpeg runs the same way)
+        started.set()
+        await run_tool(["sleep", "600"], timeout_s=700)
+
+    run, stages = runner(long_tool)
+    task = asyncio.create_task(run.run(job.id, job.queue_key))
+    await asyncio.wait_for(started.wait(), 10)
+    await asyncio.sleep(0.5)
+    assert _children("sleep"), "the stage's subprocess should be running"
+    cancelled_at = time.monotonic()
+    await control.cancel(job.id)
+    outcome = await asyncio.wait_for(task, 5)
+    assert time.monotonic() - cancelled_at < 2.0
+    assert "cancelled" in outcome
+    assert not _children("sleep"), "the stage's subprocess still runs after the cancel"
+    events = await jobs.events(job.id)
+    assert events[-1].job_state == "CANCELLED"  # the stopped run wrote nothing after the cancel
+
+    retried = await control.retry(job.id)  # retry right after: exactly one new run
+    run2, stages2 = runner(lambda attempt: None)
+    assert await run2.run(job.id, retried.queue_key) == "succeeded"
+    assert len(stages2.runs) == 1 and len(stages.runs) == 1
+
+
+async def test_a_dead_workers_run_is_taken_over_then_dead_lettered(parts) -> None:  # type: ignore[no-untyped-def]
+    pool, jobs, videos, control, _ = parts
+    job = await _new_job(videos, max_attempts=2)
+    for attempt in (1, 2):  # a worker claims the job and dies (no heartbeat ever again)
+        key = (await jobs.get(job.id)).queue_key
+        claimed = await jobs.claim(job.id, queue_key=key, run_id=uuid.uuid4(), worker="dead:7", lease_s=0.2)
+        assert claimed is not None and claimed[0].attempt == attempt
+        await asyncio.sleep(0.3)
+        assert await control.take_over_expired(idle_s=60) == [job.id]
+    failed = await jobs.get(job.id)
+    assert (failed.state, failed.failure_code) == ("FAILED", "WORKER_LOST")
+    assert "dead:7 stopped during" in failed.failure_reason and "attempt 2 of 2" in failed.failure_reason
+    letters = [d for d in await jobs.dead_letters(limit=50, after=None) if d.job_id == job.id]
+    assert [d.failure_code for d in letters] == ["WORKER_LOST"]
+    for _ in range(3):  # never again, however often the sweeps run
+        assert await control.take_over_expired(idle_s=0) == []
+        await pool.execute("UPDATE jobs SET update_time = now() - interval '1 hour' WHERE id = $1", job.id)
+        assert job.id not in await control.requeue_lost(idle_s=1)
+    assert (await jobs.get(job.id)).state == "FAILED"
+
+
+async def test_a_live_run_keeps_its_lease_and_a_superseded_run_writes_nothing(parts) -> None:  # type: ignore[no-untyped-def]
+    _, jobs, videos, control, runner = parts
+    job = await _new_job(videos)
+    release = asyncio.Event()
+
+    async def slow(attempt: int) -> None:
+        await release.wait()
+
+    run, _ = runner(slow, lease_s=1.0, heartbeat_s=0.2)
+    task = asyncio.create_task(run.run(job.id, job.queue_key))
+    await asyncio.sleep(2.0)  # twice the lease: only the heartbeat keeps it
+    assert await control.take_over_expired(idle_s=60) == []
+    # Now the run hangs (its heartbeat stops, as in a frozen process) and the sweep takes the job over.
+    await jobs._pool.execute("UPDATE jobs SET lease_expire_time = now() - interval '1 second' WHERE id = $1", job.id)
+    assert await control.take_over_expired(idle_s=60) == [job.id]
+    release.set()
+    assert "cancelled or taken over" in await asyncio.wait_for(task, 5)
+    row = await jobs.get(job.id)
+    assert row.state == "QUEUED" and row.attempt == 1  # the stale run finished nothing
+    assert not [e for e in await jobs.events(job.id) if e.job_state == "SUCCEEDED"]
+
+
+async def test_stopping_hands_the_job_back_without_using_an_attempt(parts) -> None:  # type: ignore[no-untyped-def]
+    _, jobs, videos, _, runner = parts
+    job = await _new_job(videos)
+    stopping = asyncio.Event()
+
+    async def then_stop(attempt: int) -> None:
+        stopping.set()  # SIGTERM arrives while SCENES runs: the stage finishes, the next one is not started
+
+    run, _ = runner(then_stop)
+    assert await run.run(job.id, job.queue_key, stopping=stopping) == "handed back"
+    row = await jobs.get(job.id)
+    assert (row.state, row.attempt, row.run_id) == ("QUEUED", 0, None)
+    assert row.queue_key != job.queue_key
+    run2, _ = runner(lambda attempt: None)
+    assert await run2.run(job.id, row.queue_key) == "succeeded"
+    assert (await jobs.get(job.id)).attempt == 1
+
+
+def _children(command: str) -> list[int]:
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/comm") as comm:
+                name = comm.read().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == me and name == command and fields[0] != "Z":
+            found.append(int(entry))
+    return found
