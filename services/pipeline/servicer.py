@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
@@ -16,6 +17,7 @@ from services.common.job_store import JobStore
 from services.common.paging import decode_token, encode_token, page_size, parse_name
 from services.common.records import DeadLetter, Job, JobEvent
 from services.pipeline.jobs import JobControl
+from services.pipeline.watch import Heartbeat, JobWatcher
 
 _FILTER_TERM = re.compile(r'^\s*(video|state)\s*=\s*"?([\w/-]+)"?\s*$')
 
@@ -37,7 +39,9 @@ def job_to_pb(job: Job) -> pb.Job:
     )
 
 
-def event_to_pb(event: JobEvent) -> pb.JobEvent:
+def event_to_pb(event: JobEvent | Heartbeat) -> pb.JobEvent:
+    if isinstance(event, Heartbeat):
+        return pb.JobEvent(job=f"jobs/{event.job_id}", sequence=event.sequence, heartbeat=True)
     return pb.JobEvent(
         job=f"jobs/{event.job_id}",
         sequence=event.sequence,
@@ -77,9 +81,10 @@ def parse_job_filter(expr: str) -> tuple[uuid.UUID | None, str | None]:
 
 
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
-    def __init__(self, jobs: JobStore, control: JobControl) -> None:
+    def __init__(self, jobs: JobStore, control: JobControl, watcher: JobWatcher) -> None:
         self._jobs = jobs
         self._control = control
+        self._watcher = watcher
 
     async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
         return job_to_pb(await self._jobs.get(parse_name(request.name, "jobs")))
@@ -99,8 +104,10 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:
         if request.after_sequence < 0:
             raise invalid_field("after_sequence", "must not be negative")
-        async for event in self._control.watch(parse_name(request.name, "jobs"), request.after_sequence):
-            yield event_to_pb(event)
+        job_id = parse_name(request.name, "jobs")
+        async with aclosing(self._watcher.watch(job_id, request.after_sequence)) as events:
+            async for event in events:
+                yield event_to_pb(event)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
         return job_to_pb(await self._control.cancel(parse_name(request.name, "jobs")))

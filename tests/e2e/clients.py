@@ -63,8 +63,9 @@ def grpc_upload(
 
 
 def watch_job(channel: grpc.Channel, job: str, timeout: float = 300) -> list[pipeline_pb.JobEvent]:
+    """The job's events to its end; heartbeats (keepalives of a quiet stream) are left out."""
     stub = pipeline_grpc.PipelineServiceStub(channel)
-    return list(stub.WatchJob(pipeline_pb.WatchJobRequest(name=job), timeout=timeout))
+    return [e for e in stub.WatchJob(pipeline_pb.WatchJobRequest(name=job), timeout=timeout) if not e.heartbeat]
 
 
 def wait_ready(channel: grpc.Channel, video: str, timeout: float = 300) -> ingest_pb.Video:

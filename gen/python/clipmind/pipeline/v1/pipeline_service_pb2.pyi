@@ -221,6 +221,7 @@ class JobEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     JOB_STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     job: _builtins.str
     """Resource name of the job, `jobs/{job}`."""
     sequence: _builtins.int
@@ -237,6 +238,13 @@ class JobEvent(_message.Message):
     """Human-readable detail, e.g. `scene 12/40` or an error message."""
     job_state: Global___Job.State.ValueType
     """State of the job after this event."""
+    heartbeat: _builtins.bool
+    """True on a keepalive event, sent when a stream has been quiet for a while
+    (every 15 s by default) so that proxies keep it open: it carries no new
+    state, only `job` and `sequence`, which is the sequence of the last event
+    sent (0 if none), so a client resuming with
+    WatchJobRequest.after_sequence loses nothing. Clients should skip it.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened."""
@@ -252,10 +260,11 @@ class JobEvent(_message.Message):
         message: _builtins.str = ...,
         job_state: Global___Job.State.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        heartbeat: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "job", b"job", "job_state", b"job_state", "message", b"message", "progress", b"progress", "sequence", b"sequence", "stage", b"stage", "stage_state", b"stage_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "heartbeat", b"heartbeat", "job", b"job", "job_state", b"job_state", "message", b"message", "progress", b"progress", "sequence", b"sequence", "stage", b"stage", "stage_state", b"stage_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

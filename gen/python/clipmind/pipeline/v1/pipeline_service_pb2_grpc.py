@@ -100,6 +100,10 @@ class PipelineServiceServicer:
     def WatchJob(self, request, context):
         """Streams the progress events of a job: first the stored events after
         `after_sequence`, then live events until the job reaches a final state.
+        A quiet stream carries heartbeat events (JobEvent.heartbeat). Too many
+        open streams on a server fail with RESOURCE_EXHAUSTED (TOO_MANY_STREAMS);
+        a server shutting down ends open streams with UNAVAILABLE (SHUTTING_DOWN):
+        resume elsewhere with `after_sequence`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -44,6 +44,10 @@ class PipelineServiceStub:
     WatchJob: _grpc.UnaryStreamMultiCallable[_pipeline_service_pb2.WatchJobRequest, _pipeline_service_pb2.JobEvent]
     """Streams the progress events of a job: first the stored events after
     `after_sequence`, then live events until the job reaches a final state.
+    A quiet stream carries heartbeat events (JobEvent.heartbeat). Too many
+    open streams on a server fail with RESOURCE_EXHAUSTED (TOO_MANY_STREAMS);
+    a server shutting down ends open streams with UNAVAILABLE (SHUTTING_DOWN):
+    resume elsewhere with `after_sequence`.
     """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.CancelJobRequest, _pipeline_service_pb2.Job]
     """Cancels a queued or running job. Cancelling a job in a final state fails
@@ -76,6 +80,10 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
     WatchJob: _aio.UnaryStreamMultiCallable[_pipeline_service_pb2.WatchJobRequest, _pipeline_service_pb2.JobEvent]  # type: ignore[assignment]
     """Streams the progress events of a job: first the stored events after
     `after_sequence`, then live events until the job reaches a final state.
+    A quiet stream carries heartbeat events (JobEvent.heartbeat). Too many
+    open streams on a server fail with RESOURCE_EXHAUSTED (TOO_MANY_STREAMS);
+    a server shutting down ends open streams with UNAVAILABLE (SHUTTING_DOWN):
+    resume elsewhere with `after_sequence`.
     """
     CancelJob: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.CancelJobRequest, _pipeline_service_pb2.Job]  # type: ignore[assignment]
     """Cancels a queued or running job. Cancelling a job in a final state fails
@@ -123,6 +131,10 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_pipeline_service_pb2.JobEvent], _abc.AsyncIterator[_pipeline_service_pb2.JobEvent]]:
         """Streams the progress events of a job: first the stored events after
         `after_sequence`, then live events until the job reaches a final state.
+        A quiet stream carries heartbeat events (JobEvent.heartbeat). Too many
+        open streams on a server fail with RESOURCE_EXHAUSTED (TOO_MANY_STREAMS);
+        a server shutting down ends open streams with UNAVAILABLE (SHUTTING_DOWN):
+        resume elsewhere with `after_sequence`.
         """
 
     @_abc_1.abstractmethod
