@@ -1,21 +1,30 @@
-"""``clipmind`` command line: ``clipmind up`` runs the whole mesh until Ctrl-C.
+"""``clipmind`` command line: ``clipmind up`` runs the whole mesh until Ctrl-C; ``clipmind status`` shows it.
 
 Every flag falls back to its ``CLIPMIND_*`` variable; a URL given for the database, Redis or Triton
 means that part is external and not launched. Data lives in the state dir and survives restarts.
+
+``up`` supervises what it started: a part that exits is restarted with backoff (see
+``services/launcher/supervisor.py``); the mesh stops on Ctrl-C/SIGTERM, or when a part cannot be started
+again. ``status`` prints the state of each part from ``<state-dir>/status.json``, which ``up`` keeps current.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from services.launcher import Endpoints, LaunchError, Mesh, MeshConfig, MeshPorts
+from services.launcher.supervisor import STATUS_FILE
 
 
 def _env(name: str) -> str | None:
@@ -25,13 +34,10 @@ def _env(name: str) -> str | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="clipmind", description="ClipMind video semantic search mesh.")
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start every part, health-check it, print endpoints, run until Ctrl-C")
-    up.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(_env("STATE_DIR") or ".clipmind"),
-        help="where embedded servers keep data and logs (CLIPMIND_STATE_DIR, default ./.clipmind)",
+    up = commands.add_parser(
+        "up", help="start every part, health-check it, print endpoints, keep it running until Ctrl-C"
     )
+    _state_dir_argument(up)
     up.add_argument(
         "--database-url",
         default=_env("DATABASE_URL"),
@@ -58,7 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Envoy port for REST and gRPC (CLIPMIND_HTTP_PORT, default 8080)",
     )
     up.add_argument("--log-level", default=_env("LOG_LEVEL") or "INFO", help="CLIPMIND_LOG_LEVEL")
+    status = commands.add_parser("status", help="show each part of a running mesh: state, pid, restarts")
+    _state_dir_argument(status)
+    status.add_argument("--json", action="store_true", help="print status.json as it is")
+    status.set_defaults(log_level=_env("LOG_LEVEL") or "INFO")
     return parser
+
+
+def _state_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(_env("STATE_DIR") or ".clipmind"),
+        help="where embedded servers keep data and logs (CLIPMIND_STATE_DIR, default ./.clipmind)",
+    )
 
 
 def describe(endpoints: Endpoints, state_dir: Path) -> str:
@@ -74,7 +93,8 @@ def describe(endpoints: Endpoints, state_dir: Path) -> str:
         f"  embedded: {', '.join(endpoints.embedded) or '-'}",
         f"  external: {', '.join(endpoints.external) or '-'}",
         f"  logs: {state_dir / 'logs'}",
-        "Press Ctrl-C to stop.",
+        f"  status: clipmind status --state-dir {state_dir}",
+        "Parts that exit are restarted. Press Ctrl-C to stop.",
     ]
     return "\n".join(lines)
 
@@ -125,8 +145,9 @@ def up(args: argparse.Namespace) -> int:
         endpoints = mesh.start(on_ready=lambda name, s: print(f"  {name:<10} healthy after {s:5.1f}s", flush=True))
         print(model_report(endpoints.triton_url), flush=True)
         print(describe(endpoints, mesh.state_dir), flush=True)
-        while not stop.wait(2.0):
-            mesh.check_alive()
+        mesh.start_supervisor()
+        while not stop.wait(1.0):
+            mesh.check_alive()  # raises once the supervisor gave up on a part
     except LaunchError as exc:
         print(f"clipmind: {exc}", file=sys.stderr, flush=True)
         return 1
@@ -144,7 +165,87 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "up":
         return up(args)
+    if args.command == "status":
+        return status(args)
     return 2
+
+
+def status(args: argparse.Namespace) -> int:
+    """Print ``<state-dir>/status.json`` as a table; 1 when there is none, 3 when the mesh is not running."""
+    path = args.state_dir / STATUS_FILE
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        print(f"clipmind: no mesh status at {path} (is `clipmind up` running with this --state-dir?)",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"clipmind: cannot read {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(document, indent=2))
+        return 0
+    print(format_status(document))
+    mesh = document.get("mesh", {})
+    return 0 if mesh.get("state") == "running" and _pid_alive(mesh.get("pid")) else 3
+
+
+def format_status(document: dict[str, Any], now: float | None = None) -> str:
+    """The table ``clipmind status`` prints for a status.json document."""
+    now = time.time() if now is None else now
+    mesh = document.get("mesh", {})
+    state = mesh.get("state", "unknown")
+    if state == "running" and not _pid_alive(mesh.get("pid")):
+        state = "not running (its process is gone; status is stale)"
+    header = f"ClipMind mesh: {state} (pid {mesh.get('pid', '-')}, updated {_ago(mesh.get('updated'), now)})"
+    lines = [header]
+    if mesh.get("message"):
+        lines.append(f"  {mesh['message']}")
+    columns = ("PART", "STATE", "PID", "RESTARTS", "LAST EXIT", "SINCE")
+    rows = [columns]
+    for name, part in document.get("parts", {}).items():
+        part_state = part.get("state", "?")
+        if part_state == "backoff" and part.get("backoff_s") is not None:
+            part_state = f"backoff {part['backoff_s']:g}s"
+        rows.append((
+            name,
+            part_state,
+            str(part.get("pid") or "-"),
+            str(part.get("restarts", 0)),
+            part.get("last_exit") or "-",
+            _ago(part.get("since"), now),
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def _ago(iso: str | None, now: float) -> str:
+    if not iso:
+        return "-"
+    try:
+        seconds = max(0.0, now - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return iso
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 if __name__ == "__main__":

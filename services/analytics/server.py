@@ -13,7 +13,7 @@ import grpc.aio
 from clipmind.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
 from services.common.config import AnalyticsSettings
-from services.common.db import create_pool
+from services.common.db import open_database
 from services.common.errors import Unimplemented
 from services.common.grpc_server import configure_logging, run_server
 
@@ -40,14 +40,14 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
 
 
 async def serve(settings: AnalyticsSettings) -> None:
-    pool = await create_pool(settings.database_url, max_size=2)
+    pool = await open_database(settings, max_size=2)
 
     def register(server: grpc.aio.Server) -> list[str]:
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(), server)
         return [analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name]
 
     await run_server(name="analytics", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[pool.close])
+                     on_stop=[pool.close], grace_s=settings.shutdown_grace_s)
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +35,10 @@ def configure_logging(level: str) -> None:
     )
 
 
+#: One shutdown hook: a plain function or a coroutine function, called with no arguments.
+DrainHook = Callable[[], Awaitable[None]] | Callable[[], None]
+
+
 async def run_server(
     *,
     name: str,
@@ -41,14 +46,24 @@ async def run_server(
     port: int,
     register: Callable[[grpc.aio.Server], Sequence[str]],
     on_stop: Sequence[Callable[[], Awaitable[None]]] = (),
-    grace_s: float = 5.0,
+    on_draining: Sequence[DrainHook] = (),
+    grace_s: float = 30.0,
     component_health: Callable[[], Awaitable[dict[str, bool]]] | None = None,
     component_poll_s: float = 10.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT. ``register`` adds the servicers and returns their full names.
 
     ``component_health`` (optional) reports parts the process depends on, e.g. ``{"clipmind.model.clip_image":
-    False}``; each becomes a health-check service name, SERVING or NOT_SERVING, refreshed periodically."""
+    False}``; each becomes a health-check service name, SERVING or NOT_SERVING, refreshed periodically.
+
+    Graceful shutdown, on the first SIGTERM/SIGINT:
+
+    1. health turns NOT_SERVING for every service name (and stays so), so balancers stop sending;
+    2. the ``on_draining`` hooks run, so long-lived streams (WatchJob) can be told to end;
+    3. the server stops accepting RPCs and gives those in flight up to ``grace_s`` seconds to finish, then
+       cancels the rest (a second signal cancels them at once);
+    4. the ``on_stop`` callbacks close pools and clients.
+    """
     server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
@@ -66,9 +81,14 @@ async def run_server(
     log.info("%s serving %s on %s:%d", name, ", ".join(service_names), host, bound)
 
     stop = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal while draining: no more grace
+
+    def on_signal() -> None:
+        (hurry if stop.is_set() else stop).set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
     async def refresh_components() -> None:
         assert component_health is not None
@@ -86,11 +106,27 @@ async def run_server(
     await stop.wait()
     if poller is not None:
         poller.cancel()
-    log.info("%s stopping", name)
+    log.info("%s draining: NOT_SERVING, in-flight RPCs get up to %.0fs", name, grace_s)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace_s)
-    for callback in on_stop:
+    await _run_hooks(name, "draining", on_draining)
+    stopping = asyncio.create_task(server.stop(grace_s))
+    hurried = asyncio.create_task(hurry.wait())
+    await asyncio.wait({stopping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        log.warning("%s: second signal, cancelling the RPCs still running", name)
+        await server.stop(None)
+        await stopping
+    hurried.cancel()
+    log.info("%s stopped serving", name)
+    await _run_hooks(name, "closing", on_stop)
+
+
+async def _run_hooks(name: str, stage: str, hooks: Sequence[DrainHook]) -> None:
+    """Call each hook (awaiting coroutines); an error is logged and the rest still run."""
+    for hook in hooks:
         try:
-            await callback()
-        except Exception:  # shutting down: report, keep closing the rest
-            log.exception("%s: error while closing", name)
+            result = hook()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # shutting down: report, keep going
+            log.exception("%s: error while %s", name, stage)

@@ -7,7 +7,7 @@ import logging
 
 from services.common.blobstore import LocalBlobStore
 from services.common.config import IngestSettings
-from services.common.db import create_pool
+from services.common.db import open_database
 from services.common.grpc_server import configure_logging, run_server
 from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
@@ -20,13 +20,14 @@ STAGING_SWEEP_S = 600.0
 
 
 async def serve(settings: IngestSettings) -> None:
-    pool = await create_pool(settings.database_url)
+    pool = await open_database(settings)
     queue = await ArqJobQueue.connect(settings.redis_url)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     videos = VideoStore(pool)
     ingestor = VideoIngestor(
         videos, UploadStore(pool), blobs, queue, settings.blob_dir.parent / "staging",
         max_upload_bytes=settings.max_upload_bytes, max_chunk_bytes=settings.upload_chunk_bytes,
+        min_free_disk_bytes=settings.min_free_disk_bytes,
     )
     media = await start_media_server(blobs, settings.grpc_host, settings.media_port)
     servicer = IngestServicer(ingestor, videos, blobs)
@@ -39,7 +40,7 @@ async def serve(settings: IngestSettings) -> None:
     await run_server(
         name="ingest", host=settings.grpc_host, port=settings.grpc_port,
         register=lambda server: register(server, servicer),
-        on_stop=[stop_sweeper, media.cleanup, queue.close, pool.close],
+        on_stop=[stop_sweeper, media.cleanup, queue.close, pool.close], grace_s=settings.shutdown_grace_s,
     )
 
 

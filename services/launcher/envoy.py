@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import string
+import subprocess
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,15 +50,47 @@ class EnvoyPorts:
     upstream_host: str = "127.0.0.1"
 
 
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EnvoyLimits:
+    """Edge limits rendered into the template (defaults are those of ``clipmind up``).
+
+    Request bodies are limited per method by their Content-Length (413 at once, before reading); a body
+    without one (chunked) is bounded by the transcoder at the largest of these limits.
+    """
+
+    request_headers_timeout_s: int = 10  # a client must send its request headers within this (slow-loris)
+    stream_idle_timeout_s: int = 300  # no bytes either way for this long resets a stream (WatchJob beats ~15 s)
+    max_connections: int = 10_000  # open downstream connections, all listeners together
+    upload_write_bytes: int = 5 * MiB  # PUT /v1/uploads/{id}:write: one raw chunk (4 MiB) plus slack
+    subtitles_bytes: int = 8 * MiB  # CompleteUpload, ImportVideo: sidecar subtitles (up to 5 MiB) in JSON
+    search_bytes: int = 8 * MiB  # Search: an optional query image, base64 in JSON (images up to ~6 MiB)
+    default_bytes: int = 1 * MiB  # every other method
+    max_response_body_bytes: int = 64 * MiB  # transcoded (JSON) responses
+
+    @property
+    def max_request_body_bytes(self) -> int:
+        """What the transcoder buffers at most: the largest per-method limit."""
+        return max(self.upload_write_bytes, self.subtitles_bytes, self.search_bytes, self.default_bytes)
+
+
 def render_config(
     ports: EnvoyPorts,
     descriptor: Path = DEFAULT_DESCRIPTOR,
     template: Path = DEFAULT_TEMPLATE,
-    max_request_body_bytes: int = 16 * 1024 * 1024,
-    max_response_body_bytes: int = 64 * 1024 * 1024,
+    limits: EnvoyLimits | None = None,
 ) -> str:
     """The Envoy YAML for ``ports``; every placeholder must be filled (``Template.substitute``)."""
-    values = {
+    limits = limits or EnvoyLimits()
+    body_limits = {
+        "upload_write": limits.upload_write_bytes,
+        "subtitles": limits.subtitles_bytes,
+        "search": limits.search_bytes,
+        "default": limits.default_bytes,
+    }
+    values: dict[str, object] = {
         "listen_port": ports.listen_port,
         "admin_port": ports.admin_port,
         "ingest_port": ports.ingest_port,
@@ -68,10 +101,29 @@ def render_config(
         "bind_address": ports.bind_address,
         "upstream_host": ports.upstream_host,
         "descriptor_path": str(descriptor.resolve()),
-        "max_request_body_bytes": max_request_body_bytes,
-        "max_response_body_bytes": max_response_body_bytes,
+        "request_headers_timeout_s": limits.request_headers_timeout_s,
+        "stream_idle_timeout_s": limits.stream_idle_timeout_s,
+        "max_connections": limits.max_connections,
+        "max_request_body_bytes": limits.max_request_body_bytes,
+        "max_response_body_bytes": limits.max_response_body_bytes,
     }
+    for name, limit in body_limits.items():
+        values[f"{name}_limit_bytes"] = limit
+        values[f"{name}_limit_over"] = limit + 1  # range_match is [start, end): Content-Length > limit
     return string.Template(template.read_text()).substitute(values)
+
+
+def validate_config(config: Path) -> None:
+    """Run ``envoy --mode validate`` on a rendered config; raise ``LaunchError`` with its output if invalid."""
+    result = subprocess.run(
+        [str(envoy_binary()), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise LaunchError(f"envoy rejects {config}:\n{(result.stdout + result.stderr).strip()[-4000:]}")
 
 
 def admin_ready(admin_port: int, host: str = "127.0.0.1") -> bool:
@@ -91,6 +143,7 @@ class EmbeddedEnvoy(OwnsProcess):
     ports: EnvoyPorts
     descriptor: Path = DEFAULT_DESCRIPTOR
     template: Path = DEFAULT_TEMPLATE
+    limits: EnvoyLimits = field(default_factory=EnvoyLimits)
     ready_timeout_s: float = 30.0
     log_level: str = "info"
     _proc: ManagedProcess | None = field(default=None, init=False, repr=False)
@@ -111,7 +164,7 @@ class EmbeddedEnvoy(OwnsProcess):
             )
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "envoy.yaml"
-        config.write_text(render_config(self.ports, self.descriptor, self.template))
+        config.write_text(render_config(self.ports, self.descriptor, self.template, self.limits))
         self._proc = ManagedProcess(
             name="envoy",
             argv=[

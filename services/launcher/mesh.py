@@ -5,8 +5,13 @@ arq worker (in parallel, each health-checked), then Envoy. ``stop()`` goes in re
 (database, Redis, Triton, blob dir) given in ``MeshConfig`` is not launched; its URL is handed to the
 services unchanged, so embedded and external deployments run the same code.
 
+Once started, a ``Supervisor`` (``services/launcher/supervisor.py``) can keep the parts running: one that
+exits is restarted with backoff on the same port and environment; ``status()`` and
+``<state_dir>/status.json`` show each part's state, pid and restart count.
+
     mesh = Mesh(MeshConfig(state_dir=tmp, ports=MeshPorts.free()))
     endpoints = mesh.start()          # blocks until every part is healthy; raises LaunchError otherwise
+    mesh.start_supervisor()           # optional: restart parts that exit (a background thread)
     ...
     mesh.stop()
 """
@@ -19,13 +24,14 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from services.launcher.envoy import DEFAULT_DESCRIPTOR, EmbeddedEnvoy, EnvoyPorts
+from services.launcher.envoy import DEFAULT_DESCRIPTOR, EmbeddedEnvoy, EnvoyLimits, EnvoyPorts
 from services.launcher.postgres import EmbeddedPostgres
 from services.launcher.process import LaunchError, free_port
 from services.launcher.redis import EmbeddedRedis
 from services.launcher.services import ServiceProcess
+from services.launcher.supervisor import STATUS_FILE, RestartPolicy, Supervisor
 from services.launcher.triton import DEFAULT_MODEL_REPOSITORY, EmbeddedTriton
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,8 @@ class MeshConfig:
     log_level: str = "INFO"
     with_services: bool = True
     with_envoy: bool = True
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    envoy_limits: EnvoyLimits = field(default_factory=EnvoyLimits)
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     descriptor: Path = DEFAULT_DESCRIPTOR
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -110,6 +118,9 @@ class _Part(Protocol):
     def start(self) -> float: ...
     def stop(self) -> None: ...
     def check_alive(self) -> None: ...
+    @property
+    def pid(self) -> int | None: ...
+    def exit_code(self) -> int | None: ...
 
 
 # gRPC servers of the mesh: name -> module; the worker has no port.
@@ -130,7 +141,10 @@ class Mesh:
         self.state_dir = self.config.state_dir.resolve()
         self.timings: dict[str, float] = {}
         self._started: list[tuple[str, _Part]] = []
+        self._groups: list[list[str]] = []  # names started together, in start order (stopped together)
         self._endpoints: Endpoints | None = None
+        self._supervisor: Supervisor | None = None
+        self._supervise_interval_s: float | None = None  # set while a supervisor thread should run
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -212,6 +226,7 @@ class Mesh:
                         upstream_host=HOST,
                     ),
                     descriptor=cfg.descriptor,
+                    limits=cfg.envoy_limits,
                 )
                 self._start_group({"envoy": envoy}, report)
         except BaseException:
@@ -241,25 +256,86 @@ class Mesh:
             embedded=embedded,
             external=external,
         )
+        self._supervisor = Supervisor(
+            list(self._started), self.config.restart_policy, status_path=self.status_path
+        )
+        if self._supervise_interval_s is not None:  # restart(): supervised before, supervised again
+            self._supervisor.start(self._supervise_interval_s)
         return self._endpoints
 
     def stop(self) -> None:
-        """Stop every launched part, last started first. Safe to call twice."""
-        while self._started:
-            name, part = self._started.pop()
-            try:
-                part.stop()
-            except Exception:
-                log.exception("stopping %s failed", name)
+        """Stop every launched part, last started first. Safe to call twice.
+
+        The supervisor is stopped first, so nothing is restarted while the mesh goes down."""
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.shutdown()
+        parts = dict(self._started)
+        # Group by group, last first; within a group in parallel, so the services drain at the same time.
+        for group in reversed(self._groups):
+            members = [(name, parts.pop(name)) for name in group if name in parts]
+            if members:
+                with ThreadPoolExecutor(max_workers=len(members), thread_name_prefix="mesh-stop") as pool:
+                    for _ in pool.map(lambda member: self._stop_part(*member), members):
+                        pass
+        for name, part in reversed(list(parts.items())):
+            self._stop_part(name, part)
+        self._started.clear()
+        self._groups.clear()
+        if supervisor is not None:
+            supervisor.mark_stopped()
         self._endpoints = None
+        self._supervise_interval_s = None
 
     def restart(self) -> Endpoints:
-        """Stop and start again with the same ports and state dir (data is kept)."""
+        """Stop and start again with the same ports and state dir (data is kept); supervised again if it
+        was."""
+        interval_s = self._supervise_interval_s
         self.stop()
+        self._supervise_interval_s = interval_s
         return self.start()
 
+    # -- supervision -----------------------------------------------------------------------------
+
+    @property
+    def supervisor(self) -> Supervisor:
+        if self._supervisor is None:
+            raise LaunchError("the mesh is not started")
+        return self._supervisor
+
+    @property
+    def status_path(self) -> Path:
+        """``<state_dir>/status.json``: what ``clipmind status`` prints."""
+        return self.state_dir / STATUS_FILE
+
+    def start_supervisor(self, interval_s: float = 0.5) -> None:
+        """Restart parts that exit, from a background thread (until ``stop()``); see ``Supervisor``."""
+        self._supervise_interval_s = interval_s
+        self.supervisor.start(interval_s)
+
+    def supervise(self) -> None:
+        """One supervision pass (for callers driving it themselves); raises ``LaunchError`` once a part
+        has been given up on."""
+        self.supervisor.tick()
+        self._raise_if_given_up()
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per part: ``state``, ``pid``, ``restarts``, ``last_exit``, ``since`` (and backoff details)."""
+        return self.supervisor.snapshot()
+
+    def part(self, name: str) -> _Part:
+        """A launched part by name ("postgres", "worker", "envoy", …)."""
+        for started, part in self._started:
+            if started == name:
+                return part
+        raise KeyError(name)
+
     def check_alive(self) -> None:
-        """Raise ``LaunchError`` (with the log tail) if any launched process has died."""
+        """Raise ``LaunchError``: supervised, when a part was given up on; else (with the log tail) when
+        any launched process has died."""
+        if self._supervisor is not None and self._supervisor.running:
+            self._raise_if_given_up()
+            return
         for _, part in self._started:
             part.check_alive()
 
@@ -274,6 +350,17 @@ class Mesh:
 
     # -- internals -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _stop_part(name: str, part: _Part) -> None:
+        try:
+            part.stop()
+        except Exception:
+            log.exception("stopping %s failed", name)
+
+    def _raise_if_given_up(self) -> None:
+        if self._supervisor is not None and self._supervisor.failure:
+            raise LaunchError(self._supervisor.failure)
+
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
@@ -284,6 +371,7 @@ class Mesh:
         started_at = time.monotonic()
         for name, part in parts.items():
             self._started.append((name, part))
+        self._groups.append(list(parts))
         with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="mesh-start") as pool:
             futures = {name: pool.submit(part.start) for name, part in parts.items()}
             errors = []

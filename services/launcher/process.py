@@ -92,6 +92,11 @@ class ManagedProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    def exit_code(self) -> int | None:
+        """The exit status once the process has ended (negative: killed by that signal); None while it runs
+        or before it was started."""
+        return self._proc.poll() if self._proc is not None else None
+
     def wait_ready(self, probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> float:
         """Poll ``probe`` until it returns True; returns the seconds waited.
 
@@ -132,11 +137,18 @@ class ManagedProcess:
             )
 
     def stop(self) -> int | None:
-        """Send ``stop_signal`` (SIGTERM by default), then SIGKILL after ``stop_timeout_s``."""
+        """Send ``stop_signal`` (SIGTERM by default), then SIGKILL after ``stop_timeout_s``.
+
+        When the process already ended on its own (a crash, ``kill -9``), whatever it left running in its
+        process group (PostgreSQL backends, Triton's backend stubs) is killed, so a restart starts clean.
+        """
         proc = self._proc
         if proc is None:
             return None
-        if proc.poll() is None:
+        if proc.poll() is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        else:
             log.info("stopping %s (pid %s)", self.name, proc.pid)
             self._signal(proc, self.stop_signal, group=False)
             try:
@@ -172,3 +184,23 @@ class OwnsProcess:
     def check_alive(self) -> None:
         if self._proc is not None:
             self._proc.check_alive()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def exit_code(self) -> int | None:
+        """None while running (or never started); else the exit status (negative: killed by that signal)."""
+        return self._proc.exit_code() if self._proc is not None else None
+
+
+def describe_exit(code: int | None) -> str:
+    """``exit status 3`` / ``killed by SIGKILL`` / ``running``."""
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"

@@ -1,7 +1,8 @@
 """The mesh's own processes: ``python -m services.<name>``, configured only through ``CLIPMIND_*``.
 
 Servers are ready when grpc.health.v1 reports the overall service ``""`` as SERVING; the arq worker has
-no port and is ready when it is still running after a short grace period.
+no port and is ready when it is still running after a short grace period. ``start()`` can be called again
+after the process exited (the supervisor does): same module, port and environment.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from services.launcher.process import ManagedProcess, OwnsProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORKER_GRACE_S = 2.0
+# A service drains for CLIPMIND_SHUTDOWN_GRACE_S (ServerSettings.shutdown_grace_s, 30 s by default) after
+# SIGTERM; the launcher waits that long plus this margin before it sends SIGKILL.
+DEFAULT_SHUTDOWN_GRACE_S = 30.0
+STOP_MARGIN_S = 15.0
 
 
 def grpc_serving(address: str, service: str = "", timeout_s: float = 2.0) -> bool:
@@ -55,6 +60,15 @@ class ServiceProcess(OwnsProcess):
     ready_timeout_s: float = 120.0
     _proc: ManagedProcess | None = field(default=None, init=False, repr=False)
 
+    @property
+    def stop_timeout_s(self) -> float:
+        """How long ``stop()`` waits after SIGTERM before SIGKILL: the process's shutdown grace + a margin."""
+        try:
+            grace_s = float(self.env.get("CLIPMIND_SHUTDOWN_GRACE_S", DEFAULT_SHUTDOWN_GRACE_S))
+        except ValueError:
+            grace_s = DEFAULT_SHUTDOWN_GRACE_S
+        return max(grace_s, DEFAULT_SHUTDOWN_GRACE_S) + STOP_MARGIN_S
+
     def start(self) -> float:
         env = dict(os.environ)
         env.update(self.env)
@@ -66,7 +80,7 @@ class ServiceProcess(OwnsProcess):
             log_path=self.log_path,
             env=env,
             cwd=REPO_ROOT,
-            stop_timeout_s=15.0,
+            stop_timeout_s=self.stop_timeout_s,
         )
         self._proc.start()
         if self.grpc_address is not None:

@@ -8,27 +8,32 @@ import grpc.aio
 from clipmind.pipeline.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 
 from services.common.config import PipelineSettings
-from services.common.db import create_pool
+from services.common.db import open_database
 from services.common.grpc_server import configure_logging, run_server
 from services.common.job_store import JobStore
-from services.common.queue import ArqJobQueue, ProgressBus
+from services.common.progress import ProgressBus
+from services.common.queue import ArqJobQueue
 from services.pipeline.jobs import JobControl
 from services.pipeline.servicer import PipelineServicer
+from services.pipeline.watch import JobWatcher
 
 
 async def serve(settings: PipelineSettings) -> None:
-    pool = await create_pool(settings.database_url)
+    pool = await open_database(settings)
     bus = ProgressBus.connect(settings.redis_url)
     queue = await ArqJobQueue.connect(settings.redis_url)
     jobs = JobStore(pool)
-    servicer = PipelineServicer(jobs, JobControl(jobs, bus, queue))
+    watcher = JobWatcher(jobs, bus, heartbeat_s=settings.watch_heartbeat_s, poll_s=settings.watch_poll_s,
+                         max_streams=settings.max_watch_streams)
+    servicer = PipelineServicer(jobs, JobControl(jobs, bus, queue), watcher)
 
     def register(server: grpc.aio.Server) -> list[str]:
         pipeline_service_pb2_grpc.add_PipelineServiceServicer_to_server(servicer, server)
         return [pipeline_service_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name]
 
     await run_server(name="pipeline", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[queue.close, bus.close, pool.close])
+                     on_draining=[watcher.drain], on_stop=[queue.close, bus.close, pool.close],
+                     grace_s=settings.shutdown_grace_s)
 
 
 def main() -> None:

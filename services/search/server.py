@@ -11,7 +11,7 @@ from clipmind.search.v1 import search_service_pb2, search_service_pb2_grpc
 from services.common.blobstore import LocalBlobStore
 from services.common.clip_store import ClipStore
 from services.common.config import SearchSettings
-from services.common.db import create_pool
+from services.common.db import open_database
 from services.common.grpc_server import configure_logging, run_server
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
@@ -24,7 +24,7 @@ log = logging.getLogger("clipmind.search")
 
 
 async def serve(settings: SearchSettings) -> None:
-    pool = await create_pool(settings.database_url)
+    pool = await open_database(settings)
     inference = make_inference(settings)
     statuses = await log_model_status(inference, "search")
     stale = await VideoStore(pool).stale_models(statuses["sbert"].model_id, statuses["clip_image"].model_id)
@@ -41,7 +41,8 @@ async def serve(settings: SearchSettings) -> None:
         return [search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name]
 
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[inference.close, pool.close], component_health=model_health(inference))
+                     on_stop=[inference.close, pool.close], component_health=model_health(inference),
+                     grace_s=settings.shutdown_grace_s)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from services.launcher import (
     free_port,
     render_config,
 )
-from services.launcher.envoy import DEFAULT_DESCRIPTOR
+from services.launcher.envoy import DEFAULT_DESCRIPTOR, EnvoyLimits, validate_config
 from services.launcher.process import ManagedProcess
 from services.launcher.redis import redis_ping
 
@@ -168,10 +168,128 @@ def test_mesh_launches_infra_uses_external_parts_and_restarts(tmp_path: Path, tr
         port = config.ports.redis
         assert endpoints.redis_url == f"redis://127.0.0.1:{port}/0"
         _redis(port, "SET", "k", "v")
+        mesh.start_supervisor()
         again = mesh.restart()
         assert again.database_url == endpoints.database_url
         assert redis_ping("127.0.0.1", port)
         assert _redis(port, "GET", "k") == b"$1\r\nv\r\n"
         assert (tmp_path / "state" / "logs" / "postgres.log").is_file()
+        assert mesh.supervisor.running  # supervised before the restart, supervised after it
+        assert {name: part["state"] for name, part in mesh.status().items()} == {
+            "postgres": "running", "redis": "running"}
     finally:
         mesh.stop()
+    import json
+
+    document = json.loads((tmp_path / "state" / "status.json").read_text())
+    assert document["mesh"]["state"] == "stopped"
+    assert {part["state"] for part in document["parts"].values()} == {"stopped"}
+
+
+def test_rendered_envoy_config_passes_envoys_own_validation(tmp_path: Path, descriptor: Path) -> None:
+    ports = EnvoyPorts(8080, 9901, 50051, 50052, 50053, 50054, 8081)
+    limits = EnvoyLimits(request_headers_timeout_s=3, default_bytes=1000, search_bytes=5000)
+    config = tmp_path / "envoy.yaml"
+    config.write_text(render_config(ports, descriptor, limits=limits))
+    text = config.read_text()
+    assert "request_headers_timeout: 3s" in text
+    assert "stream_idle_timeout: 300s" in text
+    assert "range_match: { start: 5001," in text and "max_request_bytes: 5000" in text
+    assert "max_request_body_size: 8388608" in text  # the transcoder: the largest limit (subtitles)
+    validate_config(config)  # envoy --mode validate
+    config.write_text(text.replace("request_headers_timeout: 3s", "request_headers_timeout: soon"))
+    with pytest.raises(LaunchError, match="envoy rejects"):
+        validate_config(config)
+
+
+class _RecordingUpstream:
+    """A real gRPC server answering every method with an empty message and recording each call's
+    path, request size and x-request-id metadata (what Envoy forwards)."""
+
+    def __init__(self) -> None:
+        import grpc
+
+        self.calls: list[tuple[str, int, str | None]] = []
+        calls = self.calls
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details):  # type: ignore[no-untyped-def]
+                def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+                    metadata = dict(context.invocation_metadata())
+                    calls.append((details.method, len(request), metadata.get("x-request-id")))
+                    return b""
+
+                return grpc.unary_unary_rpc_method_handler(unary)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.server = grpc.server(
+            ThreadPoolExecutor(max_workers=4), handlers=[Handler()],
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        )
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
+def test_envoy_limits_bodies_and_passes_request_ids_to_the_services(tmp_path: Path) -> None:
+    if not DEFAULT_DESCRIPTOR.is_file():
+        pytest.skip("needs the generated descriptor set (transcoding of the real methods)")
+    import httpx
+
+    upstream = _RecordingUpstream()  # plays ingest and search
+    ports = EnvoyPorts(free_port(), free_port(), upstream.port, free_port(), upstream.port, free_port(), free_port())
+    limits = EnvoyLimits(default_bytes=64 * 1024, search_bytes=256 * 1024, upload_write_bytes=512 * 1024)
+    envoy = EmbeddedEnvoy(tmp_path / "envoy", tmp_path / "logs" / "envoy.log", ports, limits=limits)
+    envoy.start()
+
+    def chunked(size: int):  # type: ignore[no-untyped-def]  # a body without Content-Length
+        yield b'{"query":"'
+        for _ in range(size // 4096):
+            yield b"a" * 4096
+        yield b'"}'
+
+    try:
+        with httpx.Client(base_url=envoy.url, timeout=30) as client:
+            # Within limits: transcoded, forwarded with an x-request-id, which comes back to the client.
+            ok = client.post("/v1/clips:search", json={"query": "x" * 200_000})
+            assert ok.status_code == 200, ok.text
+            method, size, request_id = upstream.calls[-1]
+            assert method == "/clipmind.search.v1.SearchService/Search" and size > 200_000
+            assert request_id and ok.headers["x-request-id"] == request_id
+            # A client's own request id is kept end to end.
+            mine = client.get("/v1/clips/c1", headers={"x-request-id": "client-chosen-id"})
+            assert mine.headers["x-request-id"] == "client-chosen-id"
+            assert upstream.calls[-1][2] == "client-chosen-id"
+
+            calls = len(upstream.calls)
+            too_large = [
+                # Content-Length over the method's limit: 413 at once, as google.rpc.Status JSON.
+                client.post("/v1/clips:search", json={"query": "x" * 300_000}),
+                client.post("/v1/uploads", json={"filename": "x" * 70_000}),
+                client.put("/v1/uploads/u1:write", content=b"\0" * (600 * 1024)),
+                # No Content-Length (chunked): the buffer filter stops it at the same limits.
+                client.post("/v1/clips:search", content=chunked(300_000),
+                            headers={"content-type": "application/json"}),
+                client.post("/v1/uploads", content=chunked(70_000), headers={"content-type": "application/json"}),
+            ]
+            for response in too_large:
+                assert response.status_code == 413, response.text
+                assert response.headers["content-type"] == "application/json", (response.request.url, response.text)
+                assert response.headers["x-request-id"]
+                body = response.json()
+                assert body["code"] == 8 and body["details"][0]["reason"] == "REQUEST_TOO_LARGE"
+            assert len(upstream.calls) == calls  # none of them reached a service
+            # The upload write takes a whole chunk (its own, larger limit).
+            write = client.put("/v1/uploads/u1:write", params={"offset": 0}, content=b"\0" * (300 * 1024),
+                               headers={"content-type": "application/octet-stream"})
+            assert write.status_code == 200, write.text
+            assert upstream.calls[-1][0] == "/clipmind.ingest.v1.IngestService/WriteUpload"
+            # A REST path that names no method is a JSON 404, not a request to a service.
+            missing = client.get("/v1/clips:search")
+            assert missing.status_code == 404 and missing.json()["code"] == 5
+    finally:
+        envoy.stop()
+        upstream.stop()
