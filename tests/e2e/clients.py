@@ -15,6 +15,7 @@ from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pipeline_grpc
 from clipmind.search.v1 import search_service_pb2 as search_pb
 from clipmind.search.v1 import search_service_pb2_grpc as search_grpc
+from google.rpc import error_details_pb2, status_pb2
 
 CHUNK = 1024 * 1024
 
@@ -97,3 +98,28 @@ def error_reason(response: httpx.Response) -> str:
         if detail.get("@type", "").endswith("google.rpc.ErrorInfo"):
             return str(detail.get("reason", ""))
     return ""
+
+
+def error_fields(response: httpx.Response) -> list[str]:
+    """The BadRequest field violations of a transcoded google.rpc.Status JSON body."""
+    for detail in response.json().get("details", []):
+        if detail.get("@type", "").endswith("google.rpc.BadRequest"):
+            return [v["field"] for v in detail.get("fieldViolations", [])]
+    return []
+
+
+def rich_status(err: grpc.RpcError) -> tuple[str, list[str]]:
+    """(ErrorInfo reason, BadRequest fields) of a gRPC error, from its status details trailer."""
+    reason, fields = "", []
+    for key, value in err.trailing_metadata() or ():  # type: ignore[attr-defined]
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    reason = info.reason
+                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                    bad = error_details_pb2.BadRequest()
+                    detail.Unpack(bad)
+                    fields = [v.field for v in bad.field_violations]
+    return reason, fields

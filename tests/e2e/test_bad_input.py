@@ -12,31 +12,11 @@ from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
 from clipmind.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 from clipmind.search.v1 import search_service_pb2 as search_pb
 from clipmind.search.v1 import search_service_pb2_grpc as search_grpc
-from google.rpc import error_details_pb2, status_pb2
 
-from tests.e2e.clients import error_reason, grpc_upload, rest_upload
+from tests.e2e.clients import error_reason, grpc_upload, rest_upload, rich_status
 from tests.media import make_empty_file, make_scene_video, make_text_file, make_truncated_mp4
 
 pytestmark = pytest.mark.e2e
-
-
-def _rich_status(err: grpc.RpcError) -> tuple[str, list[str]]:
-    """(ErrorInfo reason, BadRequest fields) from the status details trailer."""
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            status = status_pb2.Status.FromString(value)
-            reason, fields = "", []
-            for detail in status.details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason = info.reason
-                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    fields = [v.field for v in bad.field_violations]
-            return reason, fields
-    return "", []
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +66,7 @@ def test_bad_upload_over_grpc_is_invalid_argument_with_field(
     with pytest.raises(grpc.RpcError) as err:
         grpc_upload(channel, bad_files[kind])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    reason, fields = _rich_status(err.value)
+    reason, fields = rich_status(err.value)
     assert reason and fields == ["video"]
     assert _stored_videos(blob_dir) == before_blobs
     assert _video_count(channel) == before_count
@@ -99,7 +79,7 @@ def test_stream_without_metadata_first_is_refused(channel: grpc.Channel) -> None
     with pytest.raises(grpc.RpcError) as err:
         stub.UploadVideo(iter([ingest_pb.UploadVideoRequest(chunk=b"abc")]), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _rich_status(err.value) == ("METADATA_FIRST", ["metadata"])
+    assert rich_status(err.value) == ("METADATA_FIRST", ["metadata"])
 
 
 def test_unknown_video_is_not_found(rest: httpx.Client, channel: grpc.Channel) -> None:
@@ -118,7 +98,7 @@ def test_malformed_name_and_empty_query_are_invalid(rest: httpx.Client, channel:
     with pytest.raises(grpc.RpcError) as err:
         search_grpc.SearchServiceStub(channel).Search(search_pb.SearchRequest(query="  "), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert _rich_status(err.value) == ("EMPTY_QUERY", ["query"])
+    assert rich_status(err.value) == ("EMPTY_QUERY", ["query"])
 
 
 def test_unimplemented_rpcs_say_so(rest: httpx.Client) -> None:

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -101,7 +101,11 @@ def _job(jobs_api: pipeline_grpc.PipelineServiceStub, name: str) -> pb.Job:
     return jobs_api.GetJob(pb.GetJobRequest(name=name), timeout=10)
 
 
-def _wait_for_stage(jobs_api, name: str, stage: int, *, attempt: int | None = None, timeout_s: float = 120) -> pb.Job:  # type: ignore[no-untyped-def]
+ENDED = (pb.Job.STATE_SUCCEEDED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED)
+
+
+def _wait_for(jobs_api, name: str, done: Callable[[pb.Job], bool], what: str, timeout_s: float) -> pb.Job:  # type: ignore[no-untyped-def]
+    """Poll the job (riding out errors while a part restarts) until ``done`` says so."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -109,26 +113,23 @@ def _wait_for_stage(jobs_api, name: str, stage: int, *, attempt: int | None = No
         except grpc.RpcError:
             time.sleep(0.2)
             continue
-        if job.state == pb.Job.STATE_RUNNING and job.stage == stage and (attempt is None or job.attempt == attempt):
+        if done(job):
             return job
-        if job.state in (pb.Job.STATE_SUCCEEDED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED):
-            raise AssertionError(f"job ended before reaching stage {stage}: {job}")
         time.sleep(0.1)
-    raise AssertionError(f"job {name} never reached stage {stage}")
+    raise AssertionError(f"job {name} did not {what} in {timeout_s} s")
+
+
+def _wait_for_stage(jobs_api, name: str, stage: int, *, attempt: int | None = None, timeout_s: float = 120) -> pb.Job:  # type: ignore[no-untyped-def]
+    def reached(job: pb.Job) -> bool:
+        if job.state in ENDED:
+            raise AssertionError(f"job ended before reaching stage {stage}: {job}")
+        return job.state == pb.Job.STATE_RUNNING and job.stage == stage and attempt in (None, job.attempt)
+
+    return _wait_for(jobs_api, name, reached, f"reach stage {stage}", timeout_s)
 
 
 def _wait_for_end(jobs_api, name: str, timeout_s: float = 240) -> pb.Job:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            job = _job(jobs_api, name)
-        except grpc.RpcError:
-            time.sleep(0.5)
-            continue
-        if job.state in (pb.Job.STATE_SUCCEEDED, pb.Job.STATE_FAILED, pb.Job.STATE_CANCELLED):
-            return job
-        time.sleep(0.25)
-    raise AssertionError(f"job {name} did not end in {timeout_s} s: {_job(jobs_api, name)}")
+    return _wait_for(jobs_api, name, lambda job: job.state in ENDED, "end", timeout_s)
 
 
 def _events(jobs_api: pipeline_grpc.PipelineServiceStub, name: str) -> list[pb.JobEvent]:

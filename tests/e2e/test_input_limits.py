@@ -13,10 +13,9 @@ import httpx
 import pytest
 from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
 from clipmind.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from services.pipeline.subtitles import Cue
-from tests.e2e.clients import error_reason
+from tests.e2e.clients import error_fields, error_reason, rich_status
 from tests.media import SceneSpec, make_scene_video, srt_text
 
 pytestmark = pytest.mark.e2e
@@ -31,31 +30,6 @@ GOOD_SRT = srt_text([Cue(0.2, 1.5, "a good sidecar")])
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_scene_video(tmp_path_factory.mktemp("limits") / "clip.mp4", (SceneSpec(2.0, "testsrc2"),),
                             audio=False)
-
-
-def _fields(response: httpx.Response) -> list[str]:
-    """The BadRequest field violations of a transcoded google.rpc.Status JSON body."""
-    for detail in response.json().get("details", []):
-        if detail.get("@type", "").endswith("google.rpc.BadRequest"):
-            return [v["field"] for v in detail.get("fieldViolations", [])]
-    return []
-
-
-def _rich_status(err: grpc.RpcError) -> tuple[str, list[str]]:
-    """(ErrorInfo reason, BadRequest fields) from the status details trailer."""
-    reason, fields = "", []
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    reason = info.reason
-                elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                    bad = error_details_pb2.BadRequest()
-                    detail.Unpack(bad)
-                    fields = [v.field for v in bad.field_violations]
-    return reason, fields
 
 
 def _stored_videos(blob_dir: Path) -> set[str]:
@@ -87,7 +61,7 @@ def test_hostile_sidecar_over_rest_is_refused_fast_and_the_upload_completes_late
     refused = rest.post(f"/v1/{name}:complete", json=body, timeout=30)
     elapsed = time.perf_counter() - started
     assert refused.status_code == 400, refused.text[:500]
-    assert error_reason(refused) == "INVALID_SUBTITLES" and _fields(refused) == ["sidecar_subtitles"]
+    assert error_reason(refused) == "INVALID_SUBTITLES" and error_fields(refused) == ["sidecar_subtitles"]
     assert elapsed < 2.0, f"refusing a hostile 5 MiB sidecar took {elapsed:.2f} s"
 
     upload = rest.get(f"/v1/{name}").json()
@@ -104,7 +78,7 @@ def test_over_ten_gb_is_refused_over_rest(rest: httpx.Client, blob_dir: Path) ->
     before = _stored_videos(blob_dir)
     too_big = rest.post("/v1/uploads", json={"filename": "huge.mp4", "sizeBytes": str(TEN_GB + 1)})
     assert too_big.status_code == 400, too_big.text
-    assert error_reason(too_big) == "UPLOAD_TOO_LARGE" and _fields(too_big) == ["upload.size_bytes"]
+    assert error_reason(too_big) == "UPLOAD_TOO_LARGE" and error_fields(too_big) == ["upload.size_bytes"]
 
     created = rest.post("/v1/uploads", json={"filename": "huge.mp4"})  # size not declared
     assert created.status_code == 200, created.text
@@ -119,20 +93,20 @@ def test_over_ten_gb_is_refused_over_rest(rest: httpx.Client, blob_dir: Path) ->
 
 def test_over_long_fields_over_rest_name_the_field(rest: httpx.Client, clip: Path) -> None:
     long_name = rest.post("/v1/uploads", json={"filename": "n" * 256 + ".mp4"})
-    assert long_name.status_code == 400 and _fields(long_name) == ["upload.filename"]
+    assert long_name.status_code == 400 and error_fields(long_name) == ["upload.filename"]
     created = rest.post("/v1/uploads", json={"filename": "../../etc/clip.mp4"})
     assert created.json()["filename"] == "clip.mp4"
 
     name = _staged_upload(rest, clip)
     long_title = rest.post(f"/v1/{name}:complete", json={"title": "t" * 513})
     assert long_title.status_code == 400, long_title.text
-    assert error_reason(long_title) == "VALUE_TOO_LONG" and _fields(long_title) == ["title"]
+    assert error_reason(long_title) == "VALUE_TOO_LONG" and error_fields(long_title) == ["title"]
     assert rest.get(f"/v1/{name}").json()["state"] == "STATE_ACTIVE"  # the upload is kept
     video = rest.post(f"/v1/{name}:complete", json={"title": "t" * 512})
     assert video.status_code == 200, video.text
 
     update = rest.patch(f"/v1/{video.json()['name']}", json={"description": "d" * 10_001})
-    assert update.status_code == 400 and _fields(update) == ["video.description"]
+    assert update.status_code == 400 and error_fields(update) == ["video.description"]
 
 
 def test_grpc_stream_limits_are_checked_on_the_metadata(channel: grpc.Channel, blob_dir: Path) -> None:
@@ -158,7 +132,7 @@ def test_grpc_stream_limits_are_checked_on_the_metadata(channel: grpc.Channel, b
         with pytest.raises(grpc.RpcError) as err:
             stub.UploadVideo(stream(meta), timeout=30)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
-        assert _rich_status(err.value) == (reason, [field])
+        assert rich_status(err.value) == (reason, [field])
         assert time.perf_counter() - started < 2.0
     assert _stored_videos(blob_dir) == before
     staging = blob_dir.parent / "staging"

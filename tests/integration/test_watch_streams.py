@@ -22,7 +22,6 @@ import pytest
 import redis.asyncio as aioredis
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pb_grpc
-from google.rpc import error_details_pb2, status_pb2
 
 from services.common.db import create_pool
 from services.common.grpc_errors import ErrorInterceptor
@@ -37,6 +36,7 @@ from services.launcher.services import REPO_ROOT, grpc_serving, python_path
 from services.pipeline.jobs import JobControl
 from services.pipeline.servicer import PipelineServicer
 from services.pipeline.watch import JobWatcher
+from tests.e2e.clients import rich_status
 
 pytestmark = pytest.mark.integration
 
@@ -104,17 +104,6 @@ async def rest_of(call: grpc.aio.UnaryStreamCall) -> list[pb.JobEvent]:
     return messages
 
 
-def reason(err: grpc.aio.AioRpcError) -> str:
-    for key, value in err.trailing_metadata() or ():
-        if key == "grpc-status-details-bin":
-            for detail in status_pb2.Status.FromString(value).details:
-                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                    info = error_details_pb2.ErrorInfo()
-                    detail.Unpack(info)
-                    return info.reason
-    return ""
-
-
 async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -163,7 +152,7 @@ async def test_streams_past_the_cap_are_refused_until_one_ends(pg_dsn: str, redi
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await asyncio.wait_for(watch(s.stub, jobs[0].id).read(), 2)
         assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert reason(refused.value) == "TOO_MANY_STREAMS"
+        assert rich_status(refused.value)[0] == "TOO_MANY_STREAMS"
 
         calls[0].cancel()
         await eventually(lambda: s.watcher.open_streams == 2)
@@ -191,7 +180,7 @@ async def test_drain_ends_open_streams_with_unavailable(pg_dsn: str, redis_url: 
             with pytest.raises(grpc.aio.AioRpcError) as ended:
                 await asyncio.wait_for(call.read(), 2)
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert reason(ended.value) == "SHUTTING_DOWN"
+            assert rich_status(ended.value)[0] == "SHUTTING_DOWN"
             assert "after_sequence=1" in (ended.value.details() or "")
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await asyncio.wait_for(watch(s.stub, job.id).read(), 2)
@@ -296,7 +285,7 @@ async def test_sigterm_ends_open_streams_with_unavailable(pipeline_process: Pipe
     with pytest.raises(grpc.aio.AioRpcError) as ended:
         await asyncio.wait_for(call.read(), 10)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert reason(ended.value) == "SHUTTING_DOWN"
+    assert rich_status(ended.value)[0] == "SHUTTING_DOWN"
     assert time.monotonic() - started < 5.0  # not the server's whole grace period
     await eventually(lambda: not p.server.running(), timeout_s=20)  # and the process exits
 
