@@ -328,3 +328,21 @@ def test_postgres_restart_while_a_job_runs(chaos_mesh: Mesh, rest, jobs_api, lon
     after = _restarts(chaos_mesh)
     assert after["postgres"] == before.get("postgres", 0) + 1
     assert all(after[name] == before.get(name, 0) for name in (*SERVICES, "worker")), after
+
+
+def test_sigterm_hands_the_job_back_without_using_an_attempt(  # type: ignore[no-untyped-def]
+    chaos_mesh: Mesh, rest, jobs_api, long_video: Path
+) -> None:
+    """A worker asked to stop finishes its stage and hands the job back; the next worker completes it as
+    the same attempt (the supervisor starts the next worker, as a deployment's rollout would)."""
+    _, job = _upload(rest, long_video)
+    _wait_for_stage(jobs_api, job, pb.STAGE_SCENES, attempt=1)
+    worker = chaos_mesh.part("worker").pid
+    assert worker
+    os.kill(worker, signal.SIGTERM)
+    _wait_restarted(chaos_mesh, "worker", worker, timeout_s=120)
+    done = _wait_for_end(jobs_api, job)
+    assert done.state == pb.Job.STATE_SUCCEEDED and done.attempt == 1, done
+    messages = [e.message for e in _events(jobs_api, job)]
+    assert sum("handed back" in m for m in messages) == 1, messages
+    assert not [m for m in messages if "WORKER_LOST" in m or "FAILED" in m], messages
