@@ -137,3 +137,33 @@ def test_grpc_stream_limits_are_checked_on_the_metadata(channel: grpc.Channel, b
     assert _stored_videos(blob_dir) == before
     staging = blob_dir.parent / "staging"
     assert not [p for p in staging.iterdir() if p.name.startswith("stream-")]
+
+
+def test_an_undeclared_grpc_stream_of_ten_gb_and_one_byte_is_refused_and_nothing_is_stored(  # type: ignore[no-untyped-def]
+    endpoints, blob_dir: Path
+) -> None:
+    """10 GB + 1 byte, generated as it is sent (no file behind it), with no declared size: the service
+    counts the bytes and refuses the stream at the one that passes the limit, and keeps none of it."""
+    before = _stored_videos(blob_dir)
+    piece = bytes(8 * 1024 * 1024)
+    sent = 0
+
+    def stream() -> Any:
+        nonlocal sent
+        yield ingest_pb.UploadVideoRequest(metadata=ingest_pb.UploadMetadata(filename="endless.mp4"))
+        while sent <= TEN_GB:
+            chunk = piece if TEN_GB + 1 - sent >= len(piece) else piece[: TEN_GB + 1 - sent]
+            sent += len(chunk)
+            yield ingest_pb.UploadVideoRequest(chunk=chunk)
+
+    started = time.monotonic()
+    with grpc.insecure_channel(endpoints.ingest, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]) as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            ingest_grpc.IngestServiceStub(ch).UploadVideo(stream(), timeout=600)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert rich_status(err.value) == ("UPLOAD_TOO_LARGE", ["chunk"])
+    assert sent > TEN_GB, "refused before the limit was passed"
+    print(f"10 GB + 1 byte streamed and refused in {time.monotonic() - started:.1f} s")
+    assert _stored_videos(blob_dir) == before
+    staging = blob_dir.parent / "staging"
+    assert not [p for p in staging.iterdir() if p.name.startswith("stream-")], "the staged bytes were kept"
