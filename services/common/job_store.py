@@ -112,11 +112,10 @@ class JobStore:
         ))
 
     async def end_run(
-        self, job_id: uuid.UUID, run_id: uuid.UUID | None, *, outcome: str, message: str, code: str = "",
+        self, job_id: uuid.UUID, run_id: uuid.UUID, *, outcome: str, message: str, code: str = "",
         new_key: str = "", event_message: str | None = None,
     ) -> JobEvent | None:
-        """End a run that owns the job (``run_id``; None: a run whose lease expired, checked by the caller's
-        ``expected``-free sweep below). ``outcome``:
+        """End the run ``run_id``, which must still own the job. ``outcome``:
 
         - ``retry``: the attempt failed; the job is QUEUED again under ``new_key``.
         - ``fail``: the last attempt failed; the job and its video are FAILED and a dead letter says why.
@@ -126,7 +125,7 @@ class JobStore:
         None, changing nothing, when the run no longer owns the job."""
         async with self._pool.acquire() as conn, conn.transaction():
             job = await self._lock_job(conn, job_id)
-            if job["state"] != "RUNNING" or (run_id is not None and job["run_id"] != run_id):
+            if job["state"] != "RUNNING" or job["run_id"] != run_id:
                 return None
             return await self._end(conn, job, outcome=outcome, message=message, code=code, new_key=new_key,
                                    event_message=event_message)

@@ -73,7 +73,6 @@ async def startup(ctx: dict[str, Any]) -> None:
         runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
                          worker=f"{socket.gethostname()}:{os.getpid()}"),
     )
-    ctx.setdefault("stopping", asyncio.Event())
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

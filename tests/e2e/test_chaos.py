@@ -18,6 +18,7 @@ import httpx
 import pytest
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pipeline_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.launcher import Mesh, MeshConfig, MeshPorts
 from tests.e2e.clients import rest_upload
@@ -176,9 +177,11 @@ def test_killed_worker_mid_scenes_is_restarted_and_the_job_completes_once(  # ty
     _wait_for_stage(jobs_api, job, pb.STAGE_SCENES, attempt=1)
     old = _kill_worker(chaos_mesh)
     _wait_restarted(chaos_mesh, "worker", old)
-    for name in SERVICES:  # the mesh stayed up: every service still answers
-        health = httpx.get(f"{chaos_mesh.endpoints.envoy_url}/v1/{video}", timeout=10)
-        assert health.status_code == 200, (name, health.text)
+    for name in SERVICES:  # the mesh stayed up: every service still answers its health check
+        with grpc.insecure_channel(chaos_mesh.endpoints.grpc[name]) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+    assert httpx.get(f"{chaos_mesh.endpoints.envoy_url}/v1/{video}", timeout=10).status_code == 200
 
     done = _wait_for_end(jobs_api, job)
     assert done.state == pb.Job.STATE_SUCCEEDED, done
