@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
-from services.pipeline.subtitles import Cue
+from services.media.subtitles import Cue
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -60,6 +60,34 @@ class CommonSettings(BaseSettings):
     db_acquire_timeout_s: float = Field(
         5.0, gt=0, description="Longest wait for a free database connection; past it the call fails UNAVAILABLE "
         "with a retry hint instead of hanging.",
+    )
+    db_schema: str = Field(
+        "", description="PostgreSQL schema this process's service owns (its tables and migrations); the "
+        "connection's search_path. Empty: the service's own name.",
+    )
+    # -- internal service-to-service calls (services.common.grpc_client) --------------------------------
+    service_name: str = Field("", description="Who this process is on internal calls (ingest, pipeline, ...).")
+    internal_token: SecretStr = Field(
+        SecretStr(""), description="Shared secret that proves a service's identity on internal RPCs (sent as a "
+        "bearer token, checked by every server on its clipmind.*.internal.* methods). Empty: internal calls are "
+        "refused UNAUTHENTICATED. `clipmind up` generates one per state directory.",
+    )
+    ingest_url: str = Field("dns:///127.0.0.1:50051", description="gRPC target of the ingest service.")
+    pipeline_url: str = Field("dns:///127.0.0.1:50052", description="gRPC target of the pipeline service.")
+    search_url: str = Field(
+        "dns:///127.0.0.1:50053", description="gRPC target of the search service; a DNS name with several "
+        "addresses spreads calls over them (round robin).",
+    )
+    analytics_url: str = Field("dns:///127.0.0.1:50054", description="gRPC target of the analytics service.")
+    internal_deadline_s: float = Field(10.0, gt=0, description="Deadline of an internal call without its own.")
+    internal_max_attempts: int = Field(
+        4, ge=1, le=5, description="Tries of an idempotent internal call that fails UNAVAILABLE (with backoff).",
+    )
+    internal_breaker_failures: int = Field(
+        5, ge=1, description="Consecutive UNAVAILABLE answers from one target that open its circuit breaker.",
+    )
+    internal_breaker_reset_s: float = Field(
+        2.0, ge=0, description="How long an open breaker fails calls fast before it lets one probe through.",
     )
 
 

@@ -39,8 +39,8 @@ from services.ingest.inputs import (
     check_video_text,
     checked_meta,
 )
-from services.pipeline.media import validate_video
-from services.pipeline.media_types import container_extension
+from services.media.probe import validate_video
+from services.media.media_types import container_extension
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """What clients send with a video, and the bounds it must keep before anything is stored.
 
 Text fields are bounded by length and characters (only a file's base name is kept), upload sizes by the
-configured limit, and sidecar subtitles by size and a linear-time parse (``services.pipeline.subtitles``),
+configured limit, and sidecar subtitles by size and a linear-time parse (``services.media.subtitles``),
 so no request can make ingest spend more than a bounded time or store more than it allows.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import PurePath
 
 from services.common.errors import invalid_field
-from services.pipeline.subtitles import MAX_CUE_CHARS, parse_subtitles
+from services.media.subtitles import MAX_CUE_CHARS, parse_subtitles
 
 SUBTITLE_FORMATS = {"SRT": ".srt", "WEBVTT": ".vtt"}
 MAX_SUBTITLE_BYTES = 5 * 1024 * 1024

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import InvalidArgument
-from services.pipeline.media_types import OCTET_STREAM, media_type
+from services.media.media_types import OCTET_STREAM, media_type
 
 CACHE_CONTROL = "private, max-age=3600"
 SECURITY_HEADERS = {

@@ -24,11 +24,11 @@ from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, Mode
 from services.common.job_store import JobStore
 from services.common.records import Clip, ProcessedVideo, Run, Segment, Video, derived_id
 from services.common.store import VideoStore
-from services.pipeline.decode import audio_windows, extract_frame
-from services.pipeline.media import MediaInfo, probe
+from services.media.decode import audio_windows, extract_frame
+from services.media.probe import MediaInfo, probe
 from services.pipeline.reporter import JobCancelled, JobReporter, ride_out, superseded
-from services.pipeline.scenes import Scene, detect_scenes_async
-from services.pipeline.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
+from services.media.scenes import Scene, detect_scenes_async
+from services.media.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pytest
 from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
 from clipmind.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 
-from services.pipeline.subtitles import Cue
+from services.media.subtitles import Cue
 from tests.e2e.clients import error_fields, error_reason, rich_status
 from tests.media import SceneSpec, make_scene_video, srt_text
 

@@ -12,7 +12,7 @@ import pytest
 from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
 
-from services.pipeline.subtitles import Cue
+from services.media.subtitles import Cue
 from tests.e2e.clients import grpc_search, rest_search
 from tests.media import SceneSpec, cut_times
 

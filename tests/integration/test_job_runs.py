@@ -24,7 +24,7 @@ from services.common.queue import ArqJobQueue
 from services.common.records import Job, Run, Video, queue_key
 from services.common.store import VideoStore
 from services.pipeline.jobs import JobControl
-from services.pipeline.media import run_tool
+from services.media.probe import run_tool
 from services.pipeline.processor import STAGE_WEIGHTS
 from services.pipeline.reporter import JobReporter
 from services.pipeline.runs import JobRunner, RunPolicy, backoff_s

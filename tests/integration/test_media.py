@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.pipeline.decode import audio_windows, extract_frame
-from services.pipeline.media import probe, validate_video
-from services.pipeline.scenes import detect_scenes, detect_scenes_async
-from services.pipeline.subtitles import clip_cues, extract_text_track, parse_subtitles, pick_text_track
+from services.media.decode import audio_windows, extract_frame
+from services.media.probe import probe, validate_video
+from services.media.scenes import detect_scenes, detect_scenes_async
+from services.media.subtitles import clip_cues, extract_text_track, parse_subtitles, pick_text_track
 from tests.media import (
     CUT_CUES,
     CUT_SCENES,
@@ -94,7 +94,7 @@ async def test_extract_frame_clamps_and_scales(cut_video: Path, media_dir: Path)
 
 
 async def probe_image(path: Path) -> tuple[int, int]:
-    from services.pipeline.media import run_tool
+    from services.media.probe import run_tool
 
     result = await run_tool(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
                              "stream=width,height", "-of", "csv=p=0", str(path)], 30)  # fmt: skip

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from services.common.errors import DeadlineExceeded
-from services.pipeline.scenes import (
+from services.media.scenes import (
     SceneDetectionCancelled,
     _read_frame,
     detect_scenes,

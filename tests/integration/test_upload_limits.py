@@ -20,7 +20,7 @@ from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import MAX_SUBTITLE_BYTES, MAX_TITLE_CHARS, SidecarInput, VideoMeta
-from services.pipeline.subtitles import Cue
+from services.media.subtitles import Cue
 from tests.media import SceneSpec, make_scene_video, srt_text
 
 pytestmark = pytest.mark.integration

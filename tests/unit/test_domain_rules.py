@@ -15,7 +15,7 @@ from services.common.paging import decode_token, encode_token, page_size, parse_
 from services.common.records import Clip, derived_id
 from services.pipeline.processor import assign_segments
 from services.pipeline.servicer import parse_job_filter
-from services.pipeline.subtitles import Cue
+from services.media.subtitles import Cue
 from services.search.searcher import SearchQuery, _decode_page, _encode_page, fuse
 
 

@@ -29,7 +29,7 @@ from services.ingest.inputs import (
     check_video_text,
     checked_meta,
 )
-from services.pipeline.subtitles import MAX_CUE_CHARS, MAX_CUES, Cue, clean_cue_text, parse_subtitles
+from services.media.subtitles import MAX_CUE_CHARS, MAX_CUES, Cue, clean_cue_text, parse_subtitles
 
 SMALL = settings(max_examples=150, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

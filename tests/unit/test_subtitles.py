@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.pipeline.media import SubtitleStream
-from services.pipeline.scenes import scenes_from_cuts
-from services.pipeline.subtitles import (
+from services.media.probe import SubtitleStream
+from services.media.scenes import scenes_from_cuts
+from services.media.subtitles import (
     MAX_CUE_CHARS,
     MAX_CUES,
     Cue,

@@ -29,7 +29,7 @@ from services.common.errors import (
     Internal,
     InvalidArgument,
 )
-from services.pipeline.media_types import container_extension
+from services.media.media_types import container_extension
 
 REASON_EMPTY_FILE = "EMPTY_FILE"
 """The file has zero bytes."""

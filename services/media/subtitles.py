@@ -30,7 +30,7 @@ from pathlib import PurePath
 from typing import Any
 
 from services.common.errors import FailedPrecondition
-from services.pipeline.media import SubtitleStream, media_error, run_tool
+from services.media.probe import SubtitleStream, media_error, run_tool
 
 REASON_INVALID_SUBTITLES = "INVALID_SUBTITLES"
 # Far more than any real file holds (a feature film has 1-2 thousand cues, a day of dense dialogue ~40

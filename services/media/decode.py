@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from services.common.errors import DeadlineExceeded, FailedPrecondition, Internal
-from services.pipeline.media import (
+from services.media.probe import (
     FRAME_TIMEOUT_S,
     REASON_UNREADABLE_MEDIA,
     media_error,

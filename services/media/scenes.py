@@ -41,7 +41,7 @@ from typing import IO, Any
 import numpy as np
 
 from services.common.errors import DeadlineExceeded, FailedPrecondition
-from services.pipeline.media import (
+from services.media.probe import (
     PROBE_TIMEOUT_S,
     REASON_UNREADABLE_MEDIA,
     first_motion_video,

@@ -1,0 +1,1 @@
+"""Media domain shared by ingest and pipeline: probe, decode, scene detection, subtitles (pure, on ffmpeg)."""
