@@ -28,6 +28,12 @@ EXPECTED_SERVICES = {
     "clipmind.analytics.v1.AnalyticsService",
     "clipmind.identity.v1.IdentityService",
 }
+EXPECTED_INTERNAL_SERVICES = {
+    "clipmind.ingest.internal.v1.IngestInternalService",
+    "clipmind.pipeline.internal.v1.PipelineInternalService",
+    "clipmind.search.internal.v1.SearchInternalService",
+    "clipmind.analytics.internal.v1.AnalyticsInternalService",
+}
 
 _FieldType = descriptor_pb2.FieldDescriptorProto
 _TEMPLATE_VARIABLE = re.compile(r"\{([^}=]+)(?:=[^}]*)?\}")
@@ -46,8 +52,18 @@ def load_descriptor_set(path: Path = DESCRIPTOR_SET) -> descriptor_pb2.FileDescr
     return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
 
 
+_PUBLIC_PACKAGE = re.compile(r"clipmind\.[a-z]+\.v\d+")
+_INTERNAL_PACKAGE = re.compile(r"clipmind\.[a-z]+\.internal\.v\d+")
+
+
 def clipmind_files(fds: descriptor_pb2.FileDescriptorSet) -> list[descriptor_pb2.FileDescriptorProto]:
-    return [f for f in fds.file if f.package.startswith("clipmind.")]
+    """The public contracts (``clipmind.<svc>.v1``): what Envoy serves to clients."""
+    return [f for f in fds.file if _PUBLIC_PACKAGE.fullmatch(f.package)]
+
+
+def internal_files(fds: descriptor_pb2.FileDescriptorSet) -> list[descriptor_pb2.FileDescriptorProto]:
+    """The internal contracts (``clipmind.<svc>.internal.v1``): service-to-service only."""
+    return [f for f in fds.file if _INTERNAL_PACKAGE.fullmatch(f.package)]
 
 
 def message_index(fds: descriptor_pb2.FileDescriptorSet) -> dict[str, descriptor_pb2.DescriptorProto]:
@@ -202,16 +218,29 @@ def fds() -> descriptor_pb2.FileDescriptorSet:
 
 
 def test_descriptor_set_has_clipmind_files_with_source_info(fds: descriptor_pb2.FileDescriptorSet) -> None:
-    files = clipmind_files(fds)
+    files = clipmind_files(fds) + internal_files(fds)
     assert files, "no clipmind.* files in the descriptor set"
+    assert {f.name for f in files} == {f.name for f in fds.file if f.package.startswith("clipmind.")}, (
+        "every clipmind package is clipmind.<svc>.v<n> (public) or clipmind.<svc>.internal.v<n> (internal)"
+    )
     for file in files:
-        assert re.fullmatch(r"clipmind\.[a-z]+\.v\d+", file.package), file.name
         # Envoy and docs tooling need comments: the set must be built with --include_source_info.
         assert file.source_code_info.location, f"{file.name}: no source info"
 
 
 def test_all_services_exist(fds: descriptor_pb2.FileDescriptorSet) -> None:
     assert missing_services(fds) == [], "missing services"
+    present = {f"{file.package}.{service.name}" for file in internal_files(fds) for service in file.service}
+    assert present == EXPECTED_INTERNAL_SERVICES
+
+
+def test_internal_rpcs_have_no_rest_mapping(fds: descriptor_pb2.FileDescriptorSet) -> None:
+    """Internal contracts are never transcoded or routed to the outside: not one carries an http rule."""
+    mapped = [f"{file.package}.{service.name}.{method.name}"
+              for file in internal_files(fds) for service in file.service for method in service.method
+              if http_rule(method) is not None]
+    assert mapped == []
+    assert sum(len(s.method) for f in internal_files(fds) for s in f.service) >= 6
 
 
 def test_every_rpc_has_a_valid_http_rule(fds: descriptor_pb2.FileDescriptorSet) -> None:
