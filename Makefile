@@ -23,6 +23,7 @@ gen-check: setup
 lint: setup
 	node_modules/.bin/buf lint
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy services
