@@ -1,21 +1,27 @@
-"""Composition root of the AnalyticsService process.
+"""Composition root of the analytics process.
 
-Its RPCs answer UNIMPLEMENTED until analytics lands; the process already runs, migrates the database
-and reports health, so the mesh has its final shape.
+It owns the search log (schema ``analytics``, its own migrations in ``services/analytics/migrations``) and
+takes searches from the search service over ``AnalyticsInternalService.LogSearches``. The public
+AnalyticsService answers UNIMPLEMENTED until the analytics issue builds its reports on that log.
 """
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc.aio
 from clipmind.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
+from services.analytics import internal_servicer
+from services.analytics.search_log import SearchLogStore
 from services.common.config import AnalyticsSettings
 from services.common.db import open_database
 from services.common.errors import Unimplemented
 from services.common.grpc_server import configure_logging, run_server
+
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _not_yet(method: str) -> NoReturn:
@@ -40,14 +46,17 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
 
 
 async def serve(settings: AnalyticsSettings) -> None:
-    pool = await open_database(settings, max_size=2)
+    pool = await open_database(settings, max_size=4, migrations=MIGRATIONS, schema="analytics")
+    log_servicer = internal_servicer.AnalyticsInternalServicer(SearchLogStore(pool))
 
     def register(server: grpc.aio.Server) -> list[str]:
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(AnalyticsServicer(), server)
-        return [analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name]
+        return [analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name,
+                internal_servicer.register(server, log_servicer)]
 
     await run_server(name="analytics", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[pool.close], grace_s=settings.shutdown_grace_s)
+                     on_stop=[pool.close], grace_s=settings.shutdown_grace_s,
+                     internal_token=settings.internal_token.get_secret_value())
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""asyncpg repository for clips (scenes), their transcript segments and the search log."""
+"""asyncpg repository for clips (scenes) and their transcript segments."""
 
 from __future__ import annotations
 
@@ -67,9 +67,3 @@ class ClipStore:
         for r in rows:
             found.setdefault(r["clip_id"], []).append(r["id"])
         return found
-
-    async def log_search(self, search_id: uuid.UUID, query: str, result_count: int, latency_ms: float) -> None:
-        await self._pool.execute(
-            "INSERT INTO searches (id, query, result_count, latency_ms) VALUES ($1, $2, $3, $4)",
-            search_id, query, result_count, latency_ms,
-        )

@@ -105,6 +105,8 @@ class ServerSettings(CommonSettings):
 class IngestSettings(ServerSettings):
     """IngestService (+ IdentityService and the media HTTP server, hosted in the same process)."""
 
+    service_name: str = "ingest"
+
     media_port: int = Field(8081, description="Port of the HTTP server that serves blobs under /media.")
     max_upload_bytes: int = Field(
         10_000_000_000, ge=1, description="Largest accepted upload (10 GB): a declared size over it, or the byte "
@@ -119,6 +121,8 @@ class IngestSettings(ServerSettings):
 
 class PipelineSettings(ServerSettings):
     """PipelineService (jobs, progress streams)."""
+
+    service_name: str = "pipeline"
 
     grpc_port: int = 50052
     watch_heartbeat_s: float = Field(
@@ -137,6 +141,8 @@ class PipelineSettings(ServerSettings):
 class SearchSettings(ServerSettings):
     """SearchService."""
 
+    service_name: str = "search"
+
     grpc_port: int = 50053
     default_page_size: int = 10
     max_page_size: int = 100
@@ -145,11 +151,15 @@ class SearchSettings(ServerSettings):
 class AnalyticsSettings(ServerSettings):
     """AnalyticsService."""
 
+    service_name: str = "analytics"
+
     grpc_port: int = 50054
 
 
 class WorkerSettings(CommonSettings):
     """arq worker running pipeline stages."""
+
+    service_name: str = "worker"
 
     max_jobs: int = Field(2, description="Jobs one worker runs at once.")
     job_timeout_s: int = Field(3600, description="Longest a single attempt at a processing job may run.")

@@ -1,8 +1,11 @@
 """PostgreSQL access: one asyncpg pool per process and versioned SQL migrations applied on start.
 
-Migrations are the files ``services/common/migrations/NNNN_name.sql``, applied in order, each in its
-own transaction, recorded in ``schema_migrations``. Every process calls :func:`migrate` on start; an
-advisory lock makes concurrent starts safe, and applied versions are skipped.
+Each service owns one PostgreSQL schema (``CLIPMIND_DB_SCHEMA``, by default its own name) and keeps its
+migrations beside its code (``services/<svc>/migrations/NNNN_name.sql``); the connection's search_path is
+that schema (then ``public``, where extensions such as pgvector live), so SQL never names a schema and the
+same code runs against one shared server or a database of its own. Migrations are applied in order, each
+in its own transaction, recorded in the schema's ``schema_migrations``. Every process migrates on start;
+an advisory lock per schema makes concurrent starts safe, and applied versions are skipped.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import logging
 import re
 import time
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +32,19 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636C6970  # "clip"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema(schema: str) -> str:
+    """A schema name safe to put in SQL unquoted (services name theirs; nothing comes from users)."""
+    if not _SCHEMA.match(schema):
+        raise ValueError(f"bad schema name {schema!r}: lower-case letters, digits and _ only")
+    return schema
+
+
+def search_path(schema: str) -> dict[str, str]:
+    """asyncpg ``server_settings`` that make ``schema`` the connection's own (extensions stay in public)."""
+    return {"search_path": f"{check_schema(schema)}, public"}
 
 
 def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]]:
@@ -44,13 +61,28 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Pa
     return found
 
 
-async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR, *, connect_timeout_s: float = 60.0) -> list[int]:
-    """Apply pending migrations; returns the versions applied now."""
-    conn = await asyncpg.connect(dsn, timeout=connect_timeout_s)
+async def migrate(
+    dsn: str, directory: Path = MIGRATIONS_DIR, *, schema: str = "public", connect_timeout_s: float = 60.0
+) -> list[int]:
+    """Apply the pending migrations of ``directory`` in ``schema``; returns the versions applied now.
+
+    The schema is created when missing and the role may (one superuser or database owner for every
+    service); where each service has its own role, provisioning (``db_provision``) made it already."""
+    conn = await asyncpg.connect(dsn, timeout=connect_timeout_s, server_settings=search_path(schema))
     applied_now: list[int] = []
+    lock = _MIGRATION_LOCK ^ zlib.crc32(schema.encode())
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("SELECT pg_advisory_lock($1)", lock)
         try:
+            exists = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema)
+            if not exists:
+                try:
+                    await conn.execute(f"CREATE SCHEMA {schema}")
+                except asyncpg.InsufficientPrivilegeError as exc:
+                    raise RuntimeError(
+                        f"schema {schema!r} does not exist and this role may not create it: provision the "
+                        "database first (`clipmind db provision`, or services.common.db_provision)"
+                    ) from exc
             await conn.execute(
                 """CREATE TABLE IF NOT EXISTS schema_migrations (
                        version integer PRIMARY KEY,
@@ -69,7 +101,7 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR, *, connect_timeout
                 applied_now.append(version)
                 log.info("applied migration %04d_%s", version, name)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+            await conn.execute("SELECT pg_advisory_unlock($1)", lock)
     finally:
         await conn.close()
     return applied_now
@@ -166,7 +198,7 @@ def _unavailable(exc: BaseException) -> Unavailable:
 
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, acquire_timeout_s: float = 5.0,
-    connect_timeout_s: float = 5.0,
+    connect_timeout_s: float = 5.0, migrations: Path = MIGRATIONS_DIR, schema: str = "public",
 ) -> Database:
     """Migrate, then open the process's pool (pgvector codec registered on every connection).
 
@@ -177,7 +209,7 @@ async def create_pool(
     delay = 0.25
     while True:
         try:
-            await migrate(dsn, connect_timeout_s=connect_timeout_s)
+            await migrate(dsn, migrations, schema=schema, connect_timeout_s=connect_timeout_s)
             break
         except CONNECTION_ERRORS as exc:
             if time.monotonic() + delay > deadline:
@@ -187,16 +219,21 @@ async def create_pool(
             delay = min(delay * 2, 5.0)
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60,
-        timeout=connect_timeout_s,
+        timeout=connect_timeout_s, server_settings=search_path(schema),
     )
     assert pool is not None
     return Database(pool, acquire_timeout_s=acquire_timeout_s)
 
 
-async def open_database(settings: CommonSettings, *, max_size: int | None = None) -> Database:
-    """The process's database from its settings (pool sizes and acquire timeout are settings)."""
+async def open_database(
+    settings: CommonSettings, *, max_size: int | None = None, migrations: Path = MIGRATIONS_DIR,
+    schema: str | None = None,
+) -> Database:
+    """The process's database from its settings (pool sizes and acquire timeout are settings), in the
+    service's schema (``settings.db_schema``, else ``schema``) with the service's ``migrations`` applied."""
     return await create_pool(
         settings.database_url, min_size=settings.db_pool_min_size,
         max_size=max_size if max_size is not None else settings.db_pool_max_size,
-        acquire_timeout_s=settings.db_acquire_timeout_s,
+        acquire_timeout_s=settings.db_acquire_timeout_s, migrations=migrations,
+        schema=settings.db_schema or schema or "public",
     )

@@ -21,6 +21,7 @@ import grpc.aio
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from services.common import request_context
 from services.common.errors import ERROR_DOMAIN, ClipMindError, Unimplemented
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,9 @@ def to_rpc_status(exc: ClipMindError) -> status_pb2.Status:
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
+    bound = request_context.current().request_id  # the one the interceptor bound (and passed on to callees)
+    if bound:
+        return bound
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id":
             return str(value)

@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common.grpc_errors import ErrorInterceptor
+from services.common.internal_auth import InternalAuthInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,12 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # Internal clients ping idle connections (services.common.grpc_client): accept it instead of GOAWAY.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20000),
+    # gRPC clients re-resolve DNS only when a connection ends: ending connections after 5 min lets them find
+    # new replicas (no max_connection_age_grace: RPCs in flight, WatchJob streams included, finish).
+    ("grpc.max_connection_age_ms", 300_000),
 ]
 
 
@@ -50,8 +57,11 @@ async def run_server(
     grace_s: float = 30.0,
     component_health: Callable[[], Awaitable[dict[str, bool]]] | None = None,
     component_poll_s: float = 10.0,
+    internal_token: str = "",
 ) -> None:
     """Serve until SIGTERM/SIGINT. ``register`` adds the servicers and returns their full names.
+
+    ``internal_token`` is the shared secret that internal callers must present (services.common.internal_auth).
 
     ``component_health`` (optional) reports parts the process depends on, e.g. ``{"clipmind.model.clip_image":
     False}``; each becomes a health-check service name, SERVING or NOT_SERVING, refreshed periodically.
@@ -64,7 +74,10 @@ async def run_server(
        cancels the rest (a second signal cancels them at once);
     4. the ``on_stop`` callbacks close pools and clients.
     """
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+    # Internal methods (clipmind.*.internal.*) demand the service identity (``internal_token``; none set
+    # refuses them all); every call gets its request context (request id, trace) bound for onward calls.
+    server = grpc.aio.server(interceptors=[InternalAuthInterceptor(internal_token), ErrorInterceptor()],
+                             options=SERVER_OPTIONS)
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -9,7 +9,7 @@ import asyncpg
 
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
-from services.common.records import TERMINAL_JOB_STATES, DeadLetter, Job, JobEvent
+from services.common.records import TERMINAL_JOB_STATES, DeadLetter, Job, JobEvent, queue_key
 from services.common.store import newest_first, to_record
 
 
@@ -32,6 +32,25 @@ class JobStore:
             raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND",
                            metadata={"name": f"jobs/{job_id}"})
         return to_record(Job, row)
+
+    async def create(self, job: Job) -> bool:
+        """Insert a QUEUED job unless one with its id exists (ids are derived from video and generation, so
+        a repeated submission finds the first). True when this call made it; NOT_FOUND when its video is
+        gone."""
+        try:
+            row = await self._pool.fetchrow(
+                "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key) VALUES ($1, $2, 'QUEUED', $3, $4) "
+                "ON CONFLICT (id) DO NOTHING RETURNING id",
+                job.id, job.video_id, job.max_attempts, job.queue_key or queue_key(job.id),
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(f"video {job.video_id} not found", reason="VIDEO_NOT_FOUND") from None
+        return row is not None
+
+    async def delete_for_video(self, video_id: uuid.UUID) -> int:
+        """Delete every job of a video (events and dead letters go with them); returns how many."""
+        status = await self._pool.execute("DELETE FROM jobs WHERE video_id = $1", video_id)
+        return int(status.split()[-1])
 
     async def list_page(
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None,

@@ -166,3 +166,8 @@ class ProcessedVideo:
 def derived_id(video_id: uuid.UUID, kind: str, idx: int) -> uuid.UUID:
     """Stable id for a video's n-th clip/segment, so re-running a job rewrites the same rows."""
     return uuid.uuid5(video_id, f"{kind}/{idx}")
+
+
+def job_id_for(video_id: uuid.UUID, generation: int) -> uuid.UUID:
+    """The processing job of a video's ``generation``: derived, so submitting it twice finds the first."""
+    return derived_id(video_id, "job", generation)

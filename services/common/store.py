@@ -15,18 +15,22 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipeline_pb
 
+from services.common import outbox
 from services.common.db import Database
 from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.records import (
-    Job,
     ProcessedVideo,
     Run,
     Upload,
     Video,
-    queue_key,
+    job_id_for,
 )
 from services.common.vectors import PgVectorIndex, VectorItem
+
+# Outbox topic of "a stored video needs its processing job" (ingest → PipelineInternalService.SubmitVideoJob).
+SUBMIT_JOB_TOPIC = "pipeline.submit_video_job"
 
 _VIDEO_COLUMNS = [f.name for f in fields(Video) if f.name != "job_id"]
 _VIDEO_SELECT = (
@@ -59,6 +63,13 @@ def to_record(cls: Any, row: asyncpg.Record) -> Any:
     return cls(**{k: v for k, v in dict(row).items() if k in names})
 
 
+def _video(row: asyncpg.Record) -> Video:
+    video: Video = to_record(Video, row)
+    if video.job_id is None:  # not submitted yet (the pipeline is away): the id it will have
+        video.job_id = job_id_for(video.id, 1)
+    return video
+
+
 async def _lock_run(conn: asyncpg.Connection, run: Run) -> None:
     """Lock the run's job row for the transaction; FAILED_PRECONDITION unless the run still owns it. Writes
     of a run happen under this lock, so a cancel or a take-over waits for them or they never happen."""
@@ -78,25 +89,28 @@ class VideoStore:
         if row is None:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND",
                            metadata={"name": f"videos/{video_id}"})
-        return to_record(Video, row)
+        return _video(row)
 
     async def list_page(
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, state: str | None = None
     ) -> list[Video]:
         """Newest first, keyset-paginated by (create_time, id)."""
         sql, args = newest_first(_VIDEO_SELECT, {"v.state": state or None}, after, limit, alias="v.")
-        return [to_record(Video, r) for r in await self._pool.fetch(sql, *args)]
+        return [_video(r) for r in await self._pool.fetch(sql, *args)]
 
     async def count(self, state: str | None = None) -> int:
         if state:
             return int(await self._pool.fetchval("SELECT count(*) FROM videos WHERE state = $1", state))
         return int(await self._pool.fetchval("SELECT count(*) FROM videos"))
 
-    async def create_with_job(
-        self, video: Video, job: Job, upload_id: uuid.UUID | None = None, *, lock: uuid.UUID | None = None
-    ) -> None:
-        """Insert the video row and its first job in one transaction (and close the upload, which must still
-        be ACTIVE and held under ``lock``)."""
+    async def create(
+        self, video: Video, upload_id: uuid.UUID | None = None, *, lock: uuid.UUID | None = None,
+        generation: int = 1,
+    ) -> int:
+        """Insert the video row, and in the same transaction the outbox row that asks the pipeline for its
+        processing job (and close the upload, which must still be ACTIVE and held under ``lock``). Returns
+        the outbox row's id: the job is submitted when the relay delivers it, however long the pipeline
+        service is away."""
         cols = [c for c in _VIDEO_COLUMNS if c not in ("create_time", "update_time")]
         values = [getattr(video, c) for c in cols]
         async with self._pool.acquire() as conn, conn.transaction():
@@ -105,10 +119,8 @@ class VideoStore:
                 f"VALUES ({', '.join(f'${i + 1}' for i in range(len(cols)))})",
                 *values,
             )
-            await conn.execute(
-                "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key) VALUES ($1, $2, $3, $4, $5)",
-                job.id, job.video_id, job.state, job.max_attempts, job.queue_key or queue_key(job.id),
-            )
+            submit = pipeline_pb.SubmitVideoJobRequest(video=f"videos/{video.id}", generation=generation)
+            outbox_id = await outbox.add(conn, SUBMIT_JOB_TOPIC, submit.SerializeToString())
             if upload_id is not None:
                 status = await conn.execute(
                     "UPDATE uploads SET state = 'COMPLETED', video_id = $2 WHERE id = $1 AND state = 'ACTIVE' "
@@ -117,6 +129,7 @@ class VideoStore:
                 )
                 if status.endswith(" 0"):  # completed or cancelled by another request meanwhile: roll back
                     raise FailedPrecondition("upload is no longer active", reason="UPLOAD_NOT_ACTIVE")
+        return outbox_id
 
     async def update_fields(self, video_id: uuid.UUID, **values: Any) -> Video:
         if values:
@@ -257,7 +270,7 @@ class UploadStore:
     @asynccontextmanager
     async def exclusive(self, upload_id: uuid.UUID, *, ttl_s: float = UPLOAD_LOCK_TTL_S) -> AsyncIterator[uuid.UUID]:
         """Hold the upload's lock for the block: one write or completion of an upload at a time. Yields the
-        lock's token, which fences the block's writes (``advance``, ``create_with_job``).
+        lock's token, which fences the block's writes (``advance``, ``create``).
 
         The lock is a lease in the upload's row (token + expiry), taken and released by one short statement
         each: no database connection is held while the block writes bytes or validates a video, so many

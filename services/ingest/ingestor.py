@@ -17,12 +17,11 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, invalid_field
-from services.common.queue import JobQueue, enqueue_or_leave_to_sweep
-from services.common.records import Job, Upload, Video, queue_key
+from services.common.records import Upload, Video
 from services.common.store import UploadStore, VideoStore
 from services.ingest.inputs import (
     MAX_CONTENT_TYPE_CHARS,
@@ -39,8 +38,8 @@ from services.ingest.inputs import (
     check_video_text,
     checked_meta,
 )
-from services.media.probe import validate_video
 from services.media.media_types import container_extension
+from services.media.probe import validate_video
 
 log = logging.getLogger(__name__)
 
@@ -51,21 +50,34 @@ DEFAULT_MIN_FREE_DISK_BYTES = 1024**3
 REASON_INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
 
 
+# How long a completed upload waits for the pipeline to take its job before answering anyway (the outbox
+# submits it later: an upload never fails because the pipeline service is away).
+SUBMIT_WAIT_S = 2.0
+
+
+class Outbox(Protocol):
+    """The relay that delivers what this service committed to its outbox (``services.common.outbox``)."""
+
+    def wake(self) -> None: ...
+
+    async def wait_delivered(self, outbox_id: int, timeout_s: float) -> bool: ...
+
+
 class VideoIngestor:
     def __init__(
-        self, videos: VideoStore, uploads: UploadStore, blobs: BlobStore, queue: JobQueue,
-        staging_dir: Path, *, max_upload_bytes: int, max_chunk_bytes: int, max_attempts: int = 3,
-        min_free_disk_bytes: int = DEFAULT_MIN_FREE_DISK_BYTES,
+        self, videos: VideoStore, uploads: UploadStore, blobs: BlobStore, outbox: Outbox,
+        staging_dir: Path, *, max_upload_bytes: int, max_chunk_bytes: int,
+        min_free_disk_bytes: int = DEFAULT_MIN_FREE_DISK_BYTES, submit_wait_s: float = SUBMIT_WAIT_S,
     ) -> None:
         self._videos = videos
         self._uploads = uploads
         self._blobs = blobs
-        self._queue = queue
+        self._outbox = outbox
+        self._submit_wait_s = submit_wait_s
         self._staging = staging_dir
         self._staging.mkdir(parents=True, exist_ok=True)
         self._max_upload = max_upload_bytes
         self._max_chunk = max_chunk_bytes
-        self._max_attempts = max_attempts
         self._min_free_disk = min_free_disk_bytes
 
     # -- resumable uploads -------------------------------------------------------------------
@@ -220,7 +232,8 @@ class VideoIngestor:
 
     async def _ingest(self, staged: Path, meta: VideoMeta, upload_id: uuid.UUID | None = None,
                       lock: uuid.UUID | None = None, *, sidecar_format: str = "") -> Video:
-        """Validate, store the blob(s), create video + job rows, enqueue. Stores nothing on failure; the
+        """Validate, store the blob(s), create the video row with its job submission (outbox). Stores nothing
+        on failure; the
         staged file is left to the caller (a stream removes it, a resumable upload keeps it for a retry).
         Callers check the sidecar first (``sidecar_format``), so an InvalidArgument here is the video's."""
         if meta.sidecar is not None and not sidecar_format:
@@ -237,8 +250,6 @@ class VideoIngestor:
             height=info.height, frame_rate=info.frame_rate, video_codec=info.video_codec,
             audio_codec=info.audio_codec, has_audio=info.has_audio,
         )
-        job_id = uuid.uuid4()
-        job = Job(job_id, video_id, "QUEUED", max_attempts=self._max_attempts, queue_key=queue_key(job_id))
         try:
             await self._blobs.put_file(video.blob_key, staged, move=upload_id is None)
             if meta.sidecar is not None:
@@ -246,12 +257,16 @@ class VideoIngestor:
                 video.sidecar_format = sidecar_format
                 video.sidecar_language = meta.sidecar.language
                 await self._blobs.put_bytes(video.sidecar_key, meta.sidecar.data)
-            await self._videos.create_with_job(video, job, upload_id, lock=lock)
+            submission = await self._videos.create(video, upload_id, lock=lock)
         except BaseException:
             await self._blobs.delete_prefix(f"videos/{video_id}")
             raise
-        # Stored: from here on the upload succeeds; a job Redis cannot take now is enqueued by the sweep.
-        await enqueue_or_leave_to_sweep(self._queue, job.id, job.queue_key)
+        # Stored: from here on the upload succeeds. The pipeline usually has the job within milliseconds;
+        # while it is away the outbox keeps submitting, and the upload answers without waiting longer.
+        self._outbox.wake()
+        if not await self._outbox.wait_delivered(submission, self._submit_wait_s):
+            log.warning("video %s stored; the pipeline has not taken its job yet (it will be submitted when the "
+                        "pipeline service answers)", video_id)
         return await self._videos.get(video_id)
 
     # -- video resources ---------------------------------------------------------------------

@@ -19,6 +19,8 @@ exits is restarted with backoff on the same port and environment; ``status()`` a
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from services.common.db_provision import OWNED_SCHEMAS, provision, run_blocking, service_dsn
 from services.launcher.envoy import DEFAULT_DESCRIPTOR, EmbeddedEnvoy, EnvoyLimits, EnvoyPorts
 from services.launcher.postgres import EmbeddedPostgres
 from services.launcher.process import LaunchError, free_port
@@ -191,6 +194,8 @@ class Mesh:
             grpc = {name: f"{HOST}:{getattr(ports, name)}" for name in SERVERS}
 
             if cfg.with_services:
+                # Each service that owns a schema gets its own role on it (grants keep the others out).
+                run_blocking(provision(database_url, OWNED_SCHEMAS))
                 common = {
                     "CLIPMIND_DATABASE_URL": database_url,
                     "CLIPMIND_REDIS_URL": redis_url,
@@ -199,11 +204,15 @@ class Mesh:
                     "CLIPMIND_MEDIA_BASE_URL": media_base_url,
                     "CLIPMIND_LOG_LEVEL": cfg.log_level,
                     "CLIPMIND_GRPC_HOST": HOST,
+                    "CLIPMIND_INTERNAL_TOKEN": self._internal_token(),
+                    **{f"CLIPMIND_{name.upper()}_URL": f"dns:///{address}" for name, address in grpc.items()},
                     **cfg.extra_env,
                 }
                 services: dict[str, _Part] = {}
                 for name, module in SERVERS.items():
                     env = {**common, "CLIPMIND_GRPC_PORT": str(getattr(ports, name))}
+                    if name in OWNED_SCHEMAS and "CLIPMIND_DATABASE_URL" not in cfg.extra_env:
+                        env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, name)
                     if name == "ingest":
                         env["CLIPMIND_MEDIA_PORT"] = str(ports.media)
                     services[name] = ServiceProcess(name, module, env, self._log(name), grpc_address=grpc[name])
@@ -360,6 +369,16 @@ class Mesh:
     def _raise_if_given_up(self) -> None:
         if self._supervisor is not None and self._supervisor.failure:
             raise LaunchError(self._supervisor.failure)
+
+    def _internal_token(self) -> str:
+        """The shared secret of internal calls for this state directory (made once, kept private)."""
+        path = self.state_dir / "internal.token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
 
     def _log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"

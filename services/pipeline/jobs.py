@@ -11,16 +11,29 @@ from services.common.errors import FailedPrecondition
 from services.common.job_store import JobStore
 from services.common.progress import ProgressBus
 from services.common.queue import PENDING_STATES, JobQueue, enqueue_or_leave_to_sweep
-from services.common.records import Job, queue_key
+from services.common.records import Job, job_id_for, queue_key
 
 log = logging.getLogger(__name__)
 
 
 class JobControl:
-    def __init__(self, jobs: JobStore, bus: ProgressBus, queue: JobQueue) -> None:
+    def __init__(self, jobs: JobStore, bus: ProgressBus, queue: JobQueue, *, max_attempts: int = 3) -> None:
         self._jobs = jobs
         self._bus = bus
         self._queue = queue
+        self._max_attempts = max_attempts
+
+    async def submit(self, video_id: uuid.UUID, generation: int) -> tuple[Job, bool]:
+        """The processing job of a stored video's ``generation``, made and enqueued unless it exists (a
+        repeated submission answers with the first job). Returns (job, created)."""
+        job_id = job_id_for(video_id, generation)
+        created = await self._jobs.create(
+            Job(job_id, video_id, "QUEUED", max_attempts=self._max_attempts, queue_key=queue_key(job_id))
+        )
+        job = await self._jobs.get(job_id)
+        if created:  # a queue entry Redis cannot take now is enqueued by the sweep
+            await enqueue_or_leave_to_sweep(self._queue, job.id, job.queue_key)
+        return job, created
 
     async def cancel(self, job_id: uuid.UUID) -> Job:
         job = await self._jobs.get(job_id)
@@ -37,6 +50,17 @@ class JobControl:
         await self._jobs.mark_video_cancelled(job.video_id)
         await self._bus.publish_best_effort(job_id, event.sequence)
         return await self._jobs.get(job_id)
+
+    async def delete_video_jobs(self, video_id: uuid.UUID) -> int:
+        """Remove a deleted video's jobs; a running one is cancelled first, so its worker stops (its guard
+        sees the run gone within a second). Returns how many were removed."""
+        for job in await self._jobs.list_page(limit=1000, after=None, video_id=video_id):
+            if not job.terminal:
+                try:
+                    await self.cancel(job.id)
+                except FailedPrecondition:
+                    pass  # it ended meanwhile
+        return await self._jobs.delete_for_video(video_id)
 
     async def retry(self, job_id: uuid.UUID) -> Job:
         job = await self._jobs.reset_for_retry(job_id, queue_key(job_id, time.time_ns()))

@@ -26,9 +26,9 @@ from services.common.records import Clip, ProcessedVideo, Run, Segment, Video, d
 from services.common.store import VideoStore
 from services.media.decode import audio_windows, extract_frame
 from services.media.probe import MediaInfo, probe
-from services.pipeline.reporter import JobCancelled, JobReporter, ride_out, superseded
 from services.media.scenes import Scene, detect_scenes_async
 from services.media.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
+from services.pipeline.reporter import JobCancelled, JobReporter, ride_out, superseded
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,15 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Protocol
 
 from services.common.clip_store import ClipStore
 from services.common.errors import FailedPrecondition, invalid_field
 from services.common.inference_types import Inference, ModelStatus
 from services.common.records import Clip
 from services.common.vectors import VectorIndex
+from services.search.search_log import RankedResult, SearchRecord
 
 DEFAULT_WEIGHTS = {"visual": 0.6, "transcript": 0.4}
 MAX_QUERY_CHARS = 1000
@@ -95,10 +97,18 @@ def _decode_page(token: str, fingerprint: str) -> int:
         raise invalid_field("page_token", "not a token returned for this same query") from None
 
 
+class SearchLog(Protocol):
+    """Where searches are logged (analytics, through ``search_log.SearchLogBuffer``). ``record`` must not
+    block or fail: logging never adds latency to a search."""
+
+    def record(self, entry: SearchRecord) -> None: ...
+
+
 class Searcher:
-    def __init__(self, clips: ClipStore, index: VectorIndex, inference: Inference, *,
+    def __init__(self, clips: ClipStore, index: VectorIndex, inference: Inference, search_log: SearchLog, *,
                  candidates: int = 200, max_page_size: int = 100, allow_random_weights: bool = False) -> None:
         self._clips = clips
+        self._log = search_log
         self._index = index
         self._inference = inference
         self._candidates = candidates
@@ -142,7 +152,11 @@ class Searcher:
         page = ranked[offset:offset + size]
         next_token = _encode_page(offset + size, q.fingerprint()) if offset + size < len(ranked) else ""
         search_id = uuid.uuid4()
-        await self._clips.log_search(search_id, q.text, len(ranked), (time.perf_counter() - started) * 1000)
+        self._log.record(SearchRecord(
+            search_id, q.text, bool(q.image), len(ranked), (time.perf_counter() - started) * 1000,
+            datetime.now(UTC), offset,
+            tuple(RankedResult(h.clip.id, h.clip.video_id, offset + i + 1, h.score) for i, h in enumerate(page)),
+        ))
         return SearchPage(page, next_token, search_id)
 
     async def _query_vectors(self, q: SearchQuery) -> dict[str, tuple[str, object]]:

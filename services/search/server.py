@@ -6,17 +6,22 @@ import asyncio
 import logging
 
 import grpc.aio
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as analytics_pb
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc as analytics_grpc
 from clipmind.search.v1 import search_service_pb2, search_service_pb2_grpc
 
 from services.common.blobstore import LocalBlobStore
 from services.common.clip_store import ClipStore
 from services.common.config import SearchSettings
 from services.common.db import open_database
+from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
+from services.common.outbox import OutboxRelay
 from services.common.store import VideoStore
 from services.common.vectors import PgVectorIndex
+from services.search import search_log
 from services.search.searcher import Searcher
 from services.search.servicer import SearchServicer
 
@@ -32,7 +37,18 @@ async def serve(settings: SearchSettings) -> None:
         log.warning("%d videos have %s vectors from another model than the one in use; they are left out of "
                     "search until reprocessed (reindex needed)", count, key)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
-    searcher = Searcher(ClipStore(pool), PgVectorIndex(pool), inference, max_page_size=settings.max_page_size,
+    channels = InternalChannels(settings)
+    analytics = channels.stub(analytics_grpc.AnalyticsInternalServiceStub, settings.analytics_url)
+
+    async def deliver_search_log(payload: bytes) -> None:
+        await analytics.LogSearches(analytics_pb.LogSearchesRequest.FromString(payload))
+
+    relay = OutboxRelay(pool, {search_log.TOPIC: deliver_search_log}, name="search")
+    logged = search_log.SearchLogBuffer(pool, relay)
+    relay.start()
+    logged.start()
+    searcher = Searcher(ClipStore(pool), PgVectorIndex(pool), inference, logged,
+                        max_page_size=settings.max_page_size,
                         allow_random_weights=settings.allow_random_weights_in_ranking)
     servicer = SearchServicer(searcher, blobs)
 
@@ -41,8 +57,9 @@ async def serve(settings: SearchSettings) -> None:
         return [search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name]
 
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[inference.close, pool.close], component_health=model_health(inference),
-                     grace_s=settings.shutdown_grace_s)
+                     on_stop=[logged.stop, relay.stop, channels.close, inference.close, pool.close],
+                     component_health=model_health(inference), grace_s=settings.shutdown_grace_s,
+                     internal_token=settings.internal_token.get_secret_value())
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
 from services.common.db import create_pool
 from services.common.records import Job, Video, queue_key
 from services.common.store import VideoStore
+from tests.db_setup import add_video_with_job
 from tests.e2e.clients import wait_ready, watch_job
 from tests.media import SceneSpec, make_scene_video
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.e2e
 async def _insert_lost_job(database_url: str, video: Video, job: Job) -> None:
     pool = await create_pool(database_url)
     try:
-        await VideoStore(pool).create_with_job(video, job)
+        await add_video_with_job(VideoStore(pool), video, job)
         # Idle for ten minutes as far as the sweep can tell, so the test need not wait for requeue_idle_s.
         await pool.execute("UPDATE jobs SET update_time = now() - interval '10 minutes' WHERE id = $1", job.id)
     finally:

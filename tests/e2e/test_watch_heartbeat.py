@@ -17,6 +17,7 @@ from services.common.db import create_pool
 from services.common.records import Job, Video
 from services.common.store import VideoStore
 from services.launcher import Endpoints
+from tests.db_setup import add_video_with_job
 
 pytestmark = pytest.mark.e2e
 
@@ -27,7 +28,7 @@ async def _insert_job(database_url: str) -> uuid.UUID:
     video_id, job_id = uuid.uuid4(), uuid.uuid4()
     pool = await create_pool(database_url)
     try:
-        await VideoStore(pool).create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"),
+        await add_video_with_job(VideoStore(pool), Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"),
                                                Job(job_id, video_id, "QUEUED"))
     finally:
         await pool.close()

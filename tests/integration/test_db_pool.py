@@ -18,6 +18,7 @@ from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.errors import Unavailable
 from services.common.grpc_errors import to_rpc_status
+from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
@@ -72,8 +73,9 @@ async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type
     queue = await ArqJobQueue.connect(redis_url)
     bus = ProgressBus.connect(redis_url)
     ingestor = VideoIngestor(
-        VideoStore(db), UploadStore(db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"), queue,
-        tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=1_000_000,
+        VideoStore(db), UploadStore(db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"),
+        OutboxRelay(db, {}, name="test"), tmp_path / "staging", max_upload_bytes=50_000_000,
+        max_chunk_bytes=1_000_000, submit_wait_s=0,
     )
     data = make_scene_video(tmp_path / "clip.mp4", audio=False).read_bytes()
 

@@ -19,6 +19,7 @@ from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS
 from services.pipeline.reporter import JobCancelled, JobReporter
 from services.pipeline.watch import JobWatcher
+from tests.db_setup import add_video_with_job
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,7 @@ async def parts(pg_dsn: str, redis_url: str):  # type: ignore[no-untyped-def]
 async def _new_job(videos: VideoStore) -> Job:
     video_id, job_id = uuid.uuid4(), uuid.uuid4()
     job = Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id))
-    await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
     return job
 
 

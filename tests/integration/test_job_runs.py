@@ -23,11 +23,12 @@ from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
 from services.common.records import Job, Run, Video, queue_key
 from services.common.store import VideoStore
-from services.pipeline.jobs import JobControl
 from services.media.probe import run_tool
+from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS
 from services.pipeline.reporter import JobReporter
 from services.pipeline.runs import JobRunner, RunPolicy, backoff_s
+from tests.db_setup import add_video_with_job
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ async def parts(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no
 async def _new_job(videos: VideoStore, max_attempts: int = 3) -> Job:
     video_id, job_id = uuid.uuid4(), uuid.uuid4()
     job = Job(job_id, video_id, "QUEUED", max_attempts=max_attempts, queue_key=queue_key(job_id))
-    await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
     return job
 
 

@@ -13,18 +13,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from clipmind.pipeline.internal.v1.pipeline_internal_service_pb2 import SubmitVideoJobRequest
 
 from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.job_store import JobStore
+from services.common.outbox import OutboxRelay
+from services.common.paging import parse_name
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue, enqueue_or_leave_to_sweep
 from services.common.records import Job, Video, queue_key
-from services.common.store import UploadStore, VideoStore
+from services.common.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import VideoMeta
 from services.launcher import EmbeddedRedis, free_port
 from services.pipeline.jobs import JobControl
+from tests.db_setup import add_video_with_job
 from tests.media import make_scene_video
 
 pytestmark = pytest.mark.integration
@@ -59,7 +63,7 @@ def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
 async def _new_job(videos: VideoStore) -> Job:
     video_id, job_id = uuid.uuid4(), uuid.uuid4()
     job = Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id))
-    await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
     return job
 
 
@@ -128,9 +132,20 @@ async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # 
 ) -> None:
     jobs, videos = JobStore(db), VideoStore(db)
     queue = await ArqJobQueue.connect(own_redis.url)
+    bus = ProgressBus.connect(own_redis.url)
+    control = JobControl(jobs, bus, queue)
+
+    async def submit(payload: bytes) -> None:  # the pipeline's SubmitVideoJob, in process
+        request = SubmitVideoJobRequest.FromString(payload)
+        await control.submit(parse_name(request.video, "videos"), request.generation)
+
+    # Submissions other tests left in the session's database are not this test's business.
+    await db.execute("DELETE FROM outbox")
+    relay = OutboxRelay(db, {SUBMIT_JOB_TOPIC: submit}, name="test", poll_s=0.2)
+    relay.start()
     ingestor = VideoIngestor(
-        videos, UploadStore(db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"), queue,
-        tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=1_000_000,
+        videos, UploadStore(db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"), relay,
+        tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=1_000_000, submit_wait_s=15,
     )
     source = make_scene_video(tmp_path / "clip.mp4", audio=False)
     try:
@@ -145,13 +160,10 @@ async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # 
         assert not await enqueue_or_leave_to_sweep(queue, job.id, job.queue_key, timeout_s=2)
 
         own_redis.start()  # back, without the entry that was never written
-        bus = ProgressBus.connect(own_redis.url)
-        control = JobControl(jobs, bus, queue)
-        try:
-            await _age(db, job.id)
-            assert job.id in await control.requeue_lost(idle_s=60)
-            assert await queue.state((await jobs.get(job.id)).queue_key) == "queued"
-        finally:
-            await bus.close()
+        await _age(db, job.id)
+        assert job.id in await control.requeue_lost(idle_s=60)
+        assert await queue.state((await jobs.get(job.id)).queue_key) == "queued"
     finally:
+        await relay.stop()
+        await bus.close()
         await queue.close()

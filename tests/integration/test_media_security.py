@@ -26,8 +26,8 @@ from services.ingest.ingestor import _extension
 from services.ingest.media_http import start_media_server
 from services.launcher import free_port
 from services.media.decode import audio_windows, extract_frame
-from services.media.probe import probe, validate_video
 from services.media.media_types import MEDIA_TYPES, container_extension, media_type
+from services.media.probe import probe, validate_video
 from services.media.scenes import detect_scenes, detect_scenes_async
 from tests.media import SceneSpec, make_scene_video, make_still_image
 

@@ -13,6 +13,7 @@ from services.common.db import create_pool
 from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
 from services.common.store import VideoStore
 from services.common.vectors import PgVectorIndex
+from tests.db_setup import add_video_with_job
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str)
     try:
         videos = VideoStore(pool)
         video_id = uuid.uuid4()
-        await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"),
+        await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"),
                                      Job(uuid.uuid4(), video_id, "QUEUED"))
         rng = np.random.default_rng(0)
         first = _result(video_id, rng)

@@ -11,6 +11,7 @@ from services.common.db import create_pool
 from services.common.job_store import JobStore
 from services.common.records import DeadLetter, Job, Video
 from services.common.store import VideoStore
+from tests.db_setup import add_video_with_job
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +35,7 @@ async def test_pages_are_newest_first_complete_and_filtered(pg_dsn: str) -> None
         for _ in range(5):
             video_id, job_id = uuid.uuid4(), uuid.uuid4()
             video, job = Video(video_id, f"videos/{video_id}/source.mp4", state), Job(job_id, video_id, "QUEUED")
-            await videos.create_with_job(video, job)
+            await add_video_with_job(videos, video, job)
             await jobs.add_dead_letter(DeadLetter(uuid.uuid4(), job_id, video_id, "boom", 3))
             made.append((video, job))
         mine_v = {v.id for v, _ in made}

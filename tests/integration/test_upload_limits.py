@@ -16,6 +16,7 @@ from services.common.blobstore import LocalBlobStore
 from services.common.config import IngestSettings
 from services.common.db import Database, create_pool
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.outbox import OutboxRelay
 from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
@@ -39,7 +40,8 @@ class Harness:
     def ingestor(self, *, max_upload_bytes: int = DEFAULT_CAP, min_free_disk_bytes: int = 0) -> VideoIngestor:
         return VideoIngestor(
             VideoStore(self.pool), UploadStore(self.pool), LocalBlobStore(self.blobs, "http://media.invalid"),
-            self.queue, self.staging, max_upload_bytes=max_upload_bytes, max_chunk_bytes=10_000_000,
+            OutboxRelay(self.pool, {}, name="test"), self.staging, max_upload_bytes=max_upload_bytes,
+            max_chunk_bytes=10_000_000, submit_wait_s=0,
             min_free_disk_bytes=min_free_disk_bytes,
         )
 

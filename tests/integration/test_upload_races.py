@@ -13,6 +13,7 @@ import pytest
 from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.errors import Aborted, ClipMindError, FailedPrecondition
+from services.common.outbox import OutboxRelay
 from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
@@ -27,8 +28,9 @@ async def setup(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no
     queue = await ArqJobQueue.connect(redis_url)
     blobs = tmp_path / "blobs"
     ingestor = VideoIngestor(
-        VideoStore(pool), UploadStore(pool), LocalBlobStore(blobs, "http://media.invalid"), queue,
-        tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=10_000_000,
+        VideoStore(pool), UploadStore(pool), LocalBlobStore(blobs, "http://media.invalid"),
+        OutboxRelay(pool, {}, name="test"), tmp_path / "staging", max_upload_bytes=50_000_000,
+        max_chunk_bytes=10_000_000, submit_wait_s=0,
     )
     video = make_scene_video(tmp_path / "clip.mp4", (SceneSpec(2.0, "testsrc2"),), audio=False)
     yield pool, ingestor, blobs, video.read_bytes()

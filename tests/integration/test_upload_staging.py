@@ -12,6 +12,7 @@ import pytest
 from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.errors import FailedPrecondition
+from services.common.outbox import OutboxRelay
 from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
@@ -31,8 +32,9 @@ async def test_sweep_cancels_expired_uploads_and_deletes_leftovers(  # type: ign
     queue = await ArqJobQueue.connect(redis_url)
     staging = tmp_path / "staging"
     ingestor = VideoIngestor(
-        VideoStore(pool), UploadStore(pool), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"), queue,
-        staging, max_upload_bytes=1_000_000, max_chunk_bytes=1_000_000,
+        VideoStore(pool), UploadStore(pool), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"),
+        OutboxRelay(pool, {}, name="test"), staging, submit_wait_s=0, max_upload_bytes=1_000_000,
+        max_chunk_bytes=1_000_000,
     )
     try:
         expired = await ingestor.create_upload("a.mp4", "video/mp4", 0)

@@ -36,6 +36,7 @@ from services.launcher.services import REPO_ROOT, grpc_serving, python_path
 from services.pipeline.jobs import JobControl
 from services.pipeline.servicer import PipelineServicer
 from services.pipeline.watch import JobWatcher
+from tests.db_setup import add_video_with_job
 from tests.e2e.clients import rich_status
 
 pytestmark = pytest.mark.integration
@@ -79,7 +80,7 @@ async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, po
 async def new_job(videos: VideoStore) -> Job:
     video_id = uuid.uuid4()
     job = Job(uuid.uuid4(), video_id, "QUEUED")
-    await videos.create_with_job(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
     return job
 
 

@@ -1,0 +1,52 @@
+"""``clipmind.analytics.internal.v1.AnalyticsInternalService``: thin conversion to the search log."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC as _UTC
+from typing import Any
+
+import grpc.aio
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as pb
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc as pb_grpc
+
+from services.analytics.search_log import LoggedResult, LoggedSearch, SearchLogStore
+from services.common.errors import invalid_field
+from services.common.paging import parse_name
+from services.common.request_context import current
+
+MAX_SEARCHES_PER_CALL = 1000
+
+
+def _search(i: int, s: pb.LoggedSearch) -> LoggedSearch:
+    where = f"searches[{i}]"
+    try:
+        search_id = uuid.UUID(s.search_id)
+    except ValueError:
+        raise invalid_field(f"{where}.search_id", "not a UUID") from None
+    if not s.HasField("search_time"):
+        raise invalid_field(f"{where}.search_time", "required", reason="REQUIRED_FIELD")
+    results = tuple(
+        LoggedResult(parse_name(r.clip, "clips", f"{where}.results[{j}].clip"),
+                     parse_name(r.video, "videos", f"{where}.results[{j}].video"), r.rank, r.score)
+        for j, r in enumerate(s.results)
+    )
+    return LoggedSearch(search_id, s.query, s.image_query, s.result_count, s.latency_ms,
+                        s.search_time.ToDatetime().replace(tzinfo=_UTC), s.page_offset, results)
+
+
+class AnalyticsInternalServicer(pb_grpc.AnalyticsInternalServiceServicer):
+    def __init__(self, log: SearchLogStore) -> None:
+        self._log = log
+
+    async def LogSearches(self, request: pb.LogSearchesRequest, context: Any) -> pb.LogSearchesResponse:
+        if len(request.searches) > MAX_SEARCHES_PER_CALL:
+            raise invalid_field("searches", f"at most {MAX_SEARCHES_PER_CALL} per call")
+        searches = [_search(i, s) for i, s in enumerate(request.searches)]
+        logged = await self._log.record(searches, caller=current().caller)
+        return pb.LogSearchesResponse(logged_count=logged)
+
+
+def register(server: grpc.aio.Server, servicer: AnalyticsInternalServicer) -> str:
+    pb_grpc.add_AnalyticsInternalServiceServicer_to_server(servicer, server)
+    return pb.DESCRIPTOR.services_by_name["AnalyticsInternalService"].full_name

@@ -1,0 +1,155 @@
+"""Services talk over their internal contracts: closed to the outside, authenticated, and degrading
+gracefully when the service they call is away (search ↔ analytics, ingest ↔ pipeline)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import grpc
+import httpx
+import pytest
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as analytics_pb
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc as analytics_grpc
+from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
+from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
+from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pipeline_grpc
+
+from services.launcher import Mesh
+from tests.e2e.clients import rest_search, rest_upload, rich_status, wait_ready, watch_job
+from tests.media import SceneSpec, make_scene_video
+
+pytestmark = pytest.mark.e2e
+
+LOG_SEARCHES = "/clipmind.analytics.internal.v1.AnalyticsInternalService/LogSearches"
+
+
+def _token(mesh: Mesh) -> str:
+    return (mesh.state_dir / "internal.token").read_text().strip()
+
+
+def _logged(database_url: str, ids: list[str]) -> dict[str, tuple[int, int]]:
+    """search id -> (rows in the search log, ranked results logged with it)."""
+    async def read() -> dict[str, tuple[int, int]]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT s.id::text AS id, count(DISTINCT s.log_time) AS n, "
+                "(SELECT count(*) FROM analytics.search_results r WHERE r.search_id = s.id) AS results "
+                "FROM analytics.searches s WHERE s.id = ANY($1::uuid[]) GROUP BY s.id",
+                [uuid.UUID(i) for i in ids])
+            return {r["id"]: (int(r["n"]), int(r["results"])) for r in rows}
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
+def _wait_logged(database_url: str, ids: list[str], timeout_s: float = 60) -> dict[str, tuple[int, int]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = _logged(database_url, ids)
+        if len(found) == len(ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def test_internal_methods_are_not_routed_by_envoy(endpoints, channel) -> None:  # type: ignore[no-untyped-def]
+    for path in (LOG_SEARCHES, "/v1/searches:log"):  # the gRPC path, and any REST-looking guess
+        response = httpx.post(f"{endpoints.envoy_url}{path}", json={"searches": []}, timeout=10)
+        assert response.status_code == 404, path
+    # A gRPC client gets Envoy's 404 as a gRPC status (HTTP 200 + grpc-status 12, UNIMPLEMENTED).
+    response = httpx.post(f"{endpoints.envoy_url}{LOG_SEARCHES}", content=b"\x00\x00\x00\x00\x00",
+                          headers={"content-type": "application/grpc"}, timeout=10)
+    assert response.headers.get("grpc-status") == "12"
+    stub = analytics_grpc.AnalyticsInternalServiceStub(channel)  # native gRPC through the public port
+    with pytest.raises(grpc.RpcError) as err:
+        stub.LogSearches(analytics_pb.LogSearchesRequest(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # what gRPC makes of Envoy's 404
+
+
+def test_internal_methods_need_the_service_identity(mesh: Mesh, endpoints) -> None:  # type: ignore[no-untyped-def]
+    with grpc.insecure_channel(endpoints.grpc["analytics"]) as direct:
+        stub = analytics_grpc.AnalyticsInternalServiceStub(direct)
+        for metadata, reason in (((), "SERVICE_IDENTITY_REQUIRED"),
+                                 ((("authorization", "Bearer not-the-secret"),), "SERVICE_IDENTITY_INVALID")):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.LogSearches(analytics_pb.LogSearchesRequest(), metadata=metadata, timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert rich_status(err.value)[0] == reason
+        ok = stub.LogSearches(analytics_pb.LogSearchesRequest(), timeout=10,
+                              metadata=(("authorization", f"Bearer {_token(mesh)}"),))
+        assert ok.logged_count == 0
+
+
+@pytest.mark.chaos
+def test_searches_made_while_analytics_is_down_are_logged_once_when_it_returns(  # type: ignore[no-untyped-def]
+    processed_video: dict, mesh: Mesh, endpoints, rest: httpx.Client
+) -> None:
+    def timed_search(i: int) -> tuple[str, float]:
+        started = time.perf_counter()
+        body = rest_search(rest, f"a dog jumping into the water {i}", pageSize=3)
+        return body["searchId"], time.perf_counter() - started
+
+    up = [timed_search(i) for i in range(8)]
+    logged_up = _wait_logged(endpoints.database_url, [i for i, _ in up])
+    assert len(logged_up) == len(up) and all(n == 1 and results >= 1 for n, results in logged_up.values())
+
+    analytics = mesh.part("analytics")
+    analytics.stop()
+    try:
+        down = [timed_search(100 + i) for i in range(8)]
+    finally:
+        analytics.start()
+    # Logging is off the search's path: with analytics away searches answer as fast as before (a loose bound;
+    # bench/internal_calls.py measures it).
+    assert statistics.median(t for _, t in down) < 3 * statistics.median(t for _, t in up) + 0.2
+    ids = [i for i, _ in down]
+    logged = _wait_logged(endpoints.database_url, ids)
+    assert sorted(logged) == sorted(ids), "every search made while analytics was down reaches the log"
+    assert all(n == 1 and results >= 1 for n, results in logged.values()), logged
+
+
+@pytest.mark.chaos
+def test_upload_while_the_pipeline_is_down_is_processed_once_when_it_returns(  # type: ignore[no-untyped-def]
+    mesh: Mesh, endpoints, rest: httpx.Client, channel, tmp_path: Path
+) -> None:
+    path = make_scene_video(tmp_path / "while-down.mp4", (SceneSpec(2.0, "testsrc2"),), audio=False)
+    pipeline = mesh.part("pipeline")
+    pipeline.stop()
+    try:
+        response = rest_upload(rest, path, title="uploaded while the pipeline was down")
+        assert response.status_code == 200, response.text
+        video = response.json()
+        assert video["state"] == "STATE_PENDING" and video["job"].startswith("jobs/")
+    finally:
+        pipeline.start()
+    # The job exists once the ingest outbox has submitted it to the pipeline that is back.
+    jobs = pipeline_grpc.PipelineServiceStub(channel)
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            jobs.GetJob(pipeline_pb.GetJobRequest(name=video["job"]), timeout=10)
+            break
+        except grpc.RpcError as err:
+            assert err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE), err
+            assert time.monotonic() < deadline, "the job was never submitted"
+            time.sleep(0.5)
+    events = watch_job(channel, video["job"])
+    assert events[-1].job_state == pipeline_pb.Job.STATE_SUCCEEDED
+    assert wait_ready(channel, video["name"]).state == ingest_pb.Video.STATE_READY
+
+    async def jobs_of_video() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(endpoints.database_url)
+        try:
+            return list(await conn.fetch(
+                "SELECT j.id, (SELECT count(*) FROM job_events e WHERE e.job_id = j.id AND "
+                "e.message LIKE 'attempt %') AS attempts FROM jobs j WHERE j.video_id = $1",
+                uuid.UUID(video["name"].split("/")[1])))
+        finally:
+            await conn.close()
+    (job,) = asyncio.run(jobs_of_video())
+    assert f"jobs/{job['id']}" == video["job"] and job["attempts"] == 1
