@@ -7,7 +7,9 @@ then hands each row to the handler of its topic (usually an idempotent internal 
 A consumer that is down or restarting only delays the work; nothing is lost.
 
 Every service has its own ``outbox`` table (``OUTBOX_DDL``) in its own schema; the connection's
-``search_path`` picks it, so the SQL here is unqualified.
+``search_path`` picks it, so the SQL here is unqualified. A relay claims only the rows of the topics it has
+handlers for, so producers that share one table (services still in one schema, or two relays of one
+process) never take, delay or fail each other's rows.
 
 Guarantees:
 
@@ -31,7 +33,8 @@ own, whatever the error: a handler that receives an answer meaning "already done
 more" (ALREADY_EXISTS, NOT_FOUND for a deleted video, FAILED_PRECONDITION for a job already finished...)
 must swallow it and return. A permanent :class:`ClipMindError` that escapes is logged as an error (a bug in
 the handler) and retried at the backoff cap, visible in :meth:`OutboxRelay.pending` and
-:meth:`OutboxRelay.oldest_age_s`. A row whose topic has no handler is likewise logged and retried at the cap.
+:meth:`OutboxRelay.oldest_age_s`. A row whose topic no relay handles is never claimed: it waits, visible in
+the table, for the relay (a deploy) that handles it.
 
 Holding a connection while handlers run: the claim's row lock lives in a transaction, so the relay holds
 one pooled connection while a handler (a gRPC call with a deadline of ~10 s) runs — one connection per
@@ -113,6 +116,7 @@ class OutboxRelay:
     ) -> None:
         self._db = db
         self._handlers = dict(handlers)
+        self._topics = sorted(self._handlers)
         self.name = name
         self._batch_size = batch_size
         self._poll_s = poll_s
@@ -185,11 +189,13 @@ class OutboxRelay:
 
     async def pending(self) -> int:
         """Rows waiting for delivery (due or backing off)."""
-        return int(await self._db.fetchval("SELECT count(*) FROM outbox"))
+        return int(await self._db.fetchval("SELECT count(*) FROM outbox WHERE topic = ANY($1::text[])", self._topics))
 
     async def oldest_age_s(self) -> float:
         """Age in seconds of the oldest waiting row; 0 when none."""
-        age = await self._db.fetchval("SELECT EXTRACT(EPOCH FROM now() - min(create_time))::float8 FROM outbox")
+        age = await self._db.fetchval(
+            "SELECT EXTRACT(EPOCH FROM now() - min(create_time))::float8 FROM outbox WHERE topic = ANY($1::text[])",
+            self._topics)
         return float(age or 0.0)
 
     def _backoff_s(self, attempts: int) -> float:
@@ -231,7 +237,8 @@ class OutboxRelay:
                 async with conn.transaction():
                     row = await conn.fetchrow(
                         "SELECT id, topic, payload, attempts FROM outbox WHERE id > $1 AND next_attempt_time <= now() "
-                        "ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED", self._cursor)
+                        "AND topic = ANY($2::text[]) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                        self._cursor, self._topics)
                     if row is None:
                         break
                     delivered = await self._deliver(conn, row)
@@ -246,27 +253,25 @@ class OutboxRelay:
             # Rows due but not claimable are locked by another relay: not waited for here (poll fallback).
             next_due = await conn.fetchval(
                 "SELECT EXTRACT(EPOCH FROM min(next_attempt_time) - clock_timestamp())::float8 FROM outbox "
-                "WHERE next_attempt_time > clock_timestamp()")
+                "WHERE next_attempt_time > clock_timestamp() AND topic = ANY($1::text[])", self._topics)
         return False, self._poll_s if next_due is None else max(0.01, min(self._poll_s, next_due))
 
     async def _deliver(self, conn: asyncpg.Connection, row: asyncpg.Record) -> bool:
         """Run the row's handler; delete the row (True) or record the failure and back off (False)."""
         outbox_id, topic, attempts = row["id"], row["topic"], row["attempts"]
-        handler = self._handlers.get(topic)
+        handler = self._handlers[topic]  # only rows of handled topics are claimed
         try:
-            if handler is None:
-                raise LookupError(f"no handler for outbox topic {topic!r}")
             async with asyncio.timeout(self._handler_timeout_s):
                 await handler(bytes(row["payload"]))
         except Exception as exc:
-            await self._failed(conn, outbox_id, topic, attempts, exc, permanent=handler is None)
+            await self._failed(conn, outbox_id, topic, attempts, exc)
             return False
         await conn.execute("DELETE FROM outbox WHERE id = $1", outbox_id)
         return True
 
     async def _failed(self, conn: asyncpg.Connection, outbox_id: int, topic: str, attempts: int,
-                      exc: Exception, *, permanent: bool) -> None:
-        permanent = permanent or (isinstance(exc, ClipMindError) and exc.code in PERMANENT_CODES)
+                      exc: Exception) -> None:
+        permanent = isinstance(exc, ClipMindError) and exc.code in PERMANENT_CODES
         delay = self._max_backoff_s if permanent else self._backoff_s(attempts)
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         await conn.execute(
