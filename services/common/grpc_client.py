@@ -62,116 +62,22 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from google.rpc import error_details_pb2, status_pb2
 
 from services.common import request_context
 from services.common.circuit import CircuitBreaker
 from services.common.config import CommonSettings
-from services.common.errors import (
-    Aborted,
-    AlreadyExists,
-    ClipMindError,
-    DeadlineExceeded,
-    FailedPrecondition,
-    FieldViolation,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    OutOfRange,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-    Unimplemented,
-)
+from services.common.errors import Unavailable
+from services.common.grpc_errors import from_rpc_error
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 AUTHORIZATION_KEY = "authorization"
 
 #: Outcomes that say the backend is not there (or not answering); everything else proves it is.
 BREAKER_FAILURE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-
-_ERROR_CLASSES: dict[grpc.StatusCode, type[ClipMindError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.ABORTED: Aborted,
-    grpc.StatusCode.OUT_OF_RANGE: OutOfRange,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    # A call cancelled by the server (it is shutting down): try again later, like UNAVAILABLE.
-    grpc.StatusCode.CANCELLED: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
-    grpc.StatusCode.INTERNAL: Internal,
-    grpc.StatusCode.UNKNOWN: Internal,
-    grpc.StatusCode.DATA_LOSS: Internal,
-}
-
-
-# -- errors ------------------------------------------------------------------------------------------------
-
-
-def from_rpc_error(err: grpc.aio.AioRpcError, *, method: str = "") -> ClipMindError:
-    """The ``ClipMindError`` a failed call stands for: the class of its status code, with reason and metadata
-    from the ``ErrorInfo``, ``retry_delay_s`` from ``RetryInfo`` and ``field_violations`` from ``BadRequest``
-    found in ``grpc-status-details-bin`` (as ``services.common.grpc_errors`` sends them).
-
-    A status without ErrorInfo comes from the gRPC library, not from a ClipMind server (no connection, deadline
-    passed): its reason is the code's name and its message says only which call failed, since the library's
-    text names internal addresses; that text stays on the original error (``__cause__`` where the guarded
-    stubs raise this).
-    """
-    code = err.code()
-    cls = _ERROR_CLASSES.get(code, Internal)
-    status = _rich_status(err)
-    reason = code.name
-    metadata: dict[str, str] = {}
-    retry_delay_s: float | None = None
-    violations: list[FieldViolation] = []
-    has_info = False
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            has_info = True
-            reason = info.reason or reason
-            metadata = dict(info.metadata)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            retry_delay_s = retry.retry_delay.ToTimedelta().total_seconds()
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
-    if has_info:
-        message = err.details() or code.name
-    else:
-        message = f"internal call {method or 'to another service'} failed: {code.name}"
-    return cls(message=message, reason=reason, metadata=metadata, retry_delay_s=retry_delay_s,
-               field_violations=violations)
-
-
-def _rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
-    for key, value in err.trailing_metadata() or ():
-        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
-            try:
-                status = status_pb2.Status.FromString(value)
-            except Exception:  # a malformed trailer: keep the plain status
-                log.warning("ignoring unparsable %s on %s", STATUS_DETAILS_KEY, err.code().name)
-                return None
-            return status if status.code == err.code().value[0] else None
-    return None
-
 
 # -- channel configuration -----------------------------------------------------------------------------------
 

@@ -22,11 +22,11 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from services.common import request_context
-from services.common.errors import ERROR_DOMAIN, ClipMindError, Unimplemented
+from services.common.errors import ERROR_DOMAIN, ClipMindError, FieldViolation, Internal, Unavailable, Unimplemented
 
 log = logging.getLogger(__name__)
 
-_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"  # where a google.rpc.Status travels (trailing metadata)
 
 
 def to_rpc_status(exc: ClipMindError) -> status_pb2.Status:
@@ -83,7 +83,7 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     await context.abort(
         grpc.StatusCode[code_pb2.Code.Name(status.code)],
         status.message,
-        trailing_metadata=((_STATUS_DETAILS_KEY, status.SerializeToString()),),
+        trailing_metadata=((STATUS_DETAILS_KEY, status.SerializeToString()),),
     )
 
 
@@ -145,3 +145,73 @@ def _wrap_stream(behavior: Callable[..., Any], method: str) -> Callable[..., Asy
             await _abort(context, method, exc)
 
     return wrapper
+
+
+# -- the other way: a failed call's status back into the exception tree (internal clients) -------------
+
+
+def _error_classes() -> dict[grpc.StatusCode, type[ClipMindError]]:
+    """Status code → exception class, from the exception tree itself (each class names its code)."""
+    classes: dict[grpc.StatusCode, type[ClipMindError]] = {
+        grpc.StatusCode[cls.code]: cls for cls in ClipMindError.__subclasses__()
+    }
+    # A call cancelled by the server (it is shutting down): try again later, like UNAVAILABLE.
+    classes[grpc.StatusCode.CANCELLED] = Unavailable
+    classes[grpc.StatusCode.UNKNOWN] = classes[grpc.StatusCode.DATA_LOSS] = Internal
+    return classes
+
+
+_ERROR_CLASSES = _error_classes()
+
+
+def from_rpc_error(err: grpc.aio.AioRpcError, *, method: str = "") -> ClipMindError:
+    """The ``ClipMindError`` a failed call stands for: the class of its status code, with reason and metadata
+    from the ``ErrorInfo``, ``retry_delay_s`` from ``RetryInfo`` and ``field_violations`` from ``BadRequest``
+    found in ``grpc-status-details-bin`` (as ``services.common.grpc_errors`` sends them).
+
+    A status without ErrorInfo comes from the gRPC library, not from a ClipMind server (no connection, deadline
+    passed): its reason is the code's name and its message says only which call failed, since the library's
+    text names internal addresses; that text stays on the original error (``__cause__`` where the guarded
+    stubs raise this).
+    """
+    code = err.code()
+    cls = _ERROR_CLASSES.get(code, Internal)
+    status = _rich_status(err)
+    reason = code.name
+    metadata: dict[str, str] = {}
+    retry_delay_s: float | None = None
+    violations: list[FieldViolation] = []
+    has_info = False
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            has_info = True
+            reason = info.reason or reason
+            metadata = dict(info.metadata)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            retry_delay_s = retry.retry_delay.ToTimedelta().total_seconds()
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    if has_info:
+        message = err.details() or code.name
+    else:
+        message = f"internal call {method or 'to another service'} failed: {code.name}"
+    return cls(message=message, reason=reason, metadata=metadata, retry_delay_s=retry_delay_s,
+               field_violations=violations)
+
+
+def _rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
+    for key, value in err.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY and isinstance(value, bytes):
+            try:
+                status = status_pb2.Status.FromString(value)
+            except Exception:  # a malformed trailer: keep the plain status
+                log.warning("ignoring unparsable %s on %s", STATUS_DETAILS_KEY, err.code().name)
+                return None
+            return status if status.code == err.code().value[0] else None
+    return None

@@ -33,12 +33,11 @@ import grpc.aio
 
 from services.common import request_context
 from services.common.errors import ClipMindError, Unauthenticated
-from services.common.grpc_errors import to_rpc_status
+from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
 from services.common.request_context import RequestContext
 
 log = logging.getLogger(__name__)
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 AUTHORIZATION_KEY = "authorization"
 
 

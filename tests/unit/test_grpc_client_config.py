@@ -19,8 +19,8 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.grpc_client import channel_options, from_rpc_error, service_config
-from services.common.grpc_errors import to_rpc_status
+from services.common.grpc_client import channel_options, service_config
+from services.common.grpc_errors import from_rpc_error, to_rpc_status
 from services.common.internal_auth import InternalAuthInterceptor, is_internal_method
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
