@@ -12,17 +12,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from clipmind.pipeline.internal.v1.pipeline_internal_service_pb2 import SubmitVideoJobRequest
 from google.rpc import error_details_pb2
 
 from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.errors import Unavailable
 from services.common.grpc_errors import to_rpc_status
+from services.common.job_store import JobStore
 from services.common.outbox import OutboxRelay
+from services.common.paging import parse_name
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
-from services.common.store import UploadStore, VideoStore
+from services.common.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
+from services.pipeline.jobs import JobControl
 from tests.media import make_scene_video
 
 pytestmark = pytest.mark.integration
@@ -72,10 +76,19 @@ async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type
     db = await create_pool(pg_dsn, max_size=2, acquire_timeout_s=5)
     queue = await ArqJobQueue.connect(redis_url)
     bus = ProgressBus.connect(redis_url)
+    control = JobControl(JobStore(db), bus, queue)
+
+    async def submit(payload: bytes) -> None:  # the pipeline's SubmitVideoJob, in process, on the same pool
+        request = SubmitVideoJobRequest.FromString(payload)
+        await control.submit(parse_name(request.video, "videos"), request.generation)
+
+    # The relay holds one of the two connections while it delivers: uploads must still all complete.
+    await db.execute("DELETE FROM outbox")  # submissions other tests left in the session's database
+    relay = OutboxRelay(db, {SUBMIT_JOB_TOPIC: submit}, name="test", poll_s=0.2)
+    relay.start()
     ingestor = VideoIngestor(
         VideoStore(db), UploadStore(db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"),
-        OutboxRelay(db, {}, name="test"), tmp_path / "staging", max_upload_bytes=50_000_000,
-        max_chunk_bytes=1_000_000, submit_wait_s=0,
+        relay, tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=1_000_000,
     )
     data = make_scene_video(tmp_path / "clip.mp4", audio=False).read_bytes()
 
@@ -88,7 +101,13 @@ async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type
     try:
         states = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(16))), 240)
         assert states == ["PENDING"] * 16
+        for _ in range(300):  # every job submitted, none lost (within 60 s)
+            if not await relay.pending():
+                break
+            await asyncio.sleep(0.2)
+        assert await relay.pending() == 0
     finally:
+        await relay.stop()
         await bus.close()
         await queue.close()
         await db.close()

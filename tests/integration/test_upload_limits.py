@@ -17,7 +17,6 @@ from services.common.config import IngestSettings
 from services.common.db import Database, create_pool
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.outbox import OutboxRelay
-from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import MAX_SUBTITLE_BYTES, MAX_TITLE_CHARS, SidecarInput, VideoMeta
@@ -32,8 +31,8 @@ GOOD_SRT = srt_text([Cue(0.2, 1.5, "a good sidecar")]).encode()
 
 
 class Harness:
-    def __init__(self, pool: Database, queue: ArqJobQueue, tmp_path: Path) -> None:
-        self.pool, self.queue = pool, queue
+    def __init__(self, pool: Database, tmp_path: Path) -> None:
+        self.pool = pool
         self.staging, self.blobs = tmp_path / "staging", tmp_path / "blobs"
         self.staging.mkdir()
 
@@ -57,11 +56,9 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(pg_dsn: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+async def harness(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Harness]:
     pool = await create_pool(pg_dsn)
-    queue = await ArqJobQueue.connect(redis_url)
-    yield Harness(pool, queue, tmp_path)
-    await queue.close()
+    yield Harness(pool, tmp_path)
     await pool.close()
 
 

@@ -14,7 +14,6 @@ from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.errors import Aborted, ClipMindError, FailedPrecondition
 from services.common.outbox import OutboxRelay
-from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
 from tests.media import SceneSpec, make_scene_video
@@ -23,9 +22,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def setup(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+async def setup(pg_dsn: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     pool = await create_pool(pg_dsn)
-    queue = await ArqJobQueue.connect(redis_url)
     blobs = tmp_path / "blobs"
     ingestor = VideoIngestor(
         VideoStore(pool), UploadStore(pool), LocalBlobStore(blobs, "http://media.invalid"),
@@ -34,7 +32,6 @@ async def setup(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no
     )
     video = make_scene_video(tmp_path / "clip.mp4", (SceneSpec(2.0, "testsrc2"),), audio=False)
     yield pool, ingestor, blobs, video.read_bytes()
-    await queue.close()
     await pool.close()
 
 

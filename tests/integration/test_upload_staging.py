@@ -13,7 +13,6 @@ from services.common.blobstore import LocalBlobStore
 from services.common.db import create_pool
 from services.common.errors import FailedPrecondition
 from services.common.outbox import OutboxRelay
-from services.common.queue import ArqJobQueue
 from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
 
@@ -26,10 +25,9 @@ def _make_old(path: Path, hours: float = 2.0) -> None:
 
 
 async def test_sweep_cancels_expired_uploads_and_deletes_leftovers(  # type: ignore[no-untyped-def]
-    pg_dsn: str, redis_url: str, tmp_path: Path
+    pg_dsn: str, tmp_path: Path
 ) -> None:
     pool = await create_pool(pg_dsn)
-    queue = await ArqJobQueue.connect(redis_url)
     staging = tmp_path / "staging"
     ingestor = VideoIngestor(
         VideoStore(pool), UploadStore(pool), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"),
@@ -64,5 +62,4 @@ async def test_sweep_cancels_expired_uploads_and_deletes_leftovers(  # type: ign
             await ingestor.write_upload(expired.id, 12, b"too late")
         assert await ingestor.sweep_staging() == 0
     finally:
-        await queue.close()
         await pool.close()
