@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.launcher.process import LaunchError, ManagedProcess, OwnsProcess, log_tail
+from services.launcher.process import LaunchError, ManagedProcess, OwnsProcess, as_user, log_tail
 
 DATABASE = "clipmind"
 SUPERUSER = "postgres"
@@ -127,7 +127,7 @@ class EmbeddedPostgres(OwnsProcess):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             result = subprocess.run(
-                [
+                as_user([
                     str(bin_dir / "initdb"),
                     "-D",
                     str(self.data_dir),
@@ -136,10 +136,9 @@ class EmbeddedPostgres(OwnsProcess):
                     "--auth=trust",
                     "--encoding=UTF8",
                     "--locale=C.UTF-8",
-                ],
+                ], user),
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                user=user,
                 check=False,
                 timeout=120,
             )

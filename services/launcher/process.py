@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -20,6 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+def as_user(argv: Sequence[str], user: str | None) -> list[str]:
+    """``argv`` run as ``user`` (we are root), switched by ``setpriv`` after exec.
+
+    Not ``subprocess.Popen(user=...)``: asking Python to switch users in the child makes it fork() instead of
+    vfork(), and fork() runs the at-fork handlers of gRPC's event engine, which restart its poller in the
+    child and abort it (initdb and postgres died of SIGABRT in a test process that had used gRPC). A plain
+    Popen uses vfork, which runs no handlers."""
+    if user is None:
+        return list(argv)
+    entry = pwd.getpwnam(user)
+    return ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--init-groups", "--", *argv]
 
 LOG_TAIL_LINES = 40
 
@@ -79,13 +93,12 @@ class ManagedProcess:
             out.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} start {self.name}\n".encode())
             out.flush()
             self._proc = subprocess.Popen(
-                list(self.argv),
+                as_user(self.argv, self.user),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=dict(self.env) if self.env is not None else None,
                 cwd=self.cwd,
-                user=self.user,
                 start_new_session=True,
             )
 
