@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from services.common.db import Database
-from services.common.errors import NotFound
-from services.common.records import Clip, Segment
+from services.common.errors import FailedPrecondition, NotFound
+from services.common.records import Clip, ProcessedVideo, Segment
 from services.common.store import to_record
+from services.common.vectors import PgVectorIndex, VectorItem
 
 _CLIP_SELECT = (
     "SELECT c.*, v.title AS video_title, v.blob_key AS video_blob_key, "
@@ -23,6 +24,48 @@ _CLIP_SELECT = (
 class ClipStore:
     def __init__(self, pool: Database) -> None:
         self._pool = pool
+        self._vectors = PgVectorIndex(pool)  # vectors live in the same database: written in one transaction
+
+    async def replace_index(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> None:
+        """Replace the video's clips, segments and vectors with ``result``, atomically — unless a run with a
+        larger ``fence`` wrote the video's index already (FAILED_PRECONDITION ``RUN_SUPERSEDED``: nothing is
+        written). The same fence again rewrites the same rows (ids derive from video and index)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if await conn.fetchval("SELECT id FROM videos WHERE id = $1 FOR UPDATE", video_id) is None:
+                raise NotFound(f"video {video_id} was deleted", reason="VIDEO_NOT_FOUND")
+            held = await conn.fetchval("SELECT fence FROM video_index_fences WHERE video_id = $1", video_id)
+            if held is not None and held > fence:
+                raise FailedPrecondition(f"a newer run (fence {held}) indexed this video already",
+                                         reason="RUN_SUPERSEDED")
+            await conn.execute(
+                "INSERT INTO video_index_fences (video_id, fence) VALUES ($1, $2) ON CONFLICT (video_id) "
+                "DO UPDATE SET fence = EXCLUDED.fence, update_time = now()", video_id, fence)
+            await conn.execute("DELETE FROM clips WHERE video_id = $1", video_id)
+            await conn.executemany(
+                "INSERT INTO clips (id, video_id, idx, start_s, end_s, thumbnail_key) "
+                "VALUES ($1, $2, $3, $4, $5, $6)",
+                [(c.id, video_id, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in result.clips],
+            )
+            await conn.executemany(
+                "INSERT INTO transcript_segments (id, video_id, clip_id, idx, start_s, end_s, text, source) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                [(g.id, video_id, g.clip_id, g.idx, g.start_s, g.end_s, g.text, g.source) for g in result.segments],
+            )
+            await self._vectors.upsert(
+                "transcript", result.transcript_model,
+                [VectorItem(seg_id, video_id, vec) for seg_id, vec in result.vectors], conn=conn,
+            )
+            await self._vectors.upsert(
+                "visual", result.visual_model,
+                [VectorItem(clip_id, video_id, vec) for clip_id, vec in result.visual_vectors], conn=conn,
+            )
+
+    async def delete_index(self, video_id: uuid.UUID) -> int:
+        """Delete the video's clips (segments and vectors go with them); returns how many clips."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute("DELETE FROM clips WHERE video_id = $1", video_id)
+            await conn.execute("DELETE FROM video_index_fences WHERE video_id = $1", video_id)
+        return int(status.split()[-1])
 
     async def get(self, clip_id: uuid.UUID) -> Clip:
         row = await self._pool.fetchrow(f"{_CLIP_SELECT} WHERE c.id = $1", clip_id)

@@ -188,5 +188,9 @@ class WorkerSettings(CommonSettings):
         "they are stopped; either way they are handed back without using an attempt.",
     )
     clip_batch_size: int = Field(8, description="Keyframes per CLIP image request.")
+    search_wait_s: float = Field(
+        600.0, gt=0, description="How long a job's INDEX stage waits for a search service that is away (the job "
+        "keeps its lease meanwhile) before the attempt fails.",
+    )
     scene_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold.")
     min_scene_s: float = Field(0.6, description="Shortest scene kept by scene detection.")

@@ -103,8 +103,8 @@ class JobStore:
                 return None
             attempt = job["attempt"] + 1
             await conn.execute(
-                "UPDATE jobs SET run_id = $2, worker = $3, lease_expire_time = now() + make_interval(secs => $4) "
-                "WHERE id = $1",
+                "UPDATE jobs SET run_id = $2, worker = $3, lease_expire_time = now() + make_interval(secs => $4), "
+                "fence = fence + 1 WHERE id = $1",
                 job_id, run_id, worker, lease_s,
             )
             event = await self._append_event(

@@ -81,6 +81,7 @@ class Job:
     lease_expire_time: datetime | None = None  # the owning run's lease; its heartbeat pushes it forward
     worker: str = ""  # who runs (or last ran) it: host:pid
     failure_code: str = ""  # stable reason of the failure (WORKER_LOST, UNREADABLE_MEDIA, INTERNAL, ...)
+    fence: int = 0  # grows with every claim: the current run's writes to other services carry it
     create_time: datetime | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
@@ -100,6 +101,7 @@ class Run:
     run_id: uuid.UUID
     attempt: int
     max_attempts: int
+    fence: int = 0  # larger than any earlier run's: fences the run's writes in other services
 
 
 @dataclass
@@ -152,7 +154,7 @@ class Segment:
 
 @dataclass
 class ProcessedVideo:
-    """Everything the pipeline writes for one video in its final, atomic step."""
+    """Everything processing found for one video, written to the search service's index in one atomic step."""
 
     clips: list[Clip]
     segments: list[Segment]

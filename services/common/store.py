@@ -21,13 +21,11 @@ from services.common import outbox
 from services.common.db import Database
 from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.records import (
-    ProcessedVideo,
     Run,
     Upload,
     Video,
     job_id_for,
 )
-from services.common.vectors import PgVectorIndex, VectorItem
 
 # Outbox topic of "a stored video needs its processing job" (ingest → PipelineInternalService.SubmitVideoJob).
 SUBMIT_JOB_TOPIC = "pipeline.submit_video_job"
@@ -82,7 +80,6 @@ async def _lock_run(conn: asyncpg.Connection, run: Run) -> None:
 class VideoStore:
     def __init__(self, pool: Database) -> None:
         self._pool = pool
-        self._vectors = PgVectorIndex(pool)  # vectors live in the same database: written in one transaction
 
     async def get(self, video_id: uuid.UUID) -> Video:
         row = await self._pool.fetchrow(f"{_VIDEO_SELECT} WHERE v.id = $1", video_id)
@@ -162,45 +159,6 @@ class VideoStore:
         if row is None:
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND")
         return to_record(Video, row)
-
-    async def save_processed(self, video_id: uuid.UUID, result: ProcessedVideo, run: Run | None = None) -> None:
-        """Replace the video's clips, segments and vectors and mark it READY, atomically — unless the run
-        writing them no longer owns its job (cancelled, or taken over after its lease ran out): then
-        nothing is written (FAILED_PRECONDITION ``RUN_SUPERSEDED``)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if run is not None:
-                await _lock_run(conn, run)
-            locked = await conn.fetchval("SELECT id FROM videos WHERE id = $1 FOR UPDATE", video_id)
-            if locked is None:
-                raise NotFound(f"video {video_id} was deleted", reason="VIDEO_NOT_FOUND")
-            await conn.execute("DELETE FROM clips WHERE video_id = $1", video_id)
-            await conn.executemany(
-                "INSERT INTO clips (id, video_id, idx, start_s, end_s, thumbnail_key) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
-                [(c.id, c.video_id, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in result.clips],
-            )
-            await conn.executemany(
-                "INSERT INTO transcript_segments (id, video_id, clip_id, idx, start_s, end_s, text, source) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [(s.id, s.video_id, s.clip_id, s.idx, s.start_s, s.end_s, s.text, s.source)
-                 for s in result.segments],
-            )
-            await self._vectors.upsert(
-                "transcript", result.transcript_model,
-                [VectorItem(seg_id, video_id, vec) for seg_id, vec in result.vectors], conn=conn,
-            )
-            await self._vectors.upsert(
-                "visual", result.visual_model,
-                [VectorItem(clip_id, video_id, vec) for clip_id, vec in result.visual_vectors], conn=conn,
-            )
-            await conn.execute(
-                "UPDATE videos SET state = 'READY', scene_count = $2, transcript_source = $3, "
-                "transcript_model = $4, visual_model = $5, failure_reason = '', update_time = now() "
-                "WHERE id = $1",
-                video_id, len(result.clips), result.transcript_source,
-                result.transcript_model if result.vectors else "",
-                result.visual_model if result.visual_vectors else "",
-            )
 
     async def stale_models(self, transcript_model: str, visual_model: str) -> dict[str, int]:
         """READY videos whose vectors came from another model than the one in use (reindex needed),

@@ -2,9 +2,10 @@
 
 Each stage reports STARTED/COMPLETED (or SKIPPED, saying why) events through the job reporter. Every
 write is keyed by the video (blob keys, derived row ids) and the final index step replaces the video's
-clips, segments and vectors in one transaction, so re-running a job leaves the same rows and never
-duplicates. Models come through the ``Inference`` interface; a model that is off (no weights) switches
-its modality off for this video, and the events name the setting that would turn it on.
+clips, segments and vectors in one call to the search service (one transaction there), fenced by the run,
+so re-running a job leaves the same rows and never duplicates. Models come through the ``Inference``
+interface; a model that is off (no weights) switches its modality off for this video, and the events name
+the setting that would turn it on.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
-from services.common.job_store import JobStore
 from services.common.records import Clip, ProcessedVideo, Run, Segment, Video, derived_id
 from services.common.store import VideoStore
 from services.media.decode import audio_windows, extract_frame
@@ -46,6 +47,16 @@ class ProcessorConfig:
     scene_threshold: float = 27.0
     min_scene_s: float = 0.6
     clip_batch_size: int = 8
+    search_wait_s: float = 600.0  # how long INDEX waits for a search service that is away
+
+
+class SearchIndex(Protocol):
+    """The search service's index of videos (``search_index.SearchIndexClient``)."""
+
+    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> None:
+        """Replace everything indexed for the video, atomically; FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a
+        later run (larger fence) wrote it already, NOT_FOUND when the video is gone, UNAVAILABLE while the
+        search service is away."""
 
 
 def assign_segments(video_id: uuid.UUID, cues: list[Cue], clips: list[Clip], source: str) -> list[Segment]:
@@ -68,11 +79,11 @@ def _off_note(status: ModelStatus) -> str:
 
 class VideoProcessor:
     def __init__(
-        self, videos: VideoStore, jobs: JobStore, reporter: JobReporter, blobs: BlobStore,
+        self, videos: VideoStore, index: SearchIndex, reporter: JobReporter, blobs: BlobStore,
         inference: Inference, config: ProcessorConfig,
     ) -> None:
         self._videos = videos
-        self._jobs = jobs
+        self._index = index
         self._reporter = reporter
         self._blobs = blobs
         self._inference = inference
@@ -139,12 +150,18 @@ class VideoProcessor:
             await report.skip("EMBED", "; ".join(notes))
 
         await report.start("INDEX", "writing clips, segments and vectors")
-        try:
-            await ride_out(lambda: self._videos.save_processed(video.id, result, run=run))
+        try:  # while the search service is away the run waits (its lease is kept), up to search_wait_s
+            await ride_out(lambda: self._index.replace(video.id, run.fence, result),
+                           within_s=self._config.search_wait_s)
         except FailedPrecondition as exc:
             if superseded(exc):
                 raise JobCancelled(str(run.job_id)) from exc
             raise
+        await self._update_video(
+            run, state="READY", scene_count=len(clips), transcript_source=result.transcript_source,
+            transcript_model=result.transcript_model if result.vectors else "",
+            visual_model=result.visual_model if result.visual_vectors else "", failure_reason="",
+        )
         await report.finish("INDEX", f"indexed {len(clips)} clips, {len(segments)} segments")
 
     async def _update_video(self, run: Run, **values: object) -> None:

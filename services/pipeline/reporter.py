@@ -36,7 +36,8 @@ class StopRequested(Exception):
 
 
 async def ride_out(call: Callable[[], Awaitable[T]], *, within_s: float = DB_OUTAGE_S) -> T:
-    """``call()``, retried with backoff while the database is UNAVAILABLE, for up to ``within_s``."""
+    """``call()``, retried with backoff while it fails UNAVAILABLE (the database, or a service it calls), for up
+    to ``within_s``."""
     deadline = time.monotonic() + within_s
     delay = 0.2
     while True:
@@ -45,7 +46,7 @@ async def ride_out(call: Callable[[], Awaitable[T]], *, within_s: float = DB_OUT
         except Unavailable as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("database unavailable (%s); retrying in %.1f s", exc.reason, delay)
+            log.warning("unavailable (%s: %s); retrying in %.1f s", exc.reason, exc.message, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

@@ -23,11 +23,13 @@ from typing import Any
 
 from arq import cron, func
 from arq.worker import Worker
+from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchInternalServiceStub
 from redis.exceptions import RedisError
 
 from services.common.blobstore import LocalBlobStore
 from services.common.config import WorkerSettings
 from services.common.db import open_database
+from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging
 from services.common.inference import make_inference
 from services.common.job_store import JobStore
@@ -39,6 +41,7 @@ from services.pipeline.jobs import JobControl
 from services.pipeline.processor import ProcessorConfig, VideoProcessor
 from services.pipeline.reporter import JobReporter
 from services.pipeline.runs import JobRunner, RunPolicy
+from services.pipeline.search_index import SearchIndexClient
 
 log = logging.getLogger("clipmind.worker")
 
@@ -58,17 +61,20 @@ async def startup(ctx: dict[str, Any]) -> None:
     pool = await open_database(settings)
     bus = ProgressBus.connect(settings.redis_url)
     videos, jobs = VideoStore(pool), JobStore(pool)
+    channels = InternalChannels(settings)
+    index = SearchIndexClient(channels.stub(SearchInternalServiceStub, settings.search_url))
     inference = make_inference(settings)
     await log_model_status(inference, "worker")
     reporter = JobReporter(jobs, bus)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     queue = ArqJobQueue(ctx["redis"])
     processor = VideoProcessor(
-        videos, jobs, reporter, blobs, inference,
-        ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size),
+        videos, index, reporter, blobs, inference,
+        ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size,
+                        settings.search_wait_s),
     )
     ctx.update(
-        pool=pool, bus=bus, inference=inference,
+        pool=pool, bus=bus, inference=inference, channels=channels,
         control=JobControl(jobs, bus, queue),
         runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
                          worker=f"{socket.gethostname()}:{os.getpid()}"),
@@ -76,7 +82,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for name in ("inference", "bus"):
+    for name in ("inference", "bus", "channels"):
         if name in ctx:
             await ctx[name].close()
     if "pool" in ctx:

@@ -21,7 +21,7 @@ from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.common.store import VideoStore
 from services.common.vectors import PgVectorIndex
-from services.search import search_log
+from services.search import internal_servicer, search_log
 from services.search.searcher import Searcher
 from services.search.servicer import SearchServicer
 
@@ -47,14 +47,17 @@ async def serve(settings: SearchSettings) -> None:
     logged = search_log.SearchLogBuffer(pool, relay)
     relay.start()
     logged.start()
-    searcher = Searcher(ClipStore(pool), PgVectorIndex(pool), inference, logged,
+    clips = ClipStore(pool)
+    searcher = Searcher(clips, PgVectorIndex(pool), inference, logged,
                         max_page_size=settings.max_page_size,
                         allow_random_weights=settings.allow_random_weights_in_ranking)
     servicer = SearchServicer(searcher, blobs)
+    internal = internal_servicer.SearchInternalServicer(clips)
 
     def register(server: grpc.aio.Server) -> list[str]:
         search_service_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server)
-        return [search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name]
+        return [search_service_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name,
+                internal_servicer.register(server, internal)]
 
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
                      on_stop=[logged.stop, relay.stop, channels.close, inference.close, pool.close],

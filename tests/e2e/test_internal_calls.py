@@ -153,3 +153,52 @@ def test_upload_while_the_pipeline_is_down_is_processed_once_when_it_returns(  #
             await conn.close()
     (job,) = asyncio.run(jobs_of_video())
     assert f"jobs/{job['id']}" == video["job"] and job["attempts"] == 1
+
+
+@pytest.mark.chaos
+def test_the_worker_waits_for_a_stopped_search_service_and_indexes_once_when_it_returns(  # type: ignore[no-untyped-def]
+    mesh: Mesh, endpoints, rest: httpx.Client, channel, tmp_path: Path
+) -> None:
+    path = make_scene_video(tmp_path / "index-later.mp4", audio=False)  # five scenes, no speech
+    jobs = pipeline_grpc.PipelineServiceStub(channel)
+    search = mesh.part("search")
+    search.stop()
+    try:
+        response = rest_upload(rest, path, title="indexed after search returns")
+        assert response.status_code == 200, response.text
+        video = response.json()
+        deadline = time.monotonic() + 300
+        while True:  # the stages before INDEX need no search service
+            job = jobs.GetJob(pipeline_pb.GetJobRequest(name=video["job"]), timeout=10)
+            if job.stage == pipeline_pb.STAGE_INDEX:
+                break
+            assert job.state in (pipeline_pb.Job.STATE_QUEUED, pipeline_pb.Job.STATE_RUNNING), job
+            assert time.monotonic() < deadline, "the job never reached INDEX"
+            time.sleep(0.3)
+        time.sleep(3)
+        job = jobs.GetJob(pipeline_pb.GetJobRequest(name=video["job"]), timeout=10)
+        assert (job.state, job.stage) == (pipeline_pb.Job.STATE_RUNNING, pipeline_pb.STAGE_INDEX), job  # waiting
+    finally:
+        search.start()
+    events = watch_job(channel, video["job"])
+    assert events[-1].job_state == pipeline_pb.Job.STATE_SUCCEEDED
+    assert wait_ready(channel, video["name"]).state == ingest_pb.Video.STATE_READY
+
+    async def counts() -> asyncpg.Record:
+        conn = await asyncpg.connect(endpoints.database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM clips WHERE video_id = $1) AS clips, "
+                "(SELECT count(DISTINCT idx) FROM clips WHERE video_id = $1) AS distinct_clips, "
+                "(SELECT count(*) FROM visual_vectors WHERE video_id = $1) AS visual, "
+                "(SELECT scene_count FROM videos WHERE id = $1) AS scenes, "
+                "(SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id "
+                " WHERE j.video_id = $1 AND e.message LIKE 'attempt %') AS attempts",
+                uuid.UUID(video["name"].split("/")[1]))
+            assert row is not None
+            return row
+        finally:
+            await conn.close()
+    row = asyncio.run(counts())
+    assert row["clips"] == row["distinct_clips"] == row["scenes"] > 1, dict(row)  # no duplicates
+    assert row["visual"] == row["clips"] and row["attempts"] == 1, dict(row)

@@ -13,7 +13,7 @@ from services.common.errors import FailedPrecondition
 from services.common.job_store import JobStore
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
-from services.common.records import Job, JobEvent, ProcessedVideo, Run, Video, queue_key
+from services.common.records import Job, JobEvent, Run, Video, queue_key
 from services.common.store import VideoStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS
@@ -64,8 +64,8 @@ async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type
 
     with pytest.raises(JobCancelled):  # the worker's next report learns of it and stops
         await report.done("SCENES", "3 scenes")
-    with pytest.raises(FailedPrecondition) as fenced:
-        await videos.save_processed(job.video_id, ProcessedVideo([], []), run=run)
+    with pytest.raises(FailedPrecondition) as fenced:  # the INDEX stage's READY mark is fenced too
+        await videos.update_for_run(run, state="READY", scene_count=0)
     assert fenced.value.reason == "RUN_SUPERSEDED"
     with pytest.raises(FailedPrecondition):
         await videos.update_for_run(run, thumbnail_key="videos/x/late.jpg")

@@ -1,5 +1,5 @@
-"""Re-running a job's index step leaves the same rows and vectors, never duplicates; deleting a video
-removes everything it owns (real PostgreSQL + pgvector)."""
+"""Re-running a job's index step leaves the same rows and vectors, never duplicates; an older run's index
+never replaces a newer one's; deleting a video removes everything it owns (real PostgreSQL + pgvector)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import asyncpg
 import numpy as np
 import pytest
 
+from services.common.clip_store import ClipStore
 from services.common.db import create_pool
+from services.common.errors import FailedPrecondition, NotFound
 from services.common.records import Clip, Job, ProcessedVideo, Segment, Video, derived_id
 from services.common.store import VideoStore
 from services.common.vectors import PgVectorIndex
@@ -51,13 +53,20 @@ async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str)
                                      Job(uuid.uuid4(), video_id, "QUEUED"))
         rng = np.random.default_rng(0)
         first = _result(video_id, rng)
-        await videos.save_processed(video_id, first)
+        clips = ClipStore(pool)
+        await clips.replace_index(video_id, 1, first)
         assert await _counts(pool, video_id) == (3, 3, 3, 3)
-        await videos.save_processed(video_id, _result(video_id, rng))  # same ids, new vectors
+        await clips.replace_index(video_id, 1, _result(video_id, rng))  # the same run again: same ids, new vectors
         assert await _counts(pool, video_id) == (3, 3, 3, 3)
-        saved = await videos.get(video_id)
-        assert (saved.state, saved.scene_count, saved.transcript_model, saved.visual_model) == (
-            "READY", 3, "sbert/test", "clip/test")
+        later = _result(video_id, rng)
+        await clips.replace_index(video_id, 2, later)  # a later run
+        with pytest.raises(FailedPrecondition) as superseded:  # an earlier run's late write changes nothing
+            await clips.replace_index(video_id, 1, ProcessedVideo([], []))
+        assert superseded.value.reason == "RUN_SUPERSEDED"
+        assert await _counts(pool, video_id) == (3, 3, 3, 3)
+        await videos.update_fields(video_id, state="READY", scene_count=3, transcript_model="sbert/test",
+                                   visual_model="clip/test")
+        first = later
 
         index = PgVectorIndex(pool)
         query = np.asarray(first.visual_vectors[1][1])
@@ -71,6 +80,9 @@ async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str)
         assert await videos.stale_models("sbert/test", "clip/new") == {"visual:clip/test": 1}
 
         await videos.delete(video_id)
+        assert await _counts(pool, video_id) == (0, 0, 0, 0)
+        with pytest.raises(NotFound):  # a run that finishes after the video was deleted writes nothing
+            await clips.replace_index(video_id, 3, _result(video_id, rng))
         assert await _counts(pool, video_id) == (0, 0, 0, 0)
     finally:
         await pool.close()

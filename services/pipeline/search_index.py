@@ -1,0 +1,41 @@
+"""The search service's index as the pipeline writes it: ``SearchInternalService.ReplaceVideoIndex``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from clipmind.search.internal.v1 import search_internal_service_pb2 as pb
+
+from services.common.records import ProcessedVideo
+
+
+def index_request(video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> pb.ReplaceVideoIndexRequest:
+    visual = {clip_id: vec for clip_id, vec in result.visual_vectors}
+    transcript = {seg_id: vec for seg_id, vec in result.vectors}
+    request = pb.ReplaceVideoIndexRequest(
+        video=f"videos/{video_id}", fence=fence,
+        transcript_model=result.transcript_model if transcript else "",
+        visual_model=result.visual_model if visual else "",
+    )
+    for c in result.clips:
+        clip = request.clips.add(id=str(c.id), index=c.idx, start_seconds=c.start_s, end_seconds=c.end_s,
+                                 thumbnail_key=c.thumbnail_key)
+        if c.id in visual:
+            clip.visual_embedding.extend(visual[c.id].tolist())
+    for g in result.segments:
+        segment = request.segments.add(id=str(g.id), clip_id=str(g.clip_id), index=g.idx, start_seconds=g.start_s,
+                                       end_seconds=g.end_s, text=g.text, source=g.source)
+        if g.id in transcript:
+            segment.embedding.extend(transcript[g.id].tolist())
+    return request
+
+
+class SearchIndexClient:
+    """Writes a video's index through the search service (a guarded stub from ``InternalChannels``)."""
+
+    def __init__(self, stub: Any) -> None:
+        self._stub = stub
+
+    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> None:
+        await self._stub.ReplaceVideoIndex(index_request(video_id, fence, result))

@@ -1,0 +1,87 @@
+"""``clipmind.search.internal.v1.SearchInternalService``: the pipeline writes a video's index here."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import grpc.aio
+import numpy as np
+from clipmind.search.internal.v1 import search_internal_service_pb2 as pb
+from clipmind.search.internal.v1 import search_internal_service_pb2_grpc as pb_grpc
+
+from services.common.clip_store import ClipStore
+from services.common.errors import Unimplemented, invalid_field
+from services.common.paging import parse_name
+from services.common.records import Clip, ProcessedVideo, Segment
+
+# Vector sizes of the collections (CLIP ViT-B-32 image vectors, all-MiniLM-L6-v2 sentence vectors).
+VISUAL_DIMS, TRANSCRIPT_DIMS = 512, 384
+
+
+def _uuid(value: str, field: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise invalid_field(field, "not a UUID") from None
+
+
+def _vector(values: Any, dims: int, field: str) -> np.ndarray:
+    if len(values) != dims:
+        raise invalid_field(field, f"has {len(values)} values, the collection holds {dims}")
+    return np.asarray(values, dtype=np.float32)
+
+
+def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, ProcessedVideo]:
+    """The video and its index from the request, every id, reference and vector size checked."""
+    video_id = parse_name(request.video, "videos", "video")
+    clips, visual = [], []
+    for i, c in enumerate(request.clips):
+        clip_id = _uuid(c.id, f"clips[{i}].id")
+        if c.end_seconds <= c.start_seconds:
+            raise invalid_field(f"clips[{i}].end_seconds", "must be after start_seconds")
+        clips.append(Clip(clip_id, video_id, c.index, c.start_seconds, c.end_seconds, c.thumbnail_key))
+        if c.visual_embedding:
+            visual.append((clip_id, _vector(c.visual_embedding, VISUAL_DIMS, f"clips[{i}].visual_embedding")))
+    clip_ids = {c.id for c in clips}
+    segments, vectors = [], []
+    for i, g in enumerate(request.segments):
+        seg_id, clip_id = _uuid(g.id, f"segments[{i}].id"), _uuid(g.clip_id, f"segments[{i}].clip_id")
+        if clip_id not in clip_ids:
+            raise invalid_field(f"segments[{i}].clip_id", "not one of the request's clips")
+        segments.append(Segment(seg_id, video_id, clip_id, g.index, g.start_seconds, g.end_seconds, g.text, g.source))
+        if g.embedding:
+            vectors.append((seg_id, _vector(g.embedding, TRANSCRIPT_DIMS, f"segments[{i}].embedding")))
+    if (vectors and not request.transcript_model) or (visual and not request.visual_model):
+        raise invalid_field("transcript_model" if vectors and not request.transcript_model else "visual_model",
+                            "required with embeddings", reason="REQUIRED_FIELD")
+    return video_id, ProcessedVideo(clips, segments, vectors, transcript_model=request.transcript_model,
+                                    visual_vectors=visual, visual_model=request.visual_model)
+
+
+class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
+    def __init__(self, clips: ClipStore) -> None:
+        self._clips = clips
+
+    async def ReplaceVideoIndex(
+        self, request: pb.ReplaceVideoIndexRequest, context: Any
+    ) -> pb.ReplaceVideoIndexResponse:
+        video_id, index = index_from_pb(request)
+        await self._clips.replace_index(video_id, request.fence, index)
+        return pb.ReplaceVideoIndexResponse(clip_count=len(index.clips), segment_count=len(index.segments),
+                                            vector_count=len(index.vectors) + len(index.visual_vectors))
+
+    async def DeleteVideoIndex(self, request: pb.DeleteVideoIndexRequest, context: Any) -> pb.DeleteVideoIndexResponse:
+        video_id = parse_name(request.video, "videos", "video")
+        return pb.DeleteVideoIndexResponse(deleted_clip_count=await self._clips.delete_index(video_id))
+
+    async def UpsertVideoFacts(self, request: pb.UpsertVideoFactsRequest, context: Any) -> pb.UpsertVideoFactsResponse:
+        # Search still reads video facts from the schema it shares with ingest; the read model that this
+        # method feeds arrives when search moves to its own schema (issue 8, next step).
+        raise Unimplemented("search reads video facts from the shared schema until it has its own",
+                            reason="NOT_IMPLEMENTED")
+
+
+def register(server: grpc.aio.Server, servicer: SearchInternalServicer) -> str:
+    pb_grpc.add_SearchInternalServiceServicer_to_server(servicer, server)
+    return pb.DESCRIPTOR.services_by_name["SearchInternalService"].full_name
