@@ -8,12 +8,14 @@ Celery's late acks with visibility timeouts):
 - **Lease.** While the stages work, a guard task renews the lease every ``heartbeat_s`` and checks every
   ``cancel_poll_s`` that the run still owns the job. A cancel (or a take-over) cancels the stage task at
   once: ffmpeg children are killed, scene detection and speech recognition stop inside their loops.
-- **Fencing.** Every write of a run (events, video fields, the final index transaction) checks that the
-  run still owns the job, so a cancelled or superseded run can never write rows, vectors or events.
-- **End.** Success ends in the INDEX transaction. A failure is recorded with a stable reason; if attempts
-  remain the job is queued again under a new key, deferred by ``retry_base_s · 2^(attempt-1)``, else it is
-  FAILED with a dead letter. A worker that is asked to stop (SIGTERM) hands its job back at the next stage
-  boundary (or when its grace runs out) without using an attempt.
+- **Fencing.** Every write of a run to the pipeline's rows (events, video fields, the READY mark) checks that
+  the run still owns the job, so a cancelled or superseded run can never write events or mark its video; its
+  index write carries the run's ``fence``, which the search service compares with the one it holds.
+- **End.** Success ends with the INDEX stage (index written through search, video marked READY). A failure
+  is recorded with a stable reason; if attempts remain the job is queued again under a new key, deferred by
+  ``retry_base_s · 2^(attempt-1)``, else it is FAILED with a dead letter. A worker that is asked to stop
+  (SIGTERM) hands its job back at the next stage boundary (or when its grace runs out) without using an
+  attempt.
 - **Take-over.** A worker that died leaves a lease that stops being renewed; the sweep
   (``JobControl.take_over_expired``) counts that attempt as failed (``WORKER_LOST``) and queues the next
   one, or dead-letters the job after the last.
