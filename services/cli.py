@@ -6,6 +6,8 @@ means that part is external and not launched. Data lives in the state dir and su
 ``up`` supervises what it started: a part that exits is restarted with backoff (see
 ``services/launcher/supervisor.py``); the mesh stops on Ctrl-C/SIGTERM, or when a part cannot be started
 again. ``status`` prints the state of each part from ``<state-dir>/status.json``, which ``up`` keeps current.
+``db-provision`` makes each service's schema and role on an external PostgreSQL (``up`` does it for the
+embedded one) and moves a database from before the services' split into those schemas.
 """
 
 from __future__ import annotations
@@ -68,7 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     _state_dir_argument(status)
     status.add_argument("--json", action="store_true", help="print status.json as it is")
     status.set_defaults(log_level=_env("LOG_LEVEL") or "INFO")
+    provision = commands.add_parser(
+        "db-provision", help="create each service's schema and database role (idempotent; adopts a database "
+        "from before the services' split)",
+    )
+    provision.add_argument(
+        "--admin-url", default=_env("DATABASE_URL"),
+        help="PostgreSQL URL of a role that may create roles and schemas (CLIPMIND_DATABASE_URL)",
+    )
+    provision.set_defaults(log_level=_env("LOG_LEVEL") or "INFO")
     return parser
+
+
+def db_provision(args: argparse.Namespace) -> int:
+    """Provision every service's role and schema; print the URL each service should be given."""
+    from services.common.db_provision import OWNED_SCHEMAS, provision, run_blocking, service_dsn
+
+    if not args.admin_url:
+        print("clipmind: give --admin-url (or CLIPMIND_DATABASE_URL)", file=sys.stderr)
+        return 2
+    run_blocking(provision(args.admin_url))
+    print("Provisioned. Give each service its own role (set its password with ALTER ROLE where needed):")
+    for service in OWNED_SCHEMAS:
+        print(f"  {service:<10} CLIPMIND_DATABASE_URL={service_dsn(args.admin_url, service)}")
+    print("  (the worker runs as the pipeline)")
+    return 0
 
 
 def _state_dir_argument(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return up(args)
     if args.command == "status":
         return status(args)
+    if args.command == "db-provision":
+        return db_provision(args)
     return 2
 
 

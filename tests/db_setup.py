@@ -1,14 +1,64 @@
-"""Test setup in the database: rows that production code makes across services in two steps."""
+"""Test setup in the database: each service's pool on its own schema, and rows production code makes across
+services in several steps."""
 
 from __future__ import annotations
 
-from services.common.job_store import JobStore
-from services.common.records import Job, Video
-from services.common.store import VideoStore
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from services.analytics import search_log as analytics_store
+from services.common.db import Database, create_pool
+from services.ingest import store as ingest_store
+from services.pipeline import job_store
+from services.search import clip_store
+
+SERVICE_SCHEMAS = {
+    "ingest": (ingest_store.MIGRATIONS, ingest_store.SCHEMA),
+    "pipeline": (job_store.MIGRATIONS, job_store.SCHEMA),
+    "search": (clip_store.MIGRATIONS, clip_store.SCHEMA),
+    "analytics": (analytics_store.MIGRATIONS, analytics_store.SCHEMA),
+}
 
 
-async def add_video_with_job(videos: VideoStore, video: Video, job: Job) -> None:
-    """A stored video and its QUEUED job, as ingest's submission and the pipeline's SubmitVideoJob make them
-    (without the outbox in between)."""
-    await videos.create(video)
-    await JobStore(videos._pool).create(job)
+async def service_db(dsn: str, service: str, **options: Any) -> Database:
+    """A pool on ``service``'s schema with its migrations applied (as the DSN's role: the admin in tests)."""
+    migrations, schema = SERVICE_SCHEMAS[service]
+    return await create_pool(dsn, migrations=migrations, schema=schema, vectors=service == "search", **options)
+
+
+class ServicerStub:
+    """A servicer called in-process the way a guarded stub calls it over gRPC (``stub.Method(request)``), raising
+    the same domain errors (``InternalChannels`` turns remote errors back into them): for tests of one service's
+    side of an internal contract without starting the other service's server."""
+
+    def __init__(self, servicer: Any) -> None:
+        self._servicer = servicer
+
+    def __getattr__(self, method: str) -> Any:
+        call = getattr(self._servicer, method)
+
+        async def invoke(request: Any) -> Any:
+            return await call(request, None)
+
+        return invoke
+
+
+@asynccontextmanager
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database on the server of ``admin_dsn`` for the block (its DSN), dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        parts = urlsplit(admin_dsn)
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    finally:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 "
+                            "AND pid <> pg_backend_pid()", name)
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()

@@ -8,20 +8,17 @@ AnalyticsService answers UNIMPLEMENTED until the analytics issue builds its repo
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc.aio
 from clipmind.analytics.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
 from services.analytics import internal_servicer
-from services.analytics.search_log import SearchLogStore
+from services.analytics.search_log import MIGRATIONS, SCHEMA, SearchLogStore
 from services.common.config import AnalyticsSettings
 from services.common.db import open_database
 from services.common.errors import Unimplemented
 from services.common.grpc_server import configure_logging, run_server
-
-MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _not_yet(method: str) -> NoReturn:
@@ -46,7 +43,7 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
 
 
 async def serve(settings: AnalyticsSettings) -> None:
-    pool = await open_database(settings, max_size=4, migrations=MIGRATIONS, schema="analytics")
+    pool = await open_database(settings, max_size=4, migrations=MIGRATIONS, schema=SCHEMA)
     log_servicer = internal_servicer.AnalyticsInternalServicer(SearchLogStore(pool))
 
     def register(server: grpc.aio.Server) -> list[str]:

@@ -192,5 +192,9 @@ class WorkerSettings(CommonSettings):
         600.0, gt=0, description="How long a job's INDEX stage waits for a search service that is away (the job "
         "keeps its lease meanwhile) before the attempt fails.",
     )
+    ingest_wait_s: float = Field(
+        600.0, gt=0, description="How long a job run waits for an ingest service that is away (reading the "
+        "video's source, reporting its probe facts; the job keeps its lease meanwhile) before the attempt fails.",
+    )
     scene_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold.")
     min_scene_s: float = Field(0.6, description="Shortest scene kept by scene detection.")

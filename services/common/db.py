@@ -29,10 +29,14 @@ from services.common.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 0x636C6970  # "clip"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# The record of applied migrations, one table per schema (unqualified: the schema on the search_path).
+SCHEMA_MIGRATIONS_DDL = """CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now())"""
 
 
 def check_schema(schema: str) -> str:
@@ -47,7 +51,7 @@ def search_path(schema: str) -> dict[str, str]:
     return {"search_path": f"{check_schema(schema)}, public"}
 
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Path]]:
+def migration_files(directory: Path) -> list[tuple[int, str, Path]]:
     """The migrations in order: (version, name, path)."""
     found = []
     for path in directory.iterdir():
@@ -62,7 +66,7 @@ def migration_files(directory: Path = MIGRATIONS_DIR) -> list[tuple[int, str, Pa
 
 
 async def migrate(
-    dsn: str, directory: Path = MIGRATIONS_DIR, *, schema: str = "public", connect_timeout_s: float = 60.0
+    dsn: str, directory: Path, *, schema: str, connect_timeout_s: float = 60.0
 ) -> list[int]:
     """Apply the pending migrations of ``directory`` in ``schema``; returns the versions applied now.
 
@@ -76,6 +80,11 @@ async def migrate(
         try:
             exists = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", schema)
             if not exists:
+                if await conn.fetchval("SELECT to_regclass('public.schema_migrations') IS NOT NULL"):
+                    raise RuntimeError(
+                        f"schema {schema!r} does not exist, and this database holds the schema all services "
+                        "shared before the split: provision it first (`clipmind db-provision`), which moves the "
+                        "tables into each service's schema")
                 try:
                     await conn.execute(f"CREATE SCHEMA {schema}")
                 except asyncpg.InsufficientPrivilegeError as exc:
@@ -83,12 +92,7 @@ async def migrate(
                         f"schema {schema!r} does not exist and this role may not create it: provision the "
                         "database first (`clipmind db provision`, or services.common.db_provision)"
                     ) from exc
-            await conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version integer PRIMARY KEY,
-                       name text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
+            await conn.execute(SCHEMA_MIGRATIONS_DDL)
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
             for version, name, path in migration_files(directory):
                 if version in done:
@@ -106,9 +110,6 @@ async def migrate(
         await conn.close()
     return applied_now
 
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await register_vector(conn)
 
 
 # Errors that mean "the database is not reachable right now" (down, restarting, connection dropped), not
@@ -198,9 +199,9 @@ def _unavailable(exc: BaseException) -> Unavailable:
 
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, acquire_timeout_s: float = 5.0,
-    connect_timeout_s: float = 5.0, migrations: Path = MIGRATIONS_DIR, schema: str = "public",
+    connect_timeout_s: float = 5.0, migrations: Path, schema: str, vectors: bool = False,
 ) -> Database:
-    """Migrate, then open the process's pool (pgvector codec registered on every connection).
+    """Migrate, then open the process's pool (with ``vectors``, the pgvector codec on every connection).
 
     A database that is still starting (or restarting) is waited for, up to ``STARTUP_WAIT_S``, so a
     process started beside it does not crash and get restarted in a loop."""
@@ -218,7 +219,7 @@ async def create_pool(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60,
+        dsn, min_size=min_size, max_size=max_size, init=register_vector if vectors else None, command_timeout=60,
         timeout=connect_timeout_s, server_settings=search_path(schema),
     )
     assert pool is not None
@@ -226,14 +227,13 @@ async def create_pool(
 
 
 async def open_database(
-    settings: CommonSettings, *, max_size: int | None = None, migrations: Path = MIGRATIONS_DIR,
-    schema: str | None = None,
+    settings: CommonSettings, *, migrations: Path, schema: str, max_size: int | None = None, vectors: bool = False,
 ) -> Database:
     """The process's database from its settings (pool sizes and acquire timeout are settings), in the
     service's schema (``settings.db_schema``, else ``schema``) with the service's ``migrations`` applied."""
     return await create_pool(
         settings.database_url, min_size=settings.db_pool_min_size,
         max_size=max_size if max_size is not None else settings.db_pool_max_size,
-        acquire_timeout_s=settings.db_acquire_timeout_s, migrations=migrations,
-        schema=settings.db_schema or schema or "public",
+        acquire_timeout_s=settings.db_acquire_timeout_s, migrations=migrations, vectors=vectors,
+        schema=settings.db_schema or schema,
     )

@@ -155,6 +155,13 @@ class OutboxRelay:
         """Look for due rows now (call right after committing a row)."""
         self._wakeup.set()
 
+    async def deliver_soon(self, outbox_id: int, timeout_s: float) -> bool:
+        """Wake the relay for row ``outbox_id``, just committed, and wait up to ``timeout_s`` for its delivery
+        (so that in the usual case the other service has acted when the caller answers); False when it is still
+        pending, to be delivered later."""
+        self.wake()
+        return await self.wait_delivered(outbox_id, timeout_s)
+
     async def wait_delivered(self, outbox_id: int, timeout_s: float) -> bool:
         """True once row ``outbox_id`` (committed by ``add``) has been delivered — its handler succeeded and
         the row is deleted — and False after ``timeout_s``. Never raises for a database that is down.

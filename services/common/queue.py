@@ -11,11 +11,15 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job as ArqJob
 from redis.exceptions import RedisError
 
-from services.common.records import queue_key
-
 __all__ = ["PENDING_STATES", "ArqJobQueue", "JobQueue", "enqueue_or_leave_to_sweep", "queue_key"]
 
 log = logging.getLogger(__name__)
+
+
+def queue_key(job_id: uuid.UUID, generation: int = 0) -> str:
+    """The queue (arq job) id of one enqueue of a job: ``<job id>:<generation>``. The queue runs one entry
+    per id, so the same key enqueued twice runs once; a retry or a re-queue takes a new generation."""
+    return f"{job_id}:{generation}"
 
 PROCESS_VIDEO = "process_video"
 QUEUE_NAME = "clipmind:queue:default"
@@ -36,7 +40,7 @@ class JobQueue(Protocol):
 
 
 class ArqJobQueue:
-    """Enqueues processing jobs for the arq workers, one arq job per :func:`~services.common.records.queue_key`."""
+    """Enqueues processing jobs for the arq workers, one arq job per :func:`queue_key`."""
 
     def __init__(self, pool: ArqRedis) -> None:
         self._pool = pool

@@ -17,12 +17,10 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, invalid_field
-from services.common.records import Upload, Video
-from services.common.store import UploadStore, VideoStore
 from services.ingest.inputs import (
     MAX_CONTENT_TYPE_CHARS,
     MAX_DESCRIPTION_CHARS,
@@ -38,6 +36,8 @@ from services.ingest.inputs import (
     check_video_text,
     checked_meta,
 )
+from services.ingest.ports import Outbox, Uploads, Videos
+from services.ingest.records import Upload, Video
 from services.media.media_types import container_extension
 from services.media.probe import validate_video
 
@@ -55,17 +55,9 @@ REASON_INSUFFICIENT_STORAGE = "INSUFFICIENT_STORAGE"
 SUBMIT_WAIT_S = 2.0
 
 
-class Outbox(Protocol):
-    """The relay that delivers what this service committed to its outbox (``services.common.outbox``)."""
-
-    def wake(self) -> None: ...
-
-    async def wait_delivered(self, outbox_id: int, timeout_s: float) -> bool: ...
-
-
 class VideoIngestor:
     def __init__(
-        self, videos: VideoStore, uploads: UploadStore, blobs: BlobStore, outbox: Outbox,
+        self, videos: Videos, uploads: Uploads, blobs: BlobStore, outbox: Outbox,
         staging_dir: Path, *, max_upload_bytes: int, max_chunk_bytes: int,
         min_free_disk_bytes: int = DEFAULT_MIN_FREE_DISK_BYTES, submit_wait_s: float = SUBMIT_WAIT_S,
     ) -> None:
@@ -281,10 +273,16 @@ class VideoIngestor:
         if description is not None:
             values["description"] = check_text(description, "video.description", MAX_DESCRIPTION_CHARS,
                                                multiline=True)
-        return await self._videos.update_fields(video_id, **values)
+        video = await self._videos.update_fields(video_id, **values)
+        self._outbox.wake()  # search's copy of the title
+        return video
 
     async def delete_video(self, video_id: uuid.UUID) -> None:
+        """Delete the video and its blobs; its jobs (a running one is cancelled) and its index are deleted by
+        the pipeline and search services when the outbox delivers the deletion (at once, or when they are
+        back)."""
         await self._videos.delete(video_id)
+        self._outbox.wake()
         await self._blobs.delete_prefix(f"videos/{video_id}")
 
     # -- staging disk ------------------------------------------------------------------------

@@ -1,43 +1,38 @@
-"""Composition root of the ingest process: IngestService + IdentityService over gRPC, blobs over HTTP."""
+"""Composition root of the ingest process: IngestService + IdentityService and IngestInternalService over gRPC,
+blobs over HTTP, and the relay of ingest's outbox (``relays``)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipeline_pb
+import grpc.aio
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2_grpc as pipeline_grpc
+from clipmind.search.internal.v1 import search_internal_service_pb2_grpc as search_grpc
 
 from services.common.blobstore import LocalBlobStore
 from services.common.config import IngestSettings
 from services.common.db import open_database
-from services.common.errors import NotFound
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
 from services.common.outbox import OutboxRelay
-from services.common.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
+from services.ingest import internal_servicer, relays, servicer
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.media_http import start_media_server
-from services.ingest.servicer import IngestServicer, register
+from services.ingest.store import MIGRATIONS, SCHEMA, UploadStore, VideoStore
 
 log = logging.getLogger("clipmind.ingest")
 STAGING_SWEEP_S = 600.0
 
 
 async def serve(settings: IngestSettings) -> None:
-    pool = await open_database(settings)
+    pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     videos = VideoStore(pool)
     channels = InternalChannels(settings)
     pipeline = channels.stub(pipeline_grpc.PipelineInternalServiceStub, settings.pipeline_url)
-
-    async def submit_job(payload: bytes) -> None:
-        try:
-            await pipeline.SubmitVideoJob(pipeline_pb.SubmitVideoJobRequest.FromString(payload))
-        except NotFound:  # the video was deleted before its job could be submitted: nothing to do
-            log.info("job submission dropped: its video is gone")
-
-    relay = OutboxRelay(pool, {SUBMIT_JOB_TOPIC: submit_job}, name="ingest")
+    search = channels.stub(search_grpc.SearchInternalServiceStub, settings.search_url)
+    relay = OutboxRelay(pool, relays.handlers(videos, pipeline, search), name="ingest")
     relay.start()
     ingestor = VideoIngestor(
         videos, UploadStore(pool), blobs, relay, settings.blob_dir.parent / "staging",
@@ -45,7 +40,12 @@ async def serve(settings: IngestSettings) -> None:
         min_free_disk_bytes=settings.min_free_disk_bytes,
     )
     media = await start_media_server(blobs, settings.grpc_host, settings.media_port)
-    servicer = IngestServicer(ingestor, videos, blobs)
+    public = servicer.IngestServicer(ingestor, videos, blobs)
+    internal = internal_servicer.IngestInternalServicer(videos, relay)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        return [*servicer.register(server, public), internal_servicer.register(server, internal)]
+
     sweeper = asyncio.create_task(_sweep_staging_forever(ingestor))
 
     async def stop_sweeper() -> None:
@@ -54,7 +54,7 @@ async def serve(settings: IngestSettings) -> None:
 
     await run_server(
         name="ingest", host=settings.grpc_host, port=settings.grpc_port,
-        register=lambda server: register(server, servicer),
+        register=register,
         on_stop=[stop_sweeper, media.cleanup, relay.stop, channels.close, pool.close],
         grace_s=settings.shutdown_grace_s, internal_token=settings.internal_token.get_secret_value(),
     )

@@ -15,10 +15,10 @@ from services.common.blobstore import BlobStore
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
 from services.common.paging import decode_token, encode_token, page_size, parse_name
-from services.common.records import Upload, Video
-from services.common.store import VideoStore
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import SidecarInput, VideoMeta
+from services.ingest.records import Upload, Video
+from services.ingest.store import VideoStore
 
 MUTABLE_VIDEO_FIELDS = ("title", "description")
 

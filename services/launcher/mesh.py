@@ -216,7 +216,10 @@ class Mesh:
                     if name == "ingest":
                         env["CLIPMIND_MEDIA_PORT"] = str(ports.media)
                     services[name] = ServiceProcess(name, module, env, self._log(name), grpc_address=grpc[name])
-                services["worker"] = ServiceProcess("worker", WORKER_MODULE, common, self._log("worker"))
+                worker_env = dict(common)
+                if "CLIPMIND_DATABASE_URL" not in cfg.extra_env:  # the worker is the pipeline's: its role
+                    worker_env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, "pipeline")
+                services["worker"] = ServiceProcess("worker", WORKER_MODULE, worker_env, self._log("worker"))
                 self._start_group(services, report)
 
             if cfg.with_envoy:

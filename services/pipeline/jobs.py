@@ -8,16 +8,17 @@ import time
 import uuid
 
 from services.common.errors import FailedPrecondition
-from services.common.job_store import JobStore
+from services.common.ids import job_id_for
 from services.common.progress import ProgressBus
-from services.common.queue import PENDING_STATES, JobQueue, enqueue_or_leave_to_sweep
-from services.common.records import Job, job_id_for, queue_key
+from services.common.queue import PENDING_STATES, JobQueue, enqueue_or_leave_to_sweep, queue_key
+from services.pipeline.ports import Jobs
+from services.pipeline.records import Job
 
 log = logging.getLogger(__name__)
 
 
 class JobControl:
-    def __init__(self, jobs: JobStore, bus: ProgressBus, queue: JobQueue, *, max_attempts: int = 3) -> None:
+    def __init__(self, jobs: Jobs, bus: ProgressBus, queue: JobQueue, *, max_attempts: int = 3) -> None:
         self._jobs = jobs
         self._bus = bus
         self._queue = queue
@@ -36,18 +37,8 @@ class JobControl:
         return job, created
 
     async def cancel(self, job_id: uuid.UUID) -> Job:
-        job = await self._jobs.get(job_id)
-        if job.terminal:
-            raise FailedPrecondition(f"job is already {job.state}", reason="JOB_ALREADY_FINISHED")
-        try:
-            event = await self._jobs.record_event(
-                job_id, stage=None, stage_state="FAILED", progress=None,
-                message="cancelled on request", job_state="CANCELLED", failure_reason="cancelled on request",
-            )
-        except FailedPrecondition as exc:  # it ended between the check above and the lock
-            raise FailedPrecondition(f"job is already {(await self._jobs.get(job_id)).state}",
-                                     reason="JOB_ALREADY_FINISHED") from exc
-        await self._jobs.mark_video_cancelled(job.video_id)
+        """Cancel a job that has not ended; its video becomes FAILED ("processing cancelled") unless READY."""
+        event = await self._jobs.cancel(job_id)
         await self._bus.publish_best_effort(job_id, event.sequence)
         return await self._jobs.get(job_id)
 

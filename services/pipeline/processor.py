@@ -1,11 +1,15 @@
 """The processing of one video, stage by stage: probe → thumbnail → scenes → transcript → embed → index.
 
-Each stage reports STARTED/COMPLETED (or SKIPPED, saying why) events through the job reporter. Every
-write is keyed by the video (blob keys, derived row ids) and the final index step replaces the video's
-clips, segments and vectors in one call to the search service (one transaction there), fenced by the run,
-so re-running a job leaves the same rows and never duplicates. Models come through the ``Inference``
-interface; a model that is off (no weights) switches its modality off for this video, and the events name
-the setting that would turn it on.
+Each stage reports STARTED/COMPLETED (or SKIPPED, saying why) events through the job reporter. The video's
+source comes from ingest (``VideoCatalog``: GetVideoSource), and what the run finds goes back there (probe
+facts, thumbnail: UpdateVideoProcessing, fenced by the run). Every write is keyed by the video (blob keys,
+derived row ids) and the final index step replaces the video's clips, segments and vectors in one call to
+the search service (one transaction there), fenced by the run, so re-running a job leaves the same rows and
+never duplicates. The video is marked READY (in ingest, then in search's copy of its facts) before the job
+is recorded SUCCEEDED, so a client that sees the job succeed finds the video ready and searchable.
+
+Models come through the ``Inference`` interface; a model that is off (no weights) switches its modality off
+for this video, and the events name the setting that would turn it on.
 """
 
 from __future__ import annotations
@@ -16,19 +20,19 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.ids import derived_id
 from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
-from services.common.records import Clip, ProcessedVideo, Run, Segment, Video, derived_id
-from services.common.store import VideoStore
 from services.media.decode import audio_windows, extract_frame
 from services.media.probe import MediaInfo, probe
 from services.media.scenes import Scene, detect_scenes_async
 from services.media.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
+from services.pipeline.ports import SearchIndex, VideoCatalog
+from services.pipeline.records import Clip, ProcessedVideo, Run, Segment, VideoSource
 from services.pipeline.reporter import JobCancelled, JobReporter, ride_out, superseded
 
 log = logging.getLogger(__name__)
@@ -48,15 +52,7 @@ class ProcessorConfig:
     min_scene_s: float = 0.6
     clip_batch_size: int = 8
     search_wait_s: float = 600.0  # how long INDEX waits for a search service that is away
-
-
-class SearchIndex(Protocol):
-    """The search service's index of videos (``search_index.SearchIndexClient``)."""
-
-    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> None:
-        """Replace everything indexed for the video, atomically; FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a
-        later run (larger fence) wrote it already, NOT_FOUND when the video is gone, UNAVAILABLE while the
-        search service is away."""
+    ingest_wait_s: float = 600.0  # how long a run waits for an ingest service that is away
 
 
 def assign_segments(video_id: uuid.UUID, cues: list[Cue], clips: list[Clip], source: str) -> list[Segment]:
@@ -79,7 +75,7 @@ def _off_note(status: ModelStatus) -> str:
 
 class VideoProcessor:
     def __init__(
-        self, videos: VideoStore, index: SearchIndex, reporter: JobReporter, blobs: BlobStore,
+        self, videos: VideoCatalog, index: SearchIndex, reporter: JobReporter, blobs: BlobStore,
         inference: Inference, config: ProcessorConfig,
     ) -> None:
         self._videos = videos
@@ -93,7 +89,7 @@ class VideoProcessor:
         """Run every stage for ``run``. Its writes are fenced by the run (a cancelled or taken-over run stops
         with ``JobCancelled`` and writes nothing more); when ``stopping`` is set the run stops at the next
         stage boundary with ``StopRequested``."""
-        video = await ride_out(lambda: self._videos.get(run.video_id))
+        video = await ride_out(lambda: self._videos.source(run.video_id), within_s=self._config.ingest_wait_s)
         report = self._reporter.for_run(run, STAGE_WEIGHTS, stopping)
         source = self._blobs.local_path(video.blob_key)
         models = await self._inference.status()
@@ -108,7 +104,7 @@ class VideoProcessor:
         await report.done("PROBE", f"{info.duration_s:.1f} s, {info.width}x{info.height}, {info.video_codec}")
 
         await report.start("THUMBNAIL", "extracting poster frame")
-        thumb_key = f"videos/{video.id}/thumbnail.jpg"
+        thumb_key = f"videos/{video.video_id}/thumbnail.jpg"
         await self._frame_to_blob(source, min(1.0, info.duration_s / 2), thumb_key, info.duration_s)
         await self._update_video(run, thumbnail_key=thumb_key)
         await report.done("THUMBNAIL", thumb_key)
@@ -127,7 +123,7 @@ class VideoProcessor:
             await report.done("TRANSCRIPT", f"{len(cues)} segments from {transcript_source.lower()}{note}")
         else:
             await report.skip("TRANSCRIPT", note)
-        segments = assign_segments(video.id, cues, clips, transcript_source)
+        segments = assign_segments(video.video_id, cues, clips, transcript_source)
 
         await report.start("EMBED", f"embedding {len(segments)} transcript segments and {len(clips)} keyframes")
         result = ProcessedVideo(clips, segments, transcript_source=transcript_source if cues else "NONE")
@@ -151,7 +147,7 @@ class VideoProcessor:
 
         await report.start("INDEX", "writing clips, segments and vectors")
         try:  # while the search service is away the run waits (its lease is kept), up to search_wait_s
-            await ride_out(lambda: self._index.replace(video.id, run.fence, result),
+            await ride_out(lambda: self._index.replace(video.video_id, run.fence, result),
                            within_s=self._config.search_wait_s)
         except FailedPrecondition as exc:
             if superseded(exc):
@@ -160,13 +156,14 @@ class VideoProcessor:
         await self._update_video(
             run, state="READY", scene_count=len(clips), transcript_source=result.transcript_source,
             transcript_model=result.transcript_model if result.vectors else "",
-            visual_model=result.visual_model if result.visual_vectors else "", failure_reason="",
+            visual_model=result.visual_model if result.visual_vectors else "",
         )
         await report.finish("INDEX", f"indexed {len(clips)} clips, {len(segments)} segments")
 
     async def _update_video(self, run: Run, **values: object) -> None:
         try:
-            await ride_out(lambda: self._videos.update_for_run(run, **values))
+            await ride_out(lambda: self._videos.update(run.video_id, run.fence, **values),  # type: ignore[arg-type]
+                           within_s=self._config.ingest_wait_s)
         except FailedPrecondition as exc:
             if superseded(exc):
                 raise JobCancelled(str(run.job_id)) from exc
@@ -178,13 +175,15 @@ class VideoProcessor:
             await extract_frame(source, at_s, out, duration_s=duration_s)
             await self._blobs.put_file(key, out, move=True)
 
-    async def _scene_clips(self, video: Video, source: Path, scenes: list[Scene], duration_s: float) -> list[Clip]:
+    async def _scene_clips(
+        self, video: VideoSource, source: Path, scenes: list[Scene], duration_s: float
+    ) -> list[Clip]:
         clips = []
         for scene in scenes:
-            key = f"videos/{video.id}/scenes/{scene.index:04d}.jpg"
+            key = f"videos/{video.video_id}/scenes/{scene.index:04d}.jpg"
             await self._frame_to_blob(source, (scene.start_s + scene.end_s) / 2, key, duration_s)
             clips.append(
-                Clip(derived_id(video.id, "clip", scene.index), video.id, scene.index, scene.start_s,
+                Clip(derived_id(video.video_id, "clip", scene.index), video.video_id, scene.index, scene.start_s,
                      scene.end_s, key)
             )
         return clips
@@ -204,7 +203,7 @@ class VideoProcessor:
         return vectors
 
     async def _transcript(
-        self, video: Video, source: Path, info: MediaInfo, whisper: ModelStatus
+        self, video: VideoSource, source: Path, info: MediaInfo, whisper: ModelStatus
     ) -> tuple[list[Cue], str, str]:
         """(cues, source, note): sidecar first, then a text subtitle track, then speech recognition."""
         if video.sidecar_key:
@@ -219,7 +218,7 @@ class VideoProcessor:
             try:
                 cues = await extract_text_track(source, track)
             except InvalidArgument as exc:  # an unreadable or oversized track: not worth failing the video
-                log.warning("video %s: subtitle track %d unusable: %s", video.id, track.index, exc.message)
+                log.warning("video %s: subtitle track %d unusable: %s", video.video_id, track.index, exc.message)
                 track_note = f"; subtitle track {track.index} unusable ({exc.reason})"
             else:
                 return clip_cues(cues, info.duration_s), "SUBTITLE_TRACK", ""

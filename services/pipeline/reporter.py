@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from services.common.errors import FailedPrecondition, Unavailable
-from services.common.job_store import JobStore
 from services.common.progress import ProgressBus
-from services.common.records import JobEvent, Run
+from services.pipeline.ports import Jobs
+from services.pipeline.records import JobEvent, Run
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def superseded(exc: FailedPrecondition) -> bool:
 
 
 class JobReporter:
-    def __init__(self, jobs: JobStore, bus: ProgressBus, *, db_outage_s: float = DB_OUTAGE_S) -> None:
+    def __init__(self, jobs: Jobs, bus: ProgressBus, *, db_outage_s: float = DB_OUTAGE_S) -> None:
         self._jobs = jobs
         self._bus = bus
         self._db_outage_s = db_outage_s

@@ -11,7 +11,8 @@ Celery's late acks with visibility timeouts):
 - **Fencing.** Every write of a run to the pipeline's rows (events, video fields, the READY mark) checks that
   the run still owns the job, so a cancelled or superseded run can never write events or mark its video; its
   index write carries the run's ``fence``, which the search service compares with the one it holds.
-- **End.** Success ends with the INDEX stage (index written through search, video marked READY). A failure
+- **End.** Success ends with the INDEX stage (index written through search, video marked READY in ingest:
+  idempotent calls, retried while those services are away, fenced by the run). A failure
   is recorded with a stable reason; if attempts remain the job is queued again under a new key, deferred by
   ``retry_base_s · 2^(attempt-1)``, else it is FAILED with a dead letter. A worker that is asked to stop
   (SIGTERM) hands its job back at the next stage boundary (or when its grace runs out) without using an
@@ -32,10 +33,10 @@ from dataclasses import dataclass
 
 from services.common.blobstore import BlobStore
 from services.common.errors import ClipMindError, NotFound
-from services.common.job_store import JobStore
-from services.common.queue import JobQueue, enqueue_or_leave_to_sweep
-from services.common.records import Run, queue_key
+from services.common.queue import JobQueue, enqueue_or_leave_to_sweep, queue_key
+from services.pipeline.ports import Jobs
 from services.pipeline.processor import VideoProcessor
+from services.pipeline.records import Run
 from services.pipeline.reporter import JobCancelled, JobReporter, StopRequested, ride_out
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def failure_of(exc: BaseException, stage: str) -> tuple[str, str]:
 class _Guard:
     """Keeps a run's lease alive and cancels its work the moment the run stops owning the job."""
 
-    def __init__(self, jobs: JobStore, run: Run, policy: RunPolicy, work: asyncio.Task[None]) -> None:
+    def __init__(self, jobs: Jobs, run: Run, policy: RunPolicy, work: asyncio.Task[None]) -> None:
         self.lost = False
         self._jobs, self._run, self._policy, self._work = jobs, run, policy, work
         self._task = asyncio.create_task(self._loop())
@@ -112,7 +113,7 @@ class JobRunner:
     """Runs one queue entry of a job through ``VideoProcessor`` as one fenced, leased attempt."""
 
     def __init__(
-        self, jobs: JobStore, reporter: JobReporter, queue: JobQueue, blobs: BlobStore,
+        self, jobs: Jobs, reporter: JobReporter, queue: JobQueue, blobs: BlobStore,
         processor: VideoProcessor, policy: RunPolicy, *, worker: str,
     ) -> None:
         self._jobs = jobs
@@ -144,8 +145,14 @@ class JobRunner:
         except StopRequested as stop:
             await self._hand_back(run, f"the worker is stopping; handed back before {stop} (no attempt used)")
             return "handed back"
-        except NotFound:
-            await self._blobs.delete_prefix(f"videos/{job.video_id}")  # deleted mid-run: drop what we wrote
+        except NotFound as gone:
+            if gone.reason not in ("VIDEO_NOT_FOUND", "JOB_NOT_FOUND"):
+                await self._end_failed(run, *failure_of(gone, "processing"), final=True)
+                return "failed"
+            # The video was deleted (ingest deletes its jobs through the pipeline's DeleteVideoJobs; a job
+            # submitted after that deletion arrived is removed here): drop the job and what the run wrote.
+            await ride_out(lambda: self._jobs.delete_for_video(job.video_id))
+            await self._blobs.delete_prefix(f"videos/{job.video_id}")
             return "video deleted while processing"
         except asyncio.CancelledError:
             current = asyncio.current_task()

@@ -7,7 +7,7 @@ from typing import Any
 
 from clipmind.search.internal.v1 import search_internal_service_pb2 as pb
 
-from services.common.records import ProcessedVideo
+from services.pipeline.records import ProcessedVideo
 
 
 def index_request(video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> pb.ReplaceVideoIndexRequest:

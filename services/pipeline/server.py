@@ -1,29 +1,38 @@
-"""Composition root of the PipelineService process."""
+"""Composition root of the pipeline process: PipelineService and PipelineInternalService, and a relay of the
+pipeline's outbox (cancels reach ingest through it)."""
 
 from __future__ import annotations
 
 import asyncio
 
 import grpc.aio
+from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestInternalServiceStub
 from clipmind.pipeline.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 
 from services.common.config import PipelineSettings
 from services.common.db import open_database
+from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
-from services.common.job_store import JobStore
+from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
 from services.pipeline import internal_servicer
+from services.pipeline.ingest_client import FACT_WAIT_S, relay_handlers
+from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.servicer import PipelineServicer
 from services.pipeline.watch import JobWatcher
 
 
 async def serve(settings: PipelineSettings) -> None:
-    pool = await open_database(settings)
+    pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA)
     bus = ProgressBus.connect(settings.redis_url)
     queue = await ArqJobQueue.connect(settings.redis_url)
-    jobs = JobStore(pool)
+    channels = InternalChannels(settings)
+    relay = OutboxRelay(pool, relay_handlers(channels.stub(IngestInternalServiceStub, settings.ingest_url)),
+                        name="pipeline")
+    relay.start()
+    jobs = JobStore(pool, on_fact=lambda fact: relay.deliver_soon(fact, FACT_WAIT_S))
     watcher = JobWatcher(jobs, bus, heartbeat_s=settings.watch_heartbeat_s, poll_s=settings.watch_poll_s,
                          max_streams=settings.max_watch_streams)
     control = JobControl(jobs, bus, queue)
@@ -36,7 +45,8 @@ async def serve(settings: PipelineSettings) -> None:
                 internal_servicer.register(server, internal)]
 
     await run_server(name="pipeline", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_draining=[watcher.drain], on_stop=[queue.close, bus.close, pool.close],
+                     on_draining=[watcher.drain],
+                     on_stop=[relay.stop, channels.close, queue.close, bus.close, pool.close],
                      grace_s=settings.shutdown_grace_s, internal_token=settings.internal_token.get_secret_value())
 
 

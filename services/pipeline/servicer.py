@@ -13,10 +13,10 @@ from clipmind.pipeline.v1 import pipeline_service_pb2_grpc
 
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
-from services.common.job_store import JobStore
 from services.common.paging import decode_token, encode_token, page_size, parse_name
-from services.common.records import DeadLetter, Job, JobEvent
 from services.pipeline.jobs import JobControl
+from services.pipeline.ports import Jobs
+from services.pipeline.records import DeadLetter, Job, JobEvent
 from services.pipeline.watch import Heartbeat, JobWatcher
 
 _FILTER_TERM = re.compile(r'^\s*(video|state)\s*=\s*"?([\w/-]+)"?\s*$')
@@ -81,7 +81,7 @@ def parse_job_filter(expr: str) -> tuple[uuid.UUID | None, str | None]:
 
 
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
-    def __init__(self, jobs: JobStore, control: JobControl, watcher: JobWatcher) -> None:
+    def __init__(self, jobs: Jobs, control: JobControl, watcher: JobWatcher) -> None:
         self._jobs = jobs
         self._control = control
         self._watcher = watcher

@@ -25,9 +25,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from services.common.errors import ResourceExhausted, Unavailable
-from services.common.job_store import JobStore
 from services.common.progress import ProgressBus
-from services.common.records import JobEvent
+from services.pipeline.ports import Jobs
+from services.pipeline.records import JobEvent
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class JobWatcher:
     """The WatchJob streams of one process."""
 
     def __init__(
-        self, jobs: JobStore, bus: ProgressBus, *, heartbeat_s: float = 15.0, poll_s: float = 3.0,
+        self, jobs: Jobs, bus: ProgressBus, *, heartbeat_s: float = 15.0, poll_s: float = 3.0,
         max_streams: int = 1000,
     ) -> None:
         self._jobs = jobs

@@ -23,6 +23,7 @@ from typing import Any
 
 from arq import cron, func
 from arq.worker import Worker
+from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestInternalServiceStub
 from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchInternalServiceStub
 from redis.exceptions import RedisError
 
@@ -32,11 +33,12 @@ from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging
 from services.common.inference import make_inference
-from services.common.job_store import JobStore
 from services.common.model_health import check_weight_settings, log_model_status
+from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, arq_redis
-from services.common.store import VideoStore
+from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_handlers
+from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import ProcessorConfig, VideoProcessor
 from services.pipeline.reporter import JobReporter
@@ -58,10 +60,14 @@ def run_policy(settings: WorkerSettings) -> RunPolicy:
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: WorkerSettings = ctx["settings"]
-    pool = await open_database(settings)
+    pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA)
     bus = ProgressBus.connect(settings.redis_url)
-    videos, jobs = VideoStore(pool), JobStore(pool)
     channels = InternalChannels(settings)
+    ingest = channels.stub(IngestInternalServiceStub, settings.ingest_url)
+    relay = OutboxRelay(pool, relay_handlers(ingest), name="worker")
+    relay.start()
+    jobs = JobStore(pool, on_fact=lambda fact: relay.deliver_soon(fact, FACT_WAIT_S))
+    videos = IngestClient(ingest)
     index = SearchIndexClient(channels.stub(SearchInternalServiceStub, settings.search_url))
     inference = make_inference(settings)
     await log_model_status(inference, "worker")
@@ -71,10 +77,10 @@ async def startup(ctx: dict[str, Any]) -> None:
     processor = VideoProcessor(
         videos, index, reporter, blobs, inference,
         ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size,
-                        settings.search_wait_s),
+                        settings.search_wait_s, settings.ingest_wait_s),
     )
     ctx.update(
-        pool=pool, bus=bus, inference=inference, channels=channels,
+        pool=pool, bus=bus, inference=inference, channels=channels, relay=relay,
         control=JobControl(jobs, bus, queue),
         runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
                          worker=f"{socket.gethostname()}:{os.getpid()}"),
@@ -82,6 +88,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "relay" in ctx:
+        await ctx["relay"].stop()
     for name in ("inference", "bus", "channels"):
         if name in ctx:
             await ctx[name].close()

@@ -10,10 +10,11 @@ import numpy as np
 from clipmind.search.internal.v1 import search_internal_service_pb2 as pb
 from clipmind.search.internal.v1 import search_internal_service_pb2_grpc as pb_grpc
 
-from services.common.clip_store import ClipStore
-from services.common.errors import Unimplemented, invalid_field
+from services.common.convert import from_timestamp
+from services.common.errors import invalid_field
 from services.common.paging import parse_name
-from services.common.records import Clip, ProcessedVideo, Segment
+from services.search.clip_store import ClipStore
+from services.search.records import Clip, Segment, VideoFacts, VideoIndex
 
 # Vector sizes of the collections (CLIP ViT-B-32 image vectors, all-MiniLM-L6-v2 sentence vectors).
 VISUAL_DIMS, TRANSCRIPT_DIMS = 512, 384
@@ -32,12 +33,21 @@ def _vector(values: Any, dims: int, field: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, ProcessedVideo]:
+def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, VideoIndex]:
     """The video and its index from the request, every id, reference and vector size checked."""
     video_id = parse_name(request.video, "videos", "video")
     clips, visual = [], []
+    seen: set[object] = set()
+
+    def once(key: object, field: str) -> None:  # the database's unique keys, checked before they fail there
+        if key in seen:
+            raise invalid_field(field, "repeated in this request")
+        seen.add(key)
+
     for i, c in enumerate(request.clips):
         clip_id = _uuid(c.id, f"clips[{i}].id")
+        once(("clip", clip_id), f"clips[{i}].id")
+        once(("clip index", c.index), f"clips[{i}].index")
         if c.end_seconds <= c.start_seconds:
             raise invalid_field(f"clips[{i}].end_seconds", "must be after start_seconds")
         clips.append(Clip(clip_id, video_id, c.index, c.start_seconds, c.end_seconds, c.thumbnail_key))
@@ -47,6 +57,8 @@ def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, Proc
     segments, vectors = [], []
     for i, g in enumerate(request.segments):
         seg_id, clip_id = _uuid(g.id, f"segments[{i}].id"), _uuid(g.clip_id, f"segments[{i}].clip_id")
+        once(("segment", seg_id), f"segments[{i}].id")
+        once(("segment index", g.index), f"segments[{i}].index")
         if clip_id not in clip_ids:
             raise invalid_field(f"segments[{i}].clip_id", "not one of the request's clips")
         segments.append(Segment(seg_id, video_id, clip_id, g.index, g.start_seconds, g.end_seconds, g.text, g.source))
@@ -55,8 +67,27 @@ def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, Proc
     if (vectors and not request.transcript_model) or (visual and not request.visual_model):
         raise invalid_field("transcript_model" if vectors and not request.transcript_model else "visual_model",
                             "required with embeddings", reason="REQUIRED_FIELD")
-    return video_id, ProcessedVideo(clips, segments, vectors, transcript_model=request.transcript_model,
-                                    visual_vectors=visual, visual_model=request.visual_model)
+    return video_id, VideoIndex(clips, segments, vectors, transcript_model=request.transcript_model,
+                                visual_vectors=visual, visual_model=request.visual_model)
+
+
+_FACT_STATES = frozenset({"PENDING", "PROCESSING", "READY", "FAILED"})
+MAX_TITLE_CHARS = 10_000
+
+
+def facts_from_pb(facts: pb.VideoFacts) -> VideoFacts:
+    """The facts of the request, checked."""
+    video_id = parse_name(facts.video, "videos", "facts.video")
+    if facts.revision < 1:
+        raise invalid_field("facts.revision", "must be 1 or more")
+    if facts.state not in _FACT_STATES:
+        raise invalid_field("facts.state", "one of " + ", ".join(sorted(_FACT_STATES)))
+    if facts.duration_seconds < 0:
+        raise invalid_field("facts.duration_seconds", "must not be negative")
+    if len(facts.title) > MAX_TITLE_CHARS:
+        raise invalid_field("facts.title", f"longer than {MAX_TITLE_CHARS} characters")
+    return VideoFacts(video_id, facts.revision, facts.title, facts.blob_key, facts.state, facts.duration_seconds,
+                      from_timestamp(facts, "create_time"))
 
 
 class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
@@ -76,10 +107,9 @@ class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
         return pb.DeleteVideoIndexResponse(deleted_clip_count=await self._clips.delete_index(video_id))
 
     async def UpsertVideoFacts(self, request: pb.UpsertVideoFactsRequest, context: Any) -> pb.UpsertVideoFactsResponse:
-        # Search still reads video facts from the schema it shares with ingest; the read model that this
-        # method feeds arrives when search moves to its own schema (issue 8, next step).
-        raise Unimplemented("search reads video facts from the shared schema until it has its own",
-                            reason="NOT_IMPLEMENTED")
+        if not request.HasField("facts"):
+            raise invalid_field("facts", "required", reason="REQUIRED_FIELD")
+        return pb.UpsertVideoFactsResponse(applied=await self._clips.upsert_facts(facts_from_pb(request.facts)))
 
 
 def register(server: grpc.aio.Server, servicer: SearchInternalServicer) -> str:

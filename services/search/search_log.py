@@ -16,39 +16,17 @@ import asyncio
 import collections
 import contextlib
 import logging
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
 
 from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as analytics_pb
 
 from services.common import outbox
 from services.common.db import Database
+from services.search.records import SearchRecord
 
 log = logging.getLogger(__name__)
 
 TOPIC = "analytics.log_searches"
-
-
-@dataclass(frozen=True)
-class RankedResult:
-    clip_id: uuid.UUID
-    video_id: uuid.UUID
-    rank: int
-    score: float
-
-
-@dataclass(frozen=True)
-class SearchRecord:
-    search_id: uuid.UUID
-    query: str
-    image_query: bool
-    result_count: int
-    latency_ms: float
-    search_time: datetime
-    page_offset: int = 0
-    results: Sequence[RankedResult] = field(default_factory=tuple)
 
 
 def to_message(records: Sequence[SearchRecord]) -> analytics_pb.LogSearchesRequest:

@@ -17,14 +17,11 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
 
-from services.common.clip_store import ClipStore
 from services.common.errors import FailedPrecondition, invalid_field
 from services.common.inference_types import Inference, ModelStatus
-from services.common.records import Clip
-from services.common.vectors import VectorIndex
-from services.search.search_log import RankedResult, SearchRecord
+from services.search.ports import ClipCatalog, SearchLog, VectorIndex
+from services.search.records import Clip, RankedResult, SearchRecord
 
 DEFAULT_WEIGHTS = {"visual": 0.6, "transcript": 0.4}
 MAX_QUERY_CHARS = 1000
@@ -97,15 +94,8 @@ def _decode_page(token: str, fingerprint: str) -> int:
         raise invalid_field("page_token", "not a token returned for this same query") from None
 
 
-class SearchLog(Protocol):
-    """Where searches are logged (analytics, through ``search_log.SearchLogBuffer``). ``record`` must not
-    block or fail: logging never adds latency to a search."""
-
-    def record(self, entry: SearchRecord) -> None: ...
-
-
 class Searcher:
-    def __init__(self, clips: ClipStore, index: VectorIndex, inference: Inference, search_log: SearchLog, *,
+    def __init__(self, clips: ClipCatalog, index: VectorIndex, inference: Inference, search_log: SearchLog, *,
                  candidates: int = 200, max_page_size: int = 100, allow_random_weights: bool = False) -> None:
         self._clips = clips
         self._log = search_log

@@ -11,7 +11,6 @@ from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc a
 from clipmind.search.v1 import search_service_pb2, search_service_pb2_grpc
 
 from services.common.blobstore import LocalBlobStore
-from services.common.clip_store import ClipStore
 from services.common.config import SearchSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
@@ -19,20 +18,21 @@ from services.common.grpc_server import configure_logging, run_server
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
 from services.common.outbox import OutboxRelay
-from services.common.store import VideoStore
-from services.common.vectors import PgVectorIndex
 from services.search import internal_servicer, search_log
+from services.search.clip_store import MIGRATIONS, SCHEMA, ClipStore
 from services.search.searcher import Searcher
 from services.search.servicer import SearchServicer
+from services.search.vectors import PgVectorIndex
 
 log = logging.getLogger("clipmind.search")
 
 
 async def serve(settings: SearchSettings) -> None:
-    pool = await open_database(settings)
+    pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA, vectors=True)
+    clips = ClipStore(pool)
     inference = make_inference(settings)
     statuses = await log_model_status(inference, "search")
-    stale = await VideoStore(pool).stale_models(statuses["sbert"].model_id, statuses["clip_image"].model_id)
+    stale = await clips.stale_models(statuses["sbert"].model_id, statuses["clip_image"].model_id)
     for key, count in stale.items():
         log.warning("%d videos have %s vectors from another model than the one in use; they are left out of "
                     "search until reprocessed (reindex needed)", count, key)
@@ -47,7 +47,6 @@ async def serve(settings: SearchSettings) -> None:
     logged = search_log.SearchLogBuffer(pool, relay)
     relay.start()
     logged.start()
-    clips = ClipStore(pool)
     searcher = Searcher(clips, PgVectorIndex(pool), inference, logged,
                         max_page_size=settings.max_page_size,
                         allow_random_weights=settings.allow_random_weights_in_ranking)

@@ -10,7 +10,7 @@ from clipmind.search.v1 import search_service_pb2_grpc
 from services.common.blobstore import BlobStore
 from services.common.convert import from_timestamp
 from services.common.paging import parse_name
-from services.common.records import Clip
+from services.search.records import Clip
 from services.search.searcher import Searcher, SearchHit, SearchQuery
 
 

@@ -156,10 +156,10 @@ def _wait_restarted(mesh: Mesh, name: str, old_pid: int, timeout_s: float = 60) 
 
 def _assert_no_duplicates(db, video_id: uuid.UUID) -> None:  # type: ignore[no-untyped-def]
     (row,) = db(
-        "SELECT (SELECT count(*) FROM clips WHERE video_id = $1) AS clips, "
-        "(SELECT count(DISTINCT idx) FROM clips WHERE video_id = $1) AS distinct_clips, "
-        "(SELECT count(*) FROM visual_vectors WHERE video_id = $1) AS visual, "
-        "(SELECT scene_count FROM videos WHERE id = $1) AS scenes", video_id,
+        "SELECT (SELECT count(*) FROM search.clips WHERE video_id = $1) AS clips, "
+        "(SELECT count(DISTINCT idx) FROM search.clips WHERE video_id = $1) AS distinct_clips, "
+        "(SELECT count(*) FROM search.visual_vectors WHERE video_id = $1) AS visual, "
+        "(SELECT scene_count FROM ingest.videos WHERE id = $1) AS scenes", video_id,
     )
     assert row["clips"] == row["distinct_clips"] == row["scenes"] > 1, dict(row)
     assert row["visual"] == row["clips"], dict(row)

@@ -146,8 +146,8 @@ def test_upload_while_the_pipeline_is_down_is_processed_once_when_it_returns(  #
         conn = await asyncpg.connect(endpoints.database_url)
         try:
             return list(await conn.fetch(
-                "SELECT j.id, (SELECT count(*) FROM job_events e WHERE e.job_id = j.id AND "
-                "e.message LIKE 'attempt %') AS attempts FROM jobs j WHERE j.video_id = $1",
+                "SELECT j.id, (SELECT count(*) FROM pipeline.job_events e WHERE e.job_id = j.id AND "
+                "e.message LIKE 'attempt %') AS attempts FROM pipeline.jobs j WHERE j.video_id = $1",
                 uuid.UUID(video["name"].split("/")[1])))
         finally:
             await conn.close()
@@ -188,11 +188,11 @@ def test_the_worker_waits_for_a_stopped_search_service_and_indexes_once_when_it_
         conn = await asyncpg.connect(endpoints.database_url)
         try:
             row = await conn.fetchrow(
-                "SELECT (SELECT count(*) FROM clips WHERE video_id = $1) AS clips, "
-                "(SELECT count(DISTINCT idx) FROM clips WHERE video_id = $1) AS distinct_clips, "
-                "(SELECT count(*) FROM visual_vectors WHERE video_id = $1) AS visual, "
-                "(SELECT scene_count FROM videos WHERE id = $1) AS scenes, "
-                "(SELECT count(*) FROM job_events e JOIN jobs j ON j.id = e.job_id "
+                "SELECT (SELECT count(*) FROM search.clips WHERE video_id = $1) AS clips, "
+                "(SELECT count(DISTINCT idx) FROM search.clips WHERE video_id = $1) AS distinct_clips, "
+                "(SELECT count(*) FROM search.visual_vectors WHERE video_id = $1) AS visual, "
+                "(SELECT scene_count FROM ingest.videos WHERE id = $1) AS scenes, "
+                "(SELECT count(*) FROM pipeline.job_events e JOIN pipeline.jobs j ON j.id = e.job_id "
                 " WHERE j.video_id = $1 AND e.message LIKE 'attempt %') AS attempts",
                 uuid.UUID(video["name"].split("/")[1]))
             assert row is not None
@@ -202,3 +202,52 @@ def test_the_worker_waits_for_a_stopped_search_service_and_indexes_once_when_it_
     row = asyncio.run(counts())
     assert row["clips"] == row["distinct_clips"] == row["scenes"] > 1, dict(row)  # no duplicates
     assert row["visual"] == row["clips"] and row["attempts"] == 1, dict(row)
+
+
+def _leftovers(database_url: str, video_id: uuid.UUID) -> dict[str, int]:
+    """What the pipeline and search still hold of a video: jobs, clips, vectors, and search's live copy."""
+    async def read() -> dict[str, int]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT (SELECT count(*) FROM pipeline.jobs WHERE video_id = $1) AS jobs, "
+                "(SELECT count(*) FROM search.clips WHERE video_id = $1) AS clips, "
+                "(SELECT count(*) FROM search.transcript_vectors WHERE video_id = $1) + "
+                "(SELECT count(*) FROM search.visual_vectors WHERE video_id = $1) AS vectors, "
+                "(SELECT count(*) FROM search.videos WHERE id = $1 AND NOT deleted) AS live_facts", video_id)
+            assert row is not None
+            return dict(row)
+        finally:
+            await conn.close()
+    return asyncio.run(read())
+
+
+def test_a_deleted_videos_jobs_and_index_go_when_pipeline_and_search_return(  # type: ignore[no-untyped-def]
+    mesh: Mesh, endpoints, rest: httpx.Client, channel, tmp_path: Path
+) -> None:
+    path = make_scene_video(tmp_path / "to-delete.mp4", (SceneSpec(2.0, "testsrc2"), SceneSpec(2.0, "smptebars")),
+                            audio=False)
+    response = rest_upload(rest, path, title="deleted while its neighbours are away")
+    assert response.status_code == 200, response.text
+    video = response.json()
+    assert watch_job(channel, video["job"])[-1].job_state == pipeline_pb.Job.STATE_SUCCEEDED
+    video_id = uuid.UUID(video["name"].split("/")[1])
+    before = _leftovers(endpoints.database_url, video_id)
+    assert before["jobs"] == 1 and before["clips"] >= 1 and before["live_facts"] == 1, before
+
+    parts = [mesh.part("pipeline"), mesh.part("search")]
+    for part in parts:
+        part.stop()
+    try:
+        deleted = rest.delete(f"/v1/{video['name']}")
+        assert deleted.status_code == 200, deleted.text  # ingest answers alone: the rest follows
+        assert rest.get(f"/v1/{video['name']}").status_code == 404
+        assert _leftovers(endpoints.database_url, video_id) == before  # nothing reached them yet
+    finally:
+        for part in parts:
+            part.start()
+    deadline = time.monotonic() + 90
+    while (left := _leftovers(endpoints.database_url, video_id)) != {"jobs": 0, "clips": 0, "vectors": 0,
+                                                                     "live_facts": 0}:
+        assert time.monotonic() < deadline, f"left behind: {left}"
+        time.sleep(0.5)

@@ -11,10 +11,13 @@ import grpc
 import pytest
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
 
-from services.common.db import create_pool
-from services.common.records import Job, Video, queue_key
-from services.common.store import VideoStore
-from tests.db_setup import add_video_with_job
+from services.common.ids import job_id_for
+from services.common.queue import queue_key
+from services.ingest.records import Video
+from services.ingest.store import VideoStore
+from services.pipeline.job_store import JobStore
+from services.pipeline.records import Job
+from tests.db_setup import service_db
 from tests.e2e.clients import wait_ready, watch_job
 from tests.media import SceneSpec, make_scene_video
 
@@ -22,19 +25,24 @@ pytestmark = pytest.mark.e2e
 
 
 async def _insert_lost_job(database_url: str, video: Video, job: Job) -> None:
-    pool = await create_pool(database_url)
+    """The job first (its queue entry never written), then the video: ingest's submission of the video's job
+    finds the job there and enqueues nothing."""
+    pipeline, ingest = await service_db(database_url, "pipeline"), await service_db(database_url, "ingest")
     try:
-        await add_video_with_job(VideoStore(pool), video, job)
+        await JobStore(pipeline).create(job)
         # Idle for ten minutes as far as the sweep can tell, so the test need not wait for requeue_idle_s.
-        await pool.execute("UPDATE jobs SET update_time = now() - interval '10 minutes' WHERE id = $1", job.id)
+        await pipeline.execute("UPDATE jobs SET update_time = now() - interval '10 minutes' WHERE id = $1", job.id)
+        await VideoStore(ingest).create(video)
     finally:
-        await pool.close()
+        await pipeline.close()
+        await ingest.close()
 
 
 def test_worker_sweep_runs_a_job_whose_queue_entry_was_lost(
     endpoints, channel: grpc.Channel, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
-    video_id, job_id = uuid.uuid4(), uuid.uuid4()
+    video_id = uuid.uuid4()
+    job_id = job_id_for(video_id, 1)
     source = make_scene_video(tmp_path / "lost.mp4", (SceneSpec(3.0, "testsrc2"), SceneSpec(3.0, "smptebars")),
                               audio=False)
     blob_key = f"videos/{video_id}/source.mp4"

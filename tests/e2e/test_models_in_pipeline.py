@@ -66,7 +66,7 @@ def test_video_without_subtitles_is_transcribed_by_whisper(spoken_video: dict, e
     assert video.transcript_source == ingest_pb.TRANSCRIPT_SOURCE_SPEECH_RECOGNITION
     video_id = video.name.removeprefix("videos/")
     rows = _query(endpoints.database_url,
-                  "SELECT start_s, end_s, source FROM transcript_segments WHERE video_id = $1 ORDER BY idx",
+                  "SELECT start_s, end_s, source FROM search.transcript_segments WHERE video_id = $1 ORDER BY idx",
                   video_id)
     assert rows, "whisper produced no stored segments"
     starts = [r["start_s"] for r in rows]
@@ -85,12 +85,12 @@ def test_video_with_subtitles_skips_whisper(processed_video: dict) -> None:
 def test_keyframes_get_visual_vectors_with_their_model(processed_video: dict, endpoints) -> None:  # type: ignore[no-untyped-def]
     video_id = processed_video["video"]["name"].removeprefix("videos/")
     rows = _query(endpoints.database_url,
-                  "SELECT v.model, vector_dims(v.embedding) AS dims, c.idx FROM visual_vectors v "
-                  "JOIN clips c ON c.id = v.id WHERE v.video_id = $1 ORDER BY c.idx", video_id)
+                  "SELECT v.model, vector_dims(v.embedding) AS dims, c.idx FROM search.visual_vectors v "
+                  "JOIN search.clips c ON c.id = v.id WHERE v.video_id = $1 ORDER BY c.idx", video_id)
     assert [r["idx"] for r in rows] == list(range(processed_video["final"].scene_count))
     assert {r["dims"] for r in rows} == {512}
     assert {r["model"] for r in rows} == {"clip/ViT-B-32@random-seed0"}
-    models = _query(endpoints.database_url, "SELECT transcript_model, visual_model FROM videos WHERE id = $1",
+    models = _query(endpoints.database_url, "SELECT transcript_model, visual_model FROM ingest.videos WHERE id = $1",
                     video_id)[0]
     assert models["transcript_model"] == "sbert/all-MiniLM-L6-v2"
     assert models["visual_model"] == "clip/ViT-B-32@random-seed0"

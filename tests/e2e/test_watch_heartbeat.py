@@ -13,11 +13,10 @@ import httpx
 import pytest
 from google.protobuf import descriptor_pb2
 
-from services.common.db import create_pool
-from services.common.records import Job, Video
-from services.common.store import VideoStore
 from services.launcher import Endpoints
-from tests.db_setup import add_video_with_job
+from services.pipeline.job_store import JobStore
+from services.pipeline.records import Job
+from tests.db_setup import service_db
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +24,10 @@ DESCRIPTORS = Path(__file__).resolve().parents[2] / "gen" / "descriptors" / "cli
 
 
 async def _insert_job(database_url: str) -> uuid.UUID:
-    video_id, job_id = uuid.uuid4(), uuid.uuid4()
-    pool = await create_pool(database_url)
+    job_id = uuid.uuid4()
+    pool = await service_db(database_url, "pipeline")
     try:
-        await add_video_with_job(VideoStore(pool), Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"),
-                                               Job(job_id, video_id, "QUEUED"))
+        await JobStore(pool).create(Job(job_id, uuid.uuid4(), "QUEUED"))
     finally:
         await pool.close()
     return job_id

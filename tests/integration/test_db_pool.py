@@ -16,24 +16,25 @@ from clipmind.pipeline.internal.v1.pipeline_internal_service_pb2 import SubmitVi
 from google.rpc import error_details_pb2
 
 from services.common.blobstore import LocalBlobStore
-from services.common.db import create_pool
 from services.common.errors import Unavailable
 from services.common.grpc_errors import to_rpc_status
-from services.common.job_store import JobStore
 from services.common.outbox import OutboxRelay
 from services.common.paging import parse_name
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
-from services.common.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
+from services.ingest.records import Video
+from services.ingest.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
+from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
+from tests.db_setup import service_db
 from tests.media import make_scene_video
 
 pytestmark = pytest.mark.integration
 
 
 async def test_an_exhausted_pool_answers_unavailable_with_retry_info(pg_dsn: str) -> None:
-    db = await create_pool(pg_dsn, max_size=1, acquire_timeout_s=0.5)
+    db = await service_db(pg_dsn, "ingest", max_size=1, acquire_timeout_s=0.5)
     try:
         async with db.acquire():
             started = time.monotonic()
@@ -73,17 +74,20 @@ async def _chunks(data: bytes) -> AsyncIterator[bytes]:
 async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type: ignore[no-untyped-def]
     pg_dsn: str, redis_url: str, tmp_path: Path
 ) -> None:
-    db = await create_pool(pg_dsn, max_size=2, acquire_timeout_s=5)
+    db = await service_db(pg_dsn, "ingest", max_size=2, acquire_timeout_s=5)
+    pipeline_db = await service_db(pg_dsn, "pipeline", max_size=2, acquire_timeout_s=5)
     queue = await ArqJobQueue.connect(redis_url)
     bus = ProgressBus.connect(redis_url)
-    control = JobControl(JobStore(db), bus, queue)
+    jobs = JobStore(pipeline_db)
+    control = JobControl(jobs, bus, queue)
 
-    async def submit(payload: bytes) -> None:  # the pipeline's SubmitVideoJob, in process, on the same pool
+    async def submit(payload: bytes) -> None:  # the pipeline's SubmitVideoJob, in process, on its own tiny pool
         request = SubmitVideoJobRequest.FromString(payload)
         await control.submit(parse_name(request.video, "videos"), request.generation)
 
-    # The relay holds one of the two connections while it delivers: uploads must still all complete.
-    await db.execute("DELETE FROM outbox")  # submissions other tests left in the session's database
+    # The relay holds one of ingest's two connections while it delivers: uploads must still all complete.
+    # Submissions other tests left in the session's database are not this test's to deliver.
+    await db.execute("DELETE FROM outbox WHERE topic = $1", SUBMIT_JOB_TOPIC)
     relay = OutboxRelay(db, {SUBMIT_JOB_TOPIC: submit}, name="test", poll_s=0.2)
     relay.start()
     ingestor = VideoIngestor(
@@ -92,22 +96,26 @@ async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type
     )
     data = make_scene_video(tmp_path / "clip.mp4", audio=False).read_bytes()
 
-    async def one(i: int) -> str:
+    async def one(i: int) -> Video:
         upload = await ingestor.create_upload(f"clip{i}.mp4", "video/mp4", len(data))
         for offset in range(0, len(data), 16 * 1024):
             await ingestor.write_upload(upload.id, offset, data[offset:offset + 16 * 1024])
-        return (await ingestor.complete_upload(upload.id, f"clip {i}", "", None)).state
+        return await ingestor.complete_upload(upload.id, f"clip {i}", "", None)
 
     try:
-        states = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(16))), 240)
-        assert states == ["PENDING"] * 16
+        videos = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(16))), 240)
+        assert [video.state for video in videos] == ["PENDING"] * 16
         for _ in range(300):  # every job submitted, none lost (within 60 s)
             if not await relay.pending():
                 break
             await asyncio.sleep(0.2)
         assert await relay.pending() == 0
+        for video in videos:  # each submission made its video's job in the pipeline's schema
+            job = await jobs.get(video.job_id)
+            assert job.video_id == video.id
     finally:
         await relay.stop()
         await bus.close()
         await queue.close()
+        await pipeline_db.close()
         await db.close()

@@ -1,81 +1,103 @@
-"""Each service's database role owns its schema and is refused on every other service's schema."""
+"""Each service's database role owns its schema, migrates it, and is refused on every other service's schema.
+
+On a database of its own (other tests make the services' schemas as the admin in the session's database)."""
 
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
+from services.cli import main
 from services.common.db import create_pool
-from services.common.db_provision import provision, role_name, service_dsn
+from services.common.db_provision import OWNED_SCHEMAS, provision, role_name, service_dsn
+from tests.db_setup import SERVICE_SCHEMAS, fresh_database
 
 pytestmark = pytest.mark.integration
 
 SERVICES = ("ingest", "pipeline", "search", "analytics")
-ANALYTICS_MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "analytics" / "migrations"
 
 
-@pytest.fixture
-async def provisioned(pg_dsn: str) -> str:
-    await provision(pg_dsn, SERVICES)
-    await provision(pg_dsn, SERVICES)  # idempotent: a second run changes nothing and does not fail
-    admin = await asyncpg.connect(pg_dsn)
+@pytest.fixture(scope="module")
+async def provisioned(pg_dsn: str) -> AsyncIterator[str]:
+    """A database provisioned as the mesh does it, each service's migrations applied under its own role."""
+    async with fresh_database(pg_dsn) as dsn:
+        await provision(dsn)
+        await provision(dsn)  # idempotent: a second run changes nothing and does not fail
+        for service in SERVICES:
+            migrations, schema = SERVICE_SCHEMAS[service]
+            db = await create_pool(service_dsn(dsn, service), migrations=migrations, schema=schema,
+                                   vectors=service == "search")
+            await db.close()
+        yield dsn
+
+
+async def test_every_service_owns_a_schema() -> None:
+    assert set(OWNED_SCHEMAS) == set(SERVICES)
+
+
+async def test_each_service_migrates_its_own_schema_under_its_own_role(provisioned: str) -> None:
+    admin = await asyncpg.connect(provisioned)
     try:
-        for service in SERVICES:  # one table per schema, made by its owner, to be refused to the others
-            conn = await asyncpg.connect(service_dsn(pg_dsn, service))
-            try:
-                await conn.execute("CREATE TABLE IF NOT EXISTS owned_here (id integer PRIMARY KEY)")
-                assert await conn.fetchval("SELECT current_schema()") == service
-            finally:
-                await conn.close()
         owners = dict(await admin.fetch(
             "SELECT nspname, pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = ANY($1::text[])",
             list(SERVICES)))
         assert owners == {s: role_name(s) for s in SERVICES}
+        tables = {(r["schemaname"], r["tablename"]): r["tableowner"] for r in await admin.fetch(
+            "SELECT schemaname, tablename, tableowner FROM pg_tables WHERE schemaname = ANY($1::text[])",
+            list(SERVICES))}
+        assert all(owner == role_name(schema) for (schema, _), owner in tables.items())  # every table its own
+        expected = {"ingest": {"videos", "uploads", "outbox"}, "pipeline": {"jobs", "job_events", "dead_letters",
+                    "outbox"}, "search": {"clips", "transcript_segments", "transcript_vectors", "visual_vectors",
+                    "videos", "outbox"}, "analytics": {"searches", "search_results"}}
+        for schema, names in expected.items():
+            assert names | {"schema_migrations"} <= {t for s, t in tables if s == schema}
+        # Nothing references another service's tables: those references are kept over gRPC.
+        crossing = await admin.fetchval(
+            """SELECT count(*) FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+                JOIN pg_class r ON r.oid = c.confrelid WHERE c.contype = 'f' AND t.relnamespace <> r.relnamespace""")
+        assert crossing == 0
     finally:
         await admin.close()
-    return pg_dsn
 
 
 async def test_each_role_is_refused_on_every_other_schema(provisioned: str) -> None:
     for me, other in itertools.permutations(SERVICES, 2):
         conn = await asyncpg.connect(service_dsn(provisioned, me))
         try:
-            await conn.execute(f"INSERT INTO {me}.owned_here VALUES (1) ON CONFLICT DO NOTHING")  # its own: fine
-            for statement in (f"SELECT * FROM {other}.owned_here", f"INSERT INTO {other}.owned_here VALUES (2)",
-                              f"CREATE TABLE {other}.intruder (id integer)", f"DROP TABLE {other}.owned_here"):
+            assert await conn.fetchval("SELECT current_schema()") == me
+            await conn.fetchval("SELECT count(*) FROM schema_migrations")  # its own: unqualified SQL finds it
+            for statement in (f"SELECT * FROM {other}.schema_migrations",
+                              f"INSERT INTO {other}.schema_migrations (version, name) VALUES (999, 'x')",
+                              f"CREATE TABLE {other}.intruder (id integer)", f"DROP TABLE {other}.schema_migrations",
+                              f"ALTER SCHEMA {other} RENAME TO stolen"):
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     await conn.execute(statement)
         finally:
             await conn.close()
 
 
-async def test_a_role_cannot_touch_the_shared_legacy_tables(provisioned: str) -> None:
-    """Services not moved to their own schema yet keep their tables in public, owned by the admin: a service
-    with its own role (analytics) reads none of them."""
-    admin = await asyncpg.connect(provisioned)
-    try:
-        await admin.execute("CREATE TABLE IF NOT EXISTS public.legacy_probe (id integer)")
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(service_dsn(provisioned, "analytics"))
-    try:
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.fetch("SELECT * FROM public.legacy_probe")
-        with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("CREATE TABLE public.intruder (id integer)")
-    finally:
-        await conn.close()
+async def test_a_role_cannot_touch_public(provisioned: str) -> None:
+    """Only extensions live in public: a service role can use them but put nothing there."""
+    for service in SERVICES:
+        conn = await asyncpg.connect(service_dsn(provisioned, service))
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("CREATE TABLE public.intruder (id integer)")
+        finally:
+            await conn.close()
 
 
-async def test_a_service_migrates_its_own_schema_under_its_own_role(provisioned: str) -> None:
-    db = await create_pool(service_dsn(provisioned, "analytics"), migrations=ANALYTICS_MIGRATIONS, schema="analytics")
-    try:
-        rows = await db.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'analytics'")
-        tables = {r["tablename"] for r in rows}
-        assert {"searches", "search_results", "schema_migrations"} <= tables
-        assert await db.fetchval("SELECT count(*) FROM searches") >= 0  # unqualified SQL finds its own schema
-    finally:
-        await db.close()
+async def test_db_provision_command_prints_each_services_url(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+    async with fresh_database(pg_dsn) as dsn:
+        assert main(["db-provision", "--admin-url", dsn]) == 0
+        out = capsys.readouterr().out
+        for service in SERVICES:
+            assert f"CLIPMIND_DATABASE_URL={service_dsn(dsn, service)}" in out
+        conn = await asyncpg.connect(service_dsn(dsn, "ingest"))  # the role exists and logs in to its schema
+        try:
+            assert await conn.fetchval("SELECT current_schema()") == "ingest"
+        finally:
+            await conn.close()

@@ -1,5 +1,8 @@
-"""Cancel and retry against real PostgreSQL and Redis: a cancel sticks even while a worker is mid-stage,
-and watching a retried job follows the new attempt instead of stopping at the old failure."""
+"""Cancel and retry against real PostgreSQL and Redis: a cancel sticks even while a worker is mid-stage (and
+reaches ingest's video record through the pipeline's outbox, fencing the cancelled run's late updates), and
+watching a retried job follows the new attempt instead of stopping at the old failure.
+
+Ingest's side runs in-process (its servicer on its own schema, called as the relay's stub would over gRPC)."""
 
 from __future__ import annotations
 
@@ -8,38 +11,51 @@ import uuid
 
 import pytest
 
-from services.common.db import create_pool
 from services.common.errors import FailedPrecondition
-from services.common.job_store import JobStore
+from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
-from services.common.queue import ArqJobQueue
-from services.common.records import Job, JobEvent, Run, Video, queue_key
-from services.common.store import VideoStore
+from services.common.queue import ArqJobQueue, queue_key
+from services.ingest.internal_servicer import IngestInternalServicer
+from services.ingest.records import Video
+from services.ingest.store import VideoStore
+from services.pipeline.ingest_client import IngestClient, relay_handlers
+from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS
+from services.pipeline.records import Job, JobEvent, Run
 from services.pipeline.reporter import JobCancelled, JobReporter
 from services.pipeline.watch import JobWatcher
-from tests.db_setup import add_video_with_job
+from tests.db_setup import ServicerStub, service_db
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def parts(pg_dsn: str, redis_url: str):  # type: ignore[no-untyped-def]
-    pool = await create_pool(pg_dsn)
+    pool, ingest_pool = await service_db(pg_dsn, "pipeline"), await service_db(pg_dsn, "ingest")
     bus = ProgressBus.connect(redis_url)
     queue = await ArqJobQueue.connect(redis_url)
-    jobs, videos = JobStore(pool), VideoStore(pool)
-    yield jobs, videos, JobReporter(jobs, bus), JobControl(jobs, bus, queue), JobWatcher(jobs, bus, poll_s=0.2)
+    videos = VideoStore(ingest_pool)
+    ingest = ServicerStub(IngestInternalServicer(videos, OutboxRelay(ingest_pool, {}, name="ingest"), facts_wait_s=0))
+    relay = OutboxRelay(pool, relay_handlers(ingest), name="pipeline", poll_s=0.2)
+    relay.start()
+    jobs = JobStore(pool, on_fact=lambda fact: relay.deliver_soon(fact, 10))
+    parts = (jobs, videos, JobReporter(jobs, bus), JobControl(jobs, bus, queue), JobWatcher(jobs, bus, poll_s=0.2),
+             IngestClient(ingest))
+    yield parts
+    await relay.stop()
     await queue.close()
     await bus.close()
     await pool.close()
+    await ingest_pool.close()
 
 
-async def _new_job(videos: VideoStore) -> Job:
+async def _new_job(jobs: JobStore, videos: VideoStore) -> Job:
+    """A stored video (ingest) and its queued job (pipeline), as the upload and SubmitVideoJob make them."""
     video_id, job_id = uuid.uuid4(), uuid.uuid4()
     job = Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id))
-    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    await videos.create(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"))
+    await jobs.create(job)
     return job
 
 
@@ -49,26 +65,29 @@ async def _claim(jobs: JobStore, job: Job, key: str | None = None) -> Run:
     assert claimed is not None
     row, _ = claimed
     assert row.run_id is not None
-    return Run(row.id, row.video_id, row.run_id, row.attempt, row.max_attempts)
+    return Run(row.id, row.video_id, row.run_id, row.attempt, row.max_attempts, row.fence)
 
 
 async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, reporter, control, _ = parts
-    job = await _new_job(videos)
+    jobs, videos, reporter, control, _, ingest = parts
+    job = await _new_job(jobs, videos)
     run = await _claim(jobs, job)
+    await ingest.update(run.video_id, run.fence, state="PROCESSING", duration_s=12.0)
     report = reporter.for_run(run, STAGE_WEIGHTS)
     await report.start("SCENES", "detecting")
 
-    cancelled = await control.cancel(job.id)  # arrives while SCENES runs
+    cancelled = await control.cancel(job.id)  # arrives while SCENES runs; answers once ingest has it
     assert cancelled.state == "CANCELLED"
+    video = await videos.get(job.video_id)
+    assert (video.state, video.failure_reason, video.duration_s) == ("FAILED", "processing cancelled", 12.0)
 
     with pytest.raises(JobCancelled):  # the worker's next report learns of it and stops
         await report.done("SCENES", "3 scenes")
-    with pytest.raises(FailedPrecondition) as fenced:  # the INDEX stage's READY mark is fenced too
-        await videos.update_for_run(run, state="READY", scene_count=0)
+    with pytest.raises(FailedPrecondition) as fenced:  # the INDEX stage's READY mark is fenced in ingest
+        await ingest.update(run.video_id, run.fence, state="READY", scene_count=0)
     assert fenced.value.reason == "RUN_SUPERSEDED"
     with pytest.raises(FailedPrecondition):
-        await videos.update_for_run(run, thumbnail_key="videos/x/late.jpg")
+        await ingest.update(run.video_id, run.fence, thumbnail_key="videos/x/late.jpg")
     assert (await jobs.get(job.id)).state == "CANCELLED"
     video = await videos.get(job.video_id)
     assert (video.state, video.failure_reason, video.thumbnail_key) == ("FAILED", "processing cancelled", "")
@@ -78,8 +97,8 @@ async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type
 
 
 async def test_failure_event_keeps_the_stage_it_failed_in(parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, reporter, _, _ = parts
-    job = await _new_job(videos)
+    jobs, videos, reporter, _, _, _ = parts
+    job = await _new_job(jobs, videos)
     run = await _claim(jobs, job)
     report = reporter.for_run(run, STAGE_WEIGHTS)
     await report.start("PROBE", "probing")
@@ -96,11 +115,13 @@ async def test_failure_event_keeps_the_stage_it_failed_in(parts) -> None:  # typ
 
 
 async def test_watching_a_retried_job_follows_the_new_attempt(parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, reporter, control, watcher = parts
-    job = await _new_job(videos)
+    jobs, videos, reporter, control, watcher, _ = parts
+    job = await _new_job(jobs, videos)
     run = await _claim(jobs, job)
     await jobs.end_run(job.id, run.run_id, outcome="fail", code="BROKEN", message="broken")
     assert (await jobs.get(job.id)).state == "FAILED"
+    video = await videos.get(job.video_id)  # the final failure reached ingest through the outbox
+    assert (video.state, video.failure_reason) == ("FAILED", "BROKEN: broken")
     retried = await control.retry(job.id)
 
     seen: list[str] = []

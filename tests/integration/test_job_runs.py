@@ -1,7 +1,9 @@
 """Job runs against real PostgreSQL and redis-server: claims, leases, fencing, backoff, take-over, hand-back.
 
-The stages are a small stand-in for ``VideoProcessor`` (same ``run(run, stopping)`` contract, reporting
-through the real reporter) so each case is fast and exact; the e2e chaos tests run the real stages.
+The stages are a small stand-in for ``VideoProcessor`` (same ``run(run, stopping)`` contract, reading the
+video's source from ingest and reporting through the real reporter) so each case is fast and exact; the e2e
+chaos tests run the real stages. Ingest's side runs in-process (its servicer on its own schema, called as the
+pipeline outbox relay's stub would over gRPC).
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ from pathlib import Path
 import pytest
 
 from services.common.blobstore import LocalBlobStore
-from services.common.db import create_pool
 from services.common.errors import Unavailable
-from services.common.job_store import JobStore
+from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
-from services.common.queue import ArqJobQueue
-from services.common.records import Job, Run, Video, queue_key
-from services.common.store import VideoStore
+from services.common.queue import ArqJobQueue, queue_key
+from services.ingest.internal_servicer import IngestInternalServicer
+from services.ingest.records import Video
+from services.ingest.store import VideoStore
 from services.media.probe import run_tool
+from services.pipeline.ingest_client import IngestClient, relay_handlers
+from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import STAGE_WEIGHTS
+from services.pipeline.records import Job, Run
 from services.pipeline.reporter import JobReporter
 from services.pipeline.runs import JobRunner, RunPolicy, backoff_s
-from tests.db_setup import add_video_with_job
+from tests.db_setup import ServicerStub, service_db
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +41,15 @@ pytestmark = pytest.mark.integration
 class Stages:
     """Stand-in stages: ``behaviour(attempt)`` runs inside SCENES (raise, sleep, run ffmpeg...)."""
 
-    def __init__(self, reporter: JobReporter, behaviour: Callable[[int], object]) -> None:
+    def __init__(self, reporter: JobReporter, catalog: IngestClient, behaviour: Callable[[int], object]) -> None:
         self.reporter = reporter
+        self.catalog = catalog
         self.behaviour = behaviour
         self.runs: list[tuple[int, float]] = []  # (attempt, monotonic start)
 
     async def run(self, run: Run, stopping: asyncio.Event | None = None) -> None:
         self.runs.append((run.attempt, time.monotonic()))
+        await self.catalog.source(run.video_id)
         report = self.reporter.for_run(run, STAGE_WEIGHTS, stopping)
         await report.start("SCENES", "detecting")
         result = self.behaviour(run.attempt)
@@ -55,35 +62,44 @@ class Stages:
 
 @pytest.fixture
 async def parts(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    pool = await create_pool(pg_dsn)
+    pool, ingest_pool = await service_db(pg_dsn, "pipeline"), await service_db(pg_dsn, "ingest")
     bus = ProgressBus.connect(redis_url)
     queue = await ArqJobQueue.connect(redis_url)
-    jobs, videos = JobStore(pool), VideoStore(pool)
+    videos = VideoStore(ingest_pool)
+    ingest = ServicerStub(IngestInternalServicer(videos, OutboxRelay(ingest_pool, {}, name="ingest"), facts_wait_s=0))
+    relay = OutboxRelay(pool, relay_handlers(ingest), name="pipeline", poll_s=0.2)
+    relay.start()
+    jobs = JobStore(pool, on_fact=lambda fact: relay.deliver_soon(fact, 10))
     reporter = JobReporter(jobs, bus)
     blobs = LocalBlobStore(tmp_path / "blobs", "http://media.invalid")
 
     def runner(behaviour: Callable[[int], object], **policy: float) -> tuple[JobRunner, Stages]:
-        stages = Stages(reporter, behaviour)
+        stages = Stages(reporter, IngestClient(ingest), behaviour)
         settings = RunPolicy(**{"lease_s": 30.0, "heartbeat_s": 0.5, "cancel_poll_s": 0.2, "retry_base_s": 0.0,
                                 **policy})
         return JobRunner(jobs, reporter, queue, blobs, stages, settings, worker="test:1"), stages  # type: ignore[arg-type]
 
     yield pool, jobs, videos, JobControl(jobs, bus, queue), runner
+    await relay.stop()
     await queue.close()
     await bus.close()
     await pool.close()
+    await ingest_pool.close()
 
 
-async def _new_job(videos: VideoStore, max_attempts: int = 3) -> Job:
+async def _new_job(jobs: JobStore, videos: VideoStore | None, max_attempts: int = 3) -> Job:
+    """A queued job, and its stored video unless ``videos`` is None (a job whose video is gone)."""
     video_id, job_id = uuid.uuid4(), uuid.uuid4()
     job = Job(job_id, video_id, "QUEUED", max_attempts=max_attempts, queue_key=queue_key(job_id))
-    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+    if videos is not None:
+        await videos.create(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"))
+    await jobs.create(job)
     return job
 
 
 async def test_a_queue_entry_runs_only_the_attempt_it_stands_for(parts) -> None:  # type: ignore[no-untyped-def]
     _, jobs, videos, _, runner = parts
-    job = await _new_job(videos)
+    job = await _new_job(jobs, videos)
     run, stages = runner(lambda attempt: None)
     assert "nothing to run" in await run.run(job.id, f"{job.id}:stale")  # an old entry of the job
     assert await run.run(job.id, job.queue_key) == "succeeded"
@@ -95,7 +111,7 @@ async def test_a_queue_entry_runs_only_the_attempt_it_stands_for(parts) -> None:
 
 async def test_failed_attempts_back_off_exponentially_then_dead_letter(parts) -> None:  # type: ignore[no-untyped-def]
     _, jobs, videos, _, runner = parts
-    job = await _new_job(videos, max_attempts=3)
+    job = await _new_job(jobs, videos, max_attempts=3)
     base = 0.4
 
     def fail(attempt: int) -> None:
@@ -121,12 +137,13 @@ async def test_failed_attempts_back_off_exponentially_then_dead_letter(parts) ->
     assert failed.failure_reason == "MODEL_UNAVAILABLE: triton blip 3"
     letters = [d for d in await jobs.dead_letters(limit=50, after=None) if d.job_id == job.id]
     assert [(d.attempts, d.failure_code) for d in letters] == [(3, "MODEL_UNAVAILABLE")]
-    assert (await videos.get(job.video_id)).state == "FAILED"
+    video = await videos.get(job.video_id)  # the dead letter reached ingest through the pipeline's outbox
+    assert (video.state, video.failure_reason) == ("FAILED", "MODEL_UNAVAILABLE: triton blip 3")
 
 
 async def test_internal_errors_keep_details_out_of_the_job(parts, caplog) -> None:  # type: ignore[no-untyped-def]
     _, jobs, videos, _, runner = parts
-    job = await _new_job(videos, max_attempts=1)
+    job = await _new_job(jobs, videos, max_attempts=1)
 
     def boom(attempt: int) -> None:
         raise OSError("/srv/secret/path/source.mp4: host db-internal.example unreachable")
@@ -143,7 +160,7 @@ async def test_internal_errors_keep_details_out_of_the_job(parts, caplog) -> Non
 
 async def test_cancel_stops_a_running_subprocess_within_2s_and_fences_the_run(parts) -> None:  # type: ignore[no-untyped-def]
     _, jobs, videos, control, runner = parts
-    job = await _new_job(videos)
+    job = await _new_job(jobs, videos)
     started = asyncio.Event()
 
     async def long_tool(attempt: int) -> None:  # a stage's long subprocess (ffmpeg runs the same way)
@@ -172,7 +189,7 @@ async def test_cancel_stops_a_running_subprocess_within_2s_and_fences_the_run(pa
 
 async def test_a_dead_workers_run_is_taken_over_then_dead_lettered(parts) -> None:  # type: ignore[no-untyped-def]
     pool, jobs, videos, control, _ = parts
-    job = await _new_job(videos, max_attempts=2)
+    job = await _new_job(jobs, videos, max_attempts=2)
     for attempt in (1, 2):  # a worker claims the job and dies (no heartbeat ever again)
         key = (await jobs.get(job.id)).queue_key
         claimed = await jobs.claim(job.id, queue_key=key, run_id=uuid.uuid4(), worker="dead:7", lease_s=0.2)
@@ -184,6 +201,8 @@ async def test_a_dead_workers_run_is_taken_over_then_dead_lettered(parts) -> Non
     assert "dead:7 stopped during" in failed.failure_reason and "attempt 2 of 2" in failed.failure_reason
     letters = [d for d in await jobs.dead_letters(limit=50, after=None) if d.job_id == job.id]
     assert [d.failure_code for d in letters] == ["WORKER_LOST"]
+    video = await videos.get(job.video_id)
+    assert video.state == "FAILED" and video.failure_reason.startswith("WORKER_LOST: dead:7 stopped during")
     for _ in range(3):  # never again, however often the sweeps run
         assert await control.take_over_expired(idle_s=0) == []
         await pool.execute("UPDATE jobs SET update_time = now() - interval '1 hour' WHERE id = $1", job.id)
@@ -193,7 +212,7 @@ async def test_a_dead_workers_run_is_taken_over_then_dead_lettered(parts) -> Non
 
 async def test_a_live_run_keeps_its_lease_and_a_superseded_run_writes_nothing(parts) -> None:  # type: ignore[no-untyped-def]
     _, jobs, videos, control, runner = parts
-    job = await _new_job(videos)
+    job = await _new_job(jobs, videos)
     release = asyncio.Event()
 
     async def slow(attempt: int) -> None:
@@ -215,7 +234,7 @@ async def test_a_live_run_keeps_its_lease_and_a_superseded_run_writes_nothing(pa
 
 async def test_stopping_hands_the_job_back_without_using_an_attempt(parts) -> None:  # type: ignore[no-untyped-def]
     _, jobs, videos, _, runner = parts
-    job = await _new_job(videos)
+    job = await _new_job(jobs, videos)
     stopping = asyncio.Event()
 
     async def then_stop(attempt: int) -> None:
@@ -229,6 +248,20 @@ async def test_stopping_hands_the_job_back_without_using_an_attempt(parts) -> No
     run2, _ = runner(lambda attempt: None)
     assert await run2.run(job.id, row.queue_key) == "succeeded"
     assert (await jobs.get(job.id)).attempt == 1
+
+
+async def test_a_job_whose_video_is_gone_is_removed_by_its_run(parts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A job submitted after its video's deletion reached the pipeline (outbox rows retried out of order): its
+    run finds the video gone in ingest and removes the job and whatever the run wrote."""
+    _, jobs, _, _, runner = parts
+    job = await _new_job(jobs, None)
+    leftover = tmp_path / "blobs" / "videos" / str(job.video_id) / "thumbnail.jpg"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"jpeg")
+    run, _ = runner(lambda attempt: None)
+    assert await run.run(job.id, job.queue_key) == "video deleted while processing"
+    assert await jobs.list_page(limit=10, after=None, video_id=job.video_id) == []
+    assert not leftover.exists()
 
 
 def _children(command: str) -> list[int]:

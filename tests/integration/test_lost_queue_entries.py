@@ -16,19 +16,18 @@ import pytest
 from clipmind.pipeline.internal.v1.pipeline_internal_service_pb2 import SubmitVideoJobRequest
 
 from services.common.blobstore import LocalBlobStore
-from services.common.db import create_pool
-from services.common.job_store import JobStore
 from services.common.outbox import OutboxRelay
 from services.common.paging import parse_name
 from services.common.progress import ProgressBus
-from services.common.queue import ArqJobQueue, enqueue_or_leave_to_sweep
-from services.common.records import Job, Video, queue_key
-from services.common.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
+from services.common.queue import ArqJobQueue, enqueue_or_leave_to_sweep, queue_key
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import VideoMeta
+from services.ingest.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
 from services.launcher import EmbeddedRedis, free_port
+from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
-from tests.db_setup import add_video_with_job
+from services.pipeline.records import Job
+from tests.db_setup import service_db
 from tests.media import make_scene_video
 
 pytestmark = pytest.mark.integration
@@ -36,17 +35,18 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def db(pg_dsn: str):  # type: ignore[no-untyped-def]
-    pool = await create_pool(pg_dsn)
+    """The pipeline's schema."""
+    pool = await service_db(pg_dsn, "pipeline")
     yield pool
     await pool.close()
 
 
 @pytest.fixture
 async def parts(db, redis_url: str):  # type: ignore[no-untyped-def]
-    """Job store, video store, the arq queue on the session's redis-server, and the JobControl over them."""
+    """Job store, the arq queue on the session's redis-server, and the JobControl over them."""
     bus, queue = ProgressBus.connect(redis_url), await ArqJobQueue.connect(redis_url)
     jobs = JobStore(db)
-    yield jobs, VideoStore(db), queue, JobControl(jobs, bus, queue)
+    yield jobs, queue, JobControl(jobs, bus, queue)
     await queue.close()
     await bus.close()
 
@@ -60,10 +60,10 @@ def own_redis(tmp_path: Path):  # type: ignore[no-untyped-def]
     server.stop()
 
 
-async def _new_job(videos: VideoStore) -> Job:
-    video_id, job_id = uuid.uuid4(), uuid.uuid4()
-    job = Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id))
-    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+async def _new_job(jobs: JobStore) -> Job:
+    job_id = uuid.uuid4()
+    job = Job(job_id, uuid.uuid4(), "QUEUED", queue_key=queue_key(job_id))
+    await jobs.create(job)
     return job
 
 
@@ -78,8 +78,8 @@ async def _chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 async def test_sweep_requeues_a_job_whose_entry_was_lost(db, parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, queue, control = parts
-    job = await _new_job(videos)  # committed, never enqueued: Redis was down at that moment
+    jobs, queue, control = parts
+    job = await _new_job(jobs)  # committed, never enqueued: Redis was down at that moment
     assert await queue.state(job.queue_key) == "not_found"
     assert job.id not in await control.requeue_lost(idle_s=60), "a job idle for less than idle_s was swept"
 
@@ -98,12 +98,12 @@ async def test_sweep_requeues_a_job_whose_entry_was_lost(db, parts) -> None:  # 
 
 
 async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, parts) -> None:  # type: ignore[no-untyped-def]
-    jobs, videos, queue, control = parts
-    waiting = await _new_job(videos)
+    jobs, queue, control = parts
+    waiting = await _new_job(jobs)
     await queue.enqueue(waiting.id, waiting.queue_key)  # a long backlog: queued, not lost
-    ended = await _new_job(videos)
+    ended = await _new_job(jobs)
     await control.cancel(ended.id)
-    running = await _new_job(videos)  # RUNNING in the database, its entry gone (worker and Redis lost)
+    running = await _new_job(jobs)  # RUNNING in the database, its entry gone (worker and Redis lost)
     await jobs.record_event(running.id, stage="SCENES", stage_state="STARTED", progress=0.3,
                             message="detecting", job_state="RUNNING", attempt=1)
     for job in (waiting, ended, running):
@@ -128,9 +128,10 @@ async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, parts) -> N
 
 
 async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # type: ignore[no-untyped-def]
-    db, own_redis: EmbeddedRedis, tmp_path: Path
+    db, pg_dsn: str, own_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    jobs, videos = JobStore(db), VideoStore(db)
+    ingest_db = await service_db(pg_dsn, "ingest")
+    jobs, videos = JobStore(db), VideoStore(ingest_db)
     queue = await ArqJobQueue.connect(own_redis.url)
     bus = ProgressBus.connect(own_redis.url)
     control = JobControl(jobs, bus, queue)
@@ -140,11 +141,11 @@ async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # 
         await control.submit(parse_name(request.video, "videos"), request.generation)
 
     # Submissions other tests left in the session's database are not this test's business.
-    await db.execute("DELETE FROM outbox")
-    relay = OutboxRelay(db, {SUBMIT_JOB_TOPIC: submit}, name="test", poll_s=0.2)
+    await ingest_db.execute("DELETE FROM outbox WHERE topic = $1", SUBMIT_JOB_TOPIC)
+    relay = OutboxRelay(ingest_db, {SUBMIT_JOB_TOPIC: submit}, name="test", poll_s=0.2)
     relay.start()
     ingestor = VideoIngestor(
-        videos, UploadStore(db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"), relay,
+        videos, UploadStore(ingest_db), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"), relay,
         tmp_path / "staging", max_upload_bytes=50_000_000, max_chunk_bytes=1_000_000, submit_wait_s=15,
     )
     source = make_scene_video(tmp_path / "clip.mp4", audio=False)
@@ -167,3 +168,4 @@ async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # 
         await relay.stop()
         await bus.close()
         await queue.close()
+        await ingest_db.close()

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from services.common.db import create_pool
-from services.common.job_store import JobStore
-from services.common.records import DeadLetter, Job, Video
-from services.common.store import VideoStore
-from tests.db_setup import add_video_with_job
+from services.ingest.records import Video
+from services.ingest.store import VideoStore
+from services.pipeline.job_store import JobStore
+from services.pipeline.records import DeadLetter, Job
+from tests.db_setup import service_db
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +27,16 @@ async def _pages(fetch, limit: int) -> list:  # type: ignore[no-untyped-def]
 
 
 async def test_pages_are_newest_first_complete_and_filtered(pg_dsn: str) -> None:
-    pool = await create_pool(pg_dsn)
-    videos, jobs = VideoStore(pool), JobStore(pool)
+    ingest, pipeline = await service_db(pg_dsn, "ingest"), await service_db(pg_dsn, "pipeline")
+    videos, jobs = VideoStore(ingest), JobStore(pipeline)
     try:
         state = "PENDING"
         made: list[tuple[Video, Job]] = []
         for _ in range(5):
             video_id, job_id = uuid.uuid4(), uuid.uuid4()
             video, job = Video(video_id, f"videos/{video_id}/source.mp4", state), Job(job_id, video_id, "QUEUED")
-            await add_video_with_job(videos, video, job)
+            await videos.create(video)
+            await jobs.create(job)
             await jobs.add_dead_letter(DeadLetter(uuid.uuid4(), job_id, video_id, "boom", 3))
             made.append((video, job))
         mine_v = {v.id for v, _ in made}
@@ -58,4 +59,5 @@ async def test_pages_are_newest_first_complete_and_filtered(pg_dsn: str) -> None
         letters = await _pages(lambda **kw: jobs.dead_letters(**kw), 2)
         assert [d.job_id for d in letters if d.job_id in mine_j] == [j.id for _, j in reversed(made)]
     finally:
-        await pool.close()
+        await ingest.close()
+        await pipeline.close()

@@ -14,13 +14,14 @@ import pytest
 
 from services.common.blobstore import LocalBlobStore
 from services.common.config import IngestSettings
-from services.common.db import Database, create_pool
+from services.common.db import Database
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.outbox import OutboxRelay
-from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import MAX_SUBTITLE_BYTES, MAX_TITLE_CHARS, SidecarInput, VideoMeta
+from services.ingest.store import UploadStore, VideoStore
 from services.media.subtitles import Cue
+from tests.db_setup import service_db
 from tests.media import SceneSpec, make_scene_video, srt_text
 
 pytestmark = pytest.mark.integration
@@ -57,7 +58,7 @@ class Harness:
 
 @pytest.fixture
 async def harness(pg_dsn: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    pool = await create_pool(pg_dsn)
+    pool = await service_db(pg_dsn, "ingest")
     yield Harness(pool, tmp_path)
     await pool.close()
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from services.common.blobstore import LocalBlobStore
-from services.common.db import create_pool
 from services.common.errors import Aborted, ClipMindError, FailedPrecondition
 from services.common.outbox import OutboxRelay
-from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
+from services.ingest.store import UploadStore, VideoStore
+from tests.db_setup import service_db
 from tests.media import SceneSpec, make_scene_video
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def setup(pg_dsn: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    pool = await create_pool(pg_dsn)
+    pool = await service_db(pg_dsn, "ingest")
     blobs = tmp_path / "blobs"
     ingestor = VideoIngestor(
         VideoStore(pool), UploadStore(pool), LocalBlobStore(blobs, "http://media.invalid"),

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from services.common.blobstore import LocalBlobStore
-from services.common.db import create_pool
 from services.common.errors import FailedPrecondition
 from services.common.outbox import OutboxRelay
-from services.common.store import UploadStore, VideoStore
 from services.ingest.ingestor import VideoIngestor
+from services.ingest.store import UploadStore, VideoStore
+from tests.db_setup import service_db
 
 pytestmark = pytest.mark.integration
 
@@ -27,7 +27,7 @@ def _make_old(path: Path, hours: float = 2.0) -> None:
 async def test_sweep_cancels_expired_uploads_and_deletes_leftovers(  # type: ignore[no-untyped-def]
     pg_dsn: str, tmp_path: Path
 ) -> None:
-    pool = await create_pool(pg_dsn)
+    pool = await service_db(pg_dsn, "ingest")
     staging = tmp_path / "staging"
     ingestor = VideoIngestor(
         VideoStore(pool), UploadStore(pool), LocalBlobStore(tmp_path / "blobs", "http://media.invalid"),

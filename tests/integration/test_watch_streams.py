@@ -23,20 +23,18 @@ import redis.asyncio as aioredis
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pb_grpc
 
-from services.common.db import create_pool
 from services.common.grpc_errors import ErrorInterceptor
-from services.common.job_store import JobStore
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
-from services.common.records import Job, Video
-from services.common.store import VideoStore
 from services.launcher import EmbeddedRedis, free_port
 from services.launcher.process import ManagedProcess
 from services.launcher.services import REPO_ROOT, grpc_serving, python_path
+from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
+from services.pipeline.records import Job
 from services.pipeline.servicer import PipelineServicer
 from services.pipeline.watch import JobWatcher
-from tests.db_setup import add_video_with_job
+from tests.db_setup import service_db
 from tests.e2e.clients import rich_status
 
 pytestmark = pytest.mark.integration
@@ -45,7 +43,6 @@ pytestmark = pytest.mark.integration
 @dataclass
 class Stack:
     jobs: JobStore
-    videos: VideoStore
     bus: ProgressBus
     watcher: JobWatcher
     stub: pb_grpc.PipelineServiceStub
@@ -56,7 +53,7 @@ async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, po
                    max_streams: int = 1000, health_check_s: float = 5.0,
                    max_backoff_s: float = 5.0) -> AsyncIterator[Stack]:
     """PipelineServicer wired as services/pipeline/server.py does, on a grpc.aio server on port 0."""
-    pool = await create_pool(pg_dsn)
+    pool = await service_db(pg_dsn, "pipeline")
     bus = ProgressBus.connect(redis_url, health_check_s=health_check_s, max_backoff_s=max_backoff_s)
     queue = await ArqJobQueue.connect(redis_url)
     jobs = JobStore(pool)
@@ -68,7 +65,7 @@ async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, po
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Stack(jobs, VideoStore(pool), bus, watcher, pb_grpc.PipelineServiceStub(channel))
+        yield Stack(jobs, bus, watcher, pb_grpc.PipelineServiceStub(channel))
     finally:
         await channel.close()
         await server.stop(1)
@@ -77,10 +74,9 @@ async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, po
         await pool.close()
 
 
-async def new_job(videos: VideoStore) -> Job:
-    video_id = uuid.uuid4()
-    job = Job(uuid.uuid4(), video_id, "QUEUED")
-    await add_video_with_job(videos, Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"), job)
+async def new_job(jobs: JobStore) -> Job:
+    job = Job(uuid.uuid4(), uuid.uuid4(), "QUEUED")
+    await jobs.create(job)
     return job
 
 
@@ -114,7 +110,7 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 async def test_a_quiet_stream_sends_heartbeats_with_the_last_sequence(pg_dsn: str, redis_url: str) -> None:
     async with pipeline(pg_dsn, redis_url, heartbeat_s=0.5) as s:
-        job = await new_job(s.videos)
+        job = await new_job(s.jobs)
         await record(s.jobs, s.bus, job.id, "one")
         await record(s.jobs, s.bus, job.id, "two")
         call = watch(s.stub, job.id)
@@ -141,7 +137,7 @@ async def test_a_quiet_stream_sends_heartbeats_with_the_last_sequence(pg_dsn: st
 
 async def test_streams_past_the_cap_are_refused_until_one_ends(pg_dsn: str, redis_url: str) -> None:
     async with pipeline(pg_dsn, redis_url, max_streams=3) as s:
-        jobs = [await new_job(s.videos) for _ in range(2)]
+        jobs = [await new_job(s.jobs) for _ in range(2)]
         for job in jobs:
             await record(s.jobs, s.bus, job.id, "started")
         calls = [watch(s.stub, jobs[i % 2].id) for i in range(3)]
@@ -167,7 +163,7 @@ async def test_streams_past_the_cap_are_refused_until_one_ends(pg_dsn: str, redi
 
 async def test_drain_ends_open_streams_with_unavailable(pg_dsn: str, redis_url: str) -> None:
     async with pipeline(pg_dsn, redis_url) as s:
-        job = await new_job(s.videos)
+        job = await new_job(s.jobs)
         await record(s.jobs, s.bus, job.id, "started")
         calls = [watch(s.stub, job.id) for _ in range(3)]
         for call in calls:
@@ -218,7 +214,6 @@ class PipelineProcess:
     pid: int
     stub: pb_grpc.PipelineServiceStub
     jobs: JobStore
-    videos: VideoStore
     bus: ProgressBus
     redis: aioredis.Redis
 
@@ -236,15 +231,14 @@ async def pipeline_process(
                             log_path=integration_state_dir / "logs" / f"pipeline-watch-{port}.log", env=env,
                             cwd=REPO_ROOT, stop_timeout_s=15.0)
     server.start()
-    pool = await create_pool(pg_dsn)
+    pool = await service_db(pg_dsn, "pipeline")
     bus = ProgressBus.connect(redis_url)
     redis = aioredis.from_url(redis_url)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         await asyncio.to_thread(server.wait_ready, lambda: grpc_serving(f"127.0.0.1:{port}"), 60.0, 0.3)
         assert server.pid is not None
-        yield PipelineProcess(server, server.pid, pb_grpc.PipelineServiceStub(channel), JobStore(pool),
-                              VideoStore(pool), bus, redis)
+        yield PipelineProcess(server, server.pid, pb_grpc.PipelineServiceStub(channel), JobStore(pool), bus, redis)
     finally:
         await channel.close()
         await redis.aclose()
@@ -255,7 +249,7 @@ async def pipeline_process(
 
 async def test_a_thousand_streams_leave_no_memory_behind(pipeline_process: PipelineProcess) -> None:
     p = pipeline_process
-    job_ids = [(await new_job(p.videos)).id for _ in range(50)]
+    job_ids = [(await new_job(p.jobs)).id for _ in range(50)]
     for job_id in job_ids:
         await record(p.jobs, p.bus, job_id, "started")
 
@@ -276,7 +270,7 @@ async def test_a_thousand_streams_leave_no_memory_behind(pipeline_process: Pipel
 
 async def test_sigterm_ends_open_streams_with_unavailable(pipeline_process: PipelineProcess) -> None:
     p = pipeline_process
-    job = await new_job(p.videos)
+    job = await new_job(p.jobs)
     await record(p.jobs, p.bus, job.id, "started")
     call = watch(p.stub, job.id)
     assert (await call.read()).sequence == 1
@@ -307,7 +301,7 @@ async def test_a_stream_rides_out_a_redis_outage(pg_dsn: str, integration_state_
         # Heartbeats every 10 s: while Redis is up, only a notice brings an event in well under that.
         async with pipeline(pg_dsn, redis_server.url, heartbeat_s=10.0, poll_s=0.5, health_check_s=1.0,
                             max_backoff_s=1.0) as s:
-            job = await new_job(s.videos)
+            job = await new_job(s.jobs)
             await record(s.jobs, worker_bus, job.id, "before")
             call = watch(s.stub, job.id)
             assert (await call.read()).message == "before"

@@ -11,10 +11,11 @@ from google.rpc import code_pb2, error_details_pb2
 
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_errors import to_rpc_status
+from services.common.ids import derived_id
 from services.common.paging import decode_token, encode_token, page_size, parse_name
-from services.common.records import Clip, derived_id
 from services.media.subtitles import Cue
 from services.pipeline.processor import assign_segments
+from services.pipeline.records import Clip
 from services.pipeline.servicer import parse_job_filter
 from services.search.searcher import SearchQuery, _decode_page, _encode_page, fuse
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import astuple
 
 import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument
-from services.common.records import Clip, ProcessedVideo, Segment, derived_id
+from services.common.ids import derived_id
+from services.pipeline.records import Clip, ProcessedVideo, Segment
 from services.pipeline.search_index import index_request
 from services.search.internal_servicer import index_from_pb
 
@@ -29,7 +31,7 @@ def test_the_index_round_trips() -> None:
     assert got_video == video_id
     assert [(c.id, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in got.clips] == [
         (c.id, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in sent.clips]
-    assert got.segments == sent.segments
+    assert [astuple(g) for g in got.segments] == [astuple(g) for g in sent.segments]  # each side's records
     assert (got.transcript_model, got.visual_model) == ("sbert/x", "clip/x")
     assert [i for i, _ in got.visual_vectors] == [sent.clips[0].id]  # the clip without a vector has none
     np.testing.assert_allclose(got.vectors[0][1], sent.vectors[0][1])
@@ -52,3 +54,17 @@ def test_bad_indexes_are_refused_naming_the_field() -> None:
     with pytest.raises(InvalidArgument) as err:
         index_from_pb(request)
     assert err.value.field_violations[0].field == "visual_model"
+
+
+def test_repeated_ids_and_indexes_are_refused_naming_the_field() -> None:
+    video_id = uuid.uuid4()
+    for mutate, field in (
+        (lambda r: setattr(r.clips[1], "id", r.clips[0].id), "clips[1].id"),
+        (lambda r: setattr(r.clips[1], "index", r.clips[0].index), "clips[1].index"),
+        (lambda r: r.segments.append(r.segments[0]), "segments[1].id"),
+    ):
+        request = index_request(video_id, 1, _processed(video_id))
+        mutate(request)
+        with pytest.raises(InvalidArgument) as err:
+            index_from_pb(request)
+        assert err.value.field_violations[0].field == field

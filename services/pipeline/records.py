@@ -1,7 +1,8 @@
-"""Plain records shared by the services: what the database holds, free of gRPC and SQL types.
+"""The pipeline's records: jobs, runs, events, dead letters, and what processing finds for a video; free of
+gRPC and SQL types.
 
-Enumerations are stored as the proto enum value names without their prefix (``READY`` for
-``Video.State.STATE_READY``); servicers map them to and from the generated enums.
+Enumerations are stored as the proto enum value names without their prefix (``RUNNING`` for
+``Job.State.STATE_RUNNING``); servicers map them to and from the generated enums.
 """
 
 from __future__ import annotations
@@ -14,56 +15,6 @@ import numpy as np
 
 TERMINAL_JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
 STAGES = ("PROBE", "THUMBNAIL", "SCENES", "TRANSCRIPT", "EMBED", "INDEX")
-
-
-@dataclass
-class Video:
-    id: uuid.UUID
-    blob_key: str
-    state: str
-    title: str = ""
-    description: str = ""
-    filename: str = ""
-    content_type: str = ""
-    size_bytes: int = 0
-    duration_s: float = 0.0
-    width: int = 0
-    height: int = 0
-    frame_rate: float = 0.0
-    video_codec: str = ""
-    audio_codec: str = ""
-    has_audio: bool = False
-    thumbnail_key: str = ""
-    scene_count: int = 0
-    transcript_source: str = "NONE"
-    sidecar_key: str = ""
-    sidecar_format: str = ""
-    sidecar_language: str = ""
-    failure_reason: str = ""
-    transcript_model: str = ""  # model id of the video's transcript vectors ("" = none)
-    visual_model: str = ""  # model id of the video's visual vectors ("" = none)
-    create_time: datetime | None = None
-    update_time: datetime | None = None
-    job_id: uuid.UUID | None = None  # latest processing job
-
-
-@dataclass
-class Upload:
-    id: uuid.UUID
-    state: str
-    expire_time: datetime
-    filename: str = ""
-    content_type: str = ""
-    size_bytes: int = 0
-    committed_size: int = 0
-    video_id: uuid.UUID | None = None
-    create_time: datetime | None = None
-
-
-def queue_key(job_id: uuid.UUID, generation: int = 0) -> str:
-    """The queue (arq job) id of one enqueue of a job: ``<job id>:<generation>``. The queue runs one entry
-    per id, so the same key enqueued twice runs once; a retry or a re-queue takes a new generation."""
-    return f"{job_id}:{generation}"
 
 
 @dataclass
@@ -127,6 +78,18 @@ class DeadLetter:
     create_time: datetime | None = None
 
 
+@dataclass(frozen=True)
+class VideoSource:
+    """What processing needs of a stored video, as ingest answers ``GetVideoSource``."""
+
+    video_id: uuid.UUID
+    blob_key: str
+    sidecar_key: str = ""
+    sidecar_format: str = ""
+    sidecar_language: str = ""
+    title: str = ""
+
+
 @dataclass
 class Clip:
     id: uuid.UUID
@@ -135,9 +98,6 @@ class Clip:
     start_s: float
     end_s: float
     thumbnail_key: str = ""
-    video_title: str = ""
-    video_blob_key: str = ""
-    transcript: str = ""
 
 
 @dataclass
@@ -154,7 +114,8 @@ class Segment:
 
 @dataclass
 class ProcessedVideo:
-    """Everything processing found for one video, written to the search service's index in one atomic step."""
+    """Everything processing found for one video, written to the search service's index in one atomic step
+    (``SearchInternalService.ReplaceVideoIndex``)."""
 
     clips: list[Clip]
     segments: list[Segment]
@@ -163,13 +124,3 @@ class ProcessedVideo:
     transcript_model: str = ""
     visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (clip id, vector)
     visual_model: str = ""
-
-
-def derived_id(video_id: uuid.UUID, kind: str, idx: int) -> uuid.UUID:
-    """Stable id for a video's n-th clip/segment, so re-running a job rewrites the same rows."""
-    return uuid.uuid5(video_id, f"{kind}/{idx}")
-
-
-def job_id_for(video_id: uuid.UUID, generation: int) -> uuid.UUID:
-    """The processing job of a video's ``generation``: derived, so submitting it twice finds the first."""
-    return derived_id(video_id, "job", generation)

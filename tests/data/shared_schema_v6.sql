@@ -1,3 +1,9 @@
+-- The database schema as it stood before the services were split (commit c037013): every table in public, made
+-- by the shared migrations services/common/migrations/0001-0006 (concatenated below, unchanged) and recorded in
+-- public.schema_migrations the way services.common.db.migrate recorded them then. Fixture of
+-- tests/integration/test_schema_adoption.py (db_provision.adopt_shared_schema).
+
+-- ---- 0001_initial.sql ----
 -- ClipMind initial schema: videos, uploads, jobs and their events, clips (scenes), transcript segments,
 -- transcript vectors (pgvector HNSW), search log.
 CREATE EXTENSION IF NOT EXISTS vector;
@@ -123,3 +129,88 @@ CREATE TABLE searches (
     create_time  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX searches_create_time_idx ON searches (create_time);
+
+-- ---- 0002_visual_vectors.sql ----
+-- Visual vectors: one CLIP image embedding (512-d, normalized) per clip keyframe. `model` records the
+-- model and weights version; searches only compare vectors of the model in use.
+CREATE TABLE visual_vectors (
+    id        uuid PRIMARY KEY REFERENCES clips (id) ON DELETE CASCADE,
+    video_id  uuid NOT NULL REFERENCES videos (id) ON DELETE CASCADE,
+    model     text NOT NULL,
+    embedding vector(512) NOT NULL
+);
+CREATE INDEX visual_vectors_hnsw ON visual_vectors USING hnsw (embedding vector_cosine_ops);
+CREATE INDEX visual_vectors_video_idx ON visual_vectors (video_id);
+CREATE INDEX transcript_vectors_model_idx ON transcript_vectors (model);
+CREATE INDEX visual_vectors_model_idx ON visual_vectors (model);
+
+-- What produced a video's vectors, so a changed model is detected (reindex needed) instead of mixed.
+ALTER TABLE videos ADD COLUMN transcript_model text NOT NULL DEFAULT '';
+ALTER TABLE videos ADD COLUMN visual_model text NOT NULL DEFAULT '';
+
+-- ---- 0003_job_queue_key.sql ----
+-- The arq job id a job was last enqueued under (``<job id>:<generation>``). Written in the same transaction
+-- that creates or re-queues the job, so the worker's sweep can ask the queue whether that entry still exists
+-- and enqueue again any job whose entry was lost (Redis down at enqueue time, or restarted without its data).
+ALTER TABLE jobs ADD COLUMN queue_key text NOT NULL DEFAULT '';
+UPDATE jobs SET queue_key = id::text || ':0' WHERE queue_key = '';
+CREATE INDEX jobs_pending_idx ON jobs (update_time) WHERE state IN ('QUEUED', 'RUNNING');
+
+-- ---- 0004_leases.sql ----
+-- Leases instead of held connections and queue-side claims.
+--
+-- An upload's writes and its completion take the upload's lock in turn. The lock is a row lease (token +
+-- expiry) rather than a session advisory lock, so a request holds no database connection while it writes
+-- bytes or validates a video; a crashed process's lease simply expires.
+ALTER TABLE uploads ADD COLUMN lock_token uuid;
+ALTER TABLE uploads ADD COLUMN lock_expire_time timestamptz;
+
+-- A job run holds a lease: `run_id` is the fencing token of the run that owns the job now (every write of a
+-- run checks it), `lease_expire_time` is pushed forward by the run's heartbeat, `worker` says who runs it.
+-- A RUNNING job whose lease expired lost its worker: the sweep takes it over as a new attempt.
+ALTER TABLE jobs ADD COLUMN run_id uuid;
+ALTER TABLE jobs ADD COLUMN lease_expire_time timestamptz;
+ALTER TABLE jobs ADD COLUMN worker text NOT NULL DEFAULT '';
+CREATE INDEX jobs_lease_idx ON jobs (lease_expire_time) WHERE state = 'RUNNING';
+-- The reason of a failure, stable and machine-readable (WORKER_LOST, UNREADABLE_MEDIA, ...), beside the
+-- short human message in failure_reason.
+ALTER TABLE jobs ADD COLUMN failure_code text NOT NULL DEFAULT '';
+ALTER TABLE dead_letters ADD COLUMN failure_code text NOT NULL DEFAULT '';
+
+-- ---- 0005_outbox.sql ----
+-- A transactional outbox (services/common/outbox.py): facts committed here that another service must act
+-- on (a search to log in analytics, a job to submit) wait in this table until the relay delivered them.
+CREATE TABLE outbox (
+    id                bigserial PRIMARY KEY,
+    topic             text NOT NULL,
+    payload           bytea NOT NULL,
+    create_time       timestamptz NOT NULL DEFAULT now(),
+    attempts          integer NOT NULL DEFAULT 0,
+    next_attempt_time timestamptz NOT NULL DEFAULT now(),
+    last_error        text NOT NULL DEFAULT ''
+);
+CREATE INDEX outbox_due_idx ON outbox (next_attempt_time, id);
+
+
+-- ---- 0006_index_fences.sql ----
+-- Writes of a job run to other services carry a fence that only grows: every claim of the job takes the next
+-- one, so a later run's writes always carry a larger fence than an earlier run's.
+ALTER TABLE jobs ADD COLUMN fence bigint NOT NULL DEFAULT 0;
+
+-- Search: the fence of the run whose index (clips, segments, vectors) a video holds now.
+-- SearchInternalService.ReplaceVideoIndex refuses an older fence, so a superseded run never overwrites a
+-- newer run's index, however late its call arrives.
+CREATE TABLE video_index_fences (
+    video_id    uuid PRIMARY KEY REFERENCES videos (id) ON DELETE CASCADE,
+    fence       bigint NOT NULL,
+    update_time timestamptz NOT NULL DEFAULT now()
+);
+
+-- ---- schema_migrations, as services.common.db.migrate kept it ----
+CREATE TABLE schema_migrations (
+    version    integer PRIMARY KEY,
+    name       text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO schema_migrations (version, name) VALUES
+    (1, 'initial'), (2, 'visual_vectors'), (3, 'job_queue_key'), (4, 'leases'), (5, 'outbox'), (6, 'index_fences');

@@ -1,4 +1,4 @@
-"""Vector index behind a small Protocol; pgvector (HNSW, cosine) is the default implementation.
+"""The pgvector implementation (HNSW, cosine) of the ``ports.VectorIndex`` Protocol.
 
 An index holds one vector per item id in a named collection ("transcript": SBERT 384-d). Each vector
 records the model that made it; queries only see vectors of the model asked for, so a changed model is
@@ -9,48 +9,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from services.common.db import Database
-
-
-@dataclass(frozen=True)
-class VectorItem:
-    id: uuid.UUID
-    video_id: uuid.UUID
-    vector: np.ndarray
-
-
-@dataclass(frozen=True)
-class VectorHit:
-    id: uuid.UUID
-    video_id: uuid.UUID
-    score: float  # cosine similarity
-
-
-class VectorIndex(Protocol):
-    async def upsert(
-        self, collection: str, model: str, items: Sequence[VectorItem], *, conn: Any = None
-    ) -> None: ...
-
-    async def query(
-        self,
-        collection: str,
-        model: str,
-        vector: np.ndarray,
-        top_k: int,
-        video_ids: Sequence[uuid.UUID] | None = None,
-    ) -> list[VectorHit]: ...
-
-    async def scores(
-        self, collection: str, model: str, vector: np.ndarray, ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, float]: ...
-
-    async def get(self, collection: str, item_id: uuid.UUID) -> tuple[str, np.ndarray] | None: ...
-
+from services.search.ports import VectorHit, VectorItem
 
 _TABLES = {"transcript": "transcript_vectors", "visual": "visual_vectors"}
 

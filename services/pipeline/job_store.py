@@ -1,16 +1,31 @@
-"""asyncpg repository for jobs, their ordered events and dead letters (the job state machine's storage)."""
+"""asyncpg repository for jobs, their ordered events and dead letters (the job state machine's storage), in the
+pipeline's schema (migrations beside this file).
+
+A job change that ingest must learn of without a run to tell it (the job failed for good, or was cancelled)
+commits its ``UpdateVideoProcessing`` request to the pipeline's outbox in the same transaction
+(``services.pipeline.ingest_client``); ``on_fact`` is awaited with the outbox row's id after such a commit
+(the composition root wakes the relay and waits briefly for the delivery).
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 
+from services.common import outbox
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
-from services.common.records import TERMINAL_JOB_STATES, DeadLetter, Job, JobEvent, queue_key
-from services.common.store import newest_first, to_record
+from services.common.queue import queue_key
+from services.common.rows import newest_first, to_record
+from services.pipeline.ingest_client import VIDEO_PROCESSING_TOPIC, processing_request
+from services.pipeline.records import TERMINAL_JOB_STATES, DeadLetter, Job, JobEvent
+
+SCHEMA = "pipeline"
+MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _check_owner(job: asyncpg.Record, run_id: uuid.UUID) -> None:
@@ -23,8 +38,9 @@ def _check_owner(job: asyncpg.Record, run_id: uuid.UUID) -> None:
 class JobStore:
     """Jobs, their ordered events and dead letters."""
 
-    def __init__(self, pool: Database) -> None:
+    def __init__(self, pool: Database, *, on_fact: Callable[[int], Awaitable[object]] | None = None) -> None:
         self._pool = pool
+        self._on_fact = on_fact
 
     async def get(self, job_id: uuid.UUID) -> Job:
         row = await self._pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
@@ -35,16 +51,12 @@ class JobStore:
 
     async def create(self, job: Job) -> bool:
         """Insert a QUEUED job unless one with its id exists (ids are derived from video and generation, so
-        a repeated submission finds the first). True when this call made it; NOT_FOUND when its video is
-        gone."""
-        try:
-            row = await self._pool.fetchrow(
-                "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key) VALUES ($1, $2, 'QUEUED', $3, $4) "
-                "ON CONFLICT (id) DO NOTHING RETURNING id",
-                job.id, job.video_id, job.max_attempts, job.queue_key or queue_key(job.id),
-            )
-        except asyncpg.ForeignKeyViolationError:
-            raise NotFound(f"video {job.video_id} not found", reason="VIDEO_NOT_FOUND") from None
+        a repeated submission finds the first). True when this call made it."""
+        row = await self._pool.fetchrow(
+            "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key) VALUES ($1, $2, 'QUEUED', $3, $4) "
+            "ON CONFLICT (id) DO NOTHING RETURNING id",
+            job.id, job.video_id, job.max_attempts, job.queue_key or queue_key(job.id),
+        )
         return row is not None
 
     async def delete_for_video(self, video_id: uuid.UUID) -> int:
@@ -88,6 +100,34 @@ class JobStore:
                 conn, job, stage=stage, stage_state=stage_state, progress=progress, message=message,
                 job_state=job_state, attempt=attempt, failure_reason=failure_reason,
             )
+
+    async def cancel(self, job_id: uuid.UUID, *, message: str = "cancelled on request") -> JobEvent:
+        """Cancel a job that has not ended (FAILED_PRECONDITION ``JOB_ALREADY_FINISHED`` otherwise): its run,
+        if any, loses the job (its guard stops it within a second), the fence moves on so nothing that run
+        still sends is accepted, and ingest is told (its video is FAILED unless it was READY already)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            job = await self._lock_job(conn, job_id)
+            if job["state"] in TERMINAL_JOB_STATES:
+                raise FailedPrecondition(f"job is already {job['state']}", reason="JOB_ALREADY_FINISHED")
+            fence = await conn.fetchval("UPDATE jobs SET fence = fence + 1 WHERE id = $1 RETURNING fence", job_id)
+            event = await self._append_event(
+                conn, job, stage=None, stage_state="FAILED", progress=None, message=message,
+                job_state="CANCELLED", failure_reason=message,
+            )
+            fact = await self._tell_ingest(conn, job, fence, state="CANCELLED",
+                                           failure_reason="processing cancelled")
+        await self._told(fact)
+        return event
+
+    @staticmethod
+    async def _tell_ingest(conn: asyncpg.Connection, job: asyncpg.Record, fence: int, **update: object) -> int:
+        request = processing_request(job["video_id"], fence, **update)  # type: ignore[arg-type]
+        return await outbox.add(conn, VIDEO_PROCESSING_TOPIC, request.SerializeToString())
+
+    async def _told(self, fact: int | None) -> None:
+        """After the commit of a transaction that wrote outbox row ``fact`` (None: it wrote none)."""
+        if fact is not None and self._on_fact is not None:
+            await self._on_fact(fact)
 
     # -- runs: claim, lease, end ---------------------------------------------------------------
 
@@ -146,8 +186,10 @@ class JobStore:
             job = await self._lock_job(conn, job_id)
             if job["state"] != "RUNNING" or job["run_id"] != run_id:
                 return None
-            return await self._end(conn, job, outcome=outcome, message=message, code=code, new_key=new_key,
-                                   event_message=event_message)
+            event, fact = await self._end(conn, job, outcome=outcome, message=message, code=code,
+                                          new_key=new_key, event_message=event_message)
+        await self._told(fact)
+        return event
 
     async def expired_runs(self, *, idle_s: float, limit: int = 100) -> list[Job]:
         """RUNNING jobs whose run lost its lease: the worker died (or, for rows from before leases, a job
@@ -178,38 +220,38 @@ class JobStore:
             worker = row["worker"] or "its worker"
             message = (f"{worker} stopped during {row['stage'].removeprefix('STAGE_')} "
                        f"(attempt {row['attempt']} of {row['max_attempts']})")
-            event = await self._end(
+            event, fact = await self._end(
                 conn, row, outcome="fail" if final else "retry", message=message, code="WORKER_LOST",
                 new_key=new_key,
                 event_message=None if final else f"WORKER_LOST: {message}; taken over as attempt {row['attempt'] + 1}",
             )
-            return event, final
+        await self._told(fact)
+        return event, final
 
     async def _end(
         self, conn: asyncpg.Connection, job: asyncpg.Record, *, outcome: str, message: str, code: str,
         new_key: str, event_message: str | None,
-    ) -> JobEvent:
+    ) -> tuple[JobEvent, int | None]:
+        """(the event, the id of the outbox row telling ingest, if any)."""
         job_id = job["id"]
         reason = f"{code}: {message}" if code else message
         if outcome == "fail":
-            await conn.execute(
-                "UPDATE jobs SET run_id = NULL, lease_expire_time = NULL, failure_code = $2 WHERE id = $1",
+            fence = await conn.fetchval(
+                "UPDATE jobs SET run_id = NULL, lease_expire_time = NULL, failure_code = $2, fence = fence + 1 "
+                "WHERE id = $1 RETURNING fence",
                 job_id, code,
             )
             event = await self._append_event(
                 conn, job, stage=None, stage_state="FAILED", progress=None, message=event_message or reason,
                 job_state="FAILED", failure_reason=reason,
             )
-            await conn.execute(
-                "UPDATE videos SET state = 'FAILED', failure_reason = $2, update_time = now() WHERE id = $1",
-                job["video_id"], reason,
-            )
+            fact = await self._tell_ingest(conn, job, fence, state="FAILED", failure_reason=reason)
             await conn.execute(
                 "INSERT INTO dead_letters (id, job_id, video_id, failure_reason, attempts, failure_code) "
                 "VALUES ($1, $2, $3, $4, $5, $6)",
                 uuid.uuid4(), job_id, job["video_id"], reason, job["attempt"], code,
             )
-            return event
+            return event, fact
         if outcome not in ("retry", "handback"):
             raise ValueError(f"unknown run outcome {outcome!r}")
         await conn.execute(
@@ -221,11 +263,11 @@ class JobStore:
             return await self._append_event(
                 conn, job, stage=None, stage_state="STARTED", progress=None, message=event_message or message,
                 job_state="QUEUED",
-            )
+            ), None
         return await self._append_event(
             conn, job, stage=None, stage_state="FAILED", progress=None, message=event_message or reason,
             job_state="QUEUED", failure_reason=reason,
-        )
+        ), None
 
     async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]:
         """Queued jobs whose row has not changed for ``idle_s`` seconds, the longest idle first."""
@@ -303,14 +345,6 @@ class JobStore:
             )
         await self._pool.execute("DELETE FROM dead_letters WHERE job_id = $1", job_id)
         return to_record(Job, row)
-
-    async def mark_video_cancelled(self, video_id: uuid.UUID) -> None:
-        """A cancelled job leaves its video FAILED ("processing cancelled") unless it was already READY."""
-        await self._pool.execute(
-            "UPDATE videos SET state = 'FAILED', failure_reason = 'processing cancelled', update_time = now() "
-            "WHERE id = $1 AND state IN ('PENDING', 'PROCESSING')",
-            video_id,
-        )
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
         await self._pool.execute(

@@ -1,0 +1,66 @@
+"""Ingest's records: videos and resumable uploads as its database holds them, free of gRPC and SQL types.
+
+Enumerations are stored as the proto enum value names without their prefix (``READY`` for
+``Video.State.STATE_READY``); servicers map them to and from the generated enums.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from services.common.ids import job_id_for
+
+VIDEO_STATES = ("PENDING", "PROCESSING", "READY", "FAILED")
+
+
+@dataclass
+class Video:
+    id: uuid.UUID
+    blob_key: str
+    state: str
+    title: str = ""
+    description: str = ""
+    filename: str = ""
+    content_type: str = ""
+    size_bytes: int = 0
+    duration_s: float = 0.0
+    width: int = 0
+    height: int = 0
+    frame_rate: float = 0.0
+    video_codec: str = ""
+    audio_codec: str = ""
+    has_audio: bool = False
+    thumbnail_key: str = ""
+    scene_count: int = 0
+    transcript_source: str = "NONE"
+    sidecar_key: str = ""
+    sidecar_format: str = ""
+    sidecar_language: str = ""
+    failure_reason: str = ""
+    transcript_model: str = ""  # model id of the video's transcript vectors ("" = none)
+    visual_model: str = ""  # model id of the video's visual vectors ("" = none)
+    generation: int = 1  # processing generation: its job is job_id_for(id, generation)
+    processing_fence: int = 0  # fence of the last processing update accepted (UpdateVideoProcessing)
+    revision: int = 0  # +1 on every change: the search service's copy keeps the newest
+    create_time: datetime | None = None
+    update_time: datetime | None = None
+
+    @property
+    def job_id(self) -> uuid.UUID:
+        """The video's latest processing job (named by ingest, created under this id by the pipeline)."""
+        return job_id_for(self.id, self.generation)
+
+
+@dataclass
+class Upload:
+    id: uuid.UUID
+    state: str
+    expire_time: datetime
+    filename: str = ""
+    content_type: str = ""
+    size_bytes: int = 0
+    committed_size: int = 0
+    video_id: uuid.UUID | None = None
+    create_time: datetime | None = None

@@ -1,0 +1,62 @@
+"""What ingest's outbox delivers, topic by topic: each row becomes one idempotent internal call.
+
+- ``pipeline.submit_video_job`` → PipelineInternalService.SubmitVideoJob (a stored video's job);
+- ``pipeline.delete_video_jobs`` → PipelineInternalService.DeleteVideoJobs (a deleted video's jobs);
+- ``search.video_facts`` → SearchInternalService.UpsertVideoFacts (the video as it is at delivery time, with
+  its revision; a deleted video has nothing to send);
+- ``search.delete_video_index`` → SearchInternalService.DeleteVideoIndex.
+
+Answers that mean "done already" or "nothing to do any more" are swallowed (see ``services.common.outbox``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipeline_pb
+from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
+
+from services.common.convert import timestamp
+from services.common.errors import NotFound
+from services.common.outbox import Handler
+from services.ingest.store import (
+    DELETE_INDEX_TOPIC,
+    DELETE_JOBS_TOPIC,
+    FACTS_TOPIC,
+    SUBMIT_JOB_TOPIC,
+    VideoStore,
+)
+
+log = logging.getLogger(__name__)
+
+
+def handlers(videos: VideoStore, pipeline: Any, search: Any) -> dict[str, Handler]:
+    """The outbox handlers of ingest, calling the pipeline and search stubs (``InternalChannels.stub``)."""
+
+    async def submit_job(payload: bytes) -> None:
+        try:
+            await pipeline.SubmitVideoJob(pipeline_pb.SubmitVideoJobRequest.FromString(payload))
+        except NotFound:  # the video was deleted before its job could be submitted: nothing to do
+            log.info("job submission dropped: its video is gone")
+
+    async def delete_jobs(payload: bytes) -> None:
+        await pipeline.DeleteVideoJobs(pipeline_pb.DeleteVideoJobsRequest.FromString(payload))
+
+    async def publish_facts(payload: bytes) -> None:
+        try:
+            video = await videos.get(uuid.UUID(payload.decode()))
+        except NotFound:
+            return  # deleted since: search gets the deletion instead
+        facts = search_pb.VideoFacts(
+            video=f"videos/{video.id}", revision=video.revision, title=video.title, blob_key=video.blob_key,
+            state=video.state, duration_seconds=video.duration_s, create_time=timestamp(video.create_time),
+        )
+        await search.UpsertVideoFacts(search_pb.UpsertVideoFactsRequest(facts=facts))
+
+    async def delete_index(payload: bytes) -> None:
+        await search.DeleteVideoIndex(search_pb.DeleteVideoIndexRequest.FromString(payload))
+
+    return {SUBMIT_JOB_TOPIC: submit_job, DELETE_JOBS_TOPIC: delete_jobs, FACTS_TOPIC: publish_facts,
+            DELETE_INDEX_TOPIC: delete_index}

@@ -1,0 +1,86 @@
+"""What the pipeline's domain (``jobs``, ``runs``, ``reporter``, ``watch``, ``processor``) needs from its
+storage and from other services, as Protocols beside it. The adapters: ``job_store.JobStore`` (PostgreSQL),
+``ingest_client.IngestClient`` (IngestInternalService) and ``search_index.SearchIndexClient``
+(SearchInternalService)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Protocol
+
+from services.pipeline.records import DeadLetter, Job, JobEvent, ProcessedVideo, VideoSource
+
+
+class Jobs(Protocol):
+    """Jobs, their ordered events and dead letters: the job state machine's storage."""
+
+    async def get(self, job_id: uuid.UUID) -> Job:
+        """NOT_FOUND (``JOB_NOT_FOUND``) when there is no such job."""
+
+    async def create(self, job: Job) -> bool:
+        """Insert a QUEUED job unless one with its id exists; True when this call made it."""
+
+    async def delete_for_video(self, video_id: uuid.UUID) -> int: ...
+
+    async def list_page(
+        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
+        video_id: uuid.UUID | None = None, state: str | None = None,
+    ) -> list[Job]: ...
+
+    async def events(self, job_id: uuid.UUID, after_sequence: int = 0) -> list[JobEvent]: ...
+
+    async def record_event(
+        self, job_id: uuid.UUID, *, stage: str | None, stage_state: str, progress: float | None, message: str,
+        job_state: str | None = None, attempt: int | None = None, failure_reason: str | None = None,
+        run_id: uuid.UUID | None = None,
+    ) -> JobEvent:
+        """Append the next event (FAILED_PRECONDITION ``JOB_ALREADY_FINISHED`` / ``RUN_SUPERSEDED``)."""
+
+    async def cancel(self, job_id: uuid.UUID, *, message: str = ...) -> JobEvent:
+        """Cancel a job that has not ended, telling ingest (FAILED_PRECONDITION ``JOB_ALREADY_FINISHED``)."""
+
+    async def claim(
+        self, job_id: uuid.UUID, *, queue_key: str, run_id: uuid.UUID, worker: str, lease_s: float
+    ) -> tuple[Job, JobEvent] | None: ...
+
+    async def heartbeat(self, job_id: uuid.UUID, run_id: uuid.UUID, lease_s: float) -> bool: ...
+
+    async def owns(self, job_id: uuid.UUID, run_id: uuid.UUID) -> bool: ...
+
+    async def end_run(
+        self, job_id: uuid.UUID, run_id: uuid.UUID, *, outcome: str, message: str, code: str = "",
+        new_key: str = "", event_message: str | None = None,
+    ) -> JobEvent | None: ...
+
+    async def expired_runs(self, *, idle_s: float, limit: int = 100) -> list[Job]: ...
+
+    async def take_over(self, job: Job, *, new_key: str) -> tuple[JobEvent, bool] | None: ...
+
+    async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]: ...
+
+    async def requeue(self, job_id: uuid.UUID, *, expected_key: str, new_key: str, message: str) -> JobEvent | None: ...
+
+    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str) -> Job: ...
+
+    async def dead_letters(self, *, limit: int, after: tuple[datetime, uuid.UUID] | None) -> list[DeadLetter]: ...
+
+
+class VideoCatalog(Protocol):
+    """Ingest's video records as processing reads and updates them (``ingest_client.IngestClient``)."""
+
+    async def source(self, video_id: uuid.UUID) -> VideoSource:
+        """Where the video's bytes are; NOT_FOUND once deleted, UNAVAILABLE while ingest is away."""
+
+    async def update(self, video_id: uuid.UUID, fence: int, state: str = "", **facts: object) -> None:
+        """Record facts found by the run holding ``fence``; FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a later
+        run or a cancel updated the video already."""
+
+
+class SearchIndex(Protocol):
+    """The search service's index of videos (``search_index.SearchIndexClient``)."""
+
+    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> None:
+        """Replace everything indexed for the video, atomically; FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a
+        later run (larger fence) wrote it already, NOT_FOUND when the video is gone, UNAVAILABLE while the
+        search service is away."""

@@ -1,0 +1,89 @@
+"""The search service's records: the index of a video (clips, transcript segments, vectors) and its copy of the
+video facts that ingest publishes; free of gRPC and SQL types."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+
+@dataclass
+class Clip:
+    """One scene of a video, with what a search result shows of its video."""
+
+    id: uuid.UUID
+    video_id: uuid.UUID
+    idx: int
+    start_s: float
+    end_s: float
+    thumbnail_key: str = ""
+    video_title: str = ""
+    video_blob_key: str = ""
+    transcript: str = ""
+
+
+@dataclass
+class Segment:
+    """One transcript cue, in the clip that holds its midpoint."""
+
+    id: uuid.UUID
+    video_id: uuid.UUID
+    clip_id: uuid.UUID
+    idx: int
+    start_s: float
+    end_s: float
+    text: str
+    source: str
+
+
+@dataclass
+class VideoIndex:
+    """Everything indexed for one video; replaced as a whole (``SearchInternalService.ReplaceVideoIndex``)."""
+
+    clips: list[Clip]
+    segments: list[Segment]
+    vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (segment id, vector)
+    transcript_model: str = ""
+    visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (clip id, vector)
+    visual_model: str = ""
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    """The search service's copy of what ingest knows of a video (filters and display), at ``revision``."""
+
+    video_id: uuid.UUID
+    revision: int
+    title: str
+    blob_key: str
+    state: str
+    duration_s: float
+    create_time: datetime | None
+
+
+@dataclass(frozen=True)
+class RankedResult:
+    """One result of a logged search, at its rank."""
+
+    clip_id: uuid.UUID
+    video_id: uuid.UUID
+    rank: int
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """One search as it was answered, for the search log (analytics owns it)."""
+
+    search_id: uuid.UUID
+    query: str
+    image_query: bool
+    result_count: int
+    latency_ms: float
+    search_time: datetime
+    page_offset: int = 0
+    results: Sequence[RankedResult] = field(default_factory=tuple)
