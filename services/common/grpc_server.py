@@ -21,9 +21,12 @@ from services.common.internal_auth import InternalAuthInterceptor
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A server that takes a large internal call (the search service: the index of a long video, thousands of
+# scenes with a 512-d vector each, travels in one ReplaceVideoIndex) accepts what an internal client may send
+# (services.common.grpc_client). Public requests are bounded by Envoy before they get here.
+INTERNAL_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+SERVER_OPTIONS = [  # and the largest message received: run_server's max_message_bytes
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
     # Internal clients ping idle connections (services.common.grpc_client): accept it instead of GOAWAY.
@@ -58,6 +61,7 @@ async def run_server(
     component_health: Callable[[], Awaitable[dict[str, bool]]] | None = None,
     component_poll_s: float = 10.0,
     internal_token: str = "",
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> None:
     """Serve until SIGTERM/SIGINT. ``register`` adds the servicers and returns their full names.
 
@@ -77,7 +81,7 @@ async def run_server(
     # Internal methods (clipmind.*.internal.*) demand the service identity (``internal_token``; none set
     # refuses them all); every call gets its request context (request id, trace) bound for onward calls.
     server = grpc.aio.server(interceptors=[InternalAuthInterceptor(internal_token), ErrorInterceptor()],
-                             options=SERVER_OPTIONS)
+                             options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)])
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -14,7 +14,7 @@ from services.common.blobstore import LocalBlobStore
 from services.common.config import SearchSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
-from services.common.grpc_server import configure_logging, run_server
+from services.common.grpc_server import INTERNAL_MAX_MESSAGE_BYTES, configure_logging, run_server
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
 from services.common.outbox import OutboxRelay
@@ -61,7 +61,8 @@ async def serve(settings: SearchSettings) -> None:
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
                      on_stop=[logged.stop, relay.stop, channels.close, inference.close, pool.close],
                      component_health=model_health(inference), grace_s=settings.shutdown_grace_s,
-                     internal_token=settings.internal_token.get_secret_value())
+                     internal_token=settings.internal_token.get_secret_value(),
+                     max_message_bytes=INTERNAL_MAX_MESSAGE_BYTES)
 
 
 def main() -> None:
