@@ -7,7 +7,10 @@ the ingest real-time multiple (seconds of video processed per second of wall tim
 
     .venv/bin/python bench/search_latency.py --videos 3 --searches 200
 
-Run the same script from an older checkout for a before/after comparison (it needs only ``services.launcher``).
+With ``--baseline DIR`` (another checkout, e.g. a ``git worktree`` of the commit before a change, with a
+``.venv``) a second mesh runs that checkout's code beside this one, both get the same videos, and the searches
+alternate between the two meshes query by query (A, B, B, A, ...), so drift of a noisy machine hits both
+alike: the before/after difference in one run.
 """
 
 from __future__ import annotations
@@ -15,15 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from services.launcher import Mesh, MeshConfig, MeshPorts
-from tests.e2e.clients import rest_upload
-from tests.media import make_scene_video
+# Run as a script from the repository root: the repository and its generated code are importable.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "gen/python")]
+
+from services.launcher import Mesh, MeshConfig, MeshPorts  # noqa: E402
+from tests.e2e.clients import rest_upload  # noqa: E402
+from tests.media import make_scene_video  # noqa: E402
 
 MODEL_ENV = {"CLIPMIND_CLIP_WEIGHTS": "random", "CLIPMIND_WHISPER_WEIGHTS": "random", "CLIPMIND_MODEL_SEED": "0"}
 QUERIES = ["a dog jumping into the water", "quarterly revenue", "red scene", "someone talking", "the end"]
@@ -54,10 +62,86 @@ def summary(label: str, ms: list[float]) -> str:
             f"p95={ms[int(0.95 * (len(ms) - 1))]:6.1f} ms  mean={statistics.fmean(ms):6.1f} ms")
 
 
+# Runs in the baseline checkout (its own ``services`` package): starts its mesh on free ports, prints the Envoy
+# URL, and stops the mesh when its standard input closes.
+BASELINE_MESH = """
+import json, os, sys
+from pathlib import Path
+from services.launcher import Mesh, MeshConfig, MeshPorts
+env = json.loads(sys.argv[2])
+os.environ.update(env)
+mesh = Mesh(MeshConfig(state_dir=Path(sys.argv[1]), ports=MeshPorts.free(), extra_env=env))
+print(mesh.start().envoy_url, flush=True)
+try:
+    sys.stdin.read()
+finally:
+    mesh.stop()
+"""
+
+
+def ingest(client: httpx.Client, state: Path, videos: int, label: str) -> None:
+    video_s = 0.0
+    started = time.perf_counter()
+    names = []
+    for i in range(videos):
+        path = make_scene_video(state / f"v{i}.mp4", audio=False)
+        response = rest_upload(client, path, title=f"bench {i}")
+        response.raise_for_status()
+        names.append(response.json()["name"])
+    for name in names:
+        video = wait_ready(client, name)
+        video_s += float(video.get("durationSeconds", 0))
+    wall = time.perf_counter() - started
+    print(f"ingest{label}: {videos} videos, {video_s:.1f} s of video READY in {wall:.1f} s "
+          f"(real-time multiple {video_s / wall:.2f}x, upload to READY, one worker)")
+
+
+def interleaved(this: httpx.Client, baseline: httpx.Client, n: int) -> tuple[list[float], list[float]]:
+    """``n`` searches on each mesh, alternating which goes first."""
+    ours: list[float] = []
+    theirs: list[float] = []
+    for i in range(n):
+        pair = [(this, ours), (baseline, theirs)]
+        for client, times in pair if i % 2 == 0 else reversed(pair):
+            started = time.perf_counter()
+            client.post("/v1/clips:search", json={"query": QUERIES[i % len(QUERIES)], "pageSize": 10}
+                        ).raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+    return ours, theirs
+
+
+def compare_with_baseline(client: httpx.Client, checkout: Path, state: Path, videos: int, n: int) -> None:
+    import json
+
+    python = checkout / ".venv" / "bin" / "python"
+    process = subprocess.Popen(
+        [str(python), "-c", BASELINE_MESH, str(state / "baseline"), json.dumps(MODEL_ENV)], cwd=checkout,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": f"{checkout}:{checkout / 'gen' / 'python'}"},
+    )
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http"):
+            raise RuntimeError(f"the baseline mesh did not start (exit {process.poll()})")
+        with httpx.Client(base_url=url, timeout=120) as baseline:
+            ingest(baseline, state, videos, f" (baseline {checkout.name})")
+            interleaved(client, baseline, 20)  # warm up
+            ours, theirs = interleaved(client, baseline, n)
+        print(summary("search, this checkout", ours))
+        print(summary(f"search, baseline {checkout.name}", theirs))
+        print(f"p50 difference (this - baseline): {statistics.median(ours) - statistics.median(theirs):+.1f} ms")
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()
+        process.wait(timeout=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--searches", type=int, default=200)
+    parser.add_argument("--baseline", type=Path, help="another checkout to compare with, query by query")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clipmind-bench-") as tmp:
         state = Path(tmp)
@@ -66,20 +150,10 @@ def main() -> None:
         endpoints = mesh.start()
         try:
             with httpx.Client(base_url=endpoints.envoy_url, timeout=120) as client:
-                video_s = 0.0
-                started = time.perf_counter()
-                names = []
-                for i in range(args.videos):
-                    path = make_scene_video(state / f"v{i}.mp4", audio=False)
-                    response = rest_upload(client, path, title=f"bench {i}")
-                    response.raise_for_status()
-                    names.append(response.json()["name"])
-                for name in names:
-                    video = wait_ready(client, name)
-                    video_s += float(video.get("durationSeconds", 0))
-                wall = time.perf_counter() - started
-                print(f"ingest: {args.videos} videos, {video_s:.1f} s of video READY in {wall:.1f} s "
-                      f"(real-time multiple {video_s / wall:.2f}x, upload to READY, one worker)")
+                ingest(client, state, args.videos, "")
+                if args.baseline:
+                    compare_with_baseline(client, args.baseline.resolve(), state, args.videos, args.searches)
+                    return
                 timed_searches(client, 20)  # warm up
                 print(summary("search, analytics up", timed_searches(client, args.searches)))
                 analytics = mesh.part("analytics")
