@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import pwd
+import random
 import signal
 import socket
 import subprocess
@@ -42,9 +43,38 @@ class LaunchError(RuntimeError):
     """An embedded part failed to start, died, or did not get ready in time."""
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port that nothing listens on right now, for a server started later.
+
+    Taken below the kernel's ephemeral range: a port the OS hands out for ``bind(0)`` comes from that range,
+    which every outgoing connection draws from too, so between this call and the server's bind a client socket
+    of any process could take it (seen: a mesh part failing with "Address already in use"). Ports below the
+    range are only ever taken by explicit binds. Never the same port twice in one process."""
+    low, _ = _ephemeral_range()
+    candidates = list(range(20000, low)) if low > 21000 else []
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below the range: the OS picks
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
