@@ -119,6 +119,8 @@ def describe(endpoints: Endpoints, state_dir: Path) -> str:
         f"  embedded: {', '.join(endpoints.embedded) or '-'}",
         f"  external: {', '.join(endpoints.external) or '-'}",
         f"  logs: {state_dir / 'logs'}",
+        *([f"  first admin's password is in {admin_password} (readable by you only)"]
+          if (admin_password := state_dir / "admin.password").exists() else []),
         f"  status: clipmind status --state-dir {state_dir}",
         "Parts that exit are restarted. Press Ctrl-C to stop.",
     ]

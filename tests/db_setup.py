@@ -13,6 +13,7 @@ import asyncpg
 
 from services.analytics import search_log as analytics_store
 from services.common.db import Database, create_pool
+from services.identity import store as identity_store
 from services.ingest import store as ingest_store
 from services.pipeline import job_store
 from services.search import clip_store
@@ -22,6 +23,7 @@ SERVICE_SCHEMAS = {
     "pipeline": (job_store.MIGRATIONS, job_store.SCHEMA),
     "search": (clip_store.MIGRATIONS, clip_store.SCHEMA),
     "analytics": (analytics_store.MIGRATIONS, analytics_store.SCHEMA),
+    "identity": (identity_store.MIGRATIONS, identity_store.SCHEMA),
 }
 
 

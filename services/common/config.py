@@ -103,7 +103,7 @@ class ServerSettings(CommonSettings):
 
 
 class IngestSettings(ServerSettings):
-    """IngestService (+ IdentityService and the media HTTP server, hosted in the same process)."""
+    """IngestService (+ the media HTTP server, hosted in the same process)."""
 
     service_name: str = "ingest"
 
@@ -116,6 +116,34 @@ class IngestSettings(ServerSettings):
     min_free_disk_bytes: int = Field(
         1024**3, ge=0, description="Free space the staging disk keeps: an upload (declared size) or chunk that "
         "would leave less is refused with RESOURCE_EXHAUSTED (INSUFFICIENT_STORAGE).",
+    )
+
+
+class IdentitySettings(ServerSettings):
+    """IdentityService: users, sign-in, tokens, API keys."""
+
+    service_name: str = "identity"
+    grpc_port: int = 50055
+
+    jwt_keys: SecretStr = Field(
+        SecretStr(""), description="Signing keys of access tokens, `kid:base64url,kid:base64url` (the first signs; "
+        "the others still verify, for rotation); each at least 32 bytes. `clipmind up` generates one into the "
+        "state dir when unset.",
+    )
+    jwt_issuer: str = Field("clipmind", description="`iss` of access tokens.")
+    jwt_audience: str = Field("clipmind-api", description="`aud` of access tokens.")
+    access_token_ttl_s: float = Field(900.0, gt=0, le=3600, description="Lifetime of an access token.")
+    refresh_token_ttl_s: float = Field(7 * 24 * 3600.0, gt=0, description="Lifetime of a refresh token.")
+    allow_signup: bool = Field(False, description="Whether anyone may create their own (user) account.")
+    admin_email: str = Field("admin@localhost", description="Email of the first administrator, made on an empty "
+                             "database.")
+    admin_password: SecretStr = Field(
+        SecretStr(""), description="Password of the first administrator; empty: one is generated and written "
+        "to admin_password_file.",
+    )
+    admin_password_file: str = Field(
+        "", description="Where a generated first-administrator password is written (mode 600, once); its path is "
+        "logged, the password never.",
     )
 
 

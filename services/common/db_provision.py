@@ -34,8 +34,8 @@ from services.common.outbox import OUTBOX_DDL
 
 T = TypeVar("T")
 
-# Every service that owns data: its schema and its role have its name (identity joins with its issue).
-OWNED_SCHEMAS: tuple[str, ...] = ("ingest", "pipeline", "search", "analytics")
+# Every service that owns data: its schema and its role have its name.
+OWNED_SCHEMAS: tuple[str, ...] = ("ingest", "pipeline", "search", "analytics", "identity")
 
 
 # The tables of the schema every service shared before the split, by the service that owns them now.

@@ -1,4 +1,4 @@
-"""Composition root of the ingest process: IngestService + IdentityService and IngestInternalService over gRPC,
+"""Composition root of the ingest process: IngestService and IngestInternalService over gRPC,
 blobs over HTTP, and the relay of ingest's outbox (``relays``)."""
 
 from __future__ import annotations

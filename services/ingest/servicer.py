@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc.aio
-from clipmind.identity.v1 import identity_service_pb2_grpc
 from clipmind.ingest.v1 import ingest_service_pb2 as pb
 from clipmind.ingest.v1 import ingest_service_pb2_grpc
 from google.protobuf import empty_pb2
@@ -176,33 +175,6 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return empty_pb2.Empty()
 
 
-def _identity_not_yet(method: str) -> NoReturn:
-    raise Unimplemented(f"IdentityService.{method} is not implemented yet", reason="NOT_IMPLEMENTED")
-
-
-class IdentityServicer(identity_service_pb2_grpc.IdentityServiceServicer):
-    """Answers UNIMPLEMENTED until authentication lands."""
-
-    async def Login(self, request: Any, context: Any) -> Any:
-        _identity_not_yet("Login")
-
-    async def RefreshToken(self, request: Any, context: Any) -> Any:
-        _identity_not_yet("RefreshToken")
-
-    async def Logout(self, request: Any, context: Any) -> Any:
-        _identity_not_yet("Logout")
-
-    async def CreateUser(self, request: Any, context: Any) -> Any:
-        _identity_not_yet("CreateUser")
-
-    async def GetCurrentUser(self, request: Any, context: Any) -> Any:
-        _identity_not_yet("GetCurrentUser")
-
-
 def register(server: grpc.aio.Server, ingest: IngestServicer) -> list[str]:
     ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
-    identity_service_pb2_grpc.add_IdentityServiceServicer_to_server(IdentityServicer(), server)
-    return [
-        pb.DESCRIPTOR.services_by_name["IngestService"].full_name,
-        "clipmind.identity.v1.IdentityService",
-    ]
+    return [pb.DESCRIPTOR.services_by_name["IngestService"].full_name]

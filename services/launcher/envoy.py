@@ -46,6 +46,7 @@ class EnvoyPorts:
     search_port: int
     analytics_port: int
     media_port: int
+    identity_port: int
     bind_address: str = "127.0.0.1"
     upstream_host: str = "127.0.0.1"
 
@@ -97,6 +98,7 @@ def render_config(
         "pipeline_port": ports.pipeline_port,
         "search_port": ports.search_port,
         "analytics_port": ports.analytics_port,
+        "identity_port": ports.identity_port,
         "media_port": ports.media_port,
         "bind_address": ports.bind_address,
         "upstream_host": ports.upstream_host,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from services.common.db_provision import OWNED_SCHEMAS, provision, run_blocking, service_dsn
+from services.identity.tokens import format_key, generate_key
 from services.launcher.envoy import DEFAULT_DESCRIPTOR, EmbeddedEnvoy, EnvoyLimits, EnvoyPorts
 from services.launcher.postgres import EmbeddedPostgres
 from services.launcher.process import LaunchError, free_port
@@ -52,6 +53,7 @@ class MeshPorts:
     pipeline: int = 50052
     search: int = 50053
     analytics: int = 50054
+    identity: int = 50055
     media: int = 8081
     postgres: int = 5433
     redis: int = 6390
@@ -91,7 +93,7 @@ class Endpoints:
 
     envoy_url: str | None
     envoy_admin_url: str | None
-    grpc: Mapping[str, str]  # "ingest" | "pipeline" | "search" | "analytics" -> host:port
+    grpc: Mapping[str, str]  # "ingest" | "pipeline" | "search" | "analytics" | "identity" -> host:port
     media_base_url: str
     database_url: str
     redis_url: str
@@ -132,6 +134,7 @@ SERVERS = {
     "pipeline": "services.pipeline",
     "search": "services.search",
     "analytics": "services.analytics",
+    "identity": "services.identity",
 }
 WORKER_MODULE = "services.pipeline.worker"
 
@@ -215,6 +218,9 @@ class Mesh:
                         env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, name)
                     if name == "ingest":
                         env["CLIPMIND_MEDIA_PORT"] = str(ports.media)
+                    if name == "identity":
+                        env.setdefault("CLIPMIND_JWT_KEYS", self._jwt_keys())
+                        env.setdefault("CLIPMIND_ADMIN_PASSWORD_FILE", str(self.admin_password_path))
                     services[name] = ServiceProcess(name, module, env, self._log(name), grpc_address=grpc[name])
                 worker_env = dict(common)
                 if "CLIPMIND_DATABASE_URL" not in cfg.extra_env:  # the worker is the pipeline's: its role
@@ -234,6 +240,7 @@ class Mesh:
                         ports.search,
                         ports.analytics,
                         ports.media,
+                        ports.identity,
                         bind_address=HOST,
                         upstream_host=HOST,
                     ),
@@ -373,14 +380,30 @@ class Mesh:
         if self._supervisor is not None and self._supervisor.failure:
             raise LaunchError(self._supervisor.failure)
 
+    @property
+    def admin_password_path(self) -> Path:
+        """Where the first administrator's generated password is written (mode 600), on a new database."""
+        return self.state_dir / "admin.password"
+
+    def _jwt_keys(self) -> str:
+        """The access-token signing key of this state directory (made once, kept private), unless configured."""
+        configured = os.environ.get("CLIPMIND_JWT_KEYS") or self.config.extra_env.get("CLIPMIND_JWT_KEYS")
+        if configured:
+            return configured
+        return self._secret_file("jwt.keys", lambda: format_key("k1", generate_key()))
+
     def _internal_token(self) -> str:
         """The shared secret of internal calls for this state directory (made once, kept private)."""
-        path = self.state_dir / "internal.token"
+        return self._secret_file("internal.token", lambda: secrets.token_urlsafe(32))
+
+    def _secret_file(self, name: str, make: Callable[[], str]) -> str:
+        """The secret in ``<state>/<name>``, made by ``make`` the first time (mode 600)."""
+        path = self.state_dir / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_urlsafe(32))
+                out.write(make())
         return path.read_text().strip()
 
     def _log(self, name: str) -> Path:

@@ -36,7 +36,7 @@ CHAOS_ENV = {
     "CLIPMIND_RETRY_BASE_S": "1",
     "CLIPMIND_REQUEUE_IDLE_S": "10",
 }
-SERVICES = ("ingest", "pipeline", "search", "analytics")
+SERVICES = ("ingest", "pipeline", "search", "analytics", "identity")
 
 
 @pytest.fixture(scope="module")

@@ -85,7 +85,7 @@ def test_every_response_carries_a_request_id(rest: httpx.Client) -> None:
 
 def test_the_rendered_config_validates(mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     validate_config(mesh.state_dir / "envoy" / "envoy.yaml")  # what the running Envoy was given
-    ports = EnvoyPorts(8080, 9901, 50051, 50052, 50053, 50054, 8081)
+    ports = EnvoyPorts(8080, 9901, 50051, 50052, 50053, 50054, 8081, 50055)
     defaults = tmp_path / "envoy.yaml"
     defaults.write_text(render_config(ports))  # `clipmind up`'s ports and limits
     validate_config(defaults)

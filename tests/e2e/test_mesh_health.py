@@ -10,7 +10,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 pytestmark = pytest.mark.e2e
 
 EXPECTED = {
-    "ingest": {"clipmind.ingest.v1.IngestService", "clipmind.identity.v1.IdentityService"},
+    "ingest": {"clipmind.ingest.v1.IngestService"},
+    "identity": {"clipmind.identity.v1.IdentityService"},
     "pipeline": {"clipmind.pipeline.v1.PipelineService"},
     "search": {"clipmind.search.v1.SearchService"},
     "analytics": {"clipmind.analytics.v1.AnalyticsService"},

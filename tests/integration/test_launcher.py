@@ -106,7 +106,7 @@ def test_redis_keeps_data_across_restart(tmp_path: Path) -> None:
 
 
 def test_rendered_envoy_config_fills_every_placeholder(descriptor: Path) -> None:
-    ports = EnvoyPorts(8080, 9901, 50051, 50052, 50053, 50054, 8081)
+    ports = EnvoyPorts(8080, 9901, 50051, 50052, 50053, 50054, 8081, 50055)
     config = render_config(ports, descriptor)
     assert "${" not in config
     assert str(descriptor.resolve()) in config
@@ -115,7 +115,7 @@ def test_rendered_envoy_config_fills_every_placeholder(descriptor: Path) -> None
 
 
 def test_envoy_starts_with_rendered_config_and_is_ready(tmp_path: Path, descriptor: Path) -> None:
-    ports = EnvoyPorts(free_port(), free_port(), free_port(), free_port(), free_port(), free_port(), free_port())
+    ports = EnvoyPorts(*(free_port() for _ in range(8)))
     envoy = EmbeddedEnvoy(tmp_path / "envoy", tmp_path / "logs" / "envoy.log", ports, descriptor=descriptor)
     envoy.start()
     try:
@@ -135,7 +135,7 @@ def test_envoy_starts_with_rendered_config_and_is_ready(tmp_path: Path, descript
 
 
 def test_envoy_without_descriptor_is_a_clear_error(tmp_path: Path) -> None:
-    ports = EnvoyPorts(free_port(), free_port(), 1, 2, 3, 4, 5)
+    ports = EnvoyPorts(free_port(), free_port(), 1, 2, 3, 4, 5, 6)
     envoy = EmbeddedEnvoy(tmp_path, tmp_path / "envoy.log", ports, descriptor=tmp_path / "missing.binpb")
     with pytest.raises(LaunchError, match="descriptor"):
         envoy.start()
@@ -187,7 +187,7 @@ def test_mesh_launches_infra_uses_external_parts_and_restarts(tmp_path: Path, tr
 
 
 def test_rendered_envoy_config_passes_envoys_own_validation(tmp_path: Path, descriptor: Path) -> None:
-    ports = EnvoyPorts(8080, 9901, 50051, 50052, 50053, 50054, 8081)
+    ports = EnvoyPorts(8080, 9901, 50051, 50052, 50053, 50054, 8081, 50055)
     limits = EnvoyLimits(request_headers_timeout_s=3, default_bytes=1000, search_bytes=5000)
     config = tmp_path / "envoy.yaml"
     config.write_text(render_config(ports, descriptor, limits=limits))
@@ -240,7 +240,8 @@ def test_envoy_limits_bodies_and_passes_request_ids_to_the_services(tmp_path: Pa
     import httpx
 
     upstream = _RecordingUpstream()  # plays ingest and search
-    ports = EnvoyPorts(free_port(), free_port(), upstream.port, free_port(), upstream.port, free_port(), free_port())
+    ports = EnvoyPorts(free_port(), free_port(), upstream.port, free_port(), upstream.port, free_port(), free_port(),
+                       free_port())
     limits = EnvoyLimits(default_bytes=64 * 1024, search_bytes=256 * 1024, upload_write_bytes=512 * 1024)
     envoy = EmbeddedEnvoy(tmp_path / "envoy", tmp_path / "logs" / "envoy.log", ports, limits=limits)
     envoy.start()

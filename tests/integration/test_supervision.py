@@ -1,7 +1,7 @@
 """Supervision: parts of the mesh that die are restarted with backoff; one that cannot start is given up on;
 ``clipmind status`` shows it all; a service drains in-flight RPCs on SIGTERM.
 
-The mesh here is a small real one: embedded PostgreSQL and Redis, the four services, the arq worker and
+The mesh here is a small real one: embedded PostgreSQL and Redis, the five services, the arq worker and
 Envoy, without Triton (the services point at a port where nothing listens and report the models as
 unavailable), so it starts in seconds rather than minutes.
 """
@@ -92,7 +92,7 @@ def test_killed_worker_and_service_are_restarted_while_the_rest_keeps_serving(
     caplog.set_level(logging.INFO, logger="services.launcher.supervisor")
     before = mesh.status()
     assert {name: part["state"] for name, part in before.items()} == dict.fromkeys(
-        ["postgres", "redis", "ingest", "pipeline", "search", "analytics", "worker", "envoy"], "running"
+        ["postgres", "redis", "ingest", "pipeline", "search", "analytics", "identity", "worker", "envoy"], "running"
     )
     victims = {name: before[name]["pid"] for name in ("worker", "analytics")}
     for pid in victims.values():
@@ -162,7 +162,8 @@ def test_clipmind_status_prints_the_table(mesh: Mesh, tmp_path: Path, capsys: py
     assert lines[0].startswith(f"ClipMind mesh: running (pid {os.getpid()}")
     assert lines[1].split() == ["PART", "STATE", "PID", "RESTARTS", "LAST", "EXIT", "SINCE"]
     rows = {line.split()[0]: line for line in lines[2:]}
-    assert set(rows) == {"postgres", "redis", "ingest", "pipeline", "search", "analytics", "worker", "envoy"}
+    assert set(rows) == {"postgres", "redis", "ingest", "pipeline", "search", "analytics", "identity", "worker",
+                         "envoy"}
     for name, row in rows.items():
         part = document["parts"][name]
         cells = row.split()

@@ -30,13 +30,31 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+clipmind/identity/v1/identity_service.proto\x12\x14\x63lipmind.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n\x04User\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12-\n\x04role\x18\x04 \x01(\x0e\x32\x1f.clipmind.identity.v1.User.Role\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\";\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02::\xea\x41\x37\n\x1aidentity.clipmind.dev/User\x12\x0cusers/{user}*\x05users2\x04user\"<\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\x95\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12-\n\nexpires_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04user\x18\x04 \x01(\x0b\x32\x1a.clipmind.identity.v1.User\"3\n\x13RefreshTokenRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"r\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12-\n\nexpires_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\rLogoutRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\\\n\x11\x43reateUserRequest\x12.\n\x04user\x18\x01 \x01(\x0b\x32\x1a.clipmind.identity.v1.UserB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\x17\n\x15GetCurrentUserRequest2\xc0\x04\n\x0fIdentityService\x12k\n\x05Login\x12\".clipmind.identity.v1.LoginRequest\x1a#.clipmind.identity.v1.LoginResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:login:\x01*\x12\x82\x01\n\x0cRefreshToken\x12).clipmind.identity.v1.RefreshTokenRequest\x1a*.clipmind.identity.v1.RefreshTokenResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth:refresh:\x01*\x12\x61\n\x06Logout\x12#.clipmind.identity.v1.LogoutRequest\x1a\x16.google.protobuf.Empty\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth:logout:\x01*\x12g\n\nCreateUser\x12\'.clipmind.identity.v1.CreateUserRequest\x1a\x1a.clipmind.identity.v1.User\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12o\n\x0eGetCurrentUser\x12+.clipmind.identity.v1.GetCurrentUserRequest\x1a\x1a.clipmind.identity.v1.User\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/users:meb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+clipmind/identity/v1/identity_service.proto\x12\x14\x63lipmind.identity.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x06\x41piKey\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x18\n\nkey_prefix\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x37\n\rlast_use_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:R\xea\x41O\n\x1cidentity.clipmind.dev/ApiKey\x12\x1eusers/{user}/apiKeys/{api_key}*\x07\x61piKeys2\x06\x61piKey\"\x7f\n\x13\x43reateApiKeyRequest\x12\x33\n\x06parent\x18\x01 \x01(\tB#\xe2\x41\x01\x02\xfa\x41\x1c\n\x1aidentity.clipmind.dev/User\x12\x33\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x1c.clipmind.identity.v1.ApiKeyB\x04\xe2\x41\x01\x02\"R\n\x14\x43reateApiKeyResponse\x12-\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x1c.clipmind.identity.v1.ApiKey\x12\x0b\n\x03key\x18\x02 \x01(\t\"p\n\x12ListApiKeysRequest\x12\x33\n\x06parent\x18\x01 \x01(\tB#\xe2\x41\x01\x02\xfa\x41\x1c\n\x1aidentity.clipmind.dev/User\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x13ListApiKeysResponse\x12.\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x1c.clipmind.identity.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"J\n\x13\x44\x65leteApiKeyRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1cidentity.clipmind.dev/ApiKey\"\xa4\x02\n\x04User\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x13\n\x05\x65mail\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12-\n\x04role\x18\x04 \x01(\x0e\x32\x1f.clipmind.identity.v1.User.Role\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\";\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02::\xea\x41\x37\n\x1aidentity.clipmind.dev/User\x12\x0cusers/{user}*\x05users2\x04user\"<\n\x0cLoginRequest\x12\x13\n\x05\x65mail\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\x95\x01\n\rLoginResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12-\n\nexpires_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12(\n\x04user\x18\x04 \x01(\x0b\x32\x1a.clipmind.identity.v1.User\"3\n\x13RefreshTokenRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"r\n\x14RefreshTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x15\n\rrefresh_token\x18\x02 \x01(\t\x12-\n\nexpires_in\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"-\n\rLogoutRequest\x12\x1c\n\rrefresh_token\x18\x01 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\\\n\x11\x43reateUserRequest\x12.\n\x04user\x18\x01 \x01(\x0b\x32\x1a.clipmind.identity.v1.UserB\x04\xe2\x41\x01\x02\x12\x17\n\x08password\x18\x02 \x01(\tB\x05\xe2\x41\x02\x02\x04\"\x17\n\x15GetCurrentUserRequest2\xdb\x07\n\x0fIdentityService\x12k\n\x05Login\x12\".clipmind.identity.v1.LoginRequest\x1a#.clipmind.identity.v1.LoginResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/auth:login:\x01*\x12\x82\x01\n\x0cRefreshToken\x12).clipmind.identity.v1.RefreshTokenRequest\x1a*.clipmind.identity.v1.RefreshTokenResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/auth:refresh:\x01*\x12\x61\n\x06Logout\x12#.clipmind.identity.v1.LogoutRequest\x1a\x16.google.protobuf.Empty\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/auth:logout:\x01*\x12g\n\nCreateUser\x12\'.clipmind.identity.v1.CreateUserRequest\x1a\x1a.clipmind.identity.v1.User\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/users:\x01*\x12o\n\x0eGetCurrentUser\x12+.clipmind.identity.v1.GetCurrentUserRequest\x1a\x1a.clipmind.identity.v1.User\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/users:me\x12\x94\x01\n\x0c\x43reateApiKey\x12).clipmind.identity.v1.CreateApiKeyRequest\x1a*.clipmind.identity.v1.CreateApiKeyResponse\"-\x82\xd3\xe4\x93\x02\'\"\x1c/v1/{parent=users/*}/apiKeys:\x07\x61pi_key\x12\x88\x01\n\x0bListApiKeys\x12(.clipmind.identity.v1.ListApiKeysRequest\x1a).clipmind.identity.v1.ListApiKeysResponse\"$\x82\xd3\xe4\x93\x02\x1e\x12\x1c/v1/{parent=users/*}/apiKeys\x12w\n\x0c\x44\x65leteApiKey\x12).clipmind.identity.v1.DeleteApiKeyRequest\x1a\x16.google.protobuf.Empty\"$\x82\xd3\xe4\x93\x02\x1e*\x1c/v1/{name=users/*/apiKeys/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipmind.identity.v1.identity_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['name']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['name']._serialized_options = b'\342A\001\010'
+  _globals['_APIKEY'].fields_by_name['key_prefix']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['key_prefix']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['create_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY'].fields_by_name['last_use_time']._loaded_options = None
+  _globals['_APIKEY'].fields_by_name['last_use_time']._serialized_options = b'\342A\001\003'
+  _globals['_APIKEY']._loaded_options = None
+  _globals['_APIKEY']._serialized_options = b'\352AO\n\034identity.clipmind.dev/ApiKey\022\036users/{user}/apiKeys/{api_key}*\007apiKeys2\006apiKey'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\034\n\032identity.clipmind.dev/User'
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['api_key']._loaded_options = None
+  _globals['_CREATEAPIKEYREQUEST'].fields_by_name['api_key']._serialized_options = b'\342A\001\002'
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['parent']._loaded_options = None
+  _globals['_LISTAPIKEYSREQUEST'].fields_by_name['parent']._serialized_options = b'\342A\001\002\372A\034\n\032identity.clipmind.dev/User'
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETEAPIKEYREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\036\n\034identity.clipmind.dev/ApiKey'
   _globals['_USER'].fields_by_name['name']._loaded_options = None
   _globals['_USER'].fields_by_name['name']._serialized_options = b'\342A\001\010'
   _globals['_USER'].fields_by_name['email']._loaded_options = None
@@ -67,24 +85,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IDENTITYSERVICE'].methods_by_name['CreateUser']._serialized_options = b'\202\323\344\223\002\016\"\t/v1/users:\001*'
   _globals['_IDENTITYSERVICE'].methods_by_name['GetCurrentUser']._loaded_options = None
   _globals['_IDENTITYSERVICE'].methods_by_name['GetCurrentUser']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/users:me'
-  _globals['_USER']._serialized_start=254
-  _globals['_USER']._serialized_end=546
-  _globals['_USER_ROLE']._serialized_start=427
-  _globals['_USER_ROLE']._serialized_end=486
-  _globals['_LOGINREQUEST']._serialized_start=548
-  _globals['_LOGINREQUEST']._serialized_end=608
-  _globals['_LOGINRESPONSE']._serialized_start=611
-  _globals['_LOGINRESPONSE']._serialized_end=760
-  _globals['_REFRESHTOKENREQUEST']._serialized_start=762
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=813
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=815
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=929
-  _globals['_LOGOUTREQUEST']._serialized_start=931
-  _globals['_LOGOUTREQUEST']._serialized_end=976
-  _globals['_CREATEUSERREQUEST']._serialized_start=978
-  _globals['_CREATEUSERREQUEST']._serialized_end=1070
-  _globals['_GETCURRENTUSERREQUEST']._serialized_start=1072
-  _globals['_GETCURRENTUSERREQUEST']._serialized_end=1095
-  _globals['_IDENTITYSERVICE']._serialized_start=1098
-  _globals['_IDENTITYSERVICE']._serialized_end=1674
+  _globals['_IDENTITYSERVICE'].methods_by_name['CreateApiKey']._loaded_options = None
+  _globals['_IDENTITYSERVICE'].methods_by_name['CreateApiKey']._serialized_options = b'\202\323\344\223\002\'\"\034/v1/{parent=users/*}/apiKeys:\007api_key'
+  _globals['_IDENTITYSERVICE'].methods_by_name['ListApiKeys']._loaded_options = None
+  _globals['_IDENTITYSERVICE'].methods_by_name['ListApiKeys']._serialized_options = b'\202\323\344\223\002\036\022\034/v1/{parent=users/*}/apiKeys'
+  _globals['_IDENTITYSERVICE'].methods_by_name['DeleteApiKey']._loaded_options = None
+  _globals['_IDENTITYSERVICE'].methods_by_name['DeleteApiKey']._serialized_options = b'\202\323\344\223\002\036*\034/v1/{name=users/*/apiKeys/*}'
+  _globals['_APIKEY']._serialized_start=254
+  _globals['_APIKEY']._serialized_end=526
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=528
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=655
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=657
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=739
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=741
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=853
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=855
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=949
+  _globals['_DELETEAPIKEYREQUEST']._serialized_start=951
+  _globals['_DELETEAPIKEYREQUEST']._serialized_end=1025
+  _globals['_USER']._serialized_start=1028
+  _globals['_USER']._serialized_end=1320
+  _globals['_USER_ROLE']._serialized_start=1201
+  _globals['_USER_ROLE']._serialized_end=1260
+  _globals['_LOGINREQUEST']._serialized_start=1322
+  _globals['_LOGINREQUEST']._serialized_end=1382
+  _globals['_LOGINRESPONSE']._serialized_start=1385
+  _globals['_LOGINRESPONSE']._serialized_end=1534
+  _globals['_REFRESHTOKENREQUEST']._serialized_start=1536
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=1587
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=1589
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=1703
+  _globals['_LOGOUTREQUEST']._serialized_start=1705
+  _globals['_LOGOUTREQUEST']._serialized_end=1750
+  _globals['_CREATEUSERREQUEST']._serialized_start=1752
+  _globals['_CREATEUSERREQUEST']._serialized_end=1844
+  _globals['_GETCURRENTUSERREQUEST']._serialized_start=1846
+  _globals['_GETCURRENTUSERREQUEST']._serialized_end=1869
+  _globals['_IDENTITYSERVICE']._serialized_start=1872
+  _globals['_IDENTITYSERVICE']._serialized_end=2859
 # @@protoc_insertion_point(module_scope)

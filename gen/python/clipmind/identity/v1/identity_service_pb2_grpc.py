@@ -63,6 +63,21 @@ class IdentityServiceStub:
                 request_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.GetCurrentUserRequest.SerializeToString,
                 response_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.User.FromString,
                 _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/clipmind.identity.v1.IdentityService/CreateApiKey',
+                request_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/clipmind.identity.v1.IdentityService/ListApiKeys',
+                request_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.DeleteApiKey = channel.unary_unary(
+                '/clipmind.identity.v1.IdentityService/DeleteApiKey',
+                request_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.DeleteApiKeyRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -108,6 +123,28 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateApiKey(self, request, context):
+        """Creates an API key for scripts and CI: it acts as its user. The key
+        itself is in the response only; the server keeps a hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Lists a user's API keys (never the keys themselves), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteApiKey(self, request, context):
+        """Revokes an API key: calls made with it are refused from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -135,6 +172,21 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.GetCurrentUser,
                     request_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.GetCurrentUserRequest.FromString,
                     response_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.User.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'DeleteApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteApiKey,
+                    request_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.DeleteApiKeyRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +327,87 @@ class IdentityService:
             '/clipmind.identity.v1.IdentityService/GetCurrentUser',
             clipmind_dot_identity_dot_v1_dot_identity__service__pb2.GetCurrentUserRequest.SerializeToString,
             clipmind_dot_identity_dot_v1_dot_identity__service__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.identity.v1.IdentityService/CreateApiKey',
+            clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateApiKeyRequest.SerializeToString,
+            clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.identity.v1.IdentityService/ListApiKeys',
+            clipmind_dot_identity_dot_v1_dot_identity__service__pb2.ListApiKeysRequest.SerializeToString,
+            clipmind_dot_identity_dot_v1_dot_identity__service__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.identity.v1.IdentityService/DeleteApiKey',
+            clipmind_dot_identity_dot_v1_dot_identity__service__pb2.DeleteApiKeyRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,14 @@ class IdentityServiceStub:
     """Creates a user account."""
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetCurrentUserRequest, _identity_service_pb2.User]
     """Returns the user the access token belongs to."""
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateApiKeyRequest, _identity_service_pb2.CreateApiKeyResponse]
+    """Creates an API key for scripts and CI: it acts as its user. The key
+    itself is in the response only; the server keeps a hash.
+    """
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ListApiKeysRequest, _identity_service_pb2.ListApiKeysResponse]
+    """Lists a user's API keys (never the keys themselves), newest first."""
+    DeleteApiKey: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteApiKeyRequest, _empty_pb2.Empty]
+    """Revokes an API key: calls made with it are refused from then on."""
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -74,6 +82,14 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     """Creates a user account."""
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetCurrentUserRequest, _identity_service_pb2.User]  # type: ignore[assignment]
     """Returns the user the access token belongs to."""
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateApiKeyRequest, _identity_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    """Creates an API key for scripts and CI: it acts as its user. The key
+    itself is in the response only; the server keeps a hash.
+    """
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ListApiKeysRequest, _identity_service_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    """Lists a user's API keys (never the keys themselves), newest first."""
+    DeleteApiKey: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteApiKeyRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Revokes an API key: calls made with it are refused from then on."""
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """Signs people in and issues the JWT access tokens every other service
@@ -124,5 +140,31 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.User, _abc.Awaitable[_identity_service_pb2.User]]:
         """Returns the user the access token belongs to."""
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _identity_service_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.CreateApiKeyResponse, _abc.Awaitable[_identity_service_pb2.CreateApiKeyResponse]]:
+        """Creates an API key for scripts and CI: it acts as its user. The key
+        itself is in the response only; the server keeps a hash.
+        """
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _identity_service_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_service_pb2.ListApiKeysResponse, _abc.Awaitable[_identity_service_pb2.ListApiKeysResponse]]:
+        """Lists a user's API keys (never the keys themselves), newest first."""
+
+    @_abc_1.abstractmethod
+    def DeleteApiKey(
+        self,
+        request: _identity_service_pb2.DeleteApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Revokes an API key: calls made with it are refused from then on."""
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,101 @@
+"""Rate limits in Redis: a sliding window per key, checked and counted atomically by one Lua script.
+
+Why a script of our own rather than the ``limits`` library: ``limits``' asyncio Redis storage needs a second
+Redis client library (coredis) beside the redis-py every process already uses, and the whole mechanism is
+the dozen lines below. One script call does the read and the write, so concurrent callers never both take
+the last slot (no read-then-write race), and the window slides (no burst of twice the limit across a
+window boundary, as fixed windows allow).
+
+Each key is a sorted set of the hits in the last ``window_s`` (member: a unique id, score: the time in
+milliseconds from Redis's own clock, so processes on several machines agree). A hit is admitted while fewer
+than ``limit`` hits are in the window; a refused hit is not counted, and the answer says when the oldest hit
+leaves the window (the ``Retry-After``).
+
+When Redis is unreachable the limiter fails open (the call is admitted and a warning logged): a limit is
+protection, not a reason to take the service down with Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services.common.errors import ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: the window's key; ARGV: limit, window in ms, a unique member. Returns {admitted 0|1, retry after ms}.
+_SLIDING_WINDOW = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local limit = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now_ms, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {1, 0}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, math.max(1, tonumber(oldest[2]) + window - now_ms)}
+"""
+
+KEY_PREFIX = "clipmind:rate:"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``limit`` hits per ``window_s`` seconds, under the name ``name`` (part of the Redis key)."""
+
+    name: str
+    limit: int
+    window_s: float
+
+
+class RateLimiter:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+        self._script = client.register_script(_SLIDING_WINDOW)
+
+    @classmethod
+    def from_url(cls, redis_url: str, *, max_connections: int = 64, wait_s: float = 5.0) -> RateLimiter:
+        """A limiter with its own bounded pool: a burst of calls waits (up to ``wait_s``) for one of
+        ``max_connections`` connections instead of failing (redis-py's default pool refuses past its size, which
+        would fail the limit open exactly under load)."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=max_connections, timeout=wait_s, socket_connect_timeout=2, socket_timeout=2)
+        return cls(aioredis.Redis(connection_pool=pool))
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def hit(self, limit: Limit, subject: str) -> float:
+        """Count one hit of ``subject`` against ``limit``: 0 when admitted, else the seconds until a hit would
+        be (nothing is counted then)."""
+        try:
+            admitted, retry_ms = await self._script(
+                keys=[f"{KEY_PREFIX}{limit.name}:{subject}"],
+                args=[limit.limit, int(limit.window_s * 1000), uuid.uuid4().hex])
+        except (RedisError, OSError) as exc:
+            log.warning("rate limit %s not checked, Redis is unreachable (%s): admitted", limit.name, exc)
+            return 0.0
+        return 0.0 if int(admitted) else int(retry_ms) / 1000
+
+    async def check(self, limit: Limit, subject: str, *, what: str) -> None:
+        """Count one hit; RESOURCE_EXHAUSTED (``RATE_LIMITED``, with the retry delay) when over ``limit``."""
+        wait_s = await self.hit(limit, subject)
+        if wait_s:
+            raise ResourceExhausted(
+                f"too many {what}: at most {limit.limit} per {limit.window_s:g} s; retry in {wait_s:.0f} s",
+                reason="RATE_LIMITED", metadata={"limit": limit.name}, retry_delay_s=wait_s)
+
+    async def reset(self, limit: Limit, subject: str) -> None:
+        """Forget ``subject``'s hits (e.g. failed sign-ins after one that succeeded)."""
+        try:
+            await self._client.delete(f"{KEY_PREFIX}{limit.name}:{subject}")
+        except (RedisError, OSError) as exc:
+            log.warning("rate limit %s not reset, Redis is unreachable (%s)", limit.name, exc)

@@ -1,0 +1,1 @@
+"""Identity: users, passwords, access tokens and API keys (see docs in each module)."""
