@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from services.launcher import Endpoints, LaunchError, Mesh, MeshConfig, MeshPorts
+from services.launcher.process import redact
 from services.launcher.supervisor import STATUS_FILE
 
 
@@ -89,8 +90,10 @@ def db_provision(args: argparse.Namespace) -> int:
     if not args.admin_url:
         print("clipmind: give --admin-url (or CLIPMIND_DATABASE_URL)", file=sys.stderr)
         return 2
-    run_blocking(provision(args.admin_url))
-    print("Provisioned. Give each service its own role (set its password with ALTER ROLE where needed):")
+    passwords = {s: p for s in OWNED_SCHEMAS if (p := os.environ.get(f"CLIPMIND_DB_PASSWORD_{s.upper()}"))}
+    run_blocking(provision(args.admin_url, passwords=passwords))
+    print("Provisioned. Give each service its own role's URL, with the password of its role "
+          "(CLIPMIND_DB_PASSWORD_<SERVICE> at provisioning, or ALTER ROLE):")
     for service in OWNED_SCHEMAS:
         print(f"  {service:<10} CLIPMIND_DATABASE_URL={service_dsn(args.admin_url, service)}")
     print("  (the worker runs as the pipeline)")
@@ -112,8 +115,8 @@ def describe(endpoints: Endpoints, state_dir: Path) -> str:
         f"  REST + gRPC (Envoy)  {endpoints.envoy_url}",
         f"  media                {endpoints.media_base_url}/",
         *(f"  gRPC {name:<15} {address}" for name, address in endpoints.grpc.items()),
-        f"  PostgreSQL           {endpoints.database_url}",
-        f"  Redis                {endpoints.redis_url}",
+        f"  PostgreSQL           {redact(endpoints.database_url)}",
+        f"  Redis                {redact(endpoints.redis_url)}",
         f"  Triton (gRPC)        {endpoints.triton_url}",
         f"  blobs                {endpoints.blob_dir}",
         f"  embedded: {', '.join(endpoints.embedded) or '-'}",

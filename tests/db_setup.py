@@ -13,6 +13,7 @@ import asyncpg
 
 from services.analytics import search_log as analytics_store
 from services.common.db import Database, create_pool
+from services.common.db_provision import service_dsn
 from services.identity import store as identity_store
 from services.ingest import store as ingest_store
 from services.pipeline import job_store
@@ -25,6 +26,15 @@ SERVICE_SCHEMAS = {
     "analytics": (analytics_store.MIGRATIONS, analytics_store.SCHEMA),
     "identity": (identity_store.MIGRATIONS, identity_store.SCHEMA),
 }
+
+
+# Passwords of the services' roles in tests (the embedded server requires a password of every role).
+ROLE_PASSWORDS = {service: f"test-{service}-role-password" for service in SERVICE_SCHEMAS}
+
+
+def role_dsn(admin_dsn: str, service: str) -> str:
+    """The DSN of ``service``'s role (provisioned with ``ROLE_PASSWORDS``) on ``admin_dsn``'s database."""
+    return service_dsn(admin_dsn, service, ROLE_PASSWORDS[service])
 
 
 async def service_db(dsn: str, service: str, **options: Any) -> Database:

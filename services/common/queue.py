@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job as ArqJob
@@ -63,6 +64,16 @@ class ArqJobQueue:
         await self._pool.aclose()
 
 
+def job_to_json(data: Any) -> bytes:
+    """arq's job and result records as JSON, never pickle: a payload written into Redis by anyone who reaches
+    it must not run code in the worker when read (pickle would). Our jobs carry only ids and strings."""
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def job_from_json(raw: bytes) -> Any:
+    return json.loads(raw)
+
+
 def arq_redis(redis_url: str) -> ArqRedis:
     """An arq Redis client with connect/read timeouts and health checks (arq's own ``create_pool`` sets no
     read timeout and pings at creation, which fails a process that starts while Redis is down)."""
@@ -71,7 +82,7 @@ def arq_redis(redis_url: str) -> ArqRedis:
         host=settings.host, port=settings.port, db=settings.database, username=settings.username,
         password=settings.password, ssl=settings.ssl, socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
         socket_timeout=REDIS_SOCKET_TIMEOUT_S, health_check_interval=30, encoding="utf8",
-        default_queue_name=QUEUE_NAME,
+        default_queue_name=QUEUE_NAME, job_serializer=job_to_json, job_deserializer=job_from_json,
     )
     return client
 

@@ -18,6 +18,8 @@ exits is restarted with backoff on the same port and environment; ``status()`` a
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -172,10 +174,14 @@ class Mesh:
         try:
             infra: dict[str, _Part] = {}
             if cfg.database_url is None:
-                pg = EmbeddedPostgres(self.state_dir / "postgres", self._log("postgres"), ports.postgres, HOST)
+                pg = EmbeddedPostgres(self.state_dir / "postgres", self._log("postgres"), ports.postgres, HOST,
+                                      password=self._secret_file("postgres.password",
+                                                                 lambda: secrets.token_urlsafe(24)))
                 infra["postgres"] = pg
             if cfg.redis_url is None:
-                infra["redis"] = EmbeddedRedis(self.state_dir / "redis", self._log("redis"), ports.redis, HOST)
+                infra["redis"] = EmbeddedRedis(self.state_dir / "redis", self._log("redis"), ports.redis, HOST,
+                                               password=self._secret_file("redis.password",
+                                                                          lambda: secrets.token_urlsafe(24)))
             if cfg.triton_url is None:
                 infra["triton"] = EmbeddedTriton(
                     self.state_dir / "triton",
@@ -198,7 +204,8 @@ class Mesh:
 
             if cfg.with_services:
                 # Each service that owns a schema gets its own role on it (grants keep the others out).
-                run_blocking(provision(database_url, OWNED_SCHEMAS))
+                passwords = {name: self._role_password(name) for name in OWNED_SCHEMAS}
+                run_blocking(provision(database_url, OWNED_SCHEMAS, passwords=passwords))
                 common = {
                     "CLIPMIND_DATABASE_URL": database_url,
                     "CLIPMIND_REDIS_URL": redis_url,
@@ -215,7 +222,7 @@ class Mesh:
                 for name, module in SERVERS.items():
                     env = {**common, "CLIPMIND_GRPC_PORT": str(getattr(ports, name))}
                     if name in OWNED_SCHEMAS and "CLIPMIND_DATABASE_URL" not in cfg.extra_env:
-                        env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, name)
+                        env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, name, passwords[name])
                     if name == "ingest":
                         env["CLIPMIND_MEDIA_PORT"] = str(ports.media)
                     if name == "identity":
@@ -224,7 +231,7 @@ class Mesh:
                     services[name] = ServiceProcess(name, module, env, self._log(name), grpc_address=grpc[name])
                 worker_env = dict(common)
                 if "CLIPMIND_DATABASE_URL" not in cfg.extra_env:  # the worker is the pipeline's: its role
-                    worker_env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, "pipeline")
+                    worker_env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, "pipeline", passwords["pipeline"])
                 services["worker"] = ServiceProcess("worker", WORKER_MODULE, worker_env, self._log("worker"))
                 self._start_group(services, report)
 
@@ -391,6 +398,12 @@ class Mesh:
         if configured:
             return configured
         return self._secret_file("jwt.keys", lambda: format_key("k1", generate_key()))
+
+    def _role_password(self, service: str) -> str:
+        """The password of ``service``'s database role: derived from one secret of the state dir, so every
+        role has its own and nothing more is stored."""
+        secret = self._secret_file("db-roles.secret", lambda: secrets.token_urlsafe(32))
+        return hmac.new(secret.encode(), f"role:{service}".encode(), hashlib.sha256).hexdigest()
 
     def _internal_token(self) -> str:
         """The shared secret of internal calls for this state directory (made once, kept private)."""

@@ -7,22 +7,34 @@ every process), logs into the state dir, and stops when the mesh stops.
 PostgreSQL refuses to run as root. As root we do what pgserver does: run initdb and the server as the
 unprivileged system user ``pgserver`` (created with ``useradd`` if missing) and make the data dir's
 parents and the wheel's install traversable for it.
+
+Every connection authenticates with a password (SCRAM-SHA-256; ``pg_hba.conf`` trusts nobody): the superuser's
+is ``password`` (generated per instance unless given; the mesh keeps it in the state dir). A data dir made
+before passwords (``--auth=trust``) gets the password set and its ``pg_hba.conf`` rewritten on its next start.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 from services.launcher.process import LaunchError, ManagedProcess, OwnsProcess, as_user, log_tail
 
 DATABASE = "clipmind"
 SUPERUSER = "postgres"
 SYSTEM_USER_WHEN_ROOT = "pgserver"
+# Local TCP only (the server listens on one address), every role by password.
+HBA = """# Written by ClipMind's launcher: every connection authenticates with a SCRAM password.
+host    all    all    127.0.0.1/32    scram-sha-256
+host    all    all    ::1/128         scram-sha-256
+"""
 
 
 def pg_bin_dir() -> Path:
@@ -47,12 +59,13 @@ class EmbeddedPostgres(OwnsProcess):
     host: str = "127.0.0.1"
     database: str = DATABASE
     ready_timeout_s: float = 60.0
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
     _proc: ManagedProcess | None = field(default=None, init=False, repr=False)
 
     @property
     def dsn(self) -> str:
-        """asyncpg-compatible DSN of the ``clipmind`` database."""
-        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{self.database}"
+        """asyncpg-compatible DSN of the ``clipmind`` database, as the superuser (a secret: redact to print)."""
+        return f"postgresql://{SUPERUSER}:{quote(self.password, safe='')}@{self.host}:{self.port}/{self.database}"
 
     def start(self) -> float:
         """Init the data dir if new, start the server, create the database; returns seconds to ready."""
@@ -82,7 +95,10 @@ class EmbeddedPostgres(OwnsProcess):
             stop_timeout_s=30.0,
         )
         self._proc.start()
-        waited = self._proc.wait_ready(lambda: self._psql(bin_dir, "postgres", "SELECT 1") == "1", self.ready_timeout_s)
+        # (A data dir whose superuser has another password never gets ready: its log says so.)
+        waited = self._proc.wait_ready(lambda: self._psql(bin_dir, "postgres", "SELECT 1") == "1",
+                                       self.ready_timeout_s)
+        self._require_passwords(bin_dir)
         self._ensure_database(bin_dir)
         return waited
 
@@ -125,7 +141,16 @@ class EmbeddedPostgres(OwnsProcess):
         if (self.data_dir / "PG_VERSION").exists():
             return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
+        with tempfile.TemporaryDirectory(prefix="clipmind-initdb-") as tmp, open(self.log_path, "ab") as out:
+            pwfile = Path(tmp) / "pw"  # initdb (running as the server's user) reads the password from a file
+            pwfile.write_text(self.password + "\n")
+            if user is not None:
+                import pwd
+
+                entry = pwd.getpwnam(user)
+                os.chown(tmp, entry.pw_uid, entry.pw_gid)
+                os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+            pwfile.chmod(0o600)
             result = subprocess.run(
                 as_user([
                     str(bin_dir / "initdb"),
@@ -133,7 +158,8 @@ class EmbeddedPostgres(OwnsProcess):
                     str(self.data_dir),
                     "-U",
                     SUPERUSER,
-                    "--auth=trust",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
                     "--encoding=UTF8",
                     "--locale=C.UTF-8",
                 ], user),
@@ -161,17 +187,29 @@ class EmbeddedPostgres(OwnsProcess):
                 database,
                 "-v",
                 "ON_ERROR_STOP=1",
-                "-tAqc",
-                sql,
+                "-tAq",
+                "-f",
+                "-",
             ],
+            input=sql,  # on stdin, not in argv (other local users can read a process's argv)
             capture_output=True,
             text=True,
             timeout=30,
             check=False,
+            env={**os.environ, "PGPASSWORD": self.password, "PGCONNECT_TIMEOUT": "5"},
         )
         if result.returncode != 0:
             raise LaunchError(f"psql on {database}: {result.stderr.strip()}")
         return result.stdout.strip()
+
+    def _require_passwords(self, bin_dir: Path) -> None:
+        """A data dir from before passwords: set the superuser's and make ``pg_hba.conf`` require them."""
+        hba = self.data_dir / "pg_hba.conf"
+        if hba.read_text() == HBA:
+            return
+        self._psql(bin_dir, "postgres", f"ALTER ROLE {SUPERUSER} PASSWORD '{self.password}'")  # urlsafe chars only
+        hba.write_text(HBA)
+        self._psql(bin_dir, "postgres", "SELECT pg_reload_conf()")
 
     def _ensure_database(self, bin_dir: Path) -> None:
         exists = self._psql(bin_dir, "postgres", f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'")

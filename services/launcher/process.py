@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # no room below the range: the OS picks
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (``scheme://user:***@host…``), fit to print or log."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit((parts.scheme, f"{user}:***@{netloc[-1]}", parts.path, parts.query, parts.fragment))
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:

@@ -36,7 +36,7 @@ from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
-from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, arq_redis
+from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, arq_redis, job_from_json, job_to_json
 from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_handlers
 from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
 from services.pipeline.jobs import JobControl
@@ -145,6 +145,8 @@ def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_pool": arq_redis(settings.redis_url),
+        "job_serializer": job_to_json,  # results too: never pickle
+        "job_deserializer": job_from_json,
         "queue_name": QUEUE_NAME,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,

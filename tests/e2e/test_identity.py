@@ -12,6 +12,7 @@ import pytest
 from clipmind.identity.v1 import identity_service_pb2 as pb
 from clipmind.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
+from services.cli import describe
 from services.launcher import Mesh
 
 pytestmark = pytest.mark.e2e
@@ -38,10 +39,17 @@ def test_the_first_admin_password_is_private_and_never_logged(mesh: Mesh) -> Non
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     password = _admin_password(mesh)
     assert len(password) >= 16
+    secrets = {"admin.password": password}
+    for secret_file in ("jwt.keys", "internal.token", "postgres.password", "redis.password", "db-roles.secret"):
+        assert stat.S_IMODE((mesh.state_dir / secret_file).stat().st_mode) == 0o600, secret_file
+        secrets[secret_file] = (mesh.state_dir / secret_file).read_text().strip().split(":")[-1]
     for log in (mesh.state_dir / "logs").glob("*.log"):
-        assert password not in log.read_text(errors="replace"), log.name
-    for secret_file in ("jwt.keys", "internal.token"):
-        assert stat.S_IMODE((mesh.state_dir / secret_file).stat().st_mode) == 0o600
+        text = log.read_text(errors="replace")
+        for name, secret in secrets.items():
+            assert secret not in text, f"{name} in {log.name}"
+    shown = describe(mesh.endpoints, mesh.state_dir)  # what `clipmind up` prints
+    assert not [name for name, secret in secrets.items() if secret in shown]
+    assert str(mesh.admin_password_path) in shown
 
 
 def test_sign_in_and_who_am_i_over_rest(mesh: Mesh, rest: httpx.Client) -> None:

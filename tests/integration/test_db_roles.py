@@ -13,7 +13,7 @@ import pytest
 from services.cli import main
 from services.common.db import create_pool
 from services.common.db_provision import OWNED_SCHEMAS, provision, role_name, service_dsn
-from tests.db_setup import SERVICE_SCHEMAS, fresh_database
+from tests.db_setup import ROLE_PASSWORDS, SERVICE_SCHEMAS, fresh_database, role_dsn
 
 pytestmark = pytest.mark.integration
 
@@ -24,11 +24,11 @@ SERVICES = ("ingest", "pipeline", "search", "analytics", "identity")
 async def provisioned(pg_dsn: str) -> AsyncIterator[str]:
     """A database provisioned as the mesh does it, each service's migrations applied under its own role."""
     async with fresh_database(pg_dsn) as dsn:
-        await provision(dsn)
-        await provision(dsn)  # idempotent: a second run changes nothing and does not fail
+        await provision(dsn, passwords=ROLE_PASSWORDS)
+        await provision(dsn, passwords=ROLE_PASSWORDS)  # idempotent: a second run changes nothing and does not fail
         for service in SERVICES:
             migrations, schema = SERVICE_SCHEMAS[service]
-            db = await create_pool(service_dsn(dsn, service), migrations=migrations, schema=schema,
+            db = await create_pool(role_dsn(dsn, service), migrations=migrations, schema=schema,
                                    vectors=service == "search")
             await db.close()
         yield dsn
@@ -66,7 +66,7 @@ async def test_each_service_migrates_its_own_schema_under_its_own_role(provision
 
 async def test_each_role_is_refused_on_every_other_schema(provisioned: str) -> None:
     for me, other in itertools.permutations(SERVICES, 2):
-        conn = await asyncpg.connect(service_dsn(provisioned, me))
+        conn = await asyncpg.connect(role_dsn(provisioned, me))
         try:
             assert await conn.fetchval("SELECT current_schema()") == me
             await conn.fetchval("SELECT count(*) FROM schema_migrations")  # its own: unqualified SQL finds it
@@ -83,7 +83,7 @@ async def test_each_role_is_refused_on_every_other_schema(provisioned: str) -> N
 async def test_a_role_cannot_touch_public(provisioned: str) -> None:
     """Only extensions live in public: a service role can use them but put nothing there."""
     for service in SERVICES:
-        conn = await asyncpg.connect(service_dsn(provisioned, service))
+        conn = await asyncpg.connect(role_dsn(provisioned, service))
         try:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute("CREATE TABLE public.intruder (id integer)")
@@ -91,13 +91,18 @@ async def test_a_role_cannot_touch_public(provisioned: str) -> None:
             await conn.close()
 
 
-async def test_db_provision_command_prints_each_services_url(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_db_provision_command_prints_each_services_url(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for service, password in ROLE_PASSWORDS.items():  # passwords come from the environment, never the output
+        monkeypatch.setenv(f"CLIPMIND_DB_PASSWORD_{service.upper()}", password)
     async with fresh_database(pg_dsn) as dsn:
         assert main(["db-provision", "--admin-url", dsn]) == 0
         out = capsys.readouterr().out
         for service in SERVICES:
             assert f"CLIPMIND_DATABASE_URL={service_dsn(dsn, service)}" in out
-        conn = await asyncpg.connect(service_dsn(dsn, "ingest"))  # the role exists and logs in to its schema
+            assert ROLE_PASSWORDS[service] not in out
+        conn = await asyncpg.connect(role_dsn(dsn, "ingest"))  # the role exists and logs in to its schema
         try:
             assert await conn.fetchval("SELECT current_schema()") == "ingest"
         finally:

@@ -22,7 +22,7 @@ from services.launcher import (
 )
 from services.launcher.envoy import DEFAULT_DESCRIPTOR, EnvoyLimits, validate_config
 from services.launcher.process import ManagedProcess
-from services.launcher.redis import redis_ping
+from services.launcher.redis import redis_ping, resp
 
 pytestmark = pytest.mark.integration
 
@@ -35,14 +35,15 @@ SERVICES = [
 ]
 
 
-def _redis(port: int, *command: str) -> bytes:
+def _redis(port: int, *command: str, password: str = "") -> bytes:
+    """One raw command (after AUTH with ``password``): the server's first reply."""
     import socket
 
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        parts = [f"*{len(command)}\r\n".encode()]
-        for arg in command:
-            parts.append(f"${len(arg.encode())}\r\n{arg}\r\n".encode())
-        sock.sendall(b"".join(parts))
+        if password:
+            sock.sendall(resp("AUTH", password))
+            assert sock.recv(64) == b"+OK\r\n"
+        sock.sendall(resp(*command))
         return sock.recv(4096)
 
 
@@ -81,6 +82,40 @@ def test_postgres_has_pgvector_and_keeps_data_across_restart(tmp_path: Path) -> 
         server.stop()
 
 
+async def test_postgres_refuses_connections_without_the_password(pg_dsn: str) -> None:
+    from urllib.parse import urlsplit
+
+    import asyncpg
+
+    parts = urlsplit(pg_dsn)
+    assert parts.password, "the embedded server's DSN carries its password"
+    host = f"{parts.hostname}:{parts.port}{parts.path}"
+    for dsn in (f"postgresql://{parts.username}@{host}", f"postgresql://{parts.username}:wrong@{host}"):
+        with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError,
+                            asyncpg.ClientCannotConnectError)):
+            await asyncpg.connect(dsn, timeout=10)
+
+
+def test_a_data_dir_from_before_passwords_gets_one_on_start(tmp_path: Path) -> None:
+    """A data dir made with ``--auth=trust`` (the launcher before passwords): the next start sets the
+    superuser's password and makes pg_hba.conf require it."""
+    server = EmbeddedPostgres(tmp_path / "pg", tmp_path / "logs" / "pg.log", free_port())
+    server.start()
+    server.stop()
+    (tmp_path / "pg" / "pg_hba.conf").write_text("host all all 127.0.0.1/32 trust\n")
+    upgraded = EmbeddedPostgres(tmp_path / "pg", tmp_path / "logs" / "pg.log", server.port,
+                                password="a-new-password-for-the-old-dir")
+    upgraded.start()
+    try:
+        assert upgraded.psql("SELECT 1") == "1"
+        assert "trust" not in (tmp_path / "pg" / "pg_hba.conf").read_text()
+        stale = EmbeddedPostgres(tmp_path / "pg", tmp_path / "logs" / "pg.log", server.port, password="wrong")
+        with pytest.raises(LaunchError):
+            stale.psql("SELECT 1")
+    finally:
+        upgraded.stop()
+
+
 async def test_postgres_dsn_works_with_asyncpg(pg_dsn: str) -> None:
     import asyncpg
 
@@ -92,15 +127,33 @@ async def test_postgres_dsn_works_with_asyncpg(pg_dsn: str) -> None:
         await connection.close()
 
 
+def test_redis_refuses_commands_without_its_password_and_never_shows_it(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", tmp_path / "logs" / "redis.log", free_port())
+    server.start()
+    try:
+        for command in (("PING",), ("GET", "k"), ("CONFIG", "GET", "requirepass"), ("KEYS", "*")):
+            assert _redis(server.port, *command).startswith(b"-NOAUTH"), command
+        assert _redis(server.port, "AUTH", "wrong").startswith(b"-WRONGPASS")
+        assert _redis(server.port, "PING", password=server.password) == b"+PONG\r\n"
+        assert not redis_ping("127.0.0.1", server.port)
+        assert server.pid is not None  # not on the command line (every local user can read it)...
+        assert server.password not in Path(f"/proc/{server.pid}/cmdline").read_text()
+        assert server.password not in (tmp_path / "logs" / "redis.log").read_text()  # ...nor in the log
+        assert oct((tmp_path / "redis" / "secrets.conf").stat().st_mode & 0o777) == "0o600"
+    finally:
+        server.stop()
+
+
 def test_redis_keeps_data_across_restart(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", tmp_path / "logs" / "redis.log", free_port())
     server.start()
     try:
-        assert _redis(server.port, "SET", "clipmind:test", "kept") == b"+OK\r\n"
-        assert _redis(server.port, "CONFIG", "GET", "appendonly").endswith(b"yes\r\n")
+        pw = server.password
+        assert _redis(server.port, "SET", "clipmind:test", "kept", password=pw) == b"+OK\r\n"
+        assert _redis(server.port, "CONFIG", "GET", "appendonly", password=pw).endswith(b"yes\r\n")
         server.stop()
         server.start()
-        assert _redis(server.port, "GET", "clipmind:test") == b"$4\r\nkept\r\n"
+        assert _redis(server.port, "GET", "clipmind:test", password=pw) == b"$4\r\nkept\r\n"
     finally:
         server.stop()
 
@@ -166,13 +219,15 @@ def test_mesh_launches_infra_uses_external_parts_and_restarts(tmp_path: Path, tr
         assert endpoints.triton_url == triton_url
         assert endpoints.blob_dir.is_dir()
         port = config.ports.redis
-        assert endpoints.redis_url == f"redis://127.0.0.1:{port}/0"
-        _redis(port, "SET", "k", "v")
+        password = (tmp_path / "state" / "redis.password").read_text().strip()  # kept in the state dir
+        assert endpoints.redis_url == f"redis://:{password}@127.0.0.1:{port}/0"
+        _redis(port, "SET", "k", "v", password=password)
         mesh.start_supervisor()
         again = mesh.restart()
         assert again.database_url == endpoints.database_url
-        assert redis_ping("127.0.0.1", port)
-        assert _redis(port, "GET", "k") == b"$1\r\nv\r\n"
+        assert again.redis_url == endpoints.redis_url  # the same password after a restart
+        assert redis_ping("127.0.0.1", port, password)
+        assert _redis(port, "GET", "k", password=password) == b"$1\r\nv\r\n"
         assert (tmp_path / "state" / "logs" / "postgres.log").is_file()
         assert mesh.supervisor.running  # supervised before the restart, supervised after it
         assert {name: part["state"] for name, part in mesh.status().items()} == {

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 from services.common.db import Database
-from services.common.db_provision import provision, role_name, service_dsn
+from services.common.db_provision import provision, role_name
 from services.common.errors import FailedPrecondition
 from services.search.clip_store import ClipStore
 from services.search.records import VideoFacts, VideoIndex
 from services.search.vectors import PgVectorIndex
+from tests.db_setup import ROLE_PASSWORDS, role_dsn, service_db
 from tests.db_setup import fresh_database as new_database
-from tests.db_setup import service_db
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +109,7 @@ async def _service_pools(dsn: str) -> dict[str, Database]:
     pools: dict[str, Database] = {}
     try:
         for service in SERVICES:
-            pools[service] = await service_db(service_dsn(dsn, service), service)
+            pools[service] = await service_db(role_dsn(dsn, service), service)
     except BaseException:
         for pool in pools.values():
             await pool.close()
@@ -140,7 +140,7 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
         ids = await _fill_shared_schema(admin)
         video = ids["video"]
 
-        await provision(dsn)
+        await provision(dsn, passwords=ROLE_PASSWORDS)
         pools = await _service_pools(dsn)
         try:
             ingest, pipeline, search = pools["ingest"], pools["pipeline"], pools["search"]
@@ -245,7 +245,7 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
 
             # Provisioning again changes nothing.
             before = await _snapshot(admin)
-            await provision(dsn)
+            await provision(dsn, passwords=ROLE_PASSWORDS)
             assert await _snapshot(admin) == before
             again = await _service_pools(dsn)  # and the services start again as they are
             try:
@@ -261,7 +261,7 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
 
         # Each role is refused on the other services' tables and on the legacy ones left in public.
         for me, other in itertools.permutations(SERVICES, 2):
-            conn = await asyncpg.connect(service_dsn(dsn, me))
+            conn = await asyncpg.connect(role_dsn(dsn, me))
             try:
                 for table in sorted(OWNED_TABLES[other]):
                     with pytest.raises(asyncpg.InsufficientPrivilegeError):
@@ -289,7 +289,7 @@ async def test_a_shared_schema_before_its_last_migration_is_not_adopted(fresh_da
         foreign_keys = await _foreign_keys(admin)
 
         with pytest.raises(RuntimeError, match="migration 5"):
-            await provision(dsn)
+            await provision(dsn, passwords=ROLE_PASSWORDS)
 
         assert await admin.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = ANY($1::text[])",
                                     list(SERVICES)) == 0  # nothing moved

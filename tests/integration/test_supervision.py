@@ -142,7 +142,7 @@ def test_killed_infrastructure_comes_back_on_the_same_ports(mesh: Mesh) -> None:
     for name in infra:
         wait_for(lambda name=name: _restarted(mesh, name, before[name]["pid"]), 90, f"{name} restarted")
         assert mesh.status()[name]["restarts"] == 1
-    assert redis_ping("127.0.0.1", mesh.config.ports.redis)
+    assert redis_ping("127.0.0.1", mesh.config.ports.redis, (mesh.state_dir / "redis.password").read_text().strip())
     postgres = mesh.part("postgres")
     assert isinstance(postgres, EmbeddedPostgres)
     assert postgres.psql("SELECT count(*) > 0 FROM pg_tables") == "t"  # crash recovery done, data there
