@@ -24,7 +24,7 @@ _FACT_FIELDS = {
 }
 _TRANSCRIPT_SOURCES = frozenset({"NONE", "SIDECAR", "SUBTITLE_TRACK", "SPEECH_RECOGNITION"})
 MAX_REASON_CHARS = 1000
-# How long a state change waits for search to have the video's new facts before it answers: the pipeline
+# How long READY waits for search to have the video's new facts before it answers: the pipeline
 # records a job SUCCEEDED only after its video is READY here, so a client that sees the job succeed finds the
 # video searchable. Longer (search away) the facts follow when search is back.
 FACTS_WAIT_S = 2.0
@@ -68,7 +68,7 @@ class IngestInternalServicer(pb_grpc.IngestInternalServiceServicer):
         state, reason, facts = processing_update(request)
         after, fact = await self._videos.apply_processing(video_id, request.fence, state=state,
                                                           failure_reason=reason, facts=facts)
-        if fact is not None and state:
+        if fact is not None and state == "READY":  # the one change a client must see in search at once
             await self._relay.deliver_soon(fact, self._facts_wait_s)
         elif fact is not None:
             self._relay.wake()
