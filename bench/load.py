@@ -13,6 +13,7 @@ nothing: figures go into docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -68,13 +69,15 @@ def _upload(client: httpx.Client, data: bytes, name: str, chunk: int, started: f
 
 
 def run(
-    url: str, uploaders: int, uploads: int, searchers: int, chunk: int, media_dir: Path, timeout_s: float = 300
+    url: str, key: str, uploaders: int, uploads: int, searchers: int, chunk: int, media_dir: Path,
+    timeout_s: float = 300,
 ) -> None:
     videos = []
     for i, source in enumerate(["testsrc2", "smptebars", "color=c=red", "testsrc"]):
         path = make_scene_video(media_dir / f"load-{i}.mp4", [SceneSpec(2.0, source), SceneSpec(2.0, "color=c=blue")],
                                 audio=False)
         videos.append(path.read_bytes())
+    auth = {"authorization": f"Bearer {key}"}
     upload_times: list[float] = []
     search_times: list[float] = []
     errors: Counter[str] = Counter()
@@ -83,14 +86,14 @@ def run(
     uploading.set()
 
     def uploader(n: int) -> None:
-        with httpx.Client(base_url=url, timeout=timeout_s) as client:
+        with httpx.Client(base_url=url, timeout=timeout_s, headers=auth) as client:
             for k in range(uploads):
                 seconds, error = upload(client, videos[(n + k) % len(videos)], f"user{n % 7}-{n}-{k}.mp4", chunk)
                 with lock:
                     (errors.update([error]) if error else upload_times.append(seconds))
 
     def searcher(n: int) -> None:
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=60, headers=auth) as client:
             k = 0
             while uploading.is_set():
                 started = time.monotonic()
@@ -127,6 +130,8 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="Envoy base URL of a running mesh (default: start a private one)")
+    parser.add_argument("--key", default=os.environ.get("CLIPMIND_API_KEY", ""),
+                        help="API key for --url (default: $CLIPMIND_API_KEY)")
     parser.add_argument("--uploaders", type=int, default=20)
     parser.add_argument("--uploads", type=int, default=1, help="uploads per uploader")
     parser.add_argument("--searchers", type=int, default=2)
@@ -135,13 +140,19 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clipmind-load-") as tmp:
         if args.url:
-            run(args.url, args.uploaders, args.uploads, args.searchers, args.chunk, Path(tmp), args.timeout)
+            if not args.key:
+                parser.error("--url needs --key (or CLIPMIND_API_KEY): an API key of the mesh")
+            run(args.url, args.key, args.uploaders, args.uploads, args.searchers, args.chunk, Path(tmp), args.timeout)
             return
         from services.launcher import Mesh, MeshConfig, MeshPorts
+        from services.launcher.credentials import admin_api_key
 
-        with Mesh(MeshConfig(state_dir=Path(tmp) / "mesh", ports=MeshPorts.free())) as endpoints:
+        mesh = Mesh(MeshConfig(state_dir=Path(tmp) / "mesh", ports=MeshPorts.free()))
+        with mesh as endpoints:
             assert endpoints.envoy_url
-            run(endpoints.envoy_url, args.uploaders, args.uploads, args.searchers, args.chunk, Path(tmp), args.timeout)
+            key = admin_api_key(endpoints.envoy_url, mesh.admin_password_path, "load bench")
+            run(endpoints.envoy_url, key, args.uploaders, args.uploads, args.searchers, args.chunk, Path(tmp),
+                args.timeout)
 
 
 if __name__ == "__main__":

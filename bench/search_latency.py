@@ -10,7 +10,9 @@ the ingest real-time multiple (seconds of video processed per second of wall tim
 With ``--baseline DIR`` (another checkout, e.g. a ``git worktree`` of the commit before a change, with a
 ``.venv``) a second mesh runs that checkout's code beside this one, both get the same videos, and the searches
 alternate between the two meshes query by query (A, B, B, A, ...), so drift of a noisy machine hits both
-alike: the before/after difference in one run.
+alike: the before/after difference in one run. This checkout is searched twice per round, once with an API key
+and once with a JWT access token (its user's), so the cost of each credential shows beside a baseline
+without authentication.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import httpx
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[1] / "gen/python")]
 
 from services.launcher import Mesh, MeshConfig, MeshPorts  # noqa: E402
+from services.launcher.credentials import ADMIN_EMAIL, admin_api_key, api_key, sign_in  # noqa: E402
 from tests.e2e.clients import rest_upload  # noqa: E402
 from tests.media import make_scene_video  # noqa: E402
 
@@ -96,21 +99,30 @@ def ingest(client: httpx.Client, state: Path, videos: int, label: str) -> None:
           f"(real-time multiple {video_s / wall:.2f}x, upload to READY, one worker)")
 
 
-def interleaved(this: httpx.Client, baseline: httpx.Client, n: int) -> tuple[list[float], list[float]]:
-    """``n`` searches on each mesh, alternating which goes first."""
-    ours: list[float] = []
-    theirs: list[float] = []
+def interleaved(clients: list[httpx.Client], n: int) -> list[list[float]]:
+    """``n`` searches on each client, rotating which goes first; the times of each, in ms."""
+    times: list[list[float]] = [[] for _ in clients]
     for i in range(n):
-        pair = [(this, ours), (baseline, theirs)]
-        for client, times in pair if i % 2 == 0 else reversed(pair):
+        order = list(range(len(clients)))
+        shift = i % len(order)
+        for k in order[shift:] + order[:shift]:
             started = time.perf_counter()
-            client.post("/v1/clips:search", json={"query": QUERIES[i % len(QUERIES)], "pageSize": 10}
-                        ).raise_for_status()
-            times.append((time.perf_counter() - started) * 1000)
-    return ours, theirs
+            clients[k].post("/v1/clips:search", json={"query": QUERIES[i % len(QUERIES)], "pageSize": 10}
+                            ).raise_for_status()
+            times[k].append((time.perf_counter() - started) * 1000)
+    return times
 
 
-def compare_with_baseline(client: httpx.Client, checkout: Path, state: Path, videos: int, n: int) -> None:
+def baseline_headers(checkout: Path, state: Path, url: str) -> dict[str, str]:
+    """A credential for the baseline mesh when its checkout has authentication (it wrote an admin password)."""
+    password = state / "baseline" / "admin.password"
+    if not (checkout / "services" / "launcher" / "credentials.py").exists() or not password.exists():
+        return {}
+    return {"authorization": f"Bearer {admin_api_key(url, password)}"}
+
+
+def compare_with_baseline(client: httpx.Client, by_token: httpx.Client, checkout: Path, state: Path, videos: int,
+                          n: int) -> None:
     import json
 
     python = checkout / ".venv" / "bin" / "python"
@@ -124,13 +136,17 @@ def compare_with_baseline(client: httpx.Client, checkout: Path, state: Path, vid
         url = process.stdout.readline().strip()
         if not url.startswith("http"):
             raise RuntimeError(f"the baseline mesh did not start (exit {process.poll()})")
-        with httpx.Client(base_url=url, timeout=120) as baseline:
+        headers = baseline_headers(checkout, state, url)
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as baseline:
             ingest(baseline, state, videos, f" (baseline {checkout.name})")
-            interleaved(client, baseline, 20)  # warm up
-            ours, theirs = interleaved(client, baseline, n)
-        print(summary("search, this checkout", ours))
-        print(summary(f"search, baseline {checkout.name}", theirs))
-        print(f"p50 difference (this - baseline): {statistics.median(ours) - statistics.median(theirs):+.1f} ms")
+            interleaved([client, by_token, baseline], 20)  # warm up
+            by_key_ms, by_token_ms, theirs = interleaved([client, by_token, baseline], n)
+        auth = "with" if headers else "without"
+        print(summary("search, this, API key", by_key_ms))
+        print(summary("search, this, access token", by_token_ms))
+        print(summary(f"search, baseline {checkout.name}", theirs) + f" ({auth} a credential)")
+        for label, ms in (("API key", by_key_ms), ("access token", by_token_ms)):
+            print(f"p50 difference ({label} - baseline): {statistics.median(ms) - statistics.median(theirs):+.1f} ms")
     finally:
         if process.stdin is not None:
             process.stdin.close()
@@ -149,10 +165,17 @@ def main() -> None:
         mesh = Mesh(MeshConfig(state_dir=state / "mesh", ports=MeshPorts.free(), extra_env=MODEL_ENV))
         endpoints = mesh.start()
         try:
-            with httpx.Client(base_url=endpoints.envoy_url, timeout=120) as client:
+            # The administrator, by API key and by access token (15 min: enough for a run of this bench).
+            session = sign_in(endpoints.envoy_url, ADMIN_EMAIL, mesh.admin_password_path.read_text().strip())
+            key = api_key(endpoints.envoy_url, session["accessToken"], "bench")
+            with httpx.Client(base_url=endpoints.envoy_url, timeout=120,
+                              headers={"authorization": f"Bearer {key}"}) as client, \
+                    httpx.Client(base_url=endpoints.envoy_url, timeout=120,
+                                 headers={"authorization": f"Bearer {session['accessToken']}"}) as by_token:
                 ingest(client, state, args.videos, "")
                 if args.baseline:
-                    compare_with_baseline(client, args.baseline.resolve(), state, args.videos, args.searches)
+                    compare_with_baseline(client, by_token, args.baseline.resolve(), state, args.videos,
+                                          args.searches)
                     return
                 timed_searches(client, 20)  # warm up
                 print(summary("search, analytics up", timed_searches(client, args.searches)))

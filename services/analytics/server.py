@@ -18,7 +18,9 @@ from services.analytics.search_log import MIGRATIONS, SCHEMA, SearchLogStore
 from services.common.config import AnalyticsSettings
 from services.common.db import open_database
 from services.common.errors import Unimplemented
+from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
+from services.common.identity_client import process_authenticator
 
 
 def _not_yet(method: str) -> NoReturn:
@@ -44,6 +46,8 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
 
 async def serve(settings: AnalyticsSettings) -> None:
     pool = await open_database(settings, max_size=4, migrations=MIGRATIONS, schema=SCHEMA)
+    channels = InternalChannels(settings)
+    authenticator, revocations = process_authenticator(settings, channels)
     log_servicer = internal_servicer.AnalyticsInternalServicer(SearchLogStore(pool))
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -52,8 +56,8 @@ async def serve(settings: AnalyticsSettings) -> None:
                 internal_servicer.register(server, log_servicer)]
 
     await run_server(name="analytics", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[pool.close], grace_s=settings.shutdown_grace_s,
-                     internal_token=settings.internal_token.get_secret_value())
+                     on_stop=[revocations.close, channels.close, pool.close], grace_s=settings.shutdown_grace_s,
+                     authenticator=authenticator, reflection=settings.grpc_reflection)
 
 
 def main() -> None:

@@ -67,11 +67,15 @@ class CommonSettings(BaseSettings):
     )
     # -- internal service-to-service calls (services.common.grpc_client) --------------------------------
     service_name: str = Field("", description="Who this process is on internal calls (ingest, pipeline, ...).")
-    internal_token: SecretStr = Field(
-        SecretStr(""), description="Shared secret that proves a service's identity on internal RPCs (sent as a "
-        "bearer token, checked by every server on its clipmind.*.internal.* methods). Empty: internal calls are "
-        "refused UNAUTHENTICATED. `clipmind up` generates one per state directory.",
+    jwt_keys: SecretStr = Field(
+        SecretStr(""), description="Signing keys of access tokens, `kid:base64url,kid:base64url` (the first signs; "
+        "the others still verify, for rotation); each at least 32 bytes. Every service verifies tokens with them "
+        "and signs its own `system` identity for internal calls. `clipmind up` generates one into the state dir "
+        "when unset.",
     )
+    jwt_issuer: str = Field("clipmind", description="`iss` of access tokens.")
+    jwt_audience: str = Field("clipmind-api", description="`aud` of access tokens.")
+    access_token_ttl_s: float = Field(900.0, gt=0, le=3600, description="Lifetime of an access token.")
     ingest_url: str = Field("dns:///127.0.0.1:50051", description="gRPC target of the ingest service.")
     pipeline_url: str = Field("dns:///127.0.0.1:50052", description="gRPC target of the pipeline service.")
     search_url: str = Field(
@@ -79,6 +83,9 @@ class CommonSettings(BaseSettings):
         "addresses spreads calls over them (round robin).",
     )
     analytics_url: str = Field("dns:///127.0.0.1:50054", description="gRPC target of the analytics service.")
+    identity_url: str = Field(
+        "dns:///127.0.0.1:50055", description="gRPC target of the identity service (API keys are resolved there).",
+    )
     internal_deadline_s: float = Field(10.0, gt=0, description="Deadline of an internal call without its own.")
     internal_max_attempts: int = Field(
         4, ge=1, le=5, description="Tries of an idempotent internal call that fails UNAVAILABLE (with backoff).",
@@ -99,6 +106,10 @@ class ServerSettings(CommonSettings):
     shutdown_grace_s: float = Field(
         30.0, ge=0, description="On SIGTERM: health turns NOT_SERVING, new RPCs are refused, and RPCs in flight "
         "get this long to finish before they are cancelled (the launcher waits longer before SIGKILL).",
+    )
+    grpc_reflection: bool = Field(
+        False, description="Serve gRPC server reflection (open, like health), so grpcurl and similar tools can list "
+        "and call the methods without the .proto files. `clipmind up` turns it on.",
     )
 
 
@@ -125,14 +136,6 @@ class IdentitySettings(ServerSettings):
     service_name: str = "identity"
     grpc_port: int = 50055
 
-    jwt_keys: SecretStr = Field(
-        SecretStr(""), description="Signing keys of access tokens, `kid:base64url,kid:base64url` (the first signs; "
-        "the others still verify, for rotation); each at least 32 bytes. `clipmind up` generates one into the "
-        "state dir when unset.",
-    )
-    jwt_issuer: str = Field("clipmind", description="`iss` of access tokens.")
-    jwt_audience: str = Field("clipmind-api", description="`aud` of access tokens.")
-    access_token_ttl_s: float = Field(900.0, gt=0, le=3600, description="Lifetime of an access token.")
     refresh_token_ttl_s: float = Field(7 * 24 * 3600.0, gt=0, description="Lifetime of a refresh token.")
     allow_signup: bool = Field(False, description="Whether anyone may create their own (user) account.")
     admin_email: str = Field("admin@localhost", description="Email of the first administrator, made on an empty "

@@ -32,8 +32,9 @@ Why each piece exists:
   ``grpc.keepalive_permit_without_calls`` 1 and ``grpc.http2.min_ping_interval_without_data_ms`` ≤ 30000.)
 * **Interceptors on every channel** stamp each call with what the server needs, whatever stub is used:
   a default deadline (``internal_deadline_s``) when the caller gave none, so no call waits forever;
-  ``authorization: Bearer <internal_token>`` and ``x-clipmind-caller`` (the service identity that
-  ``services.common.internal_auth`` checks); and the current ``x-request-id``/``traceparent``/``tracestate``
+  ``authorization: Bearer <system token>`` (a ``system`` JWT this process signs with ``CLIPMIND_JWT_KEYS`` and
+  renews before it expires: the service identity ``services.common.auth_interceptor`` checks) and
+  ``x-clipmind-caller`` (the calling service, for logs); and the current ``x-request-id``/``traceparent``/``tracestate``
   from ``services.common.request_context``, so one request id follows a request across hops. Headers the
   caller set itself win.
 * **Stubs from ``stub()`` are guarded**: each method is replaced by a thin wrapper that awaits the real
@@ -64,6 +65,7 @@ import grpc
 import grpc.aio
 
 from services.common import request_context
+from services.common.auth import SystemCredentials, settings_signer
 from services.common.circuit import CircuitBreaker
 from services.common.config import CommonSettings
 from services.common.errors import Unavailable
@@ -127,14 +129,19 @@ def channel_options(settings: CommonSettings, *, idempotent: bool) -> list[tuple
 class _StampCalls:
     """Adds the default deadline and the identity/context headers to a call's details."""
 
-    def __init__(self, headers: Sequence[tuple[str, str]], default_timeout_s: float) -> None:
+    def __init__(self, headers: Sequence[tuple[str, str]], default_timeout_s: float,
+                 authorization: Callable[[], str] | None = None) -> None:
         self._headers = tuple(headers)
         self._default_timeout_s = default_timeout_s
+        self._authorization = authorization
 
     def _stamp(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         given = list(details.metadata or ())
         present = {key for key, _ in given}
-        extra = [(k, v) for k, v in (*self._headers, *request_context.outgoing_metadata()) if k not in present]
+        own = [*self._headers, *request_context.outgoing_metadata()]
+        if self._authorization is not None:
+            own.append((AUTHORIZATION_KEY, self._authorization()))
+        extra = [(k, v) for k, v in own if k not in present]
         timeout = details.timeout if details.timeout is not None else self._default_timeout_s
         return grpc.aio.ClientCallDetails(
             method=details.method,
@@ -280,21 +287,21 @@ class InternalChannels:
     def __init__(self, settings: CommonSettings, *, caller: str | None = None) -> None:
         self._settings = settings
         self._caller = caller if caller is not None else settings.service_name
-        token = settings.internal_token.get_secret_value()
-        headers: list[tuple[str, str]] = []
-        if token:
-            headers.append((AUTHORIZATION_KEY, f"Bearer {token}"))
+        authorization: Callable[[], str] | None = None
+        if settings.jwt_keys.get_secret_value():
+            authorization = SystemCredentials(settings_signer(settings)).authorization
         else:
-            log.warning("CLIPMIND_INTERNAL_TOKEN is empty: internal calls from %s will be refused",
+            log.warning("CLIPMIND_JWT_KEYS is empty: internal calls from %s carry no identity and will be refused",
                         self._caller or "this process")
+        headers: list[tuple[str, str]] = []
         if self._caller:
             headers.append((request_context.CALLER_KEY, self._caller))
         timeout = settings.internal_deadline_s
         self._interceptors: list[grpc.aio.ClientInterceptor] = [
-            _StampUnaryUnary(headers, timeout),
-            _StampUnaryStream(headers, timeout),
-            _StampStreamUnary(headers, timeout),
-            _StampStreamStream(headers, timeout),
+            _StampUnaryUnary(headers, timeout, authorization),
+            _StampUnaryStream(headers, timeout, authorization),
+            _StampStreamUnary(headers, timeout, authorization),
+            _StampStreamStream(headers, timeout, authorization),
         ]
         self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
         self._breakers: dict[str, CircuitBreaker] = {}

@@ -13,10 +13,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection as grpc_reflection
 
+from services.common.auth import Authenticator
+from services.common.auth_interceptor import AuthInterceptor
 from services.common.grpc_errors import ErrorInterceptor
-from services.common.internal_auth import InternalAuthInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,16 @@ async def run_server(
     grace_s: float = 30.0,
     component_health: Callable[[], Awaitable[dict[str, bool]]] | None = None,
     component_poll_s: float = 10.0,
-    internal_token: str = "",
+    authenticator: Authenticator,
+    optional_auth_methods: Sequence[str] = (),
+    reflection: bool = False,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> None:
     """Serve until SIGTERM/SIGINT. ``register`` adds the servicers and returns their full names.
 
-    ``internal_token`` is the shared secret that internal callers must present (services.common.internal_auth).
+    Every method but health and reflection needs a credential that ``authenticator`` accepts
+    (``services.common.auth_interceptor``); ``optional_auth_methods`` (full method paths) may also be called
+    without one. ``reflection`` registers gRPC server reflection (open, like health), for grpcurl and the like.
 
     ``component_health`` (optional) reports parts the process depends on, e.g. ``{"clipmind.model.clip_image":
     False}``; each becomes a health-check service name, SERVING or NOT_SERVING, refreshed periodically.
@@ -78,17 +83,20 @@ async def run_server(
        cancels the rest (a second signal cancels them at once);
     4. the ``on_stop`` callbacks close pools and clients.
     """
-    # Internal methods (clipmind.*.internal.*) demand the service identity (``internal_token``; none set
-    # refuses them all); every call gets its request context (request id, trace) bound for onward calls.
-    server = grpc.aio.server(interceptors=[InternalAuthInterceptor(internal_token), ErrorInterceptor()],
-                             options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)])
+    # Authentication first (internal methods want the system identity); every call gets its request context
+    # (request id, trace, principal) bound for the servicer and for onward calls.
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(authenticator, optional_methods=optional_auth_methods), ErrorInterceptor()],
+        options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)])
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
+    if reflection:
+        grpc_reflection.enable_server_reflection(
+            [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             grpc_reflection.SERVICE_NAME],
+            server,
+        )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"{name}: cannot bind {host}:{port}")

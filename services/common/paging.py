@@ -1,9 +1,16 @@
-"""Opaque page tokens for keyset pagination over (create_time, id), and page-size rules (AIP-158)."""
+"""Opaque page tokens for keyset pagination over (create_time, id), and page-size rules (AIP-158).
+
+A token is bound to the request it was issued for (AIP-158: the other request fields must match): it carries a
+digest of the caller and of every field that shapes the list (filter, order, parent), and a token presented with
+another caller or other fields is INVALID_ARGUMENT. So a token cannot carry one list's position into another
+list, nor one user's into another's. The position itself is not secret (a time and an id the caller has seen).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import uuid
 from datetime import datetime
 
@@ -16,20 +23,32 @@ def page_size(requested: int, *, default: int = 50, maximum: int = 1000) -> int:
     return min(requested or default, maximum)
 
 
-def encode_token(create_time: datetime, item_id: uuid.UUID) -> str:
-    raw = f"{create_time.isoformat()}|{item_id}".encode()
+def bound_to(*parts: object) -> str:
+    """What a page token is bound to: a short digest of the caller and of the request fields that shape the list
+    (pass them all, in a fixed order, e.g. ``bound_to(caller.user_id, "ListVideos", request.filter)``)."""
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def encode_token(create_time: datetime, item_id: uuid.UUID, binding: str = "") -> str:
+    raw = f"{create_time.isoformat()}|{item_id}|{binding}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(token: str) -> tuple[datetime, uuid.UUID] | None:
+def decode_token(token: str, binding: str = "") -> tuple[datetime, uuid.UUID] | None:
+    """The position a token holds; INVALID_ARGUMENT for a token that is not ours or was issued for another
+    request (``binding`` differs)."""
     if not token:
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        stamp, item = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), uuid.UUID(item)
+        stamp, item, issued_for = raw.split("|", 2)
+        position = datetime.fromisoformat(stamp), uuid.UUID(item)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise invalid_field("page_token", "not a token returned by this API") from None
+    if issued_for != binding:
+        raise invalid_field("page_token", "this token was issued for another request (its caller, filter or "
+                            "order differ); start again without a token", reason="PAGE_TOKEN_MISMATCH")
+    return position
 
 
 def parse_name(name: str, collection: str, field: str = "name") -> uuid.UUID:

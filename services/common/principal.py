@@ -19,5 +19,16 @@ class Principal:
         """Admins and the system see and change every user's objects."""
         return self.role in ("admin", "system")
 
+    @property
+    def scope(self) -> uuid.UUID | None:
+        """Whose objects this caller sees and changes: their own (their user id), or everyone's (None) for
+        administrators and the system. Stores filter by it inside their queries."""
+        return None if self.is_admin else self.user_id
+
+    @property
+    def name(self) -> str:
+        """The caller as a resource name, ``users/{user}``."""
+        return f"users/{self.user_id}"
+
 
 SYSTEM = Principal(SYSTEM_USER_ID, "system")

@@ -1,6 +1,6 @@
-"""Who and what the current call is about: request id, W3C trace context, calling service.
+"""Who and what the current call is about: request id, W3C trace context, calling service, the principal.
 
-One ``ContextVar`` holds a frozen ``RequestContext``. The server side (``services.common.internal_auth``)
+One ``ContextVar`` holds a frozen ``RequestContext``. The server side (``services.common.auth_interceptor``)
 binds it for the duration of every RPC handler from the incoming metadata; the client side
 (``services.common.grpc_client``) reads it to put the same request id and trace headers on every outgoing
 internal call. So one request id follows a request across every hop of the mesh and into every log line,
@@ -19,6 +19,11 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
+
+from services.common.errors import Unauthenticated
+from services.common.principal import Principal
+from services.common.tokens import Claims
 
 REQUEST_ID_KEY = "x-request-id"
 TRACEPARENT_KEY = "traceparent"
@@ -41,6 +46,8 @@ class RequestContext:
     traceparent: str = ""
     tracestate: str = ""
     caller: str = ""  # the service that called us (authenticated internal calls only)
+    principal: Principal | None = None  # who is calling (None: an open method, or one called anonymously)
+    claims: Claims | None = None  # the verified access token of the call, when it came with one
 
 
 EMPTY = RequestContext()
@@ -50,6 +57,15 @@ _current: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("clipm
 def current() -> RequestContext:
     """The context bound now (an empty one outside any call)."""
     return _current.get()
+
+
+def principal() -> Principal:
+    """The authenticated caller of the current call; UNAUTHENTICATED when there is none."""
+    who = _current.get().principal
+    if who is None:
+        raise Unauthenticated("sign in first: send `authorization: Bearer <access token or API key>`",
+                              reason="CREDENTIALS_REQUIRED")
+    return who
 
 
 def new_request_id() -> str:
@@ -74,7 +90,7 @@ def bind(
     caller: str | None = None,
 ) -> Iterator[RequestContext]:
     """Bind the given fields over the current context for the ``with`` block; yields the new context."""
-    changes = {
+    changes: dict[str, Any] = {
         k: v
         for k, v in (
             ("request_id", request_id),

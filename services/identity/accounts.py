@@ -20,19 +20,20 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from services.common.errors import NotFound, PermissionDenied, Unauthenticated, invalid_field
+from services.common.auth import API_KEY_PREFIX
+from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated, invalid_field
 from services.common.principal import Principal
 from services.common.rate_limit import Limit
+from services.common.tokens import Claims, TokenSigner
 from services.identity import passwords
-from services.identity.ports import AccountStore, Limiter
+from services.identity.ports import AccountStore, Limiter, Revoker
 from services.identity.records import ROLES, ApiKey, User
-from services.identity.tokens import Claims, TokenSigner
 
 log = logging.getLogger(__name__)
 
 REFRESH_TTL_S = 7 * 24 * 3600.0
-API_KEY_PREFIX = "cmk_"
 REFRESH_PREFIX = "rt_"
 MAX_EMAIL_CHARS = 254
 MAX_DISPLAY_NAME_CHARS = 200
@@ -72,9 +73,12 @@ def check_email(email: str, field: str = "user.email") -> str:
 
 class Accounts:
     def __init__(self, store: AccountStore, signer: TokenSigner, *, refresh_ttl_s: float = REFRESH_TTL_S,
-                 allow_signup: bool = False, limiter: Limiter | None = None) -> None:
+                 allow_signup: bool = False, limiter: Limiter | None = None, revoker: Revoker | None = None,
+                 access_ttl_s: float = 900.0) -> None:
         self._store = store
         self._limiter = limiter
+        self._revoker = revoker
+        self._access_ttl_s = access_ttl_s
         self._signer = signer
         self._refresh_ttl_s = refresh_ttl_s
         self._allow_signup = allow_signup
@@ -119,10 +123,33 @@ class Accounts:
         return Session(access, claims, new, user)
 
     async def logout(self, refresh_token: str, access: Claims | None = None) -> None:
-        """Revoke the refresh token's family, and the access token the call came with (when there was one)."""
+        """Revoke the refresh token's family, and the access token the call came with (when there was one): in
+        identity's tables, and published so that every service refuses the access token at once."""
         await self._store.revoke_refresh_family(digest(refresh_token))
         if access is not None:
             await self._store.revoke_access_token(access.jti, access.expires_at)
+            await self._publish("an access token's sign-out", lambda r: r.revoke_token(access.jti, access.expires_at))
+
+    async def _publish(self, what: str, action: Any) -> None:
+        """Publish a revocation; when Redis is away it is only late: ``republish_revocations`` sends it again."""
+        if self._revoker is None:
+            return
+        try:
+            await action(self._revoker)
+        except Exception as exc:  # Redis unreachable: the durable record is in our tables
+            log.warning("could not publish %s now (%s); it is published again within a minute", what,
+                        type(exc).__name__)
+
+    async def republish_revocations(self) -> int:
+        """Publish every revocation still in force again (after Redis lost them, say); how many."""
+        if self._revoker is None:
+            return 0
+        tokens, users = await self._store.live_revocations()
+        for jti, expires in tokens:
+            await self._revoker.revoke_token(jti, expires)
+        for user_id, at in users:
+            await self._revoker.revoke_user(user_id, at.timestamp())
+        return len(tokens) + len(users)
 
     async def _start_session(self, user: User, family: uuid.UUID) -> Session:
         refresh = REFRESH_PREFIX + secrets.token_urlsafe(32)
@@ -132,24 +159,12 @@ class Accounts:
 
     # -- credentials → principal ---------------------------------------------------------------
 
-    async def authenticate(self, bearer: str) -> tuple[Principal, Claims | None]:
-        """The caller of a bearer credential (an access token or an API key) and, for a token, its claims.
-        UNAUTHENTICATED for anything else: bad, expired or revoked token, revoked key, deleted user."""
-        if bearer.startswith(API_KEY_PREFIX):
-            user = await self._store.use_api_key(digest(bearer))
-            if user is None:
-                raise Unauthenticated("API key unknown or revoked", reason="API_KEY_INVALID")
-            return Principal(user.id, user.role), None
-        claims = self._signer.verify(bearer)
-        if claims.role == "system":
-            raise Unauthenticated("a system token is not a user's", reason="TOKEN_INVALID")
-        if await self._store.access_token_revoked(claims.jti):
-            raise Unauthenticated("this access token was revoked (signed out)", reason="TOKEN_REVOKED")
-        try:
-            user = await self._store.get_user(claims.user_id)
-        except NotFound:
-            raise Unauthenticated("the user of this token no longer exists", reason="USER_DELETED") from None
-        return Principal(user.id, user.role), claims
+    async def resolve_api_key(self, key: str) -> Principal | None:
+        """The user an API key acts as (its use recorded), None when it is unknown or revoked or the user gone."""
+        if not key.startswith(API_KEY_PREFIX):
+            return None
+        user = await self._store.use_api_key(digest(key))
+        return None if user is None else Principal(user.id, user.role)
 
     # -- users ---------------------------------------------------------------------------------
 
@@ -173,6 +188,20 @@ class Accounts:
         created = await self._store.create_user(user)
         assert created is not None
         return created
+
+    async def delete_user(self, caller: Principal, user_id: uuid.UUID) -> None:
+        """Administrators delete other users; the user's tokens and API keys are refused at once everywhere.
+        Another user's account is NOT_FOUND to a non-administrator, so existence does not leak."""
+        if not caller.is_admin:
+            if user_id != caller.user_id:
+                raise NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND",
+                               metadata={"name": f"users/{user_id}"})
+            raise PermissionDenied("ask an administrator to delete your account", reason="ADMIN_REQUIRED")
+        if user_id == caller.user_id:
+            raise FailedPrecondition("administrators cannot delete their own account", reason="SELF_DELETE")
+        at = await self._store.delete_user(user_id, self._access_ttl_s + 60)
+        log.info("deleted user %s", user_id)
+        await self._publish("a user's deletion", lambda r: r.revoke_user(user_id, at.timestamp()))
 
     async def current_user(self, caller: Principal) -> User:
         try:
@@ -221,5 +250,6 @@ class Accounts:
         return await self._store.list_api_keys(self._owner(caller, user_id), limit=limit, after=after)
 
     async def delete_api_key(self, caller: Principal, user_id: uuid.UUID, key_id: uuid.UUID) -> None:
-        await self._store.revoke_api_key(self._owner(caller, user_id), key_id)
+        key_hash = await self._store.revoke_api_key(self._owner(caller, user_id), key_id)
+        await self._publish("an API key's revocation", lambda r: r.revoke_api_key(key_hash.hex()))
 

@@ -1,5 +1,6 @@
-"""What the identity domain (``accounts``) needs from its storage and its rate limits, as Protocols beside it; the
-adapters are ``store.IdentityStore`` (PostgreSQL) and ``services.common.rate_limit.RateLimiter`` (Redis)."""
+"""What the identity domain (``accounts``) needs from its storage, its rate limits and the revocation list, as
+Protocols beside it; the adapters are ``store.IdentityStore`` (PostgreSQL), ``services.common.rate_limit.RateLimiter``
+and ``services.common.revocations.Revocations`` (Redis)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ class Limiter(Protocol):
         """Count one hit; RESOURCE_EXHAUSTED (``RATE_LIMITED``) when over ``limit``."""
 
     async def reset(self, limit: Limit, subject: str) -> None: ...
+
+
+class Revoker(Protocol):
+    """Where revocations are published for every service to see (``services.common.revocations``)."""
+
+    async def revoke_token(self, jti: str, expires_at: datetime) -> None: ...
+
+    async def revoke_api_key(self, digest_hex: str) -> None: ...
+
+    async def revoke_user(self, user_id: uuid.UUID, at: float | None = None) -> None: ...
 
 
 class AccountStore(Protocol):
@@ -41,15 +52,19 @@ class AccountStore(Protocol):
 
     async def revoke_refresh_family(self, token_hash: bytes) -> uuid.UUID | None: ...
 
+    async def delete_user(self, user_id: uuid.UUID, token_ttl_s: float) -> datetime:
+        """NOT_FOUND (``USER_NOT_FOUND``); the time of the deletion, remembered until ``token_ttl_s`` passed."""
+
     async def revoke_access_token(self, jti: str, expire_time: datetime) -> None: ...
 
-    async def access_token_revoked(self, jti: str) -> bool: ...
+    async def live_revocations(self) -> tuple[list[tuple[str, datetime]], list[tuple[uuid.UUID, datetime]]]: ...
 
     async def add_api_key(self, key: ApiKey, key_hash: bytes) -> ApiKey: ...
 
     async def list_api_keys(self, user_id: uuid.UUID, *, limit: int,
                             after: tuple[datetime, uuid.UUID] | None) -> list[ApiKey]: ...
 
-    async def revoke_api_key(self, user_id: uuid.UUID, key_id: uuid.UUID) -> None: ...
+    async def revoke_api_key(self, user_id: uuid.UUID, key_id: uuid.UUID) -> bytes:
+        """The revoked key's digest; NOT_FOUND (``API_KEY_NOT_FOUND``)."""
 
     async def use_api_key(self, key_hash: bytes) -> User | None: ...

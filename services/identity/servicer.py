@@ -1,7 +1,8 @@
 """``clipmind.identity.v1.IdentityService``: thin conversion to ``accounts.Accounts``.
 
-The caller of a call that needs one is read from its ``authorization: Bearer`` metadata by ``caller`` (the one
-place here that looks at metadata); Login, RefreshToken and CreateUser (with self sign-up) need none.
+The caller is authenticated by the server's interceptor (``services.common.auth_interceptor``) and read here
+from the request context as a plain ``Principal``; Login, RefreshToken, Logout and CreateUser (with self
+sign-up) may be called without credential.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from clipmind.identity.v1 import identity_service_pb2 as pb
 from clipmind.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from google.protobuf import duration_pb2, empty_pb2
 
+from services.common import request_context
 from services.common.convert import timestamp
-from services.common.errors import Unauthenticated, invalid_field
-from services.common.paging import decode_token, encode_token, page_size
-from services.common.principal import Principal
+from services.common.errors import invalid_field
+from services.common.paging import bound_to, decode_token, encode_token, page_size
 from services.identity.accounts import Accounts, Session
 from services.identity.records import ApiKey, User
-from services.identity.tokens import Claims
 
 _ROLES = {"user": pb.User.ROLE_USER, "admin": pb.User.ROLE_ADMIN}
 
@@ -53,17 +53,6 @@ def _user_of(name: str, field: str) -> uuid.UUID | None:
         raise invalid_field(field, "expected users/{user} or users/me") from None
 
 
-def bearer(context: Any) -> str | None:
-    """The bearer credential of the call's metadata, None when there is none."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            scheme, _, credential = str(value).partition(" ")
-            if scheme.lower() != "bearer" or not credential.strip():
-                raise Unauthenticated("authorization must be `Bearer <token or API key>`", reason="BAD_AUTHORIZATION")
-            return credential.strip()
-    return None
-
-
 def client_address(context: Any) -> str:
     """Who is on the other end: the last ``x-forwarded-for`` entry (the address Envoy saw), else the peer."""
     for key, value in context.invocation_metadata() or ():
@@ -76,15 +65,6 @@ def client_address(context: Any) -> str:
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
-
-    async def _caller(self, context: Any, *, required: bool = True) -> tuple[Principal | None, Claims | None]:
-        credential = bearer(context)
-        if credential is None:
-            if required:
-                raise Unauthenticated("sign in first: send `authorization: Bearer <access token or API key>`",
-                                      reason="CREDENTIALS_REQUIRED")
-            return None, None
-        return await self._accounts.authenticate(credential)
 
     async def Login(self, request: pb.LoginRequest, context: Any) -> pb.LoginResponse:
         session = await self._accounts.login(request.email, request.password, client=client_address(context))
@@ -101,43 +81,45 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     async def Logout(self, request: pb.LogoutRequest, context: Any) -> empty_pb2.Empty:
         if not request.refresh_token:
             raise invalid_field("refresh_token", "required", reason="REQUIRED_FIELD")
-        _, claims = await self._caller(context, required=False)
-        await self._accounts.logout(request.refresh_token, claims)
+        await self._accounts.logout(request.refresh_token, request_context.current().claims)
         return empty_pb2.Empty()
 
     async def CreateUser(self, request: pb.CreateUserRequest, context: Any) -> pb.User:
-        caller, _ = await self._caller(context, required=False)
+        caller = request_context.current().principal
         role = {pb.User.ROLE_ADMIN: "admin"}.get(request.user.role, "user")
         user = await self._accounts.create_user(caller, email=request.user.email, password=request.password,
                                                 display_name=request.user.display_name, role=role)
         return user_to_pb(user)
 
+    async def DeleteUser(self, request: pb.DeleteUserRequest, context: Any) -> empty_pb2.Empty:
+        user_id = _user_of(request.name, "name")
+        caller = request_context.principal()
+        await self._accounts.delete_user(caller, user_id or caller.user_id)
+        return empty_pb2.Empty()
+
     async def GetCurrentUser(self, request: pb.GetCurrentUserRequest, context: Any) -> pb.User:
-        caller, _ = await self._caller(context)
-        assert caller is not None
+        caller = request_context.principal()
         return user_to_pb(await self._accounts.current_user(caller))
 
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Any) -> pb.CreateApiKeyResponse:
-        caller, _ = await self._caller(context)
-        assert caller is not None
+        caller = request_context.principal()
         key, secret = await self._accounts.create_api_key(caller, _user_of(request.parent, "parent"),
                                                           request.api_key.display_name)
         return pb.CreateApiKeyResponse(api_key=key_to_pb(key), key=secret)
 
     async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Any) -> pb.ListApiKeysResponse:
-        caller, _ = await self._caller(context)
-        assert caller is not None
+        caller = request_context.principal()
         size = page_size(request.page_size, default=50, maximum=100)
+        binding = bound_to(caller.user_id, "ListApiKeys", request.parent)
         keys = await self._accounts.list_api_keys(caller, _user_of(request.parent, "parent"), limit=size + 1,
-                                                  after=decode_token(request.page_token))
+                                                  after=decode_token(request.page_token, binding))
         more = len(keys) > size
         keys = keys[:size]
-        token = encode_token(keys[-1].create_time, keys[-1].id) if more and keys[-1].create_time else ""
+        token = encode_token(keys[-1].create_time, keys[-1].id, binding) if more and keys[-1].create_time else ""
         return pb.ListApiKeysResponse(api_keys=[key_to_pb(k) for k in keys], next_page_token=token)
 
     async def DeleteApiKey(self, request: pb.DeleteApiKeyRequest, context: Any) -> empty_pb2.Empty:
-        caller, _ = await self._caller(context)
-        assert caller is not None
+        caller = request_context.principal()
         parts = request.name.split("/")
         if len(parts) != 4 or parts[0] != "users" or parts[2] != "apiKeys":
             raise invalid_field("name", "expected users/{user}/apiKeys/{api_key}")
@@ -148,6 +130,11 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             raise invalid_field("name", "expected users/{user}/apiKeys/{api_key}") from None
         await self._accounts.delete_api_key(caller, user_id or caller.user_id, key_id)
         return empty_pb2.Empty()
+
+
+# What may be called without a credential (a credential that is sent must still be valid).
+ANONYMOUS_METHODS = tuple(f"/{pb.DESCRIPTOR.services_by_name['IdentityService'].full_name}/{method}"
+                          for method in ("Login", "RefreshToken", "Logout", "CreateUser"))
 
 
 def register(server: grpc.aio.Server, servicer: IdentityServicer) -> str:

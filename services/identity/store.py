@@ -61,10 +61,18 @@ class IdentityStore:
         await self._pool.execute("UPDATE users SET password_hash = $2, update_time = now() WHERE id = $1",
                                  user_id, password_hash)
 
-    async def delete_user(self, user_id: uuid.UUID) -> None:
-        """Delete the user (tokens and keys go with them)."""
-        if (await self._pool.execute("DELETE FROM users WHERE id = $1", user_id)).endswith(" 0"):
-            raise _user_not_found(user_id)
+    async def delete_user(self, user_id: uuid.UUID, token_ttl_s: float) -> datetime:
+        """Delete the user (refresh tokens and keys go with them) and remember, until their last access token
+        (``token_ttl_s``) has expired, that tokens issued up to now are void; the time of the deletion."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if (await conn.execute("DELETE FROM users WHERE id = $1", user_id)).endswith(" 0"):
+                raise _user_not_found(user_id)
+            revoked: datetime = await conn.fetchval(
+                "INSERT INTO revoked_users (user_id, revoke_time, expire_time) "
+                "VALUES ($1, now(), now() + make_interval(secs => $2)) ON CONFLICT (user_id) DO UPDATE "
+                "SET revoke_time = excluded.revoke_time, expire_time = excluded.expire_time RETURNING revoke_time",
+                user_id, token_ttl_s)
+            return revoked
 
     # -- refresh tokens ------------------------------------------------------------------------
 
@@ -112,15 +120,18 @@ class IdentityStore:
             "INSERT INTO revoked_access_tokens (jti, expire_time) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
             jti, expire_time)
 
-    async def access_token_revoked(self, jti: str) -> bool:
-        return bool(await self._pool.fetchval("SELECT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = $1)",
-                                              jti))
+    async def live_revocations(self) -> tuple[list[tuple[str, datetime]], list[tuple[uuid.UUID, datetime]]]:
+        """Revocations still in force: (access token id, its expiry) and (user id, time of revocation)."""
+        tokens = await self._pool.fetch("SELECT jti, expire_time FROM revoked_access_tokens WHERE expire_time > now()")
+        users = await self._pool.fetch("SELECT user_id, revoke_time FROM revoked_users WHERE expire_time > now()")
+        return ([(r["jti"], r["expire_time"]) for r in tokens], [(r["user_id"], r["revoke_time"]) for r in users])
 
     async def purge_expired(self) -> int:
         """Drop refresh tokens and revocations past their expiry; how many rows."""
         a = await self._pool.execute("DELETE FROM refresh_tokens WHERE expire_time < now() - interval '1 day'")
         b = await self._pool.execute("DELETE FROM revoked_access_tokens WHERE expire_time < now()")
-        return int(a.split()[-1]) + int(b.split()[-1])
+        c = await self._pool.execute("DELETE FROM revoked_users WHERE expire_time < now()")
+        return sum(int(status.split()[-1]) for status in (a, b, c))
 
     # -- API keys ------------------------------------------------------------------------------
 
@@ -136,14 +147,15 @@ class IdentityStore:
                                  {"user_id": user_id}, after, limit)
         return [to_record(ApiKey, r) for r in await self._pool.fetch(sql, *args)]
 
-    async def revoke_api_key(self, user_id: uuid.UUID, key_id: uuid.UUID) -> None:
-        """NOT_FOUND unless the user has that key, not yet revoked."""
-        status = await self._pool.execute(
-            "UPDATE api_keys SET revoked_time = now() WHERE id = $1 AND user_id = $2 AND revoked_time IS NULL",
-            key_id, user_id)
-        if status.endswith(" 0"):
+    async def revoke_api_key(self, user_id: uuid.UUID, key_id: uuid.UUID) -> bytes:
+        """Revoke the user's key; its digest. NOT_FOUND unless the user has that key, not yet revoked."""
+        key_hash: bytes | None = await self._pool.fetchval(
+            "UPDATE api_keys SET revoked_time = now() WHERE id = $1 AND user_id = $2 AND revoked_time IS NULL "
+            "RETURNING key_hash", key_id, user_id)
+        if key_hash is None:
             raise NotFound(f"API key {key_id} not found", reason="API_KEY_NOT_FOUND",
                            metadata={"name": f"users/{user_id}/apiKeys/{key_id}"})
+        return bytes(key_hash)
 
     async def use_api_key(self, key_hash: bytes) -> User | None:
         """The user of a live API key (its last use recorded), None for an unknown or revoked key."""

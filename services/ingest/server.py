@@ -15,6 +15,7 @@ from services.common.config import IngestSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
+from services.common.identity_client import process_authenticator
 from services.common.outbox import OutboxRelay
 from services.ingest import internal_servicer, relays, servicer
 from services.ingest.ingestor import VideoIngestor
@@ -30,6 +31,7 @@ async def serve(settings: IngestSettings) -> None:
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     videos = VideoStore(pool)
     channels = InternalChannels(settings)
+    authenticator, revocations = process_authenticator(settings, channels)
     pipeline = channels.stub(pipeline_grpc.PipelineInternalServiceStub, settings.pipeline_url)
     search = channels.stub(search_grpc.SearchInternalServiceStub, settings.search_url)
     relay = OutboxRelay(pool, relays.handlers(videos, pipeline, search), name="ingest")
@@ -55,8 +57,8 @@ async def serve(settings: IngestSettings) -> None:
     await run_server(
         name="ingest", host=settings.grpc_host, port=settings.grpc_port,
         register=register,
-        on_stop=[stop_sweeper, media.cleanup, relay.stop, channels.close, pool.close],
-        grace_s=settings.shutdown_grace_s, internal_token=settings.internal_token.get_secret_value(),
+        on_stop=[stop_sweeper, media.cleanup, relay.stop, revocations.close, channels.close, pool.close],
+        grace_s=settings.shutdown_grace_s, authenticator=authenticator, reflection=settings.grpc_reflection,
     )
 
 

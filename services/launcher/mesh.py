@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from services.common.db_provision import OWNED_SCHEMAS, provision, run_blocking, service_dsn
-from services.identity.tokens import format_key, generate_key
+from services.common.tokens import format_key, generate_key
 from services.launcher.envoy import DEFAULT_DESCRIPTOR, EmbeddedEnvoy, EnvoyLimits, EnvoyPorts
 from services.launcher.postgres import EmbeddedPostgres
 from services.launcher.process import LaunchError, free_port
@@ -214,7 +214,9 @@ class Mesh:
                     "CLIPMIND_MEDIA_BASE_URL": media_base_url,
                     "CLIPMIND_LOG_LEVEL": cfg.log_level,
                     "CLIPMIND_GRPC_HOST": HOST,
-                    "CLIPMIND_INTERNAL_TOKEN": self._internal_token(),
+                    # Every service verifies access tokens and signs its own system identity with these.
+                    "CLIPMIND_JWT_KEYS": self._jwt_keys(),
+                    "CLIPMIND_GRPC_REFLECTION": "true",
                     **{f"CLIPMIND_{name.upper()}_URL": f"dns:///{address}" for name, address in grpc.items()},
                     **cfg.extra_env,
                 }
@@ -226,7 +228,6 @@ class Mesh:
                     if name == "ingest":
                         env["CLIPMIND_MEDIA_PORT"] = str(ports.media)
                     if name == "identity":
-                        env.setdefault("CLIPMIND_JWT_KEYS", self._jwt_keys())
                         env.setdefault("CLIPMIND_ADMIN_PASSWORD_FILE", str(self.admin_password_path))
                     services[name] = ServiceProcess(name, module, env, self._log(name), grpc_address=grpc[name])
                 worker_env = dict(common)
@@ -404,10 +405,6 @@ class Mesh:
         role has its own and nothing more is stored."""
         secret = self._secret_file("db-roles.secret", lambda: secrets.token_urlsafe(32))
         return hmac.new(secret.encode(), f"role:{service}".encode(), hashlib.sha256).hexdigest()
-
-    def _internal_token(self) -> str:
-        """The shared secret of internal calls for this state directory (made once, kept private)."""
-        return self._secret_file("internal.token", lambda: secrets.token_urlsafe(32))
 
     def _secret_file(self, name: str, make: Callable[[], str]) -> str:
         """The secret in ``<state>/<name>``, made by ``make`` the first time (mode 600)."""

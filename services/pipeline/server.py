@@ -13,6 +13,7 @@ from services.common.config import PipelineSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
+from services.common.identity_client import process_authenticator
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
@@ -29,6 +30,7 @@ async def serve(settings: PipelineSettings) -> None:
     bus = ProgressBus.connect(settings.redis_url)
     queue = await ArqJobQueue.connect(settings.redis_url)
     channels = InternalChannels(settings)
+    authenticator, revocations = process_authenticator(settings, channels)
     relay = OutboxRelay(pool, relay_handlers(channels.stub(IngestInternalServiceStub, settings.ingest_url)),
                         name="pipeline")
     relay.start()
@@ -46,8 +48,9 @@ async def serve(settings: PipelineSettings) -> None:
 
     await run_server(name="pipeline", host=settings.grpc_host, port=settings.grpc_port, register=register,
                      on_draining=[watcher.drain],
-                     on_stop=[relay.stop, channels.close, queue.close, bus.close, pool.close],
-                     grace_s=settings.shutdown_grace_s, internal_token=settings.internal_token.get_secret_value())
+                     on_stop=[relay.stop, revocations.close, channels.close, queue.close, bus.close, pool.close],
+                     grace_s=settings.shutdown_grace_s, authenticator=authenticator,
+                     reflection=settings.grpc_reflection)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from services.common.config import SearchSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import INTERNAL_MAX_MESSAGE_BYTES, configure_logging, run_server
+from services.common.identity_client import process_authenticator
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
 from services.common.outbox import OutboxRelay
@@ -38,6 +39,7 @@ async def serve(settings: SearchSettings) -> None:
                     "search until reprocessed (reindex needed)", count, key)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     channels = InternalChannels(settings)
+    authenticator, revocations = process_authenticator(settings, channels)
     analytics = channels.stub(analytics_grpc.AnalyticsInternalServiceStub, settings.analytics_url)
 
     async def deliver_search_log(payload: bytes) -> None:
@@ -59,9 +61,9 @@ async def serve(settings: SearchSettings) -> None:
                 internal_servicer.register(server, internal)]
 
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[logged.stop, relay.stop, channels.close, inference.close, pool.close],
+                     on_stop=[logged.stop, relay.stop, revocations.close, channels.close, inference.close, pool.close],
                      component_health=model_health(inference), grace_s=settings.shutdown_grace_s,
-                     internal_token=settings.internal_token.get_secret_value(),
+                     authenticator=authenticator, reflection=settings.grpc_reflection,
                      max_message_bytes=INTERNAL_MAX_MESSAGE_BYTES)
 
 

@@ -18,6 +18,22 @@ from clipmind.search.v1 import search_service_pb2_grpc as search_grpc
 from google.rpc import error_details_pb2, status_pb2
 
 CHUNK = 1024 * 1024
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024)]
+
+
+def bearer(credential: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {credential}"}
+
+
+def authenticated_channel(target: str, credential: str, options: list[tuple[str, Any]] | None = None) -> grpc.Channel:
+    """A plaintext channel to ``target`` whose every call carries ``authorization: Bearer <credential>``.
+
+    gRPC sends call credentials only over channels it deems secure; local TCP credentials are plaintext
+    (loopback only) yet count as secure, which is what a client of the local mesh needs."""
+    creds = grpc.composite_channel_credentials(grpc.local_channel_credentials(grpc.LocalConnectionType.LOCAL_TCP),
+                                               grpc.access_token_call_credentials(credential))
+    return grpc.secure_channel(target, creds, options=options or GRPC_OPTIONS)
 
 
 def rest_upload(

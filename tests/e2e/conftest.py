@@ -4,6 +4,7 @@ Envoy), once per test session on free ports in a temporary state directory."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -11,7 +12,8 @@ import httpx
 import pytest
 
 from services.launcher import Mesh, MeshConfig, MeshPorts
-from tests.e2e.clients import rest_upload, wait_ready, watch_job
+from services.launcher.credentials import admin_api_key, user_api_key
+from tests.e2e.clients import authenticated_channel, bearer, rest_upload, wait_ready, watch_job
 from tests.e2e.test_skeleton_flow import CUES, SCENES
 from tests.media import make_scene_video
 
@@ -46,20 +48,41 @@ def blob_dir(endpoints) -> Path:  # type: ignore[no-untyped-def]
     return Path(endpoints.blob_dir)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """API keys made once per mesh: the first administrator's and an ordinary user's (whom the tests act as)."""
+
+    admin: str
+    user: str
+
+
 @pytest.fixture(scope="session")
-def rest(endpoints) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+def credentials(mesh: Mesh) -> Credentials:
+    admin = admin_api_key(mesh.endpoints.envoy_url, mesh.admin_password_path)
+    return Credentials(admin=admin, user=user_api_key(mesh.endpoints.envoy_url, admin, "tester@example.com"))
+
+
+@pytest.fixture(scope="session")
+def rest(endpoints, credentials: Credentials) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    """REST through Envoy as the ordinary user."""
+    with httpx.Client(base_url=endpoints.envoy_url, timeout=120, headers=bearer(credentials.user)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def anonymous(endpoints) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    """REST through Envoy without any credential."""
     with httpx.Client(base_url=endpoints.envoy_url, timeout=120) as client:
         yield client
 
 
 @pytest.fixture(scope="session")
-def channel_factory(endpoints) -> Iterator[Callable[[], grpc.Channel]]:  # type: ignore[no-untyped-def]
-    """gRPC channels to Envoy's single port (native gRPC passes through it)."""
+def channel_factory(endpoints, credentials: Credentials) -> Iterator[Callable[[], grpc.Channel]]:  # type: ignore[no-untyped-def]
+    """gRPC channels to Envoy's single port (native gRPC passes through it), as the ordinary user."""
     opened: list[grpc.Channel] = []
 
     def open_channel() -> grpc.Channel:
-        target = endpoints.envoy_url.removeprefix("http://")
-        ch = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        ch = authenticated_channel(endpoints.envoy_url.removeprefix("http://"), credentials.user)
         opened.append(ch)
         return ch
 

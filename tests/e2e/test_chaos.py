@@ -21,7 +21,8 @@ from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pipeline_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.launcher import Mesh, MeshConfig, MeshPorts
-from tests.e2e.clients import rest_upload
+from services.launcher.credentials import admin_api_key, user_api_key
+from tests.e2e.clients import authenticated_channel, bearer, rest_upload
 from tests.e2e.conftest import MODEL_ENV
 from tests.media import SceneSpec, make_scene_video
 
@@ -55,14 +56,20 @@ def chaos_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 
 @pytest.fixture(scope="module")
-def rest(chaos_mesh: Mesh) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=chaos_mesh.endpoints.envoy_url, timeout=120) as client:
+def user_key(chaos_mesh: Mesh) -> str:
+    url = chaos_mesh.endpoints.envoy_url
+    return user_api_key(url, admin_api_key(url, chaos_mesh.admin_password_path), "chaos@example.com")
+
+
+@pytest.fixture(scope="module")
+def rest(chaos_mesh: Mesh, user_key: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=chaos_mesh.endpoints.envoy_url, timeout=120, headers=bearer(user_key)) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def jobs_api(chaos_mesh: Mesh) -> Iterator[pipeline_grpc.PipelineServiceStub]:
-    with grpc.insecure_channel(chaos_mesh.endpoints.pipeline) as channel:
+def jobs_api(chaos_mesh: Mesh, user_key: str) -> Iterator[pipeline_grpc.PipelineServiceStub]:
+    with authenticated_channel(chaos_mesh.endpoints.pipeline, user_key) as channel:
         yield pipeline_grpc.PipelineServiceStub(channel)
 
 
@@ -181,7 +188,7 @@ def test_killed_worker_mid_scenes_is_restarted_and_the_job_completes_once(  # ty
         with grpc.insecure_channel(chaos_mesh.endpoints.grpc[name]) as channel:
             answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
-    assert httpx.get(f"{chaos_mesh.endpoints.envoy_url}/v1/{video}", timeout=10).status_code == 200
+    assert rest.get(f"/v1/{video}", timeout=10).status_code == 200
 
     done = _wait_for_end(jobs_api, job)
     assert done.state == pb.Job.STATE_SUCCEEDED, done
@@ -265,10 +272,10 @@ def test_cancel_during_scene_detection_idles_the_worker_within_2s_and_retry_runs
 class _Follower:
     """A WatchJob stream kept open across outages, resuming with after_sequence when it breaks."""
 
-    def __init__(self, target: str, job: str) -> None:
+    def __init__(self, target: str, job: str, credential: str) -> None:
         self.events: list[pb.JobEvent] = []
         self.resumes = 0
-        self._target, self._job = target, job
+        self._target, self._job, self._credential = target, job, credential
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -277,7 +284,7 @@ class _Follower:
         while time.monotonic() < deadline:
             last = self.events[-1].sequence if self.events else 0
             try:
-                with grpc.insecure_channel(self._target) as channel:
+                with authenticated_channel(self._target, self._credential) as channel:
                     stub = pipeline_grpc.PipelineServiceStub(channel)
                     for event in stub.WatchJob(pb.WatchJobRequest(name=self._job, after_sequence=last)):
                         if event.heartbeat:
@@ -293,10 +300,12 @@ class _Follower:
         assert not self._thread.is_alive(), "the stream never ended"
 
 
-def test_redis_outage_of_30s_while_a_job_runs(chaos_mesh: Mesh, rest, jobs_api, long_video: Path) -> None:  # type: ignore[no-untyped-def]
+def test_redis_outage_of_30s_while_a_job_runs(  # type: ignore[no-untyped-def]
+    chaos_mesh: Mesh, rest, jobs_api, long_video: Path, user_key: str
+) -> None:
     before = _restarts(chaos_mesh)
     _, job = _upload(rest, long_video)
-    follower = _Follower(chaos_mesh.endpoints.envoy_url.removeprefix("http://"), job)
+    follower = _Follower(chaos_mesh.endpoints.envoy_url.removeprefix("http://"), job, user_key)
     _wait_for_stage(jobs_api, job, pb.STAGE_SCENES)
     redis_pid = chaos_mesh.part("redis").pid
     assert redis_pid
@@ -314,10 +323,10 @@ def test_redis_outage_of_30s_while_a_job_runs(chaos_mesh: Mesh, rest, jobs_api, 
     assert _restarts(chaos_mesh) == before, "a part was restarted during the Redis outage"
 
 
-def test_postgres_restart_while_a_job_runs(chaos_mesh: Mesh, rest, jobs_api, long_video: Path) -> None:  # type: ignore[no-untyped-def]
+def test_postgres_restart_while_a_job_runs(chaos_mesh: Mesh, rest, jobs_api, long_video: Path, user_key: str) -> None:  # type: ignore[no-untyped-def]
     before = _restarts(chaos_mesh)
     _, job = _upload(rest, long_video)
-    follower = _Follower(chaos_mesh.endpoints.envoy_url.removeprefix("http://"), job)
+    follower = _Follower(chaos_mesh.endpoints.envoy_url.removeprefix("http://"), job, user_key)
     _wait_for_stage(jobs_api, job, pb.STAGE_SCENES)
     pg_pid = chaos_mesh.part("postgres").pid
     assert pg_pid

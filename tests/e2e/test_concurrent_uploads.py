@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.clients import error_reason
+from tests.e2e.clients import bearer, error_reason
 from tests.media import SceneSpec, make_scene_video
 
 pytestmark = pytest.mark.e2e
@@ -22,9 +22,9 @@ UPLOADS = 50
 CHUNK = 32 * 1024
 
 
-def _upload(base_url: str, data: bytes, name: str) -> float:
+def _upload(base_url: str, credential: str, data: bytes, name: str) -> float:
     started = time.monotonic()
-    with httpx.Client(base_url=base_url, timeout=180) as client:
+    with httpx.Client(base_url=base_url, timeout=180, headers=bearer(credential)) as client:
         created = client.post("/v1/uploads", json={"filename": name, "contentType": "video/mp4",
                                                    "sizeBytes": str(len(data))})
         assert created.status_code == 200, created.text
@@ -41,17 +41,17 @@ def _upload(base_url: str, data: bytes, name: str) -> float:
     return time.monotonic() - started
 
 
-def test_fifty_concurrent_rest_uploads_all_complete(endpoints, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_fifty_concurrent_rest_uploads_all_complete(endpoints, credentials, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     files = [
         make_scene_video(tmp_path / f"user{i}.mp4", [SceneSpec(1.5, src), SceneSpec(1.5, "color=c=blue")],
                          audio=False).read_bytes()
         for i, src in enumerate(["testsrc2", "smptebars", "color=c=red", "testsrc", "color=c=green"])
     ]
-    single = max(_upload(endpoints.envoy_url, data, f"alone{i}.mp4") for i, data in enumerate(files))
+    single = max(_upload(endpoints.envoy_url, credentials.user, data, f"alone{i}.mp4") for i, data in enumerate(files))
 
     with ThreadPoolExecutor(max_workers=UPLOADS) as pool:
-        futures = [pool.submit(_upload, endpoints.envoy_url, files[i % len(files)], f"user{i % 5}-{i}.mp4")
-                   for i in range(UPLOADS)]
+        futures = [pool.submit(_upload, endpoints.envoy_url, credentials.user, files[i % len(files)],
+                               f"user{i % 5}-{i}.mp4") for i in range(UPLOADS)]
         times = [f.result() for f in futures]
     # No deadlock and no timeouts: the slowest waited at most for all uploads queued one behind another.
     assert max(times) <= single * UPLOADS + 10, (single, sorted(times)[-5:])

@@ -40,7 +40,7 @@ def test_the_first_admin_password_is_private_and_never_logged(mesh: Mesh) -> Non
     password = _admin_password(mesh)
     assert len(password) >= 16
     secrets = {"admin.password": password}
-    for secret_file in ("jwt.keys", "internal.token", "postgres.password", "redis.password", "db-roles.secret"):
+    for secret_file in ("jwt.keys", "postgres.password", "redis.password", "db-roles.secret"):
         assert stat.S_IMODE((mesh.state_dir / secret_file).stat().st_mode) == 0o600, secret_file
         secrets[secret_file] = (mesh.state_dir / secret_file).read_text().strip().split(":")[-1]
     for log in (mesh.state_dir / "logs").glob("*.log"):
@@ -52,7 +52,8 @@ def test_the_first_admin_password_is_private_and_never_logged(mesh: Mesh) -> Non
     assert str(mesh.admin_password_path) in shown
 
 
-def test_sign_in_and_who_am_i_over_rest(mesh: Mesh, rest: httpx.Client) -> None:
+def test_sign_in_and_who_am_i_over_rest(mesh: Mesh, anonymous: httpx.Client) -> None:
+    rest = anonymous
     session = _login(rest, "admin@localhost", _admin_password(mesh))
     assert session["user"]["role"] == "ROLE_ADMIN" and session["expiresIn"] == "900s"
     me = rest.get("/v1/users:me", headers=_bearer(session["accessToken"]))
@@ -64,7 +65,8 @@ def test_sign_in_and_who_am_i_over_rest(mesh: Mesh, rest: httpx.Client) -> None:
     assert wrong.status_code == 401 and PASSWORD not in wrong.text
 
 
-def test_users_and_api_keys_for_scripts(mesh: Mesh, rest: httpx.Client) -> None:
+def test_users_and_api_keys_for_scripts(mesh: Mesh, anonymous: httpx.Client) -> None:
+    rest = anonymous
     admin = _login(rest, "admin@localhost", _admin_password(mesh))
     email = f"ann-{uuid.uuid4().hex[:8]}@example.com"
     created = rest.post("/v1/users", json={"user": {"email": email, "displayName": "Ann"}, "password": PASSWORD},
@@ -90,7 +92,8 @@ def test_users_and_api_keys_for_scripts(mesh: Mesh, rest: httpx.Client) -> None:
     assert rest.get("/v1/users:me", headers=_bearer(key)).status_code == 401
 
 
-def test_refresh_rotates_and_logout_revokes_over_rest(mesh: Mesh, rest: httpx.Client) -> None:
+def test_refresh_rotates_and_logout_revokes_over_rest(mesh: Mesh, anonymous: httpx.Client) -> None:
+    rest = anonymous
     first = _login(rest, "admin@localhost", _admin_password(mesh))
     second = rest.post("/v1/auth:refresh", json={"refreshToken": first["refreshToken"]})
     assert second.status_code == 200, second.text
@@ -106,7 +109,8 @@ def test_refresh_rotates_and_logout_revokes_over_rest(mesh: Mesh, rest: httpx.Cl
     assert rest.post("/v1/auth:refresh", json={"refreshToken": session["refreshToken"]}).status_code == 401
 
 
-def test_sign_in_over_grpc_through_envoy(mesh: Mesh, channel: grpc.Channel) -> None:
+def test_sign_in_over_grpc_through_envoy(mesh: Mesh, endpoints) -> None:  # type: ignore[no-untyped-def]
+    channel = grpc.insecure_channel(endpoints.envoy_url.removeprefix("http://"))
     stub = pb_grpc.IdentityServiceStub(channel)
     session = stub.Login(pb.LoginRequest(email="admin@localhost", password=_admin_password(mesh)), timeout=30)
     me = stub.GetCurrentUser(pb.GetCurrentUserRequest(), metadata=[("authorization", f"Bearer {session.access_token}")],
@@ -115,3 +119,4 @@ def test_sign_in_over_grpc_through_envoy(mesh: Mesh, channel: grpc.Channel) -> N
     with pytest.raises(grpc.RpcError) as err:
         stub.GetCurrentUser(pb.GetCurrentUserRequest(), timeout=30)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    channel.close()

@@ -15,7 +15,7 @@ from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
 from clipmind.ingest.v1 import ingest_service_pb2_grpc as ingest_grpc
 
 from services.media.subtitles import Cue
-from tests.e2e.clients import error_fields, error_reason, rich_status
+from tests.e2e.clients import authenticated_channel, error_fields, error_reason, rich_status
 from tests.media import SceneSpec, make_scene_video, srt_text
 
 pytestmark = pytest.mark.e2e
@@ -140,7 +140,7 @@ def test_grpc_stream_limits_are_checked_on_the_metadata(channel: grpc.Channel, b
 
 
 def test_an_undeclared_grpc_stream_of_ten_gb_and_one_byte_is_refused_and_nothing_is_stored(  # type: ignore[no-untyped-def]
-    endpoints, blob_dir: Path
+    endpoints, credentials, blob_dir: Path
 ) -> None:
     """10 GB + 1 byte, generated as it is sent (no file behind it), with no declared size: the service
     counts the bytes and refuses the stream at the one that passes the limit, and keeps none of it."""
@@ -157,7 +157,7 @@ def test_an_undeclared_grpc_stream_of_ten_gb_and_one_byte_is_refused_and_nothing
             yield ingest_pb.UploadVideoRequest(chunk=chunk)
 
     started = time.monotonic()
-    with grpc.insecure_channel(endpoints.ingest, options=[("grpc.max_send_message_length", 16 * 1024 * 1024)]) as ch:
+    with authenticated_channel(endpoints.ingest, credentials.user) as ch:
         with pytest.raises(grpc.RpcError) as err:
             ingest_grpc.IngestServiceStub(ch).UploadVideo(stream(), timeout=600)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value

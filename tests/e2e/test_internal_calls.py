@@ -19,6 +19,7 @@ from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pipeline_grpc
 
+from services.common.auth import SystemCredentials, signer_from
 from services.launcher import Mesh
 from tests.e2e.clients import rest_search, rest_upload, rich_status, wait_ready, watch_job
 from tests.media import SceneSpec, make_scene_video
@@ -28,8 +29,11 @@ pytestmark = pytest.mark.e2e
 LOG_SEARCHES = "/clipmind.analytics.internal.v1.AnalyticsInternalService/LogSearches"
 
 
-def _token(mesh: Mesh) -> str:
-    return (mesh.state_dir / "internal.token").read_text().strip()
+def _system_authorization(mesh: Mesh) -> str:
+    """What a service of this mesh sends: a system token signed with the state dir's keys."""
+    signer = signer_from((mesh.state_dir / "jwt.keys").read_text().strip(), issuer="clipmind",
+                         audience="clipmind-api")
+    return SystemCredentials(signer).authorization()
 
 
 def _logged(database_url: str, ids: list[str]) -> dict[str, tuple[int, int]]:
@@ -71,17 +75,18 @@ def test_internal_methods_are_not_routed_by_envoy(endpoints, channel) -> None:  
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED  # what gRPC makes of Envoy's 404
 
 
-def test_internal_methods_need_the_service_identity(mesh: Mesh, endpoints) -> None:  # type: ignore[no-untyped-def]
+def test_internal_methods_need_the_service_identity(mesh: Mesh, endpoints, credentials) -> None:  # type: ignore[no-untyped-def]
     with grpc.insecure_channel(endpoints.grpc["analytics"]) as direct:
         stub = analytics_grpc.AnalyticsInternalServiceStub(direct)
         for metadata, reason in (((), "SERVICE_IDENTITY_REQUIRED"),
-                                 ((("authorization", "Bearer not-the-secret"),), "SERVICE_IDENTITY_INVALID")):
+                                 ((("authorization", "Bearer not-the-secret"),), "SERVICE_IDENTITY_INVALID"),
+                                 ((("authorization", f"Bearer {credentials.admin}"),), "SERVICE_IDENTITY_INVALID")):
             with pytest.raises(grpc.RpcError) as err:
                 stub.LogSearches(analytics_pb.LogSearchesRequest(), metadata=metadata, timeout=10)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
             assert rich_status(err.value)[0] == reason
         ok = stub.LogSearches(analytics_pb.LogSearchesRequest(), timeout=10,
-                              metadata=(("authorization", f"Bearer {_token(mesh)}"),))
+                              metadata=(("authorization", _system_authorization(mesh)),))
         assert ok.logged_count == 0
 
 

@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -22,6 +23,8 @@ import pytest
 from pydantic import SecretStr
 
 from services.common import request_context
+from services.common.auth import Authenticator, SystemCredentials
+from services.common.auth_interceptor import AuthInterceptor
 from services.common.config import CommonSettings
 from services.common.errors import (
     DeadlineExceeded,
@@ -34,11 +37,16 @@ from services.common.errors import (
 )
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_errors import ErrorInterceptor
-from services.common.internal_auth import InternalAuthInterceptor
+from services.common.principal import SYSTEM, Principal
+from services.common.revocations import Revocations
+from services.common.tokens import TokenSigner, format_key
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "s3cret-token"
+KEY = b"k" * 32
+KEYS = format_key("k1", KEY)
+OTHER_KEYS = format_key("k1", b"o" * 32)
+SIGNER = TokenSigner({"k1": KEY}, active_kid="k1")
 INTERNAL = "clipmind.test.internal.v1.EchoService"
 PUBLIC = "clipmind.test.v1.PublicEchoService"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -62,7 +70,7 @@ class PublicStub:
 def settings(**overrides: Any) -> CommonSettings:
     values: dict[str, Any] = {
         "service_name": "tester",
-        "internal_token": SecretStr(TOKEN),
+        "jwt_keys": SecretStr(KEYS),
         "internal_deadline_s": 5.0,
         "internal_max_attempts": 4,
         "internal_breaker_failures": 3,
@@ -80,7 +88,6 @@ async def serving(
     internal: dict[str, Behavior] | None = None,
     public: dict[str, Behavior] | None = None,
     *,
-    token: str = TOKEN,
     address: str = "127.0.0.1:0",
     streams: frozenset[str] = frozenset(),
 ) -> AsyncIterator[int]:
@@ -98,7 +105,10 @@ async def serving(
                 out[name] = grpc.unary_unary_rpc_method_handler(behavior)
         return out
 
-    server = grpc.aio.server(interceptors=[InternalAuthInterceptor(token), ErrorInterceptor()])
+    # The unreachable Redis fails revocation checks open: these tests are about the system identity.
+    revocations = Revocations.from_url("redis://127.0.0.1:9/0")
+    server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(SIGNER, revocations, None)),
+                                           ErrorInterceptor()])
     server.add_generic_rpc_handlers([
         grpc.method_handlers_generic_handler(INTERNAL, handlers(internal or {})),
         grpc.method_handlers_generic_handler(PUBLIC, handlers(public or {})),
@@ -110,6 +120,7 @@ async def serving(
         yield port
     finally:
         await server.stop(None)
+        await revocations.close()
 
 
 async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -136,17 +147,18 @@ async def stream_echo(request: bytes, context: grpc.aio.ServicerContext) -> Asyn
     yield request
 
 
-async def test_internal_method_needs_the_service_token() -> None:
+async def test_internal_method_needs_the_system_identity() -> None:
     internal = {"Echo": echo, "Count": stream_echo}
     async with serving(internal, {"Echo": echo}, streams=frozenset({"Count"})) as port:
-        async with channels(internal_token=SecretStr("")) as anonymous:
+        async with channels(jwt_keys=SecretStr("")) as anonymous:
             with pytest.raises(Unauthenticated) as missing:
                 await anonymous.stub(EchoStub, target(port)).Echo(b"x")
             assert missing.value.reason == "SERVICE_IDENTITY_REQUIRED"
             assert missing.value.metadata == {"method": f"/{INTERNAL}/Echo"}
-            # a public method needs no service identity
-            assert await anonymous.stub(PublicStub, target(port)).Echo(b"pub") == b"pub"
-        async with channels(internal_token=SecretStr("not-the-token")) as impostor:
+            with pytest.raises(Unauthenticated) as public:  # a public method wants a user's credential
+                await anonymous.stub(PublicStub, target(port)).Echo(b"pub")
+            assert public.value.reason == "CREDENTIALS_REQUIRED"
+        async with channels(jwt_keys=SecretStr(OTHER_KEYS)) as impostor:  # signed with another key
             with pytest.raises(Unauthenticated) as invalid:
                 await impostor.stub(EchoStub, target(port)).Echo(b"x")
             assert invalid.value.reason == "SERVICE_IDENTITY_INVALID"
@@ -155,35 +167,30 @@ async def test_internal_method_needs_the_service_token() -> None:
             assert streamed.value.reason == "SERVICE_IDENTITY_INVALID"
         async with channels() as trusted:
             assert await trusted.stub(EchoStub, target(port)).Echo(b"ok") == b"ok"
+            assert await trusted.stub(PublicStub, target(port)).Echo(b"pub") == b"pub"  # the system may
             assert [x async for x in trusted.stub(EchoStub, target(port)).Count(b"s")] == [b"s"]
             # refusals are answers: they never count against the target's breaker
             assert trusted.breaker(target(port)).state == "closed"
 
 
-async def test_wrong_scheme_and_raw_metadata() -> None:
+async def test_wrong_scheme_user_tokens_and_raw_metadata() -> None:
     """Seen from a plain gRPC client: the rich status is in grpc-status-details-bin, as for every error."""
     from google.rpc import error_details_pb2, status_pb2
 
+    system = SystemCredentials(SIGNER).authorization().removeprefix("Bearer ")
+    user_token, _ = SIGNER.issue(uuid.uuid4(), "user")
     async with serving({"Echo": echo}) as port:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             call = channel.unary_unary(f"/{INTERNAL}/Echo")
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await call(b"x", metadata=[("authorization", f"Basic {TOKEN}")])
-            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            trailer = dict(err.value.trailing_metadata())["grpc-status-details-bin"]
-            info = error_details_pb2.ErrorInfo()
-            status_pb2.Status.FromString(trailer).details[0].Unpack(info)
-            assert (info.reason, info.domain) == ("SERVICE_IDENTITY_INVALID", "clipmind.dev")
-            assert await call(b"y", metadata=[("authorization", f"bearer {TOKEN}")]) == b"y"
-
-
-async def test_server_without_token_refuses_every_internal_call() -> None:
-    async with serving({"Echo": echo}, {"Echo": echo}, token="") as port, channels() as chans:
-        with pytest.raises(Unauthenticated) as err:
-            await chans.stub(EchoStub, target(port)).Echo(b"x")
-        assert err.value.reason == "INTERNAL_CALLS_DISABLED"
-        assert "CLIPMIND_INTERNAL_TOKEN" in err.value.message
-        assert await chans.stub(PublicStub, target(port)).Echo(b"pub") == b"pub"
+            for authorization in (f"Basic {system}", f"Bearer {user_token}"):  # a user is not a service
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call(b"x", metadata=[("authorization", authorization)])
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                trailer = dict(err.value.trailing_metadata())["grpc-status-details-bin"]
+                info = error_details_pb2.ErrorInfo()
+                status_pb2.Status.FromString(trailer).details[0].Unpack(info)
+                assert (info.reason, info.domain) == ("SERVICE_IDENTITY_INVALID", "clipmind.dev")
+            assert await call(b"y", metadata=[("authorization", f"bearer {system}")]) == b"y"
 
 
 # -- request context -----------------------------------------------------------------------------------------
@@ -207,16 +214,25 @@ async def test_request_context_travels_two_hops() -> None:
             with request_context.bind(request_id="req-42", traceparent=TRACEPARENT, tracestate="k=v"):
                 assert await chans.stub(EchoStub, target(port)).Relay(b"hop") == b"hop"
             first, second = seen
-            assert first == request_context.RequestContext("req-42", TRACEPARENT, "k=v", caller="tester")
-            assert second == request_context.RequestContext("req-42", TRACEPARENT, "k=v", caller="middle")
+            assert (first.request_id, first.traceparent, first.tracestate, first.caller) == (
+                "req-42", TRACEPARENT, "k=v", "tester")
+            assert (second.request_id, second.traceparent, second.tracestate, second.caller) == (
+                "req-42", TRACEPARENT, "k=v", "middle")
+            assert first.principal == second.principal == SYSTEM  # both hops act as the system
+
+            # A user's call: the caller header is not trusted from a user, and onward calls act as the system.
 
             # Nothing bound: the server makes up a request id, and a public handler's outgoing calls carry it.
             seen.clear()
+            user = uuid.uuid4()
+            token, _ = SIGNER.issue(user, "user")
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as raw:
                 public_relay = raw.unary_unary(f"/{PUBLIC}/Relay")
-                await public_relay(b"x", metadata=[("x-clipmind-caller", "spoofed"), ("traceparent", "garbage")])
+                await public_relay(b"x", metadata=[("x-clipmind-caller", "spoofed"), ("traceparent", "garbage"),
+                                                   ("authorization", f"Bearer {token}")])
             public, internal = seen
             assert len(public.request_id) == 32 and public.caller == "" and public.traceparent == ""
+            assert public.principal == Principal(user, "user") and public.claims is not None
             assert internal.request_id == public.request_id and internal.caller == "middle"
     assert request_context.current() == request_context.RequestContext()
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from services.common.auth import Authenticator
 from services.common.errors import (
     AlreadyExists,
     InvalidArgument,
@@ -20,9 +21,11 @@ from services.common.errors import (
 )
 from services.common.principal import Principal
 from services.common.rate_limit import RateLimiter
+from services.common.revocations import Revocations
+from services.common.tokens import TokenSigner
 from services.identity.accounts import Accounts
+from services.identity.server import LocalApiKeys
 from services.identity.store import IdentityStore
-from services.identity.tokens import TokenSigner
 from tests.db_setup import fresh_database, service_db
 
 pytestmark = pytest.mark.integration
@@ -30,12 +33,25 @@ pytestmark = pytest.mark.integration
 PASSWORD = "Correct-horse-9-battery"
 
 
+class Parts:
+    """Identity's domain on real PostgreSQL and Redis, and the authenticator every service runs in front of it."""
+
+    def __init__(self, accounts: Accounts, store: IdentityStore, auth: Authenticator) -> None:
+        self.accounts, self.store, self.auth = accounts, store, auth
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter((self.accounts, self.store))
+
+
 @pytest.fixture
-async def accounts(pg_dsn: str) -> AsyncIterator[tuple[Accounts, IdentityStore]]:
+async def accounts(pg_dsn: str, redis_url: str) -> AsyncIterator[Parts]:
     pool = await service_db(pg_dsn, "identity")
     store = IdentityStore(pool)
     signer = TokenSigner({"k1": b"k" * 32}, active_kid="k1")
-    yield Accounts(store, signer, allow_signup=False), store
+    revocations = Revocations.from_url(redis_url)
+    domain = Accounts(store, signer, allow_signup=False, revoker=revocations)
+    yield Parts(domain, store, Authenticator(signer, revocations, LocalApiKeys(domain), api_key_cache_s=60))
+    await revocations.close()
     await pool.close()
 
 
@@ -51,6 +67,7 @@ async def _admin(accounts: Accounts) -> Principal:
 
 
 async def test_login_refresh_rotates_and_a_reused_token_revokes_its_family(accounts) -> None:  # type: ignore[no-untyped-def]
+    auth = accounts.auth
     accounts, _ = accounts
     admin = await _admin(accounts)
     email = _email()
@@ -62,7 +79,7 @@ async def test_login_refresh_rotates_and_a_reused_token_revokes_its_family(accou
     assert wrong.value.reason == unknown.value.reason == "INVALID_CREDENTIALS"  # the same answer either way
 
     first = await accounts.login(email.upper(), PASSWORD)  # emails compare case-insensitively
-    assert (await accounts.authenticate(first.access_token))[0].user_id == first.user.id
+    assert (await auth.authenticate(first.access_token)).principal.user_id == first.user.id
     second = await accounts.refresh(first.refresh_token)
     assert second.refresh_token != first.refresh_token
     with pytest.raises(Unauthenticated) as reused:  # the old one fails after use...
@@ -76,36 +93,47 @@ async def test_login_refresh_rotates_and_a_reused_token_revokes_its_family(accou
 
 
 async def test_logout_revokes_the_refresh_family_and_the_access_token(accounts) -> None:  # type: ignore[no-untyped-def]
+    auth = accounts.auth
     accounts, _ = accounts
     admin = await _admin(accounts)
     email = _email()
     await accounts.create_user(admin, email=email, password=PASSWORD)
     session = await accounts.login(email, PASSWORD)
-    _, claims = await accounts.authenticate(session.access_token)
+    claims = (await auth.authenticate(session.access_token)).claims
     await accounts.logout(session.refresh_token, claims)
     with pytest.raises(Unauthenticated) as err:
-        await accounts.authenticate(session.access_token)
+        await auth.authenticate(session.access_token)
     assert err.value.reason == "TOKEN_REVOKED"
     with pytest.raises(Unauthenticated):
         await accounts.refresh(session.refresh_token)
 
 
 async def test_a_deleted_users_tokens_and_keys_are_refused(accounts) -> None:  # type: ignore[no-untyped-def]
-    accounts, store = accounts
+    auth = accounts.auth
+    accounts, _ = accounts
     admin = await _admin(accounts)
     email = _email()
     user = await accounts.create_user(admin, email=email, password=PASSWORD)
     session = await accounts.login(email, PASSWORD)
     _, key = await accounts.create_api_key(Principal(user.id, "user"), None, "ci")
-    await store.delete_user(user.id)
+    for credential in (session.access_token, key):  # both work, and the key's owner is now cached
+        assert (await auth.authenticate(credential)).principal.user_id == user.id
+    as_user = Principal(user.id, "user")
+    with pytest.raises(PermissionDenied):  # only administrators delete users
+        await accounts.delete_user(as_user, user.id)
+    with pytest.raises(NotFound):  # ...and another user's account does not exist for a user
+        await accounts.delete_user(as_user, admin.user_id)
+    await accounts.delete_user(admin, user.id)
     for credential in (session.access_token, key):
-        with pytest.raises(Unauthenticated):
-            await accounts.authenticate(credential)
+        with pytest.raises(Unauthenticated) as err:
+            await auth.authenticate(credential)
+        assert err.value.reason in ("USER_REVOKED", "API_KEY_INVALID")
     with pytest.raises(Unauthenticated):
         await accounts.refresh(session.refresh_token)
 
 
 async def test_api_keys_act_as_their_user_are_shown_once_and_revocable(accounts) -> None:  # type: ignore[no-untyped-def]
+    auth = accounts.auth
     accounts, _ = accounts
     admin = await _admin(accounts)
     ann = await accounts.create_user(admin, email=_email(), password=PASSWORD)
@@ -113,7 +141,7 @@ async def test_api_keys_act_as_their_user_are_shown_once_and_revocable(accounts)
     as_ann, as_bob = Principal(ann.id, "user"), Principal(bob.id, "user")
     record, key = await accounts.create_api_key(as_ann, None, "nightly import")
     assert key.startswith("cmk_") and record.key_prefix == key[:12] and key not in repr(record)
-    assert (await accounts.authenticate(key)) == (as_ann, None)
+    assert (await auth.authenticate(key)).principal == as_ann
     listed = await accounts.list_api_keys(as_ann, ann.id, limit=10, after=None)
     assert [k.id for k in listed] == [record.id] and listed[0].last_use_time is not None
 
@@ -128,8 +156,8 @@ async def test_api_keys_act_as_their_user_are_shown_once_and_revocable(accounts)
     assert await accounts.list_api_keys(admin, ann.id, limit=10, after=None)  # an admin sees them
 
     await accounts.delete_api_key(as_ann, ann.id, record.id)
-    with pytest.raises(Unauthenticated) as err:
-        await accounts.authenticate(key)
+    with pytest.raises(Unauthenticated) as err:  # at once, though the key's owner is cached for a minute
+        await auth.authenticate(key)
     assert err.value.reason == "API_KEY_INVALID"
     assert await accounts.list_api_keys(as_ann, None, limit=10, after=None) == []
 
@@ -205,3 +233,35 @@ async def test_sign_in_attempts_are_limited_per_account_and_address(pg_dsn: str,
     finally:
         await client.aclose()
         await pool.close()
+
+
+async def test_revocations_are_published_again_after_redis_lost_them(accounts, redis_url: str) -> None:  # type: ignore[no-untyped-def]
+    auth = accounts.auth
+    accounts, _ = accounts
+    admin = await _admin(accounts)
+    email = _email()
+    await accounts.create_user(admin, email=email, password=PASSWORD)
+    session = await accounts.login(email, PASSWORD)
+    await accounts.logout(session.refresh_token, (await auth.authenticate(session.access_token)).claims)
+    client = aioredis.from_url(redis_url)
+    try:  # Redis restarted without its data: the sign-out is not seen...
+        await client.delete(*[key async for key in client.scan_iter("clipmind:revoked:*")])
+        assert (await auth.authenticate(session.access_token)).principal.user_id == session.user.id
+    finally:
+        await client.aclose()
+    assert await accounts.republish_revocations() >= 1  # ...until identity's minute loop publishes it again
+    with pytest.raises(Unauthenticated) as err:
+        await auth.authenticate(session.access_token)
+    assert err.value.reason == "TOKEN_REVOKED"
+
+
+async def test_an_unreachable_redis_fails_revocation_checks_open_and_fast() -> None:
+    revocations = Revocations.from_url("redis://127.0.0.1:9/0")  # the discard port: nothing listens
+    try:
+        started = asyncio.get_running_loop().time()
+        verdicts = [await revocations.check(uuid.uuid4(), token_id="t") for _ in range(50)]
+        elapsed = asyncio.get_running_loop().time() - started
+    finally:
+        await revocations.close()
+    assert all(not v.revoked and v.user_revoked_at is None for v in verdicts)
+    assert elapsed < 2.0, "the breaker should spare the calls after the first failure their timeout"

@@ -27,6 +27,8 @@ import grpc
 import pytest
 
 from services import cli
+from services.common.auth import SystemCredentials
+from services.common.tokens import TokenSigner
 from services.launcher import EmbeddedPostgres, LaunchError, Mesh, MeshConfig, MeshPorts, free_port
 from services.launcher.process import ManagedProcess, OwnsProcess
 from services.launcher.redis import redis_ping
@@ -289,9 +291,13 @@ def test_a_part_that_cannot_start_again_is_given_up_on(tmp_path: Path) -> None:
 SLOW_SERVER = """
 import asyncio, sys
 import grpc
+from services.common.auth import Authenticator
 from services.common.grpc_server import configure_logging, run_server
+from services.common.revocations import Revocations
+from services.common.tokens import TokenSigner
 
 configure_logging("INFO")
+SIGNER = TokenSigner({"k1": b"k" * 32}, active_kid="k1")
 
 def register(server):
     async def slow(request, context):
@@ -310,8 +316,11 @@ async def also_draining():
     print("async on_draining called", flush=True)
 
 asyncio.run(run_server(name="slow", host="127.0.0.1", port=int(sys.argv[1]), register=register,
-                       grace_s=float(sys.argv[2]), on_draining=[draining, also_draining]))
+                       grace_s=float(sys.argv[2]), on_draining=[draining, also_draining],
+                       authenticator=Authenticator(SIGNER, Revocations.from_url("redis://127.0.0.1:9/0"), None)))
 """
+# What the slow server's callers send: a system token signed with its key.
+SYSTEM = [("authorization", SystemCredentials(TokenSigner({"k1": b"k" * 32}, active_kid="k1")).authorization())]
 
 
 def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(tmp_path: Path) -> None:
@@ -326,7 +335,7 @@ def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(tmp_path: Path) -> N
         wait_for(lambda: grpc_serving(address), 60, "the server to serve")
         with grpc.insecure_channel(address) as channel:
             sleep = channel.unary_unary("/test.Slow/Sleep")
-            in_flight = sleep.future(b"2", timeout=30)
+            in_flight = sleep.future(b"2", timeout=30, metadata=SYSTEM)
             time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
             # Health says NOT_SERVING at once, while the in-flight call goes on to finish.
@@ -351,7 +360,7 @@ def test_grace_runs_out_for_rpcs_that_take_too_long(tmp_path: Path) -> None:
     try:
         wait_for(lambda: grpc_serving(address), 60, "the server to serve")
         with grpc.insecure_channel(address) as channel:
-            in_flight = channel.unary_unary("/test.Slow/Sleep").future(b"60", timeout=60)
+            in_flight = channel.unary_unary("/test.Slow/Sleep").future(b"60", timeout=60, metadata=SYSTEM)
             time.sleep(0.5)
             began = time.monotonic()
             proc.send_signal(signal.SIGTERM)

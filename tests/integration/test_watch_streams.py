@@ -34,6 +34,7 @@ from services.pipeline.jobs import JobControl
 from services.pipeline.records import Job
 from services.pipeline.servicer import PipelineServicer
 from services.pipeline.watch import JobWatcher
+from tests.auth_setup import TEST_KEYS, aio_channel
 from tests.db_setup import service_db
 from tests.e2e.clients import rich_status
 
@@ -226,7 +227,7 @@ async def pipeline_process(
     port = free_port()
     env = {**os.environ, "PYTHONPATH": python_path(), "PYTHONUNBUFFERED": "1", "CLIPMIND_DATABASE_URL": pg_dsn,
            "CLIPMIND_REDIS_URL": redis_url, "CLIPMIND_GRPC_HOST": "127.0.0.1", "CLIPMIND_GRPC_PORT": str(port),
-           "CLIPMIND_LOG_LEVEL": "WARNING"}
+           "CLIPMIND_LOG_LEVEL": "WARNING", "CLIPMIND_JWT_KEYS": TEST_KEYS}
     server = ManagedProcess(name="pipeline-watch", argv=[sys.executable, "-m", "services.pipeline"],
                             log_path=integration_state_dir / "logs" / f"pipeline-watch-{port}.log", env=env,
                             cwd=REPO_ROOT, stop_timeout_s=15.0)
@@ -234,7 +235,7 @@ async def pipeline_process(
     pool = await service_db(pg_dsn, "pipeline")
     bus = ProgressBus.connect(redis_url)
     redis = aioredis.from_url(redis_url)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = aio_channel(f"127.0.0.1:{port}")
     try:
         await asyncio.to_thread(server.wait_ready, lambda: grpc_serving(f"127.0.0.1:{port}"), 60.0, 0.3)
         assert server.pid is not None

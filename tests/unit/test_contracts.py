@@ -33,6 +33,7 @@ EXPECTED_INTERNAL_SERVICES = {
     "clipmind.pipeline.internal.v1.PipelineInternalService",
     "clipmind.search.internal.v1.SearchInternalService",
     "clipmind.analytics.internal.v1.AnalyticsInternalService",
+    "clipmind.identity.internal.v1.IdentityInternalService",
 }
 
 _FieldType = descriptor_pb2.FieldDescriptorProto

@@ -10,6 +10,7 @@ import grpc.aio
 import pytest
 
 from services.common import request_context
+from services.common.auth_interceptor import is_internal_method
 from services.common.config import CommonSettings
 from services.common.errors import (
     FieldViolation,
@@ -21,7 +22,6 @@ from services.common.errors import (
 )
 from services.common.grpc_client import channel_options, service_config
 from services.common.grpc_errors import from_rpc_error, to_rpc_status
-from services.common.internal_auth import InternalAuthInterceptor, is_internal_method
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -101,26 +101,6 @@ def test_codes_without_their_own_class(code: grpc.StatusCode, cls: type) -> None
 ])
 def test_internal_methods(method: str, internal: bool) -> None:
     assert is_internal_method(method) is internal
-
-
-def test_token_check() -> None:
-    auth = InternalAuthInterceptor("tok")
-    method = "/a.internal.v1.S/M"
-    assert auth.check([("authorization", "Bearer tok")], method) is None
-    assert auth.check([("authorization", "bearer  tok ")], method) is None
-    reasons = {
-        "none": auth.check([], method),
-        "wrong": auth.check([("authorization", "Bearer tok2")], method),
-        "scheme": auth.check([("authorization", "Basic tok")], method),
-        "unicode": auth.check([("authorization", "Bearer tök")], method),
-    }
-    assert {k: v.reason if v else None for k, v in reasons.items()} == {
-        "none": "SERVICE_IDENTITY_REQUIRED", "wrong": "SERVICE_IDENTITY_INVALID",
-        "scheme": "SERVICE_IDENTITY_INVALID", "unicode": "SERVICE_IDENTITY_INVALID",
-    }
-    disabled = InternalAuthInterceptor("").check([("authorization", "Bearer ")], method)
-    assert disabled is not None and disabled.reason == "INTERNAL_CALLS_DISABLED"
-    assert "CLIPMIND_INTERNAL_TOKEN" in disabled.message
 
 
 def test_incoming_context_is_checked() -> None:

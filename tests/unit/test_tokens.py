@@ -19,7 +19,7 @@ import jwt
 import pytest
 
 from services.common.errors import Unauthenticated
-from services.identity.tokens import Claims, TokenSigner, format_key, generate_key, load_keys
+from services.common.tokens import Claims, TokenSigner, format_key, generate_key, load_keys
 
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 T0 = int(NOW.timestamp())

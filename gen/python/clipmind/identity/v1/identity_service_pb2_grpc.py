@@ -58,6 +58,11 @@ class IdentityServiceStub:
                 request_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateUserRequest.SerializeToString,
                 response_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.User.FromString,
                 _registered_method=True)
+        self.DeleteUser = channel.unary_unary(
+                '/clipmind.identity.v1.IdentityService/DeleteUser',
+                request_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.DeleteUserRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
         self.GetCurrentUser = channel.unary_unary(
                 '/clipmind.identity.v1.IdentityService/GetCurrentUser',
                 request_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.GetCurrentUserRequest.SerializeToString,
@@ -103,7 +108,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Logout(self, request, context):
-        """Revokes a refresh token. Access tokens stay valid until they expire.
+        """Signs out: revokes the refresh token's sign-in and, when the call carries
+        an access token, that access token too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,6 +117,14 @@ class IdentityServiceServicer:
 
     def CreateUser(self, request, context):
         """Creates a user account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteUser(self, request, context):
+        """Deletes a user (administrators only): the user can no longer sign in, and
+        their access tokens and API keys are refused from then on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,6 +181,11 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.CreateUser,
                     request_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateUserRequest.FromString,
                     response_serializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.User.SerializeToString,
+            ),
+            'DeleteUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteUser,
+                    request_deserializer=clipmind_dot_identity_dot_v1_dot_identity__service__pb2.DeleteUserRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
             'GetCurrentUser': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCurrentUser,
@@ -300,6 +319,33 @@ class IdentityService:
             '/clipmind.identity.v1.IdentityService/CreateUser',
             clipmind_dot_identity_dot_v1_dot_identity__service__pb2.CreateUserRequest.SerializeToString,
             clipmind_dot_identity_dot_v1_dot_identity__service__pb2.User.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.identity.v1.IdentityService/DeleteUser',
+            clipmind_dot_identity_dot_v1_dot_identity__service__pb2.DeleteUserRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

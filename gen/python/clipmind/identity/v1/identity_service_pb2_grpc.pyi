@@ -46,9 +46,15 @@ class IdentityServiceStub:
     the one sent is revoked and a new one returned.
     """
     Logout: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.LogoutRequest, _empty_pb2.Empty]
-    """Revokes a refresh token. Access tokens stay valid until they expire."""
+    """Signs out: revokes the refresh token's sign-in and, when the call carries
+    an access token, that access token too.
+    """
     CreateUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateUserRequest, _identity_service_pb2.User]
     """Creates a user account."""
+    DeleteUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteUserRequest, _empty_pb2.Empty]
+    """Deletes a user (administrators only): the user can no longer sign in, and
+    their access tokens and API keys are refused from then on.
+    """
     GetCurrentUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetCurrentUserRequest, _identity_service_pb2.User]
     """Returns the user the access token belongs to."""
     CreateApiKey: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateApiKeyRequest, _identity_service_pb2.CreateApiKeyResponse]
@@ -77,9 +83,15 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     the one sent is revoked and a new one returned.
     """
     Logout: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.LogoutRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Revokes a refresh token. Access tokens stay valid until they expire."""
+    """Signs out: revokes the refresh token's sign-in and, when the call carries
+    an access token, that access token too.
+    """
     CreateUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateUserRequest, _identity_service_pb2.User]  # type: ignore[assignment]
     """Creates a user account."""
+    DeleteUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteUserRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a user (administrators only): the user can no longer sign in, and
+    their access tokens and API keys are refused from then on.
+    """
     GetCurrentUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetCurrentUserRequest, _identity_service_pb2.User]  # type: ignore[assignment]
     """Returns the user the access token belongs to."""
     CreateApiKey: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateApiKeyRequest, _identity_service_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
@@ -123,7 +135,9 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_service_pb2.LogoutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Revokes a refresh token. Access tokens stay valid until they expire."""
+        """Signs out: revokes the refresh token's sign-in and, when the call carries
+        an access token, that access token too.
+        """
 
     @_abc_1.abstractmethod
     def CreateUser(
@@ -132,6 +146,16 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.User, _abc.Awaitable[_identity_service_pb2.User]]:
         """Creates a user account."""
+
+    @_abc_1.abstractmethod
+    def DeleteUser(
+        self,
+        request: _identity_service_pb2.DeleteUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a user (administrators only): the user can no longer sign in, and
+        their access tokens and API keys are refused from then on.
+        """
 
     @_abc_1.abstractmethod
     def GetCurrentUser(

@@ -70,6 +70,7 @@ class LoggedSearch(_message.Message):
     SEARCH_TIME_FIELD_NUMBER: _builtins.int
     PAGE_OFFSET_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     search_id: _builtins.str
     """Id of the search (a UUID), as returned to the caller."""
     query: _builtins.str
@@ -82,6 +83,8 @@ class LoggedSearch(_message.Message):
     """Time the search took in the search service, milliseconds."""
     page_offset: _builtins.int
     """Offset of the returned page in the ranking."""
+    user: _builtins.str
+    """Who searched, `users/{user}`: the search log is theirs."""
     @_builtins.property
     def search_time(self) -> _timestamp_pb2.Timestamp:
         """When the search was answered."""
@@ -101,10 +104,11 @@ class LoggedSearch(_message.Message):
         search_time: _timestamp_pb2.Timestamp | None = ...,
         page_offset: _builtins.int = ...,
         results: _abc.Iterable[Global___LoggedResult] | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["search_time", b"search_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_query", b"image_query", "latency_ms", b"latency_ms", "page_offset", b"page_offset", "query", b"query", "result_count", b"result_count", "results", b"results", "search_id", b"search_id", "search_time", b"search_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_query", b"image_query", "latency_ms", b"latency_ms", "page_offset", b"page_offset", "query", b"query", "result_count", b"result_count", "results", b"results", "search_id", b"search_id", "search_time", b"search_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,23 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n9clipmind/ingest/internal/v1/ingest_internal_service.proto\x12\x1b\x63lipmind.ingest.internal.v1\"&\n\x15GetVideoSourceRequest\x12\r\n\x05video\x18\x01 \x01(\t\"\x84\x01\n\x0bVideoSource\x12\r\n\x05video\x18\x01 \x01(\t\x12\x10\n\x08\x62lob_key\x18\x02 \x01(\t\x12\x13\n\x0bsidecar_key\x18\x03 \x01(\t\x12\x16\n\x0esidecar_format\x18\x04 \x01(\t\x12\x18\n\x10sidecar_language\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\"\x93\x05\n\x1cUpdateVideoProcessingRequest\x12\r\n\x05video\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\x12;\n\x05state\x18\x03 \x01(\x0e\x32,.clipmind.ingest.internal.v1.ProcessingState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x1d\n\x10\x64uration_seconds\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05width\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06height\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nframe_rate\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x0bvideo_codec\x18\t \x01(\tH\x04\x88\x01\x01\x12\x18\n\x0b\x61udio_codec\x18\n \x01(\tH\x05\x88\x01\x01\x12\x16\n\thas_audio\x18\x0b \x01(\x08H\x06\x88\x01\x01\x12\x1a\n\rthumbnail_key\x18\x0c \x01(\tH\x07\x88\x01\x01\x12\x18\n\x0bscene_count\x18\r \x01(\x05H\x08\x88\x01\x01\x12\x1e\n\x11transcript_source\x18\x0e \x01(\tH\t\x88\x01\x01\x12\x1d\n\x10transcript_model\x18\x0f \x01(\tH\n\x88\x01\x01\x12\x19\n\x0cvisual_model\x18\x10 \x01(\tH\x0b\x88\x01\x01\x42\x13\n\x11_duration_secondsB\x08\n\x06_widthB\t\n\x07_heightB\r\n\x0b_frame_rateB\x0e\n\x0c_video_codecB\x0e\n\x0c_audio_codecB\x0c\n\n_has_audioB\x10\n\x0e_thumbnail_keyB\x0e\n\x0c_scene_countB\x14\n\x12_transcript_sourceB\x13\n\x11_transcript_modelB\x0f\n\r_visual_model\"?\n\x1dUpdateVideoProcessingResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08*\xad\x01\n\x0fProcessingState\x12 \n\x1cPROCESSING_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROCESSING_STATE_PROCESSING\x10\x01\x12\x1a\n\x16PROCESSING_STATE_READY\x10\x02\x12\x1b\n\x17PROCESSING_STATE_FAILED\x10\x03\x12\x1e\n\x1aPROCESSING_STATE_CANCELLED\x10\x04\x32\x98\x02\n\x15IngestInternalService\x12n\n\x0eGetVideoSource\x12\x32.clipmind.ingest.internal.v1.GetVideoSourceRequest\x1a(.clipmind.ingest.internal.v1.VideoSource\x12\x8e\x01\n\x15UpdateVideoProcessing\x12\x39.clipmind.ingest.internal.v1.UpdateVideoProcessingRequest\x1a:.clipmind.ingest.internal.v1.UpdateVideoProcessingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n9clipmind/ingest/internal/v1/ingest_internal_service.proto\x12\x1b\x63lipmind.ingest.internal.v1\"&\n\x15GetVideoSourceRequest\x12\r\n\x05video\x18\x01 \x01(\t\"\x93\x01\n\x0bVideoSource\x12\r\n\x05video\x18\x01 \x01(\t\x12\x10\n\x08\x62lob_key\x18\x02 \x01(\t\x12\x13\n\x0bsidecar_key\x18\x03 \x01(\t\x12\x16\n\x0esidecar_format\x18\x04 \x01(\t\x12\x18\n\x10sidecar_language\x18\x05 \x01(\t\x12\r\n\x05title\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\"\x93\x05\n\x1cUpdateVideoProcessingRequest\x12\r\n\x05video\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\x12;\n\x05state\x18\x03 \x01(\x0e\x32,.clipmind.ingest.internal.v1.ProcessingState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\t\x12\x1d\n\x10\x64uration_seconds\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05width\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x13\n\x06height\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x17\n\nframe_rate\x18\x08 \x01(\x01H\x03\x88\x01\x01\x12\x18\n\x0bvideo_codec\x18\t \x01(\tH\x04\x88\x01\x01\x12\x18\n\x0b\x61udio_codec\x18\n \x01(\tH\x05\x88\x01\x01\x12\x16\n\thas_audio\x18\x0b \x01(\x08H\x06\x88\x01\x01\x12\x1a\n\rthumbnail_key\x18\x0c \x01(\tH\x07\x88\x01\x01\x12\x18\n\x0bscene_count\x18\r \x01(\x05H\x08\x88\x01\x01\x12\x1e\n\x11transcript_source\x18\x0e \x01(\tH\t\x88\x01\x01\x12\x1d\n\x10transcript_model\x18\x0f \x01(\tH\n\x88\x01\x01\x12\x19\n\x0cvisual_model\x18\x10 \x01(\tH\x0b\x88\x01\x01\x42\x13\n\x11_duration_secondsB\x08\n\x06_widthB\t\n\x07_heightB\r\n\x0b_frame_rateB\x0e\n\x0c_video_codecB\x0e\n\x0c_audio_codecB\x0c\n\n_has_audioB\x10\n\x0e_thumbnail_keyB\x0e\n\x0c_scene_countB\x14\n\x12_transcript_sourceB\x13\n\x11_transcript_modelB\x0f\n\r_visual_model\"?\n\x1dUpdateVideoProcessingResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08*\xad\x01\n\x0fProcessingState\x12 \n\x1cPROCESSING_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bPROCESSING_STATE_PROCESSING\x10\x01\x12\x1a\n\x16PROCESSING_STATE_READY\x10\x02\x12\x1b\n\x17PROCESSING_STATE_FAILED\x10\x03\x12\x1e\n\x1aPROCESSING_STATE_CANCELLED\x10\x04\x32\x98\x02\n\x15IngestInternalService\x12n\n\x0eGetVideoSource\x12\x32.clipmind.ingest.internal.v1.GetVideoSourceRequest\x1a(.clipmind.ingest.internal.v1.VideoSource\x12\x8e\x01\n\x15UpdateVideoProcessing\x12\x39.clipmind.ingest.internal.v1.UpdateVideoProcessingRequest\x1a:.clipmind.ingest.internal.v1.UpdateVideoProcessingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipmind.ingest.internal.v1.ingest_internal_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PROCESSINGSTATE']._serialized_start=993
-  _globals['_PROCESSINGSTATE']._serialized_end=1166
+  _globals['_PROCESSINGSTATE']._serialized_start=1008
+  _globals['_PROCESSINGSTATE']._serialized_end=1181
   _globals['_GETVIDEOSOURCEREQUEST']._serialized_start=90
   _globals['_GETVIDEOSOURCEREQUEST']._serialized_end=128
   _globals['_VIDEOSOURCE']._serialized_start=131
-  _globals['_VIDEOSOURCE']._serialized_end=263
-  _globals['_UPDATEVIDEOPROCESSINGREQUEST']._serialized_start=266
-  _globals['_UPDATEVIDEOPROCESSINGREQUEST']._serialized_end=925
-  _globals['_UPDATEVIDEOPROCESSINGRESPONSE']._serialized_start=927
-  _globals['_UPDATEVIDEOPROCESSINGRESPONSE']._serialized_end=990
-  _globals['_INGESTINTERNALSERVICE']._serialized_start=1169
-  _globals['_INGESTINTERNALSERVICE']._serialized_end=1449
+  _globals['_VIDEOSOURCE']._serialized_end=278
+  _globals['_UPDATEVIDEOPROCESSINGREQUEST']._serialized_start=281
+  _globals['_UPDATEVIDEOPROCESSINGREQUEST']._serialized_end=940
+  _globals['_UPDATEVIDEOPROCESSINGRESPONSE']._serialized_start=942
+  _globals['_UPDATEVIDEOPROCESSINGRESPONSE']._serialized_end=1005
+  _globals['_INGESTINTERNALSERVICE']._serialized_start=1184
+  _globals['_INGESTINTERNALSERVICE']._serialized_end=1464
 # @@protoc_insertion_point(module_scope)

@@ -86,6 +86,7 @@ class VideoSource(_message.Message):
     SIDECAR_FORMAT_FIELD_NUMBER: _builtins.int
     SIDECAR_LANGUAGE_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     video: _builtins.str
     """The video, `videos/{video}`."""
     blob_key: _builtins.str
@@ -98,6 +99,10 @@ class VideoSource(_message.Message):
     """BCP-47 language of the sidecar subtitles; empty when unknown."""
     title: _builtins.str
     """Title given at upload."""
+    owner: _builtins.str
+    """The user who owns the video, `users/{user}`; its job, clips and vectors
+    are theirs too.
+    """
     def __init__(
         self,
         *,
@@ -107,10 +112,11 @@ class VideoSource(_message.Message):
         sidecar_format: _builtins.str = ...,
         sidecar_language: _builtins.str = ...,
         title: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "sidecar_format", b"sidecar_format", "sidecar_key", b"sidecar_key", "sidecar_language", b"sidecar_language", "title", b"title", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "owner", b"owner", "sidecar_format", b"sidecar_format", "sidecar_key", b"sidecar_key", "sidecar_language", b"sidecar_language", "title", b"title", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

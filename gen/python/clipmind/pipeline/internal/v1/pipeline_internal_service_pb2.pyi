@@ -27,21 +27,25 @@ class SubmitVideoJobRequest(_message.Message):
 
     VIDEO_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     video: _builtins.str
     """The stored video, `videos/{video}`."""
     generation: _builtins.int
     """Which processing of the video this is (1 for the first); a new
     generation (e.g. a reindex) makes a new job.
     """
+    owner: _builtins.str
+    """The user who owns the video, `users/{user}`: the job is theirs."""
     def __init__(
         self,
         *,
         video: _builtins.str = ...,
         generation: _builtins.int = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "owner", b"owner", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

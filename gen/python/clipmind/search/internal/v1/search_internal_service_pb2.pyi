@@ -130,6 +130,7 @@ class ReplaceVideoIndexRequest(_message.Message):
     SEGMENTS_FIELD_NUMBER: _builtins.int
     TRANSCRIPT_MODEL_FIELD_NUMBER: _builtins.int
     VISUAL_MODEL_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     video: _builtins.str
     """The video, `videos/{video}`."""
     fence: _builtins.int
@@ -138,6 +139,10 @@ class ReplaceVideoIndexRequest(_message.Message):
     """Model id of the segment embeddings; empty when there are none."""
     visual_model: _builtins.str
     """Model id of the clip embeddings; empty when there are none."""
+    owner: _builtins.str
+    """The user who owns the video, `users/{user}`: its clips, segments and
+    vectors are theirs, and only they (and administrators) find them.
+    """
     @_builtins.property
     def clips(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndexedClip]:
         """The video's scenes."""
@@ -155,10 +160,11 @@ class ReplaceVideoIndexRequest(_message.Message):
         segments: _abc.Iterable[Global___IndexedSegment] | None = ...,
         transcript_model: _builtins.str = ...,
         visual_model: _builtins.str = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "fence", b"fence", "segments", b"segments", "transcript_model", b"transcript_model", "video", b"video", "visual_model", b"visual_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "fence", b"fence", "owner", b"owner", "segments", b"segments", "transcript_model", b"transcript_model", "video", b"video", "visual_model", b"visual_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,6 +257,7 @@ class VideoFacts(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     video: _builtins.str
     """The video, `videos/{video}`."""
     revision: _builtins.int
@@ -263,6 +270,8 @@ class VideoFacts(_message.Message):
     """PENDING, PROCESSING, READY or FAILED: only READY videos are searched."""
     duration_seconds: _builtins.float
     """Duration in seconds (duration filters)."""
+    owner: _builtins.str
+    """The user who owns the video, `users/{user}`."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the video was created (time filters)."""
@@ -277,10 +286,11 @@ class VideoFacts(_message.Message):
         state: _builtins.str = ...,
         duration_seconds: _builtins.float = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "create_time", b"create_time", "duration_seconds", b"duration_seconds", "revision", b"revision", "state", b"state", "title", b"title", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "create_time", b"create_time", "duration_seconds", b"duration_seconds", "owner", b"owner", "revision", b"revision", "state", b"state", "title", b"title", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,180 @@
+"""Server side of authentication: one interceptor, first on every server, for unary and streaming methods.
+
+    grpc.aio.server(interceptors=[AuthInterceptor(authenticator), ErrorInterceptor()])
+
+Who may call what:
+
+* **Health** (``grpc.health.v1``) and **reflection** (registered only when ``CLIPMIND_GRPC_REFLECTION`` is on)
+  are open, so probes and ``grpcurl`` need no credential.
+* **Internal methods** (a package with an ``internal`` segment, ``/clipmind.search.internal.v1.…``; Envoy never
+  routes them) want the ``system`` identity: a token the services sign themselves
+  (``services.common.auth.SystemCredentials``). Without a credential the call ends UNAUTHENTICATED
+  ``SERVICE_IDENTITY_REQUIRED``; with a user's credential or a bad one, ``SERVICE_IDENTITY_INVALID``.
+* **Methods a server names as optional** (identity's Login, RefreshToken, Logout, CreateUser) take a call
+  without a credential; one that is sent must be valid.
+* **Every other method** wants ``authorization: Bearer <access token or API key>`` (Envoy forwards the HTTP
+  header as this metadata); missing or bad → UNAUTHENTICATED, which Envoy answers as HTTP 401.
+
+A refused request is not even deserialized. For every call the interceptor binds the request context
+(``services.common.request_context``): request id, W3C trace context, the calling service (trusted only from a
+``system`` caller) and the authenticated ``Principal`` with the token's claims, for as long as the handler
+runs. Servicers read the principal from there and hand it to domain code as a plain value. It is bound inside
+the wrapped handler behaviour, which runs in the RPC's own task, so it cannot leak into other calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from services.common import request_context
+from services.common.auth import Authenticator, Caller, parse_authorization
+from services.common.errors import ClipMindError, Unauthenticated
+from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
+from services.common.request_context import RequestContext
+
+log = logging.getLogger(__name__)
+
+AUTHORIZATION_KEY = "authorization"
+OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                 "grpc.reflection.v1.ServerReflection")
+
+
+def is_internal_method(method: str) -> bool:
+    """True for ``/pkg.internal.v1.Service/Method``: a package segment (not the service name) is ``internal``."""
+    service = method.lstrip("/").split("/", 1)[0]
+    return "internal" in service.split(".")[:-1]
+
+
+def _service_of(method: str) -> str:
+    return method.lstrip("/").split("/", 1)[0]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call that needs it and binds the request context on every call."""
+
+    def __init__(self, authenticator: Authenticator, *, optional_methods: Collection[str] = ()) -> None:
+        self._authenticator = authenticator
+        self._optional = frozenset(optional_methods)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        metadata: Sequence[tuple[str, str | bytes]] = handler_call_details.invocation_metadata or ()
+        caller: Caller | None = None
+        if _service_of(method) not in OPEN_SERVICES:
+            try:
+                caller = await self.authenticate(metadata, method)
+            except ClipMindError as refusal:
+                return _refusing(handler, refusal, method)
+        system = caller is not None and caller.principal.role == "system"
+        ctx = request_context.from_metadata(metadata, trust_caller=system)
+        if caller is not None:
+            ctx = dataclasses.replace(ctx, principal=caller.principal, claims=caller.claims)
+        return _binding(handler, ctx)
+
+    async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], method: str) -> Caller | None:
+        """The caller of a call with this metadata (None for an optional method called without credential);
+        raises the refusal otherwise."""
+        values = [value for key, value in metadata if key == AUTHORIZATION_KEY]
+        internal = is_internal_method(method)
+        if not values:
+            if internal:
+                raise Unauthenticated("this method is for ClipMind services only (the system identity)",
+                                      reason="SERVICE_IDENTITY_REQUIRED", metadata={"method": method})
+            if method in self._optional:
+                return None
+            raise Unauthenticated("sign in first: send `authorization: Bearer <access token or API key>`",
+                                  reason="CREDENTIALS_REQUIRED")
+        try:
+            caller = await self._authenticator.authenticate(parse_authorization(values[0]))
+        except Unauthenticated as exc:
+            if internal:
+                raise Unauthenticated("the service identity is not valid (CLIPMIND_JWT_KEYS differs between "
+                                      "services?)", reason="SERVICE_IDENTITY_INVALID",
+                                      metadata={"method": method}) from exc
+            raise
+        if internal and caller.principal.role != "system":
+            raise Unauthenticated("this method is for ClipMind services only (the system identity)",
+                                  reason="SERVICE_IDENTITY_INVALID", metadata={"method": method})
+        return caller
+
+
+def _handler_kind(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., grpc.RpcMethodHandler], Any, bool]:
+    """(constructor of the same kind of handler, its behaviour, whether it streams responses)."""
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler, handler.unary_unary, False
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler, handler.stream_unary, False
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler, handler.unary_stream, True
+    return grpc.stream_stream_rpc_method_handler, handler.stream_stream, True
+
+
+def _refusing(handler: grpc.RpcMethodHandler, refusal: ClipMindError, method: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind that aborts with ``refusal`` (the request is left as raw bytes)."""
+    make, _behavior, _streams = _handler_kind(handler)
+    status = to_rpc_status(refusal)
+    trailer = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        log.info("refused %s from %s: %s", method, context.peer(), refusal.reason)
+        await context.abort(grpc.StatusCode[refusal.code], refusal.message, trailing_metadata=trailer)
+
+    return make(refuse, request_deserializer=None, response_serializer=handler.response_serializer)
+
+
+def _binding(handler: grpc.RpcMethodHandler, ctx: RequestContext) -> grpc.RpcMethodHandler:
+    """The same handler, with ``ctx`` bound while its behaviour runs."""
+    make, behavior, streams = _handler_kind(handler)
+    kwargs = {"request_deserializer": handler.request_deserializer,
+              "response_serializer": handler.response_serializer}
+    if streams:
+        return make(_bind_stream(behavior, ctx), **kwargs)
+    return make(_bind_unary(behavior, ctx), **kwargs)
+
+
+def _bind_unary(behavior: Callable[..., Any], ctx: RequestContext) -> Callable[..., Awaitable[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = request_context.set_context(ctx)
+        try:
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            request_context.reset(token)
+
+    return wrapper
+
+
+def _bind_stream(behavior: Callable[..., Any], ctx: RequestContext) -> Callable[..., AsyncIterator[Any]]:
+    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        token = request_context.set_context(ctx)
+        try:
+            result = behavior(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            elif inspect.isawaitable(result):  # a handler that writes with context.write()
+                await result
+            else:  # a plain iterator
+                for item in result:
+                    yield item
+        finally:
+            # An abandoned generator may be closed later from another context; the RPC's task ends anyway.
+            with contextlib.suppress(ValueError):
+                request_context.reset(token)
+
+    return wrapper

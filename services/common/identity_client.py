@@ -1,0 +1,42 @@
+"""How a service process authenticates its callers: the ``Authenticator`` of ``services.common.auth`` over
+identity's internal API (API keys) and Redis (revocations), built from the process's settings."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from clipmind.identity.internal.v1 import identity_internal_service_pb2 as pb
+from clipmind.identity.internal.v1 import identity_internal_service_pb2_grpc as pb_grpc
+
+from services.common.auth import ApiKeyResolver, Authenticator, settings_signer
+from services.common.config import CommonSettings
+from services.common.errors import NotFound
+from services.common.grpc_client import InternalChannels
+from services.common.principal import Principal
+from services.common.revocations import Revocations
+
+log = logging.getLogger(__name__)
+
+
+class IdentityApiKeys:
+    """``ApiKeyResolver`` over ``IdentityInternalService.AuthenticateApiKey``."""
+
+    def __init__(self, channels: InternalChannels, target: str) -> None:
+        self._stub = channels.stub(pb_grpc.IdentityInternalServiceStub, target)
+
+    async def resolve(self, key: str) -> Principal | None:
+        try:
+            reply = await self._stub.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(key=key))
+        except NotFound:
+            return None
+        return Principal(uuid.UUID(reply.user.removeprefix("users/")), reply.role)
+
+
+def process_authenticator(settings: CommonSettings, channels: InternalChannels,
+                          api_keys: ApiKeyResolver | None = None) -> tuple[Authenticator, Revocations]:
+    """The authenticator of this process and its Redis client (close it on shutdown). API keys are resolved
+    by ``api_keys``, by default identity's internal API."""
+    revocations = Revocations.from_url(settings.redis_url)
+    resolver = api_keys if api_keys is not None else IdentityApiKeys(channels, settings.identity_url)
+    return Authenticator(settings_signer(settings), revocations, resolver), revocations
