@@ -12,8 +12,10 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from services.analytics import search_log as analytics_store
+from services.common import request_context
 from services.common.db import Database, create_pool
 from services.common.db_provision import service_dsn
+from services.common.principal import SYSTEM, Principal
 from services.identity import store as identity_store
 from services.ingest import store as ingest_store
 from services.pipeline import job_store
@@ -48,14 +50,17 @@ class ServicerStub:
     the same domain errors (``InternalChannels`` turns remote errors back into them): for tests of one service's
     side of an internal contract without starting the other service's server."""
 
-    def __init__(self, servicer: Any) -> None:
+    def __init__(self, servicer: Any, principal: Principal = SYSTEM) -> None:
         self._servicer = servicer
+        self._principal = principal
 
     def __getattr__(self, method: str) -> Any:
         call = getattr(self._servicer, method)
 
         async def invoke(request: Any) -> Any:
-            return await call(request, None)
+            # As the server's interceptor would: the caller (the system, for internal calls) is bound.
+            with request_context.bind(principal=self._principal):
+                return await call(request, None)
 
         return invoke
 

@@ -29,26 +29,54 @@ def bound_to(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def encode_token(create_time: datetime, item_id: uuid.UUID, binding: str = "") -> str:
-    raw = f"{create_time.isoformat()}|{item_id}|{binding}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def _encode(position: str, binding: str) -> str:
+    return base64.urlsafe_b64encode(f"{position}|{binding}".encode()).decode().rstrip("=")
 
 
-def decode_token(token: str, binding: str = "") -> tuple[datetime, uuid.UUID] | None:
-    """The position a token holds; INVALID_ARGUMENT for a token that is not ours or was issued for another
+def _decode(token: str, binding: str) -> str:
+    """The position part of a token; INVALID_ARGUMENT for a token that is not ours or was issued for another
     request (``binding`` differs)."""
-    if not token:
-        return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        stamp, item, issued_for = raw.split("|", 2)
-        position = datetime.fromisoformat(stamp), uuid.UUID(item)
+        position, issued_for = raw.rsplit("|", 1)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise invalid_field("page_token", "not a token returned by this API") from None
     if issued_for != binding:
-        raise invalid_field("page_token", "this token was issued for another request (its caller, filter or "
-                            "order differ); start again without a token", reason="PAGE_TOKEN_MISMATCH")
+        raise invalid_field("page_token", "this token was issued for another request (its caller, filter, order "
+                            "or query differ); start again without a token", reason="PAGE_TOKEN_MISMATCH")
     return position
+
+
+def encode_token(create_time: datetime, item_id: uuid.UUID, binding: str = "") -> str:
+    """A keyset position (the last item's create time and id) for the next page of the request ``binding``."""
+    return _encode(f"{create_time.isoformat()}|{item_id}", binding)
+
+
+def decode_token(token: str, binding: str = "") -> tuple[datetime, uuid.UUID] | None:
+    """The keyset position of a token from ``encode_token`` for the same request; None for no token."""
+    if not token:
+        return None
+    position = _decode(token, binding)
+    try:
+        stamp, item = position.split("|", 1)
+        return datetime.fromisoformat(stamp), uuid.UUID(item)
+    except ValueError:
+        raise invalid_field("page_token", "not a token returned by this API") from None
+
+
+def encode_offset(offset: int, binding: str) -> str:
+    """An offset into a ranking (search results) for the next page of the request ``binding``."""
+    return _encode(str(offset), binding)
+
+
+def decode_offset(token: str, binding: str) -> int:
+    """The offset of a token from ``encode_offset`` for the same request; 0 for no token."""
+    if not token:
+        return 0
+    position = _decode(token, binding)
+    if not position.isdigit():
+        raise invalid_field("page_token", "not a token returned by this API")
+    return int(position)
 
 
 def parse_name(name: str, collection: str, field: str = "name") -> uuid.UUID:

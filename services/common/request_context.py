@@ -88,6 +88,7 @@ def bind(
     traceparent: str | None = None,
     tracestate: str | None = None,
     caller: str | None = None,
+    principal: Principal | None = None,
 ) -> Iterator[RequestContext]:
     """Bind the given fields over the current context for the ``with`` block; yields the new context."""
     changes: dict[str, Any] = {
@@ -97,6 +98,7 @@ def bind(
             ("traceparent", traceparent),
             ("tracestate", tracestate),
             ("caller", caller),
+            ("principal", principal),
         )
         if v is not None
     }
