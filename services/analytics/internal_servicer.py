@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC as _UTC
-from typing import Any
 
 import grpc.aio
 from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as pb
 from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc as pb_grpc
 
-from services.analytics.search_log import LoggedResult, LoggedSearch, SearchLogStore
+from services.analytics.search_log import NO_USER, LoggedResult, LoggedSearch, SearchLogStore
 from services.common.errors import invalid_field
+from services.common.grpc_server import Context
 from services.common.paging import parse_name
 from services.common.request_context import current
 
@@ -19,7 +19,11 @@ MAX_SEARCHES_PER_CALL = 1000
 
 
 def _search(i: int, s: pb.LoggedSearch) -> LoggedSearch:
+    """One search, checked. Who searched (``user``) may be missing: the search service's outbox still holds
+    searches logged before it sent users, and refusing them would block that outbox for good; they are stored
+    with ``NO_USER``. A malformed user is refused naming the field."""
     where = f"searches[{i}]"
+    user = parse_name(s.user, "users", f"{where}.user") if s.user else NO_USER
     try:
         search_id = uuid.UUID(s.search_id)
     except ValueError:
@@ -32,14 +36,14 @@ def _search(i: int, s: pb.LoggedSearch) -> LoggedSearch:
         for j, r in enumerate(s.results)
     )
     return LoggedSearch(search_id, s.query, s.image_query, s.result_count, s.latency_ms,
-                        s.search_time.ToDatetime().replace(tzinfo=_UTC), s.page_offset, results)
+                        s.search_time.ToDatetime().replace(tzinfo=_UTC), s.page_offset, results, user)
 
 
 class AnalyticsInternalServicer(pb_grpc.AnalyticsInternalServiceServicer):
     def __init__(self, log: SearchLogStore) -> None:
         self._log = log
 
-    async def LogSearches(self, request: pb.LogSearchesRequest, context: Any) -> pb.LogSearchesResponse:
+    async def LogSearches(self, request: pb.LogSearchesRequest, context: Context) -> pb.LogSearchesResponse:
         if len(request.searches) > MAX_SEARCHES_PER_CALL:
             raise invalid_field("searches", f"at most {MAX_SEARCHES_PER_CALL} per call")
         searches = [_search(i, s) for i, s in enumerate(request.searches)]

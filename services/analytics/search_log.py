@@ -1,4 +1,4 @@
-"""The search log: what was searched, when, how fast, and what was ranked (analytics owns it).
+"""The search log: who searched what, when, how fast, and what was ranked (analytics owns it).
 
 Searches arrive from the search service through ``AnalyticsInternalService.LogSearches``, possibly more
 than once (its outbox delivers at least once): recording is idempotent by search id.
@@ -16,6 +16,8 @@ from services.common.db import Database
 
 SCHEMA = "analytics"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The user of searches logged before the log recorded who searched (migration 0002's default).
+NO_USER = uuid.UUID(int=0)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class LoggedSearch:
     search_time: datetime
     page_offset: int = 0
     results: tuple[LoggedResult, ...] = field(default_factory=tuple)
+    user_id: uuid.UUID = NO_USER  # who searched (``NO_USER``: logged before searches had a user)
 
 
 class SearchLogStore:
@@ -51,10 +54,10 @@ class SearchLogStore:
             for s in searches:
                 inserted = await conn.fetchval(
                     "INSERT INTO searches (id, query, image_query, result_count, latency_ms, page_offset, "
-                    "search_time, caller) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                    "search_time, caller, user_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
                     "ON CONFLICT (id) DO NOTHING RETURNING id",
                     s.id, s.query, s.image_query, s.result_count, s.latency_ms, s.page_offset, s.search_time,
-                    caller,
+                    caller, s.user_id,
                 )
                 if inserted is None:  # delivered before
                     continue

@@ -19,8 +19,8 @@ from services.common.config import AnalyticsSettings
 from services.common.db import open_database
 from services.common.errors import Unimplemented
 from services.common.grpc_client import InternalChannels
-from services.common.grpc_server import configure_logging, run_server
-from services.common.identity_client import process_authenticator
+from services.common.grpc_server import Context, configure_logging, run_server
+from services.common.identity_client import process_authenticator, process_request_limits
 
 
 def _not_yet(method: str) -> NoReturn:
@@ -28,19 +28,19 @@ def _not_yet(method: str) -> NoReturn:
 
 
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
-    async def RecordInteraction(self, request: Any, context: Any) -> Any:
+    async def RecordInteraction(self, request: Any, context: Context) -> Any:
         _not_yet("RecordInteraction")
 
-    async def GetSearchStats(self, request: Any, context: Any) -> Any:
+    async def GetSearchStats(self, request: Any, context: Context) -> Any:
         _not_yet("GetSearchStats")
 
-    async def ListPopularQueries(self, request: Any, context: Any) -> Any:
+    async def ListPopularQueries(self, request: Any, context: Context) -> Any:
         _not_yet("ListPopularQueries")
 
-    async def ListPopularClips(self, request: Any, context: Any) -> Any:
+    async def ListPopularClips(self, request: Any, context: Context) -> Any:
         _not_yet("ListPopularClips")
 
-    async def GetUsage(self, request: Any, context: Any) -> Any:
+    async def GetUsage(self, request: Any, context: Context) -> Any:
         _not_yet("GetUsage")
 
 
@@ -48,6 +48,7 @@ async def serve(settings: AnalyticsSettings) -> None:
     pool = await open_database(settings, max_size=4, migrations=MIGRATIONS, schema=SCHEMA)
     channels = InternalChannels(settings)
     authenticator, revocations = process_authenticator(settings, channels)
+    request_limits, windows = process_request_limits(settings)
     log_servicer = internal_servicer.AnalyticsInternalServicer(SearchLogStore(pool))
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -56,8 +57,9 @@ async def serve(settings: AnalyticsSettings) -> None:
                 internal_servicer.register(server, log_servicer)]
 
     await run_server(name="analytics", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[revocations.close, channels.close, pool.close], grace_s=settings.shutdown_grace_s,
-                     authenticator=authenticator, reflection=settings.grpc_reflection)
+                     on_stop=[windows.close, revocations.close, channels.close, pool.close],
+                     grace_s=settings.shutdown_grace_s, authenticator=authenticator, request_limits=request_limits,
+                     reflection=settings.grpc_reflection)
 
 
 def main() -> None:

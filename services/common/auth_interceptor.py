@@ -14,6 +14,8 @@ Who may call what:
   without a credential; one that is sent must be valid.
 * **Every other method** wants ``authorization: Bearer <access token or API key>`` (Envoy forwards the HTTP
   header as this metadata); missing or bad → UNAUTHENTICATED, which Envoy answers as HTTP 401.
+* **Per-user limits** (``services.common.request_limits``): an authenticated user's public call is then
+  counted against their windows; over one → RESOURCE_EXHAUSTED with RetryInfo and ``retry-after`` (429).
 
 A refused request is not even deserialized. For every call the interceptor binds the request context
 (``services.common.request_context``): request id, W3C trace context, the calling service (trusted only from a
@@ -28,6 +30,7 @@ import contextlib
 import dataclasses
 import inspect
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
@@ -39,10 +42,12 @@ from services.common.auth import Authenticator, Caller, parse_authorization
 from services.common.errors import ClipMindError, Unauthenticated
 from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
 from services.common.request_context import RequestContext
+from services.common.request_limits import RequestLimiter
 
 log = logging.getLogger(__name__)
 
 AUTHORIZATION_KEY = "authorization"
+RETRY_AFTER_KEY = "retry-after"
 OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
                  "grpc.reflection.v1.ServerReflection")
 
@@ -60,9 +65,11 @@ def _service_of(method: str) -> str:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates every call that needs it and binds the request context on every call."""
 
-    def __init__(self, authenticator: Authenticator, *, optional_methods: Collection[str] = ()) -> None:
+    def __init__(self, authenticator: Authenticator, *, optional_methods: Collection[str] = (),
+                 limits: RequestLimiter | None = None) -> None:
         self._authenticator = authenticator
         self._optional = frozenset(optional_methods)
+        self._limits = limits
 
     async def intercept_service(
         self,
@@ -78,6 +85,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if _service_of(method) not in OPEN_SERVICES:
             try:
                 caller = await self.authenticate(metadata, method)
+                if caller is not None and self._limits is not None and not is_internal_method(method):
+                    await self._limits.check(caller.principal, method)
             except ClipMindError as refusal:
                 return _refusing(handler, refusal, method)
         system = caller is not None and caller.principal.role == "system"
@@ -128,7 +137,9 @@ def _refusing(handler: grpc.RpcMethodHandler, refusal: ClipMindError, method: st
     """A handler of the same kind that aborts with ``refusal`` (the request is left as raw bytes)."""
     make, _behavior, _streams = _handler_kind(handler)
     status = to_rpc_status(refusal)
-    trailer = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    trailer: tuple[tuple[str, str | bytes], ...] = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    if refusal.retry_delay_s:  # HTTP clients (through Envoy's 429) read this rather than the RetryInfo
+        trailer += ((RETRY_AFTER_KEY, str(max(1, math.ceil(refusal.retry_delay_s)))),)
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         log.info("refused %s from %s: %s", method, context.peer(), refusal.reason)

@@ -41,13 +41,19 @@ def check_key(key: str) -> str:
     return str(path)
 
 
-class LocalBlobStore:
-    """Blobs as files under ``root``; ``base_url`` is where they are served (``.../media``)."""
+class UrlSigner(Protocol):
+    def query(self, key: str) -> str: ...
 
-    def __init__(self, root: Path, base_url: str) -> None:
+
+class LocalBlobStore:
+    """Blobs as files under ``root``; ``base_url`` is where they are served (``.../media``). With a ``signer``
+    (``services.common.media_urls.MediaSigner``) every URL handed out is signed and expires."""
+
+    def __init__(self, root: Path, base_url: str, signer: UrlSigner | None = None) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.base_url = base_url.rstrip("/")
+        self.signer = signer
 
     def local_path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -99,4 +105,7 @@ class LocalBlobStore:
         await asyncio.to_thread(_delete)
 
     def url(self, key: str) -> str:
-        return f"{self.base_url}/{check_key(key)}" if key else ""
+        if not key:
+            return ""
+        key = check_key(key)
+        return f"{self.base_url}/{key}?{self.signer.query(key)}" if self.signer else f"{self.base_url}/{key}"

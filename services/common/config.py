@@ -29,6 +29,10 @@ class CommonSettings(BaseSettings):
         "http://127.0.0.1:8080/media",
         description="Public base URL under which blobs (thumbnails, videos) are served, normally via Envoy.",
     )
+    media_url_ttl_s: float = Field(
+        900.0, gt=0, le=900, description="Lifetime of the signed thumbnail and playback links in API answers; "
+        "the media server refuses them (403) afterwards, and unsigned or altered ones always.",
+    )
     inference_timeout_s: float = Field(30.0, description="Deadline of one inference call.")
     inference_backend: str = Field(
         "auto",
@@ -107,6 +111,12 @@ class ServerSettings(CommonSettings):
         30.0, ge=0, description="On SIGTERM: health turns NOT_SERVING, new RPCs are refused, and RPCs in flight "
         "get this long to finish before they are cancelled (the launcher waits longer before SIGKILL).",
     )
+    rate_limit_requests_per_hour: int = Field(
+        1000, ge=0, description="Calls one user may make per hour, to any service (0: no limit). Over it: "
+        "RESOURCE_EXHAUSTED (HTTP 429) with a retry delay.",
+    )
+    rate_limit_searches_per_minute: int = Field(100, ge=0, description="Searches one user may make per minute.")
+    rate_limit_uploads_per_hour: int = Field(10, ge=0, description="Uploads one user may start per hour.")
     grpc_reflection: bool = Field(
         False, description="Serve gRPC server reflection (open, like health), so grpcurl and similar tools can list "
         "and call the methods without the .proto files. `clipmind up` turns it on.",

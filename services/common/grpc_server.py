@@ -9,6 +9,7 @@ import inspect
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -18,8 +19,13 @@ from grpc_reflection.v1alpha import reflection as grpc_reflection
 from services.common.auth import Authenticator
 from services.common.auth_interceptor import AuthInterceptor
 from services.common.grpc_errors import ErrorInterceptor
+from services.common.request_limits import RequestLimiter
 
 log = logging.getLogger(__name__)
+
+#: What a servicer method is handed: gRPC's asyncio servicer context (servicers read the caller from the request
+#: context instead, ``services.common.request_context.principal()``, and never its metadata).
+Context = grpc.aio.ServicerContext[Any, Any]
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # A server that takes a large internal call (the search service: the index of a long video, thousands of
@@ -63,6 +69,7 @@ async def run_server(
     component_poll_s: float = 10.0,
     authenticator: Authenticator,
     optional_auth_methods: Sequence[str] = (),
+    request_limits: RequestLimiter | None = None,
     reflection: bool = False,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
 ) -> None:
@@ -70,7 +77,8 @@ async def run_server(
 
     Every method but health and reflection needs a credential that ``authenticator`` accepts
     (``services.common.auth_interceptor``); ``optional_auth_methods`` (full method paths) may also be called
-    without one. ``reflection`` registers gRPC server reflection (open, like health), for grpcurl and the like.
+    without one; ``request_limits`` counts each user's calls against their rate limits. ``reflection``
+    registers gRPC server reflection (open, like health), for grpcurl and the like.
 
     ``component_health`` (optional) reports parts the process depends on, e.g. ``{"clipmind.model.clip_image":
     False}``; each becomes a health-check service name, SERVING or NOT_SERVING, refreshed periodically.
@@ -86,7 +94,8 @@ async def run_server(
     # Authentication first (internal methods want the system identity); every call gets its request context
     # (request id, trace, principal) bound for the servicer and for onward calls.
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator, optional_methods=optional_auth_methods), ErrorInterceptor()],
+        interceptors=[AuthInterceptor(authenticator, optional_methods=optional_auth_methods,
+                                      limits=request_limits), ErrorInterceptor()],
         options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)])
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()

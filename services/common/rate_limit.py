@@ -44,6 +44,32 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, math.max(1, tonumber(oldest[2]) + window - now_ms)}
 """
 
+# Several windows at once (a call that counts against its user's hourly requests and per-minute searches):
+# admitted only if every window has room, and then counted in each, in one atomic step.
+# KEYS: the windows' keys; ARGV[1]: a unique member, then limit and window (ms) per key.
+# Returns {admitted 0|1, retry after ms (the longest wait among the full windows), index of a full window}.
+_SLIDING_WINDOWS = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local wait, full = 0, 0
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[2 * i])
+  local window = tonumber(ARGV[2 * i + 1])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local this_wait = math.max(1, tonumber(oldest[2]) + window - now_ms)
+    if this_wait > wait then wait, full = this_wait, i end
+  end
+end
+if full > 0 then return {0, wait, full} end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now_ms, ARGV[1])
+  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
+end
+return {1, 0, 0}
+"""
+
 KEY_PREFIX = "clipmind:rate:"
 
 
@@ -60,6 +86,7 @@ class RateLimiter:
     def __init__(self, client: aioredis.Redis) -> None:
         self._client = client
         self._script = client.register_script(_SLIDING_WINDOW)
+        self._windows = client.register_script(_SLIDING_WINDOWS)
 
     @classmethod
     def from_url(cls, redis_url: str, *, max_connections: int = 64, wait_s: float = 5.0) -> RateLimiter:
@@ -84,6 +111,25 @@ class RateLimiter:
             log.warning("rate limit %s not checked, Redis is unreachable (%s): admitted", limit.name, exc)
             return 0.0
         return 0.0 if int(admitted) else int(retry_ms) / 1000
+
+    async def hit_all(self, limits: list[tuple[Limit, str]]) -> tuple[float, Limit | None]:
+        """Count one hit of each (limit, subject) if all have room: (0, None); else nothing is counted and the
+        answer is (seconds until all would admit it, the limit that is full). Fails open like ``hit``."""
+        if not limits:
+            return 0.0, None
+        args: list[str | int] = [uuid.uuid4().hex]
+        for limit, _ in limits:
+            args += [limit.limit, int(limit.window_s * 1000)]
+        try:
+            admitted, retry_ms, full = await self._windows(
+                keys=[f"{KEY_PREFIX}{limit.name}:{subject}" for limit, subject in limits], args=args)
+        except (RedisError, OSError) as exc:
+            log.warning("rate limits %s not checked, Redis is unreachable (%s): admitted",
+                        ",".join(limit.name for limit, _ in limits), exc)
+            return 0.0, None
+        if int(admitted):
+            return 0.0, None
+        return int(retry_ms) / 1000, limits[int(full) - 1][0]
 
     async def check(self, limit: Limit, subject: str, *, what: str) -> None:
         """Count one hit; RESOURCE_EXHAUSTED (``RATE_LIMITED``, with the retry delay) when over ``limit``."""

@@ -108,6 +108,11 @@ class TokenSigner:
     def active_kid(self) -> str:
         return self._active_kid
 
+    @property
+    def keys(self) -> dict[str, bytes]:
+        """The configured keys by id (for keys derived from them, such as media URL signing)."""
+        return dict(self._keys)
+
     def issue(self, user_id: uuid.UUID, role: str, *, now: datetime | None = None) -> tuple[str, Claims]:
         """A signed access token for ``user_id`` acting as ``role``, and the claims it carries."""
         if role not in ROLES:

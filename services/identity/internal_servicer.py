@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc.aio
 from clipmind.identity.internal.v1 import identity_internal_service_pb2 as pb
 from clipmind.identity.internal.v1 import identity_internal_service_pb2_grpc as pb_grpc
 
 from services.common.errors import NotFound
+from services.common.grpc_server import Context
 from services.identity.accounts import Accounts
 
 
@@ -17,7 +16,7 @@ class IdentityInternalServicer(pb_grpc.IdentityInternalServiceServicer):
         self._accounts = accounts
 
     async def AuthenticateApiKey(self, request: pb.AuthenticateApiKeyRequest,
-                                 context: Any) -> pb.AuthenticateApiKeyResponse:
+                                 context: Context) -> pb.AuthenticateApiKeyResponse:
         principal = await self._accounts.resolve_api_key(request.key)
         if principal is None:  # the key is never part of the answer or of a log line
             raise NotFound("API key unknown or revoked", reason="API_KEY_NOT_FOUND")

@@ -19,6 +19,7 @@ from services.common.auth import Authenticator, settings_signer
 from services.common.config import IdentitySettings
 from services.common.db import open_database
 from services.common.grpc_server import configure_logging, run_server
+from services.common.identity_client import process_request_limits
 from services.common.principal import Principal
 from services.common.rate_limit import RateLimiter
 from services.common.revocations import Revocations
@@ -96,6 +97,7 @@ async def serve(settings: IdentitySettings) -> None:
     internal = internal_servicer.IdentityInternalServicer(accounts)
     # API keys are resolved here directly, not through our own internal API.
     authenticator = Authenticator(signer, revocations, LocalApiKeys(accounts))
+    request_limits, windows = process_request_limits(settings)
     purge = asyncio.create_task(_maintain_forever(store, accounts))
 
     async def stop_purge() -> None:
@@ -106,8 +108,8 @@ async def serve(settings: IdentitySettings) -> None:
         return [servicer.register(server, public), internal_servicer.register(server, internal)]
 
     await run_server(name="identity", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[stop_purge, limiter.close, revocations.close, pool.close],
-                     grace_s=settings.shutdown_grace_s, authenticator=authenticator,
+                     on_stop=[stop_purge, limiter.close, windows.close, revocations.close, pool.close],
+                     grace_s=settings.shutdown_grace_s, authenticator=authenticator, request_limits=request_limits,
                      optional_auth_methods=servicer.ANONYMOUS_METHODS, reflection=settings.grpc_reflection)
 
 

@@ -8,7 +8,6 @@ sign-up) may be called without credential.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import grpc.aio
 from clipmind.identity.v1 import identity_service_pb2 as pb
@@ -18,6 +17,7 @@ from google.protobuf import duration_pb2, empty_pb2
 from services.common import request_context
 from services.common.convert import timestamp
 from services.common.errors import invalid_field
+from services.common.grpc_server import Context
 from services.common.paging import bound_to, decode_token, encode_token, page_size
 from services.identity.accounts import Accounts, Session
 from services.identity.records import ApiKey, User
@@ -53,7 +53,7 @@ def _user_of(name: str, field: str) -> uuid.UUID | None:
         raise invalid_field(field, "expected users/{user} or users/me") from None
 
 
-def client_address(context: Any) -> str:
+def client_address(context: Context) -> str:
     """Who is on the other end: the last ``x-forwarded-for`` entry (the address Envoy saw), else the peer."""
     for key, value in context.invocation_metadata() or ():
         if key == "x-forwarded-for" and str(value).strip():
@@ -66,48 +66,48 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     def __init__(self, accounts: Accounts) -> None:
         self._accounts = accounts
 
-    async def Login(self, request: pb.LoginRequest, context: Any) -> pb.LoginResponse:
+    async def Login(self, request: pb.LoginRequest, context: Context) -> pb.LoginResponse:
         session = await self._accounts.login(request.email, request.password, client=client_address(context))
         return pb.LoginResponse(access_token=session.access_token, refresh_token=session.refresh_token,
                                 expires_in=_expires_in(session), user=user_to_pb(session.user))
 
-    async def RefreshToken(self, request: pb.RefreshTokenRequest, context: Any) -> pb.RefreshTokenResponse:
+    async def RefreshToken(self, request: pb.RefreshTokenRequest, context: Context) -> pb.RefreshTokenResponse:
         if not request.refresh_token:
             raise invalid_field("refresh_token", "required", reason="REQUIRED_FIELD")
         session = await self._accounts.refresh(request.refresh_token)
         return pb.RefreshTokenResponse(access_token=session.access_token, refresh_token=session.refresh_token,
                                        expires_in=_expires_in(session))
 
-    async def Logout(self, request: pb.LogoutRequest, context: Any) -> empty_pb2.Empty:
+    async def Logout(self, request: pb.LogoutRequest, context: Context) -> empty_pb2.Empty:
         if not request.refresh_token:
             raise invalid_field("refresh_token", "required", reason="REQUIRED_FIELD")
         await self._accounts.logout(request.refresh_token, request_context.current().claims)
         return empty_pb2.Empty()
 
-    async def CreateUser(self, request: pb.CreateUserRequest, context: Any) -> pb.User:
+    async def CreateUser(self, request: pb.CreateUserRequest, context: Context) -> pb.User:
         caller = request_context.current().principal
         role = {pb.User.ROLE_ADMIN: "admin"}.get(request.user.role, "user")
         user = await self._accounts.create_user(caller, email=request.user.email, password=request.password,
                                                 display_name=request.user.display_name, role=role)
         return user_to_pb(user)
 
-    async def DeleteUser(self, request: pb.DeleteUserRequest, context: Any) -> empty_pb2.Empty:
+    async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> empty_pb2.Empty:
         user_id = _user_of(request.name, "name")
         caller = request_context.principal()
         await self._accounts.delete_user(caller, user_id or caller.user_id)
         return empty_pb2.Empty()
 
-    async def GetCurrentUser(self, request: pb.GetCurrentUserRequest, context: Any) -> pb.User:
+    async def GetCurrentUser(self, request: pb.GetCurrentUserRequest, context: Context) -> pb.User:
         caller = request_context.principal()
         return user_to_pb(await self._accounts.current_user(caller))
 
-    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Any) -> pb.CreateApiKeyResponse:
+    async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Context) -> pb.CreateApiKeyResponse:
         caller = request_context.principal()
         key, secret = await self._accounts.create_api_key(caller, _user_of(request.parent, "parent"),
                                                           request.api_key.display_name)
         return pb.CreateApiKeyResponse(api_key=key_to_pb(key), key=secret)
 
-    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Any) -> pb.ListApiKeysResponse:
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest, context: Context) -> pb.ListApiKeysResponse:
         caller = request_context.principal()
         size = page_size(request.page_size, default=50, maximum=100)
         binding = bound_to(caller.user_id, "ListApiKeys", request.parent)
@@ -118,7 +118,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         token = encode_token(keys[-1].create_time, keys[-1].id, binding) if more and keys[-1].create_time else ""
         return pb.ListApiKeysResponse(api_keys=[key_to_pb(k) for k in keys], next_page_token=token)
 
-    async def DeleteApiKey(self, request: pb.DeleteApiKeyRequest, context: Any) -> empty_pb2.Empty:
+    async def DeleteApiKey(self, request: pb.DeleteApiKeyRequest, context: Context) -> empty_pb2.Empty:
         caller = request_context.principal()
         parts = request.name.split("/")
         if len(parts) != 4 or parts[0] != "users" or parts[2] != "apiKeys":

@@ -4,7 +4,12 @@ queueing their processing. Nothing is stored for input that fails validation.
 Input is bounded here, whichever API it comes through: text fields by length and characters (only a file's
 base name is kept), uploads by ``max_upload_bytes`` (refused at the byte that passes it, or at a declared size
 over it) and the staging disk's free space (RESOURCE_EXHAUSTED), sidecars by size and a linear-time parse that
-runs before the video is looked at: a bad sidecar leaves a resumable upload ACTIVE, to be completed again."""
+runs before the video is looked at: a bad sidecar leaves a resumable upload ACTIVE, to be completed again.
+
+Every public operation takes the caller (a ``Principal``) first. An upload and its video belong to the user who
+opened the upload or sent the stream; a user reaches only their own, administrators and the system everyone's
+(``Principal.scope``, filtered inside the storage's queries), and another user's object is NOT_FOUND exactly
+as a missing one is. The staging sweep runs as the system and sees every upload."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from typing import BinaryIO
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, invalid_field
+from services.common.principal import Principal
 from services.ingest.inputs import (
     MAX_CONTENT_TYPE_CHARS,
     MAX_DESCRIPTION_CHARS,
@@ -77,22 +83,22 @@ class VideoIngestor:
     def _staged(self, upload_id: uuid.UUID) -> Path:
         return self._staging / f"upload-{upload_id}"
 
-    async def create_upload(self, filename: str, content_type: str, size_bytes: int) -> Upload:
-        """Open a resumable upload of ``size_bytes`` (0: not declared), which must fit under the upload limit
-        and in the staging disk's free space; ``filename`` is kept as its base name."""
+    async def create_upload(self, caller: Principal, filename: str, content_type: str, size_bytes: int) -> Upload:
+        """Open a resumable upload of ``size_bytes`` (0: not declared), owned by the caller, which must fit under
+        the upload limit and in the staging disk's free space; ``filename`` is kept as its base name."""
         filename = check_filename(filename, "upload.filename")
         check_text(content_type, "upload.content_type", MAX_CONTENT_TYPE_CHARS)
         check_size(size_bytes, "upload.size_bytes", self._max_upload)
         await asyncio.to_thread(self._ensure_room, size_bytes)
-        upload = Upload(uuid.uuid4(), "ACTIVE", datetime.now(UTC) + UPLOAD_TTL, filename=filename,
-                        content_type=content_type, size_bytes=size_bytes)
+        upload = Upload(uuid.uuid4(), "ACTIVE", datetime.now(UTC) + UPLOAD_TTL, owner_id=caller.user_id,
+                        filename=filename, content_type=content_type, size_bytes=size_bytes)
         self._staged(upload.id).touch()
         return await self._uploads.create(upload)
 
-    async def get_upload(self, upload_id: uuid.UUID) -> Upload:
-        return await self._uploads.get(upload_id)
+    async def get_upload(self, caller: Principal, upload_id: uuid.UUID) -> Upload:
+        return await self._uploads.get(upload_id, owner=caller.scope)
 
-    async def write_upload(self, upload_id: uuid.UUID, offset: int, data: bytes) -> int:
+    async def write_upload(self, caller: Principal, upload_id: uuid.UUID, offset: int, data: bytes) -> int:
         """Write ``data`` at ``offset``; returns the committed size. Resending committed bytes is a no-op.
 
         Writes and the completion of one upload take its lock in turn, so bytes on disk up to the committed
@@ -104,8 +110,8 @@ class VideoIngestor:
         if offset + len(data) > self._max_upload:
             raise invalid_field("data", f"writes past the upload limit of {self._max_upload} bytes",
                                 reason=REASON_UPLOAD_TOO_LARGE)
-        async with self._uploads.exclusive(upload_id) as lock:
-            upload = await self._uploads.get(upload_id)
+        async with self._uploads.exclusive(upload_id, owner=caller.scope) as lock:
+            upload = await self._uploads.get(upload_id, owner=caller.scope)
             self._check_active(upload)
             committed = upload.committed_size
             if offset > committed:
@@ -127,18 +133,19 @@ class VideoIngestor:
             return new_size
 
     async def complete_upload(
-        self, upload_id: uuid.UUID, title: str, description: str, sidecar: SidecarInput | None
+        self, caller: Principal, upload_id: uuid.UUID, title: str, description: str, sidecar: SidecarInput | None
     ) -> Video:
         """Validate and store the committed bytes as a video, once: a second completion, or a write while
-        this one runs, fails (ABORTED ``UPLOAD_BUSY``, or FAILED_PRECONDITION once it is completed).
+        this one runs, fails (ABORTED ``UPLOAD_BUSY``, or FAILED_PRECONDITION once it is completed). The video
+        is the upload's owner's, whoever completes it (an administrator may complete a user's upload).
 
         The request's own fields (title, description, sidecar subtitles) are checked first, before the lock:
         when they are bad the upload stays ACTIVE with its bytes, to be completed again with better ones.
         A bad video cancels the upload."""
         check_video_text(title, description)
         sidecar_format = "" if sidecar is None else await asyncio.to_thread(check_sidecar, sidecar)
-        async with self._uploads.exclusive(upload_id) as lock:
-            upload = await self._uploads.get(upload_id)
+        async with self._uploads.exclusive(upload_id, owner=caller.scope) as lock:
+            upload = await self._uploads.get(upload_id, owner=caller.scope)
             self._check_active(upload)
             if upload.size_bytes and upload.committed_size != upload.size_bytes:
                 raise FailedPrecondition(
@@ -152,7 +159,7 @@ class VideoIngestor:
             with contextlib.suppress(FileNotFoundError):  # gone: validation says the video is unreadable
                 await asyncio.to_thread(os.truncate, staged, upload.committed_size)
             try:
-                video = await self._ingest(staged, meta, upload_id=upload_id, lock=lock,
+                video = await self._ingest(staged, meta, upload.owner_id, upload_id=upload_id, lock=lock,
                                            sidecar_format=sidecar_format)
             except InvalidArgument:
                 await self._uploads.cancel(upload_id)
@@ -193,10 +200,10 @@ class VideoIngestor:
 
     # -- streamed uploads --------------------------------------------------------------------
 
-    async def ingest_stream(self, meta: VideoMeta, chunks: AsyncIterator[bytes]) -> Video:
-        """Store a streamed video. Its metadata and sidecar are checked before the first chunk is read; the
-        stream is refused at the chunk that passes the upload limit or the declared size, or that would leave
-        the staging disk too full. Nothing is kept when it fails."""
+    async def ingest_stream(self, caller: Principal, meta: VideoMeta, chunks: AsyncIterator[bytes]) -> Video:
+        """Store a streamed video, owned by the caller. Its metadata and sidecar are checked before the first
+        chunk is read; the stream is refused at the chunk that passes the upload limit or the declared size, or
+        that would leave the staging disk too full. Nothing is kept when it fails."""
         meta = checked_meta(meta, self._max_upload)
         sidecar_format = "" if meta.sidecar is None else await asyncio.to_thread(check_sidecar, meta.sidecar)
         await asyncio.to_thread(self._ensure_room, meta.size_bytes)
@@ -216,25 +223,25 @@ class VideoIngestor:
             if meta.size_bytes and size != meta.size_bytes:
                 raise invalid_field("metadata.size_bytes", f"declared {meta.size_bytes} bytes, the stream "
                                     f"had {size}", reason="UPLOAD_SIZE_MISMATCH")
-            return await self._ingest(staged, meta, sidecar_format=sidecar_format)
+            return await self._ingest(staged, meta, caller.user_id, sidecar_format=sidecar_format)
         finally:
             staged.unlink(missing_ok=True)
 
     # -- common path -------------------------------------------------------------------------
 
-    async def _ingest(self, staged: Path, meta: VideoMeta, upload_id: uuid.UUID | None = None,
+    async def _ingest(self, staged: Path, meta: VideoMeta, owner: uuid.UUID, upload_id: uuid.UUID | None = None,
                       lock: uuid.UUID | None = None, *, sidecar_format: str = "") -> Video:
-        """Validate, store the blob(s), create the video row with its job submission (outbox). Stores nothing
-        on failure; the
-        staged file is left to the caller (a stream removes it, a resumable upload keeps it for a retry).
-        Callers check the sidecar first (``sidecar_format``), so an InvalidArgument here is the video's."""
+        """Validate, store the blob(s), create ``owner``'s video row with its job submission (outbox). Stores
+        nothing on failure; the staged file is left to the caller (a stream removes it, a resumable upload keeps
+        it for a retry). Callers check the sidecar first (``sidecar_format``), so an InvalidArgument here is the
+        video's."""
         if meta.sidecar is not None and not sidecar_format:
             sidecar_format = await asyncio.to_thread(check_sidecar, meta.sidecar)
         info = await validate_video(staged, field="video")
         video_id = uuid.uuid4()
         ext = _extension(info.format_name, info.codecs)
         video = Video(
-            video_id, f"videos/{video_id}/source{ext}", "PENDING",
+            video_id, f"videos/{video_id}/source{ext}", "PENDING", owner_id=owner,
             title=meta.title or PurePath(meta.filename).stem or "untitled",
             description=meta.description, filename=meta.filename,
             content_type=meta.content_type or "application/octet-stream",
@@ -259,12 +266,26 @@ class VideoIngestor:
         if not await self._outbox.wait_delivered(submission, self._submit_wait_s):
             log.warning("video %s stored; the pipeline has not taken its job yet (it will be submitted when the "
                         "pipeline service answers)", video_id)
-        return await self._videos.get(video_id)
+        return await self._videos.get(video_id, owner=owner)
 
     # -- video resources ---------------------------------------------------------------------
 
+    async def get_video(self, caller: Principal, video_id: uuid.UUID) -> Video:
+        return await self._videos.get(video_id, owner=caller.scope)
+
+    async def list_videos(
+        self, caller: Principal, *, limit: int, after: tuple[datetime, uuid.UUID] | None, state: str | None = None
+    ) -> list[Video]:
+        """The caller's videos (an administrator's: everyone's) newest first, after the keyset position
+        ``after`` (the last one seen's create time and id), in ``state`` if given."""
+        return await self._videos.list_page(owner=caller.scope, limit=limit, after=after, state=state)
+
+    async def count_videos(self, caller: Principal, *, state: str | None = None) -> int:
+        """How many videos ``list_videos`` pages through in all."""
+        return await self._videos.count(owner=caller.scope, state=state)
+
     async def update_video(
-        self, video_id: uuid.UUID, *, title: str | None = None, description: str | None = None
+        self, caller: Principal, video_id: uuid.UUID, *, title: str | None = None, description: str | None = None
     ) -> Video:
         """Set a video's title and/or description (None: unchanged), held to the limits of an upload."""
         values: dict[str, str] = {}
@@ -273,15 +294,15 @@ class VideoIngestor:
         if description is not None:
             values["description"] = check_text(description, "video.description", MAX_DESCRIPTION_CHARS,
                                                multiline=True)
-        video = await self._videos.update_fields(video_id, **values)
+        video = await self._videos.update_fields(video_id, owner=caller.scope, **values)
         self._outbox.wake()  # search's copy of the title
         return video
 
-    async def delete_video(self, video_id: uuid.UUID) -> None:
+    async def delete_video(self, caller: Principal, video_id: uuid.UUID) -> None:
         """Delete the video and its blobs; its jobs (a running one is cancelled) and its index are deleted by
         the pipeline and search services when the outbox delivers the deletion (at once, or when they are
         back)."""
-        await self._videos.delete(video_id)
+        await self._videos.delete(video_id, owner=caller.scope)
         self._outbox.wake()
         await self._blobs.delete_prefix(f"videos/{video_id}")
 

@@ -1,5 +1,6 @@
 """``clipmind.ingest.internal.v1.IngestInternalService``: the pipeline reads a video's source and records what
-processing found (thin conversion to ``VideoStore``)."""
+processing found (thin conversion to ``VideoStore``). Only services call it, as the system: it reads every
+video, whoever owns it, and names the owner so that the video's job, clips and vectors are theirs too."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from clipmind.ingest.internal.v1 import ingest_internal_service_pb2 as pb
 from clipmind.ingest.internal.v1 import ingest_internal_service_pb2_grpc as pb_grpc
 
 from services.common.errors import invalid_field
+from services.common.grpc_server import Context
 from services.common.outbox import OutboxRelay
 from services.common.paging import parse_name
 from services.ingest.store import VideoStore
@@ -55,14 +57,14 @@ class IngestInternalServicer(pb_grpc.IngestInternalServiceServicer):
         self._relay = relay
         self._facts_wait_s = facts_wait_s
 
-    async def GetVideoSource(self, request: pb.GetVideoSourceRequest, context: Any) -> pb.VideoSource:
+    async def GetVideoSource(self, request: pb.GetVideoSourceRequest, context: Context) -> pb.VideoSource:
         video = await self._videos.get(parse_name(request.video, "videos", "video"))
         return pb.VideoSource(video=f"videos/{video.id}", blob_key=video.blob_key, sidecar_key=video.sidecar_key,
                               sidecar_format=video.sidecar_format, sidecar_language=video.sidecar_language,
-                              title=video.title)
+                              title=video.title, owner=f"users/{video.owner_id}")
 
     async def UpdateVideoProcessing(
-        self, request: pb.UpdateVideoProcessingRequest, context: Any
+        self, request: pb.UpdateVideoProcessingRequest, context: Context
     ) -> pb.UpdateVideoProcessingResponse:
         video_id = parse_name(request.video, "videos", "video")
         state, reason, facts = processing_update(request)

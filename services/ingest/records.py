@@ -2,6 +2,9 @@
 
 Enumerations are stored as the proto enum value names without their prefix (``READY`` for
 ``Video.State.STATE_READY``); servicers map them to and from the generated enums.
+
+Every upload and video has an owner (``owner_id``, a user id): the uploader. Rows from before ownership have
+``UNOWNED``, the nil UUID, which no user has (it is the system's identity), so only administrators see them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from datetime import datetime
 from services.common.ids import job_id_for
 
 VIDEO_STATES = ("PENDING", "PROCESSING", "READY", "FAILED")
+# The owner of rows made before ownership (migration 0003): the nil UUID, seen by administrators only.
+UNOWNED = uuid.UUID(int=0)
 
 
 @dataclass
@@ -20,6 +25,7 @@ class Video:
     id: uuid.UUID
     blob_key: str
     state: str
+    owner_id: uuid.UUID = UNOWNED  # the user who uploaded it; the domain always sets it
     title: str = ""
     description: str = ""
     filename: str = ""
@@ -58,6 +64,7 @@ class Upload:
     id: uuid.UUID
     state: str
     expire_time: datetime
+    owner_id: uuid.UUID = UNOWNED  # the user who opened it; their video, once completed
     filename: str = ""
     content_type: str = ""
     size_bytes: int = 0

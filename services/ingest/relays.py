@@ -1,9 +1,10 @@
 """What ingest's outbox delivers, topic by topic: each row becomes one idempotent internal call.
 
-- ``pipeline.submit_video_job`` → PipelineInternalService.SubmitVideoJob (a stored video's job);
+- ``pipeline.submit_video_job`` → PipelineInternalService.SubmitVideoJob (a stored video's job, the video's
+  owner's; a row queued before ownership names none, and gets it from the video);
 - ``pipeline.delete_video_jobs`` → PipelineInternalService.DeleteVideoJobs (a deleted video's jobs);
 - ``search.video_facts`` → SearchInternalService.UpsertVideoFacts (the video as it is at delivery time, with
-  its revision; a deleted video has nothing to send);
+  its revision and owner; a deleted video has nothing to send);
 - ``search.delete_video_index`` → SearchInternalService.DeleteVideoIndex.
 
 Answers that mean "done already" or "nothing to do any more" are swallowed (see ``services.common.outbox``).
@@ -21,6 +22,7 @@ from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 from services.common.convert import timestamp
 from services.common.errors import NotFound
 from services.common.outbox import Handler
+from services.common.paging import parse_name
 from services.ingest.store import (
     DELETE_INDEX_TOPIC,
     DELETE_JOBS_TOPIC,
@@ -36,8 +38,12 @@ def handlers(videos: VideoStore, pipeline: Any, search: Any) -> dict[str, Handle
     """The outbox handlers of ingest, calling the pipeline and search stubs (``InternalChannels.stub``)."""
 
     async def submit_job(payload: bytes) -> None:
+        request = pipeline_pb.SubmitVideoJobRequest.FromString(payload)
         try:
-            await pipeline.SubmitVideoJob(pipeline_pb.SubmitVideoJobRequest.FromString(payload))
+            if not request.owner:  # queued before videos had owners: the job is the video's owner's
+                video = await videos.get(parse_name(request.video, "videos", "video"))
+                request.owner = f"users/{video.owner_id}"
+            await pipeline.SubmitVideoJob(request)
         except NotFound:  # the video was deleted before its job could be submitted: nothing to do
             log.info("job submission dropped: its video is gone")
 
@@ -52,6 +58,7 @@ def handlers(videos: VideoStore, pipeline: Any, search: Any) -> dict[str, Handle
         facts = search_pb.VideoFacts(
             video=f"videos/{video.id}", revision=video.revision, title=video.title, blob_key=video.blob_key,
             state=video.state, duration_seconds=video.duration_s, create_time=timestamp(video.create_time),
+            owner=f"users/{video.owner_id}",
         )
         await search.UpsertVideoFacts(search_pb.UpsertVideoFactsRequest(facts=facts))
 

@@ -15,7 +15,7 @@ from services.common.config import IngestSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
-from services.common.identity_client import process_authenticator
+from services.common.identity_client import media_signer, process_authenticator, process_request_limits
 from services.common.outbox import OutboxRelay
 from services.ingest import internal_servicer, relays, servicer
 from services.ingest.ingestor import VideoIngestor
@@ -28,10 +28,12 @@ STAGING_SWEEP_S = 600.0
 
 async def serve(settings: IngestSettings) -> None:
     pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA)
-    blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
+    signer = media_signer(settings)  # thumbnail and playback links are signed, and the media server checks them
+    blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url, signer)
     videos = VideoStore(pool)
     channels = InternalChannels(settings)
     authenticator, revocations = process_authenticator(settings, channels)
+    request_limits, windows = process_request_limits(settings)
     pipeline = channels.stub(pipeline_grpc.PipelineInternalServiceStub, settings.pipeline_url)
     search = channels.stub(search_grpc.SearchInternalServiceStub, settings.search_url)
     relay = OutboxRelay(pool, relays.handlers(videos, pipeline, search), name="ingest")
@@ -41,8 +43,8 @@ async def serve(settings: IngestSettings) -> None:
         max_upload_bytes=settings.max_upload_bytes, max_chunk_bytes=settings.upload_chunk_bytes,
         min_free_disk_bytes=settings.min_free_disk_bytes,
     )
-    media = await start_media_server(blobs, settings.grpc_host, settings.media_port)
-    public = servicer.IngestServicer(ingestor, videos, blobs)
+    media = await start_media_server(blobs, settings.grpc_host, settings.media_port, verifier=signer)
+    public = servicer.IngestServicer(ingestor, blobs)
     internal = internal_servicer.IngestInternalServicer(videos, relay)
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -57,8 +59,9 @@ async def serve(settings: IngestSettings) -> None:
     await run_server(
         name="ingest", host=settings.grpc_host, port=settings.grpc_port,
         register=register,
-        on_stop=[stop_sweeper, media.cleanup, relay.stop, revocations.close, channels.close, pool.close],
-        grace_s=settings.shutdown_grace_s, authenticator=authenticator, reflection=settings.grpc_reflection,
+        on_stop=[stop_sweeper, media.cleanup, relay.stop, windows.close, revocations.close, channels.close, pool.close],
+        grace_s=settings.shutdown_grace_s, authenticator=authenticator, request_limits=request_limits,
+        reflection=settings.grpc_reflection,
     )
 
 

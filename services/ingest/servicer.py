@@ -1,23 +1,24 @@
-"""IngestService and IdentityService gRPC servicers: convert, call the domain, convert back."""
+"""IngestService gRPC servicer: convert, call the domain with the caller (``request_context.principal()``, bound
+by the authentication interceptor), convert back."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc.aio
 from clipmind.ingest.v1 import ingest_service_pb2 as pb
 from clipmind.ingest.v1 import ingest_service_pb2_grpc
 from google.protobuf import empty_pb2
 
+from services.common import request_context
 from services.common.blobstore import BlobStore
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
-from services.common.paging import decode_token, encode_token, page_size, parse_name
+from services.common.grpc_server import Context
+from services.common.paging import bound_to, decode_token, encode_token, page_size, parse_name
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import SidecarInput, VideoMeta
 from services.ingest.records import Upload, Video
-from services.ingest.store import VideoStore
 
 MUTABLE_VIDEO_FIELDS = ("title", "description")
 
@@ -48,6 +49,7 @@ def video_to_pb(video: Video, blobs: BlobStore) -> pb.Video:
         failure_reason=video.failure_reason,
         create_time=timestamp(video.create_time),
         update_time=timestamp(video.update_time),
+        owner=f"users/{video.owner_id}",
     )
 
 
@@ -90,33 +92,37 @@ def _list_filter_state(expr: str) -> str | None:
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(self, ingestor: VideoIngestor, videos: VideoStore, blobs: BlobStore) -> None:
+    def __init__(self, ingestor: VideoIngestor, blobs: BlobStore) -> None:
         self._ingestor = ingestor
-        self._videos = videos
         self._blobs = blobs
 
-    async def CreateUpload(self, request: pb.CreateUploadRequest, context: Any) -> pb.Upload:
+    async def CreateUpload(self, request: pb.CreateUploadRequest, context: Context) -> pb.Upload:
         up = request.upload
-        upload = await self._ingestor.create_upload(up.filename, up.content_type, up.size_bytes)
+        upload = await self._ingestor.create_upload(request_context.principal(), up.filename, up.content_type,
+                                                    up.size_bytes)
         return upload_to_pb(upload)
 
-    async def WriteUpload(self, request: pb.WriteUploadRequest, context: Any) -> pb.WriteUploadResponse:
+    async def WriteUpload(self, request: pb.WriteUploadRequest, context: Context) -> pb.WriteUploadResponse:
         upload_id = parse_name(request.name, "uploads")
-        committed = await self._ingestor.write_upload(upload_id, request.offset, request.data.data)
+        committed = await self._ingestor.write_upload(request_context.principal(), upload_id, request.offset,
+                                                      request.data.data)
         return pb.WriteUploadResponse(committed_size=committed)
 
-    async def GetUpload(self, request: pb.GetUploadRequest, context: Any) -> pb.Upload:
-        return upload_to_pb(await self._ingestor.get_upload(parse_name(request.name, "uploads")))
+    async def GetUpload(self, request: pb.GetUploadRequest, context: Context) -> pb.Upload:
+        upload_id = parse_name(request.name, "uploads")
+        return upload_to_pb(await self._ingestor.get_upload(request_context.principal(), upload_id))
 
-    async def CompleteUpload(self, request: pb.CompleteUploadRequest, context: Any) -> pb.Video:
+    async def CompleteUpload(self, request: pb.CompleteUploadRequest, context: Context) -> pb.Video:
         upload_id = parse_name(request.name, "uploads")
         sidecar = sidecar_from_pb(request.sidecar_subtitles, request.HasField("sidecar_subtitles"))
-        video = await self._ingestor.complete_upload(upload_id, request.title, request.description, sidecar)
+        video = await self._ingestor.complete_upload(request_context.principal(), upload_id, request.title,
+                                                     request.description, sidecar)
         return video_to_pb(video, self._blobs)
 
     async def UploadVideo(
-        self, request_iterator: AsyncIterator[pb.UploadVideoRequest], context: Any
+        self, request_iterator: AsyncIterator[pb.UploadVideoRequest], context: Context
     ) -> pb.Video:
+        caller = request_context.principal()
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("payload") != "metadata":
             raise invalid_field("metadata", "the first message of the stream must carry metadata",
@@ -132,33 +138,38 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                                         reason="METADATA_FIRST")
                 yield message.chunk
 
-        return video_to_pb(await self._ingestor.ingest_stream(meta, chunks()), self._blobs)
+        return video_to_pb(await self._ingestor.ingest_stream(caller, meta, chunks()), self._blobs)
 
-    async def ImportVideo(self, request: pb.ImportVideoRequest, context: Any) -> pb.Video:
+    async def ImportVideo(self, request: pb.ImportVideoRequest, context: Context) -> pb.Video:
         raise Unimplemented("importing from a URL or bucket is not implemented yet", reason="NOT_IMPLEMENTED")
 
-    async def GetVideo(self, request: pb.GetVideoRequest, context: Any) -> pb.Video:
-        return video_to_pb(await self._videos.get(parse_name(request.name, "videos")), self._blobs)
+    async def GetVideo(self, request: pb.GetVideoRequest, context: Context) -> pb.Video:
+        video_id = parse_name(request.name, "videos")
+        return video_to_pb(await self._ingestor.get_video(request_context.principal(), video_id), self._blobs)
 
-    async def ListVideos(self, request: pb.ListVideosRequest, context: Any) -> pb.ListVideosResponse:
+    async def ListVideos(self, request: pb.ListVideosRequest, context: Context) -> pb.ListVideosResponse:
+        caller = request_context.principal()
         size = page_size(request.page_size)
         if request.order_by and request.order_by.strip() not in ("create_time desc",):
             raise invalid_field("order_by", "supported: create_time desc")
         state = _list_filter_state(request.filter)
-        videos = await self._videos.list_page(limit=size + 1, after=decode_token(request.page_token), state=state)
+        # A token continues only the list it came from: the same caller, filter and order.
+        binding = bound_to(caller.user_id, "ListVideos", request.filter, request.order_by)
+        videos = await self._ingestor.list_videos(caller, limit=size + 1,
+                                                  after=decode_token(request.page_token, binding), state=state)
         token = ""
         if len(videos) > size:
             videos = videos[:size]
             last = videos[-1]
             assert last.create_time is not None
-            token = encode_token(last.create_time, last.id)
+            token = encode_token(last.create_time, last.id, binding)
         return pb.ListVideosResponse(
             videos=[video_to_pb(v, self._blobs) for v in videos],
             next_page_token=token,
-            total_size=await self._videos.count(state),
+            total_size=await self._ingestor.count_videos(caller, state=state),
         )
 
-    async def UpdateVideo(self, request: pb.UpdateVideoRequest, context: Any) -> pb.Video:
+    async def UpdateVideo(self, request: pb.UpdateVideoRequest, context: Context) -> pb.Video:
         video_id = parse_name(request.video.name, "videos", field="video.name")
         paths = list(request.update_mask.paths) or [
             f for f in MUTABLE_VIDEO_FIELDS if getattr(request.video, f)
@@ -168,10 +179,11 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 raise invalid_field("update_mask", f"{path!r} cannot be updated; mutable: "
                                     + ", ".join(MUTABLE_VIDEO_FIELDS))
         values = {p: getattr(request.video, p) for p in paths}
-        return video_to_pb(await self._ingestor.update_video(video_id, **values), self._blobs)
+        video = await self._ingestor.update_video(request_context.principal(), video_id, **values)
+        return video_to_pb(video, self._blobs)
 
-    async def DeleteVideo(self, request: pb.DeleteVideoRequest, context: Any) -> empty_pb2.Empty:
-        await self._ingestor.delete_video(parse_name(request.name, "videos"))
+    async def DeleteVideo(self, request: pb.DeleteVideoRequest, context: Context) -> empty_pb2.Empty:
+        await self._ingestor.delete_video(request_context.principal(), parse_name(request.name, "videos"))
         return empty_pb2.Empty()
 
 

@@ -4,6 +4,11 @@ Every change of a video commits, in the same transaction, the outbox rows other 
 (``services.common.outbox``): the processing job to submit (pipeline), the video's facts to publish (search's
 read model), and on deletion the job and index deletions. SQL lives here and nowhere else; the repositories
 hand out the plain records of ``services.ingest.records``.
+
+Ownership is filtered inside every query a public RPC reaches: those methods take ``owner``, the caller's
+scope (``Principal.scope``: their user id, or None for administrators and the system, who see everyone's),
+and a row of another owner is exactly as NOT_FOUND as a row that does not exist, so existence does not leak.
+The system's own paths (the pipeline's reads and reports, the outbox relays, the staging sweep) read unscoped.
 """
 
 from __future__ import annotations
@@ -45,22 +50,37 @@ _VIDEO_COLUMNS = [f.name for f in fields(Video)]
 _SET_BY_DATABASE = frozenset({"create_time", "update_time", "processing_fence", "revision"})
 
 
+def _owned(n: int) -> str:
+    """The ownership filter on the query's parameter ``$n``, the caller's scope: their own rows, or every row
+    when it is NULL (administrators and the system)."""
+    return f"(${n}::uuid IS NULL OR owner_id = ${n})"
+
+
 def _not_found(video_id: uuid.UUID) -> NotFound:
+    """The error of a missing video, and of another owner's: the same, so a caller learns nothing of it."""
     return NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND", metadata={"name": f"videos/{video_id}"})
+
+
+def _upload_not_found(upload_id: uuid.UUID) -> NotFound:
+    """The error of a missing upload, and of another owner's."""
+    return NotFound(f"upload {upload_id} not found", reason="UPLOAD_NOT_FOUND",
+                    metadata={"name": f"uploads/{upload_id}"})
 
 
 async def _publish_facts(conn: asyncpg.Connection, video_id: uuid.UUID) -> int:
     return await outbox.add(conn, FACTS_TOPIC, str(video_id).encode())
 
 
-async def _changed(conn: asyncpg.Connection, video_id: uuid.UUID, values: dict[str, Any]) -> int:
-    """Set ``values`` on the video (its revision +1, its facts published) inside the caller's transaction;
-    returns the facts' outbox id."""
+async def _changed(
+    conn: asyncpg.Connection, video_id: uuid.UUID, values: dict[str, Any], *, owner: uuid.UUID | None = None
+) -> int:
+    """Set ``values`` on the video (its revision +1, its facts published) inside the caller's transaction, if
+    it is ``owner``'s (None: anyone's); returns the facts' outbox id."""
     cols = list(values)
-    sets = "".join(f", {c} = ${i + 2}" for i, c in enumerate(cols))
+    sets = "".join(f", {c} = ${i + 3}" for i, c in enumerate(cols))
     status = await conn.execute(
-        f"UPDATE videos SET revision = revision + 1, update_time = now(){sets} WHERE id = $1",
-        video_id, *[values[c] for c in cols],
+        f"UPDATE videos SET revision = revision + 1, update_time = now(){sets} WHERE id = $1 AND {_owned(2)}",
+        video_id, owner, *[values[c] for c in cols],
     )
     if status.endswith(" 0"):
         raise _not_found(video_id)
@@ -71,23 +91,31 @@ class VideoStore:
     def __init__(self, pool: Database) -> None:
         self._pool = pool
 
-    async def get(self, video_id: uuid.UUID) -> Video:
-        row = await self._pool.fetchrow("SELECT * FROM videos WHERE id = $1", video_id)
+    async def get(self, video_id: uuid.UUID, *, owner: uuid.UUID | None = None) -> Video:
+        """The video if it is ``owner``'s; ``owner`` None reads any video (administrators, and the system's own
+        paths: the pipeline's reads, the relays), which is why it is the default here and required of the
+        domain (``ports.Videos``)."""
+        row = await self._pool.fetchrow(f"SELECT * FROM videos WHERE id = $1 AND {_owned(2)}", video_id, owner)
         if row is None:
             raise _not_found(video_id)
         return to_record(Video, row)
 
     async def list_page(
-        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, state: str | None = None
+        self, *, owner: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None,
+        state: str | None = None,
     ) -> list[Video]:
-        """Newest first, keyset-paginated by (create_time, id)."""
-        sql, args = newest_first("SELECT * FROM videos", {"state": state or None}, after, limit)
+        """``owner``'s videos (None: everyone's) newest first, keyset-paginated by (create_time, id); a user's
+        come from the index on (owner_id, create_time, id)."""
+        sql, args = newest_first("SELECT * FROM videos", {"owner_id": owner, "state": state or None}, after, limit)
         return [to_record(Video, r) for r in await self._pool.fetch(sql, *args)]
 
-    async def count(self, state: str | None = None) -> int:
-        if state:
-            return int(await self._pool.fetchval("SELECT count(*) FROM videos WHERE state = $1", state))
-        return int(await self._pool.fetchval("SELECT count(*) FROM videos"))
+    async def count(self, *, owner: uuid.UUID | None, state: str | None = None) -> int:
+        """How many videos ``owner`` has (None: everyone), in ``state`` if given. The filters are written only
+        when set (as ``list_page`` does), so a user's count reads the owner index."""
+        equals = {c: v for c, v in (("owner_id", owner), ("state", state or None)) if v is not None}
+        where = " AND ".join(f"{c} = ${i + 1}" for i, c in enumerate(equals))
+        sql = "SELECT count(*) FROM videos" + (f" WHERE {where}" if where else "")
+        return int(await self._pool.fetchval(sql, *equals.values()))
 
     async def create(
         self, video: Video, upload_id: uuid.UUID | None = None, *, lock: uuid.UUID | None = None,
@@ -103,7 +131,8 @@ class VideoStore:
                 f"VALUES ({', '.join(f'${i + 1}' for i in range(len(cols)))})",
                 *[getattr(video, c) for c in cols],
             )
-            submit = pipeline_pb.SubmitVideoJobRequest(video=f"videos/{video.id}", generation=video.generation)
+            submit = pipeline_pb.SubmitVideoJobRequest(video=f"videos/{video.id}", generation=video.generation,
+                                                       owner=f"users/{video.owner_id}")
             outbox_id = await outbox.add(conn, SUBMIT_JOB_TOPIC, submit.SerializeToString())
             await _publish_facts(conn, video.id)
             if upload_id is not None:
@@ -116,12 +145,12 @@ class VideoStore:
                     raise FailedPrecondition("upload is no longer active", reason="UPLOAD_NOT_ACTIVE")
         return outbox_id
 
-    async def update_fields(self, video_id: uuid.UUID, **values: Any) -> Video:
-        """Set fields a user may edit (title, description)."""
+    async def update_fields(self, video_id: uuid.UUID, *, owner: uuid.UUID | None, **values: Any) -> Video:
+        """Set fields a user may edit (title, description) of ``owner``'s video (None: anyone's)."""
         if values:
             async with self._pool.acquire() as conn, conn.transaction():
-                await _changed(conn, video_id, values)
-        return await self.get(video_id)
+                await _changed(conn, video_id, values, owner=owner)
+        return await self.get(video_id, owner=owner)
 
     async def apply_processing(
         self, video_id: uuid.UUID, fence: int, *, state: str = "", failure_reason: str = "",
@@ -163,11 +192,11 @@ class VideoStore:
             fact = await _changed(conn, video_id, {**changes, "processing_fence": fence})
             return changes.get("state", row["state"]), fact
 
-    async def delete(self, video_id: uuid.UUID) -> Video:
-        """Delete the video row, and in the same transaction ask the pipeline to delete its jobs (a running one
-        is cancelled) and search to delete its index."""
+    async def delete(self, video_id: uuid.UUID, *, owner: uuid.UUID | None) -> Video:
+        """Delete ``owner``'s video row (None: anyone's), and in the same transaction ask the pipeline to delete
+        its jobs (a running one is cancelled) and search to delete its index."""
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("DELETE FROM videos WHERE id = $1 RETURNING *", video_id)
+            row = await conn.fetchrow(f"DELETE FROM videos WHERE id = $1 AND {_owned(2)} RETURNING *", video_id, owner)
             if row is None:
                 raise _not_found(video_id)
             name = f"videos/{video_id}"
@@ -188,17 +217,18 @@ class UploadStore:
 
     async def create(self, upload: Upload) -> Upload:
         row = await self._pool.fetchrow(
-            "INSERT INTO uploads (id, filename, content_type, size_bytes, state, expire_time) "
-            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
-            upload.id, upload.filename, upload.content_type, upload.size_bytes, upload.state,
+            "INSERT INTO uploads (id, owner_id, filename, content_type, size_bytes, state, expire_time) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+            upload.id, upload.owner_id, upload.filename, upload.content_type, upload.size_bytes, upload.state,
             upload.expire_time,
         )
         return to_record(Upload, row)
 
-    async def get(self, upload_id: uuid.UUID) -> Upload:
-        row = await self._pool.fetchrow("SELECT * FROM uploads WHERE id = $1", upload_id)
+    async def get(self, upload_id: uuid.UUID, *, owner: uuid.UUID | None) -> Upload:
+        """The upload if it is ``owner``'s (None: anyone's)."""
+        row = await self._pool.fetchrow(f"SELECT * FROM uploads WHERE id = $1 AND {_owned(2)}", upload_id, owner)
         if row is None:
-            raise NotFound(f"upload {upload_id} not found", reason="UPLOAD_NOT_FOUND")
+            raise _upload_not_found(upload_id)
         return to_record(Upload, row)
 
     async def advance(self, upload_id: uuid.UUID, expected_offset: int, new_size: int, *, lock: uuid.UUID) -> bool:
@@ -229,9 +259,12 @@ class UploadStore:
         await self._pool.execute("UPDATE uploads SET state = 'CANCELLED' WHERE id = $1 AND state = 'ACTIVE'", upload_id)
 
     @asynccontextmanager
-    async def exclusive(self, upload_id: uuid.UUID, *, ttl_s: float = UPLOAD_LOCK_TTL_S) -> AsyncIterator[uuid.UUID]:
-        """Hold the upload's lock for the block: one write or completion of an upload at a time. Yields the
-        lock's token, which fences the block's writes (``advance``, ``create``).
+    async def exclusive(
+        self, upload_id: uuid.UUID, *, owner: uuid.UUID | None, ttl_s: float = UPLOAD_LOCK_TTL_S
+    ) -> AsyncIterator[uuid.UUID]:
+        """Hold ``owner``'s upload's lock (None: anyone's) for the block: one write or completion of an upload
+        at a time. Yields the lock's token, which fences the block's writes (``advance``, ``create``). Another
+        owner's upload is NOT_FOUND, never busy: a stranger can neither hold it up nor learn that it exists.
 
         The lock is a lease in the upload's row (token + expiry), taken and released by one short statement
         each: no database connection is held while the block writes bytes or validates a video, so many
@@ -241,11 +274,11 @@ class UploadStore:
         token = uuid.uuid4()
         row = await self._pool.fetchrow(
             "UPDATE uploads SET lock_token = $2, lock_expire_time = now() + make_interval(secs => $3) "
-            "WHERE id = $1 AND (lock_token IS NULL OR lock_expire_time < now()) RETURNING id",
-            upload_id, token, ttl_s,
+            f"WHERE id = $1 AND {_owned(4)} AND (lock_token IS NULL OR lock_expire_time < now()) RETURNING id",
+            upload_id, token, ttl_s, owner,
         )
         if row is None:
-            await self.get(upload_id)  # NOT_FOUND when there is no such upload
+            await self.get(upload_id, owner=owner)  # NOT_FOUND when there is no such upload of the owner
             raise Aborted(
                 "another request is writing or completing this upload; fetch it and resume",
                 reason="UPLOAD_BUSY", metadata={"name": f"uploads/{upload_id}"}, retry_delay_s=1.0,

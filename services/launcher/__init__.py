@@ -4,7 +4,14 @@
 ``Supervisor`` restarts parts that exit (``Mesh.start_supervisor()``).
 """
 
-from services.launcher.envoy import EmbeddedEnvoy, EnvoyLimits, EnvoyPorts, render_config, validate_config
+from services.launcher.envoy import (
+    EdgePolicy,
+    EmbeddedEnvoy,
+    EnvoyLimits,
+    EnvoyPorts,
+    render_config,
+    validate_config,
+)
 from services.launcher.mesh import Endpoints, Mesh, MeshConfig, MeshPorts
 from services.launcher.postgres import EmbeddedPostgres
 from services.launcher.process import LaunchError, free_port
@@ -13,6 +20,7 @@ from services.launcher.supervisor import RestartPolicy, Supervisor
 from services.launcher.triton import EmbeddedTriton
 
 __all__ = [
+    "EdgePolicy",
     "EmbeddedEnvoy",
     "EmbeddedPostgres",
     "EmbeddedRedis",

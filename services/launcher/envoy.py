@@ -8,6 +8,8 @@ mesh) can run side by side without sharing memory segments.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import string
 import subprocess
 import urllib.request
@@ -77,14 +79,64 @@ class EnvoyLimits:
         return max(self.upload_write_bytes, self.subtitles_bytes, self.search_bytes, self.default_bytes)
 
 
+def _names(setting: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in setting.split(",") if name.strip())
+
+
+@dataclass(frozen=True)
+class EdgePolicy:
+    """Who may reach the mesh through Envoy, beyond a client on this machine.
+
+    * ``allowed_hosts``: extra Host/authority names (``clipmind.example.com``, ``10.0.0.5:8080``) the mesh answers
+      to besides ``localhost``, ``127.0.0.1`` and ``[::1]`` (with and without the port). Any other name gets 403,
+      so a web page that rebinds its own DNS name to 127.0.0.1 cannot talk to the mesh.
+    * ``cors_origins``: origins (``https://app.example.com``) whose pages may call the API from a browser (CORS);
+      none by default: the web app is served from the mesh's own origin.
+
+    Read from ``CLIPMIND_ALLOWED_HOSTS`` and ``CLIPMIND_CORS_ORIGINS`` (comma-separated) by ``from_env``.
+    """
+
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> EdgePolicy:
+        values = os.environ if env is None else env
+        return cls(_names(values.get("CLIPMIND_ALLOWED_HOSTS", "")), _names(values.get("CLIPMIND_CORS_ORIGINS", "")))
+
+    def domains(self, port: int) -> list[str]:
+        local = ["localhost", "127.0.0.1", "[::1]"]
+        return [*local, *(f"{name}:{port}" for name in local), *self.allowed_hosts]
+
+    def cors_block(self, indent: int = 22) -> str:
+        """The virtual host's CORS policy (YAML lines), empty without origins (the filter then adds nothing)."""
+        if not self.cors_origins:
+            return ""
+        origins = json.dumps([{"exact": origin} for origin in self.cors_origins])
+        pad = " " * indent
+        return "\n".join([
+            f"{pad}typed_per_filter_config:",
+            f"{pad}  envoy.filters.http.cors:",
+            f'{pad}    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy',
+            f"{pad}    allow_origin_string_match: {origins}",
+            f'{pad}    allow_methods: "GET, POST, PUT, PATCH, DELETE, OPTIONS"',
+            f'{pad}    allow_headers: "authorization, content-type, x-request-id, x-grpc-web, grpc-timeout, '
+            'connect-protocol-version, connect-timeout-ms"',
+            f'{pad}    expose_headers: "x-request-id, retry-after, grpc-status, grpc-message, grpc-status-details-bin"',
+            f'{pad}    max_age: "600"',
+        ])
+
+
 def render_config(
     ports: EnvoyPorts,
     descriptor: Path = DEFAULT_DESCRIPTOR,
     template: Path = DEFAULT_TEMPLATE,
     limits: EnvoyLimits | None = None,
+    edge: EdgePolicy | None = None,
 ) -> str:
     """The Envoy YAML for ``ports``; every placeholder must be filled (``Template.substitute``)."""
     limits = limits or EnvoyLimits()
+    edge = edge or EdgePolicy()
     body_limits = {
         "upload_write": limits.upload_write_bytes,
         "subtitles": limits.subtitles_bytes,
@@ -108,6 +160,8 @@ def render_config(
         "max_connections": limits.max_connections,
         "max_request_body_bytes": limits.max_request_body_bytes,
         "max_response_body_bytes": limits.max_response_body_bytes,
+        "allowed_hosts": json.dumps(edge.domains(ports.listen_port)),
+        "cors_policy": edge.cors_block(),
     }
     for name, limit in body_limits.items():
         values[f"{name}_limit_bytes"] = limit
@@ -146,6 +200,7 @@ class EmbeddedEnvoy(OwnsProcess):
     descriptor: Path = DEFAULT_DESCRIPTOR
     template: Path = DEFAULT_TEMPLATE
     limits: EnvoyLimits = field(default_factory=EnvoyLimits)
+    edge: EdgePolicy = field(default_factory=EdgePolicy)
     ready_timeout_s: float = 30.0
     log_level: str = "info"
     _proc: ManagedProcess | None = field(default=None, init=False, repr=False)
@@ -166,7 +221,7 @@ class EmbeddedEnvoy(OwnsProcess):
             )
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "envoy.yaml"
-        config.write_text(render_config(self.ports, self.descriptor, self.template, self.limits))
+        config.write_text(render_config(self.ports, self.descriptor, self.template, self.limits, self.edge))
         self._proc = ManagedProcess(
             name="envoy",
             argv=[

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from services.common.db_provision import OWNED_SCHEMAS, provision, run_blocking, service_dsn
 from services.common.tokens import format_key, generate_key
-from services.launcher.envoy import DEFAULT_DESCRIPTOR, EmbeddedEnvoy, EnvoyLimits, EnvoyPorts
+from services.launcher.envoy import DEFAULT_DESCRIPTOR, EdgePolicy, EmbeddedEnvoy, EnvoyLimits, EnvoyPorts
 from services.launcher.postgres import EmbeddedPostgres
 from services.launcher.process import LaunchError, free_port
 from services.launcher.redis import EmbeddedRedis
@@ -84,6 +84,7 @@ class MeshConfig:
     with_envoy: bool = True
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     envoy_limits: EnvoyLimits = field(default_factory=EnvoyLimits)
+    edge: EdgePolicy = field(default_factory=EdgePolicy.from_env)
     model_repository: Path = DEFAULT_MODEL_REPOSITORY
     descriptor: Path = DEFAULT_DESCRIPTOR
     extra_env: Mapping[str, str] = field(default_factory=dict)
@@ -254,6 +255,7 @@ class Mesh:
                     ),
                     descriptor=cfg.descriptor,
                     limits=cfg.envoy_limits,
+                    edge=cfg.edge,
                 )
                 self._start_group({"envoy": envoy}, report)
         except BaseException:

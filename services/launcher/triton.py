@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import site
 import subprocess
@@ -41,6 +42,8 @@ STUB_NUMPY = "numpy>=1.26,<2"
 STUB_SITE_ENV = "CLIPMIND_TRITON_STUB_SITE"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+RESTRICTED_APIS = "model-repository,shared-memory,statistics,trace,logging"
+ADMIN_HEADER = "clipmind-triton-admin"
 # Settings the python-backend models read (services/models/triton_backend.py); passed to tritonserver.
 MODEL_SETTINGS_ENV = (
     "CLIPMIND_CLIP_ARCH",
@@ -154,6 +157,8 @@ class EmbeddedTriton(OwnsProcess):
     # CLIPMIND_* model settings (MODEL_SETTINGS_ENV) for the models, over the launcher's own environment.
     model_env: Mapping[str, str] = field(default_factory=dict)
     _proc: ManagedProcess | None = field(default=None, init=False, repr=False)
+    # Unlocks Triton's admin APIs; made per launch and kept nowhere (nothing of ClipMind needs them).
+    _admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), init=False, repr=False)
 
     @property
     def url(self) -> str:
@@ -194,6 +199,10 @@ class EmbeddedTriton(OwnsProcess):
             "--pinned-memory-pool-byte-size=0",
             "--model-control-mode=explicit",
             *[f"--load-model={name}" for name in models],
+            # Loading, unloading and replacing models, shared memory, statistics, tracing and log settings are
+            # refused (403 / UNAVAILABLE) without a header only this launch knew: the services only infer.
+            f"--http-restricted-api={RESTRICTED_APIS}:{ADMIN_HEADER}={self._admin_key}",
+            f"--grpc-restricted-protocol={RESTRICTED_APIS}:{ADMIN_HEADER}={self._admin_key}",
             "--strict-readiness=true",
             "--exit-on-error=true",
             "--exit-timeout-secs=10",

@@ -18,6 +18,7 @@ from clipmind.ingest.internal.v1 import ingest_internal_service_pb2 as pb
 
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.outbox import Handler
+from services.common.paging import parse_name
 from services.pipeline.records import VideoSource
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,13 @@ class IngestClient:
         self._stub = stub
 
     async def source(self, video_id: uuid.UUID) -> VideoSource:
-        """Where the video's bytes are; NOT_FOUND once it was deleted, UNAVAILABLE while ingest is away."""
+        """Where the video's bytes are and whose video it is; NOT_FOUND once it was deleted, UNAVAILABLE while
+        ingest is away. An ``owner`` that is not ``users/{uuid}`` is INVALID_ARGUMENT naming ``owner`` (ingest
+        broke the contract: the run fails rather than guess whose index to write)."""
         answer = await self._stub.GetVideoSource(pb.GetVideoSourceRequest(video=f"videos/{video_id}"))
+        owner_id = parse_name(answer.owner, "users", "owner") if answer.owner else None
         return VideoSource(video_id, answer.blob_key, answer.sidecar_key, answer.sidecar_format,
-                           answer.sidecar_language, answer.title)
+                           answer.sidecar_language, answer.title, owner_id=owner_id)
 
     async def update(self, video_id: uuid.UUID, fence: int, state: str = "", **facts: Any) -> None:
         """Record facts (and a state) found by the run holding ``fence``; FAILED_PRECONDITION ``RUN_SUPERSEDED``

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import grpc.aio
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pb
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2_grpc as pb_grpc
 
 from services.common.errors import invalid_field
+from services.common.grpc_server import Context
 from services.common.paging import parse_name
 from services.pipeline.jobs import JobControl
 
@@ -17,14 +16,16 @@ class PipelineInternalServicer(pb_grpc.PipelineInternalServiceServicer):
     def __init__(self, control: JobControl) -> None:
         self._control = control
 
-    async def SubmitVideoJob(self, request: pb.SubmitVideoJobRequest, context: Any) -> pb.SubmitVideoJobResponse:
+    async def SubmitVideoJob(self, request: pb.SubmitVideoJobRequest, context: Context) -> pb.SubmitVideoJobResponse:
         video_id = parse_name(request.video, "videos", "video")
         if request.generation < 1:
             raise invalid_field("generation", "must be 1 or more")
-        job, created = await self._control.submit(video_id, request.generation)
+        # Required: a job without an owner would be nobody's (only administrators would ever see it).
+        owner_id = parse_name(request.owner, "users", "owner")
+        job, created = await self._control.submit(video_id, request.generation, owner_id)
         return pb.SubmitVideoJobResponse(job=f"jobs/{job.id}", created=created)
 
-    async def DeleteVideoJobs(self, request: pb.DeleteVideoJobsRequest, context: Any) -> pb.DeleteVideoJobsResponse:
+    async def DeleteVideoJobs(self, request: pb.DeleteVideoJobsRequest, context: Context) -> pb.DeleteVideoJobsResponse:
         video_id = parse_name(request.video, "videos", "video")
         return pb.DeleteVideoJobsResponse(deleted_count=await self._control.delete_video_jobs(video_id))
 

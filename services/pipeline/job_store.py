@@ -5,6 +5,12 @@ A job change that ingest must learn of without a run to tell it (the job failed 
 commits its ``UpdateVideoProcessing`` request to the pipeline's outbox in the same transaction
 (``services.pipeline.ingest_client``); ``on_fact`` is awaited with the outbox row's id after such a commit
 (the composition root wakes the relay and waits briefly for the delivery).
+
+Ownership: every method that serves a caller's request takes ``scope``, the ``Principal.scope`` of that caller
+(a user's id, or None for administrators and the system), and filters by it inside its SQL, so a user's query
+never reads another user's rows. A job outside the scope is NOT_FOUND exactly as a job that does not exist is,
+so its existence does not leak. Events and dead letters are scoped through their job (joined on its id).
+Methods a run or a sweep calls (claim, heartbeat, end_run, ...) act as the system and take no scope.
 """
 
 from __future__ import annotations
@@ -28,6 +34,12 @@ SCHEMA = "pipeline"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def _job_not_found(job_id: uuid.UUID) -> NotFound:
+    """The one answer for a job that does not exist and for another user's job (the same code, reason, text and
+    metadata), so a caller cannot tell them apart."""
+    return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"name": f"jobs/{job_id}"})
+
+
 def _check_owner(job: asyncpg.Record, run_id: uuid.UUID) -> None:
     """A run's write goes through only while that run owns the job (its fencing token is the job's)."""
     if job["state"] != "RUNNING" or job["run_id"] != run_id:
@@ -42,20 +54,21 @@ class JobStore:
         self._pool = pool
         self._on_fact = on_fact
 
-    async def get(self, job_id: uuid.UUID) -> Job:
-        row = await self._pool.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+    async def get(self, job_id: uuid.UUID, *, scope: uuid.UUID | None) -> Job:
+        """The job, if ``scope`` (an owner, or None for every owner) may see it; NOT_FOUND otherwise."""
+        row = await self._pool.fetchrow(
+            "SELECT * FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2)", job_id, scope)
         if row is None:
-            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND",
-                           metadata={"name": f"jobs/{job_id}"})
+            raise _job_not_found(job_id)
         return to_record(Job, row)
 
     async def create(self, job: Job) -> bool:
         """Insert a QUEUED job unless one with its id exists (ids are derived from video and generation, so
-        a repeated submission finds the first). True when this call made it."""
+        a repeated submission finds the first, with the owner it was made with). True when this call made it."""
         row = await self._pool.fetchrow(
-            "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key) VALUES ($1, $2, 'QUEUED', $3, $4) "
-            "ON CONFLICT (id) DO NOTHING RETURNING id",
-            job.id, job.video_id, job.max_attempts, job.queue_key or queue_key(job.id),
+            "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key, owner_id) "
+            "VALUES ($1, $2, 'QUEUED', $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id",
+            job.id, job.video_id, job.max_attempts, job.queue_key or queue_key(job.id), job.owner_id,
         )
         return row is not None
 
@@ -65,16 +78,21 @@ class JobStore:
         return int(status.split()[-1])
 
     async def list_page(
-        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
+        self, *, scope: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None,
         video_id: uuid.UUID | None = None, state: str | None = None,
     ) -> list[Job]:
-        sql, args = newest_first("SELECT * FROM jobs", {"video_id": video_id, "state": state or None}, after, limit)
+        """A page of the jobs ``scope`` owns (every job for None), newest first; the owner is a condition of the
+        query (index ``jobs_owner_create_time_idx``), so another user's video filter simply finds nothing."""
+        sql, args = newest_first(
+            "SELECT * FROM jobs", {"owner_id": scope, "video_id": video_id, "state": state or None}, after, limit)
         return [to_record(Job, r) for r in await self._pool.fetch(sql, *args)]
 
-    async def events(self, job_id: uuid.UUID, after_sequence: int = 0) -> list[JobEvent]:
+    async def events(self, job_id: uuid.UUID, after_sequence: int = 0, *, scope: uuid.UUID | None) -> list[JobEvent]:
+        """The job's events after ``after_sequence`` in order; none when ``scope`` does not own the job."""
         rows = await self._pool.fetch(
-            "SELECT * FROM job_events WHERE job_id = $1 AND sequence > $2 ORDER BY sequence",
-            job_id, after_sequence,
+            "SELECT e.* FROM job_events e JOIN jobs j ON j.id = e.job_id "
+            "WHERE e.job_id = $1 AND e.sequence > $2 AND ($3::uuid IS NULL OR j.owner_id = $3) ORDER BY e.sequence",
+            job_id, after_sequence, scope,
         )
         return [to_record(JobEvent, r) for r in rows]
 
@@ -91,7 +109,7 @@ class JobStore:
         (FAILED_PRECONDITION ``RUN_SUPERSEDED`` once it was cancelled or taken over).
         ``stage``/``progress`` of None keep the job's current ones."""
         async with self._pool.acquire() as conn, conn.transaction():
-            job = await self._lock_job(conn, job_id)
+            job = await self._lock_job(conn, job_id, scope=None)
             if job["state"] in TERMINAL_JOB_STATES:
                 raise FailedPrecondition(f"job is already {job['state']}", reason="JOB_ALREADY_FINISHED")
             if run_id is not None:
@@ -101,12 +119,15 @@ class JobStore:
                 job_state=job_state, attempt=attempt, failure_reason=failure_reason,
             )
 
-    async def cancel(self, job_id: uuid.UUID, *, message: str = "cancelled on request") -> JobEvent:
-        """Cancel a job that has not ended (FAILED_PRECONDITION ``JOB_ALREADY_FINISHED`` otherwise): its run,
-        if any, loses the job (its guard stops it within a second), the fence moves on so nothing that run
-        still sends is accepted, and ingest is told (its video is FAILED unless it was READY already)."""
+    async def cancel(
+        self, job_id: uuid.UUID, *, scope: uuid.UUID | None, message: str = "cancelled on request"
+    ) -> JobEvent:
+        """Cancel a job that has not ended (FAILED_PRECONDITION ``JOB_ALREADY_FINISHED`` otherwise; NOT_FOUND when
+        ``scope`` does not own it): its run, if any, loses the job (its guard stops it within a second), the fence
+        moves on so nothing that run still sends is accepted, and ingest is told (its video is FAILED unless it
+        was READY already)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            job = await self._lock_job(conn, job_id)
+            job = await self._lock_job(conn, job_id, scope=scope)
             if job["state"] in TERMINAL_JOB_STATES:
                 raise FailedPrecondition(f"job is already {job['state']}", reason="JOB_ALREADY_FINISHED")
             fence = await conn.fetchval("UPDATE jobs SET fence = fence + 1 WHERE id = $1 RETURNING fence", job_id)
@@ -183,7 +204,7 @@ class JobStore:
 
         None, changing nothing, when the run no longer owns the job."""
         async with self._pool.acquire() as conn, conn.transaction():
-            job = await self._lock_job(conn, job_id)
+            job = await self._lock_job(conn, job_id, scope=None)
             if job["state"] != "RUNNING" or job["run_id"] != run_id:
                 return None
             event, fact = await self._end(conn, job, outcome=outcome, message=message, code=code,
@@ -208,7 +229,7 @@ class JobStore:
         Returns (event, final), or None when the job changed meanwhile (the run came back, or another sweep
         took it)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await self._lock_job(conn, job.id)
+            row = await self._lock_job(conn, job.id, scope=None)
             expired = await conn.fetchval(
                 "SELECT state = 'RUNNING' AND run_id IS NOT DISTINCT FROM $2 AND "
                 "(lease_expire_time IS NULL OR lease_expire_time < now()) FROM jobs WHERE id = $1",
@@ -283,7 +304,7 @@ class JobStore:
 
         None, changing nothing, when the job has ended or another sweep or a retry already moved it."""
         async with self._pool.acquire() as conn, conn.transaction():
-            job = await self._lock_job(conn, job_id)
+            job = await self._lock_job(conn, job_id, scope=None)
             if job["state"] != "QUEUED" or job["queue_key"] != expected_key:
                 return None
             await conn.execute("UPDATE jobs SET queue_key = $2 WHERE id = $1", job_id, new_key)
@@ -292,10 +313,12 @@ class JobStore:
             )
 
     @staticmethod
-    async def _lock_job(conn: asyncpg.Connection, job_id: uuid.UUID) -> asyncpg.Record:
-        job = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1 FOR UPDATE", job_id)
+    async def _lock_job(conn: asyncpg.Connection, job_id: uuid.UUID, *, scope: uuid.UUID | None) -> asyncpg.Record:
+        """The job's row, locked for the transaction; NOT_FOUND when it is gone or ``scope`` does not own it."""
+        job = await conn.fetchrow(
+            "SELECT * FROM jobs WHERE id = $1 AND ($2::uuid IS NULL OR owner_id = $2) FOR UPDATE", job_id, scope)
         if job is None:
-            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND")
+            raise _job_not_found(job_id)
         return job
 
     @staticmethod
@@ -330,15 +353,18 @@ class JobStore:
         )
         return to_record(JobEvent, row)
 
-    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str) -> Job:
-        """A failed or cancelled job back to QUEUED under the queue entry ``new_key``."""
+    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str, *, scope: uuid.UUID | None) -> Job:
+        """A failed or cancelled job that ``scope`` owns back to QUEUED under the queue entry ``new_key``
+        (NOT_FOUND when ``scope`` does not own it, FAILED_PRECONDITION ``JOB_NOT_RETRYABLE`` when it has not
+        ended or succeeded)."""
         row = await self._pool.fetchrow(
             "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', failure_code = '', end_time = NULL, "
-            "queue_key = $2, update_time = now() WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') RETURNING *",
-            job_id, new_key,
+            "queue_key = $2, update_time = now() WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') "
+            "AND ($3::uuid IS NULL OR owner_id = $3) RETURNING *",
+            job_id, new_key, scope,
         )
         if row is None:
-            job = await self.get(job_id)
+            job = await self.get(job_id, scope=scope)
             raise FailedPrecondition(
                 f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried",
                 reason="JOB_NOT_RETRYABLE",
@@ -354,7 +380,10 @@ class JobStore:
         )
 
     async def dead_letters(
-        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+        self, *, scope: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None
     ) -> list[DeadLetter]:
-        sql, args = newest_first("SELECT * FROM dead_letters", {}, after, limit)
+        """A page of the dead letters of jobs ``scope`` owns (all for None), newest first; the owner is their
+        job's, joined in the query."""
+        sql, args = newest_first("SELECT d.* FROM dead_letters d JOIN jobs j ON j.id = d.job_id",
+                                 {"j.owner_id": scope}, after, limit, alias="d.")
         return [to_record(DeadLetter, r) for r in await self._pool.fetch(sql, *args)]

@@ -1,18 +1,26 @@
-"""Job control: cancel, retry, and the sweeps that re-queue lost queue entries and take over dead runs
-(following progress is ``watch``; running an attempt is ``runs``)."""
+"""Job control: the one owner of the job state machine that callers address. Reading jobs and dead letters,
+cancel, retry, and the sweeps that re-queue lost queue entries and take over dead runs (following progress is
+``watch``; running an attempt is ``runs``).
+
+Every operation a caller asks for takes that caller (a ``Principal``) and passes its ``scope`` to the store,
+which filters by owner inside its queries: a user reads and changes only their own jobs, an administrator (and
+the system) every job, and another user's job is NOT_FOUND exactly like a missing one. Submitting and deleting
+a video's jobs, and the sweeps, are the system's (ingest and the worker call them), so they take no caller."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
+from datetime import datetime
 
 from services.common.errors import FailedPrecondition
 from services.common.ids import job_id_for
+from services.common.principal import Principal
 from services.common.progress import ProgressBus
 from services.common.queue import PENDING_STATES, JobQueue, enqueue_or_leave_to_sweep, queue_key
 from services.pipeline.ports import Jobs
-from services.pipeline.records import Job
+from services.pipeline.records import DeadLetter, Job
 
 log = logging.getLogger(__name__)
 
@@ -24,44 +32,69 @@ class JobControl:
         self._queue = queue
         self._max_attempts = max_attempts
 
-    async def submit(self, video_id: uuid.UUID, generation: int) -> tuple[Job, bool]:
-        """The processing job of a stored video's ``generation``, made and enqueued unless it exists (a
-        repeated submission answers with the first job). Returns (job, created)."""
+    async def submit(self, video_id: uuid.UUID, generation: int, owner_id: uuid.UUID) -> tuple[Job, bool]:
+        """The processing job of ``owner_id``'s stored video's ``generation``, made and enqueued unless it exists
+        (a repeated submission answers with the first job, keyed by video and generation). Returns (job,
+        created)."""
         job_id = job_id_for(video_id, generation)
-        created = await self._jobs.create(
-            Job(job_id, video_id, "QUEUED", max_attempts=self._max_attempts, queue_key=queue_key(job_id))
-        )
-        job = await self._jobs.get(job_id)
+        created = await self._jobs.create(Job(
+            job_id, video_id, "QUEUED", max_attempts=self._max_attempts, queue_key=queue_key(job_id),
+            owner_id=owner_id,
+        ))
+        job = await self._jobs.get(job_id, scope=None)
         if created:  # a queue entry Redis cannot take now is enqueued by the sweep
             await enqueue_or_leave_to_sweep(self._queue, job.id, job.queue_key)
         return job, created
 
-    async def cancel(self, job_id: uuid.UUID) -> Job:
-        """Cancel a job that has not ended; its video becomes FAILED ("processing cancelled") unless READY."""
-        event = await self._jobs.cancel(job_id)
+    async def get(self, caller: Principal, job_id: uuid.UUID) -> Job:
+        """The job, if ``caller`` may see it; NOT_FOUND otherwise (whether it exists or not)."""
+        return await self._jobs.get(job_id, scope=caller.scope)
+
+    async def list_jobs(
+        self, caller: Principal, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
+        video_id: uuid.UUID | None = None, state: str | None = None,
+    ) -> list[Job]:
+        """A page of the jobs ``caller`` may see, newest first (another user's video filter finds none)."""
+        return await self._jobs.list_page(scope=caller.scope, limit=limit, after=after, video_id=video_id,
+                                          state=state)
+
+    async def dead_letters(
+        self, caller: Principal, *, limit: int, after: tuple[datetime, uuid.UUID] | None
+    ) -> list[DeadLetter]:
+        """A page of the dead letters of jobs ``caller`` may see, newest first."""
+        return await self._jobs.dead_letters(scope=caller.scope, limit=limit, after=after)
+
+    async def cancel(self, caller: Principal, job_id: uuid.UUID) -> Job:
+        """Cancel a job of ``caller``'s that has not ended; its video becomes FAILED ("processing cancelled")
+        unless READY."""
+        return await self._cancel(job_id, scope=caller.scope)
+
+    async def _cancel(self, job_id: uuid.UUID, *, scope: uuid.UUID | None) -> Job:
+        event = await self._jobs.cancel(job_id, scope=scope)
         await self._bus.publish_best_effort(job_id, event.sequence)
-        return await self._jobs.get(job_id)
+        return await self._jobs.get(job_id, scope=scope)
 
     async def delete_video_jobs(self, video_id: uuid.UUID) -> int:
         """Remove a deleted video's jobs; a running one is cancelled first, so its worker stops (its guard
         sees the run gone within a second). Returns how many were removed."""
-        for job in await self._jobs.list_page(limit=1000, after=None, video_id=video_id):
+        for job in await self._jobs.list_page(scope=None, limit=1000, after=None, video_id=video_id):
             if not job.terminal:
                 try:
-                    await self.cancel(job.id)
+                    await self._cancel(job.id, scope=None)
                 except FailedPrecondition:
                     pass  # it ended meanwhile
         return await self._jobs.delete_for_video(video_id)
 
-    async def retry(self, job_id: uuid.UUID) -> Job:
-        job = await self._jobs.reset_for_retry(job_id, queue_key(job_id, time.time_ns()))
+    async def retry(self, caller: Principal, job_id: uuid.UUID) -> Job:
+        """Queue a FAILED or CANCELLED job of ``caller``'s again, as a fresh set of attempts."""
+        job = await self._jobs.reset_for_retry(job_id, queue_key(job_id, time.time_ns()), scope=caller.scope)
         event = await self._jobs.record_event(
             job_id, stage=job.stage, stage_state="STARTED", progress=0.0, message="retry requested",
             job_state="QUEUED",
         )
         await enqueue_or_leave_to_sweep(self._queue, job_id, job.queue_key)
         await self._bus.publish_best_effort(job_id, event.sequence)
-        return await self._jobs.get(job_id)
+        return await self._jobs.get(job_id, scope=caller.scope)
 
     async def requeue_lost(self, *, idle_s: float) -> list[uuid.UUID]:
         """Enqueue again every queued job, idle for ``idle_s``, whose queue entry is gone.

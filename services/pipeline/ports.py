@@ -13,10 +13,13 @@ from services.pipeline.records import DeadLetter, Job, JobEvent, ProcessedVideo,
 
 
 class Jobs(Protocol):
-    """Jobs, their ordered events and dead letters: the job state machine's storage."""
+    """Jobs, their ordered events and dead letters: the job state machine's storage.
 
-    async def get(self, job_id: uuid.UUID) -> Job:
-        """NOT_FOUND (``JOB_NOT_FOUND``) when there is no such job."""
+    ``scope`` is whose jobs a call may see (``Principal.scope``: a user's id, or None for every owner); the store
+    filters by it in its queries, and a job outside it is NOT_FOUND exactly as a missing one."""
+
+    async def get(self, job_id: uuid.UUID, *, scope: uuid.UUID | None) -> Job:
+        """NOT_FOUND (``JOB_NOT_FOUND``) when there is no such job or ``scope`` does not own it."""
 
     async def create(self, job: Job) -> bool:
         """Insert a QUEUED job unless one with its id exists; True when this call made it."""
@@ -24,11 +27,12 @@ class Jobs(Protocol):
     async def delete_for_video(self, video_id: uuid.UUID) -> int: ...
 
     async def list_page(
-        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
+        self, *, scope: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None,
         video_id: uuid.UUID | None = None, state: str | None = None,
     ) -> list[Job]: ...
 
-    async def events(self, job_id: uuid.UUID, after_sequence: int = 0) -> list[JobEvent]: ...
+    async def events(self, job_id: uuid.UUID, after_sequence: int = 0, *, scope: uuid.UUID | None) -> list[JobEvent]:
+        ...
 
     async def record_event(
         self, job_id: uuid.UUID, *, stage: str | None, stage_state: str, progress: float | None, message: str,
@@ -37,7 +41,7 @@ class Jobs(Protocol):
     ) -> JobEvent:
         """Append the next event (FAILED_PRECONDITION ``JOB_ALREADY_FINISHED`` / ``RUN_SUPERSEDED``)."""
 
-    async def cancel(self, job_id: uuid.UUID, *, message: str = ...) -> JobEvent:
+    async def cancel(self, job_id: uuid.UUID, *, scope: uuid.UUID | None, message: str = ...) -> JobEvent:
         """Cancel a job that has not ended, telling ingest (FAILED_PRECONDITION ``JOB_ALREADY_FINISHED``)."""
 
     async def claim(
@@ -61,16 +65,19 @@ class Jobs(Protocol):
 
     async def requeue(self, job_id: uuid.UUID, *, expected_key: str, new_key: str, message: str) -> JobEvent | None: ...
 
-    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str) -> Job: ...
+    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str, *, scope: uuid.UUID | None) -> Job: ...
 
-    async def dead_letters(self, *, limit: int, after: tuple[datetime, uuid.UUID] | None) -> list[DeadLetter]: ...
+    async def dead_letters(
+        self, *, scope: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None
+    ) -> list[DeadLetter]: ...
 
 
 class VideoCatalog(Protocol):
     """Ingest's video records as processing reads and updates them (``ingest_client.IngestClient``)."""
 
     async def source(self, video_id: uuid.UUID) -> VideoSource:
-        """Where the video's bytes are; NOT_FOUND once deleted, UNAVAILABLE while ingest is away."""
+        """Where the video's bytes are, and whose video it is; NOT_FOUND once deleted, UNAVAILABLE while ingest is
+        away."""
 
     async def update(self, video_id: uuid.UUID, fence: int, state: str = "", **facts: object) -> None:
         """Record facts found by the run holding ``fence``; FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a later
@@ -80,7 +87,7 @@ class VideoCatalog(Protocol):
 class SearchIndex(Protocol):
     """The search service's index of videos (``search_index.SearchIndexClient``)."""
 
-    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> None:
-        """Replace everything indexed for the video, atomically; FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a
-        later run (larger fence) wrote it already, NOT_FOUND when the video is gone, UNAVAILABLE while the
-        search service is away."""
+    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo, *, owner_id: uuid.UUID) -> None:
+        """Replace everything indexed for the video, atomically, as the index of ``owner_id`` (the user whose
+        searches find it); FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a later run (larger fence) wrote it already,
+        NOT_FOUND when the video is gone, UNAVAILABLE while the search service is away."""

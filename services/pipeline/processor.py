@@ -8,6 +8,9 @@ the search service (one transaction there), fenced by the run, so re-running a j
 never duplicates. The video is marked READY (in ingest, then in search's copy of its facts) before the job
 is recorded SUCCEEDED, so a client that sees the job succeed finds the video ready and searchable.
 
+The index is written as the job owner's (``ReplaceVideoIndexRequest.owner``): the owner travels with the run,
+and ingest's record of the video (GetVideoSource, read first) must agree with it (``index_owner``).
+
 Models come through the ``Inference`` interface; a model that is off (no weights) switches its modality off
 for this video, and the events name the setting that would turn it on.
 """
@@ -32,7 +35,7 @@ from services.media.probe import MediaInfo, probe
 from services.media.scenes import Scene, detect_scenes_async
 from services.media.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
 from services.pipeline.ports import SearchIndex, VideoCatalog
-from services.pipeline.records import Clip, ProcessedVideo, Run, Segment, VideoSource
+from services.pipeline.records import UNOWNED, Clip, ProcessedVideo, Run, Segment, VideoSource
 from services.pipeline.reporter import JobCancelled, JobReporter, ride_out, superseded
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,26 @@ def assign_segments(video_id: uuid.UUID, cues: list[Cue], clips: list[Clip], sou
     return segments
 
 
+def index_owner(run: Run, video: VideoSource) -> uuid.UUID:
+    """Whose index the run writes: the job's owner, which ingest's record of the video must confirm.
+
+    Ingest is the owner of record for videos and the job took its owner from ingest's submission, so the two
+    differ only through a bug or a tampered record; indexing the video for the wrong user would put it in that
+    user's searches, so a disagreement fails the run at once (FAILED_PRECONDITION ``OWNER_MISMATCH``: re-running
+    cannot fix it) before anything is written. Not disagreements: an ingest that does not report the owner (the
+    job's stands), and a job from before jobs had owners (``UNOWNED``: ingest's is the only real one)."""
+    if video.owner_id is None:
+        return run.owner_id
+    if run.owner_id == UNOWNED:
+        return video.owner_id
+    if video.owner_id != run.owner_id:
+        raise FailedPrecondition(
+            f"job {run.job_id} belongs to users/{run.owner_id}, but ingest records its video as owned by "
+            f"users/{video.owner_id}; not indexing it for either", reason="OWNER_MISMATCH",
+            metadata={"job": f"jobs/{run.job_id}", "video": f"videos/{run.video_id}"})
+    return run.owner_id
+
+
 def _off_note(status: ModelStatus) -> str:
     hint = f"; set {status.setting} to enable it" if status.setting else ""
     return f"{status.name} is {status.state}: {status.detail or 'no weights'}{hint}"
@@ -90,6 +113,7 @@ class VideoProcessor:
         with ``JobCancelled`` and writes nothing more); when ``stopping`` is set the run stops at the next
         stage boundary with ``StopRequested``."""
         video = await ride_out(lambda: self._videos.source(run.video_id), within_s=self._config.ingest_wait_s)
+        owner_id = index_owner(run, video)
         report = self._reporter.for_run(run, STAGE_WEIGHTS, stopping)
         source = self._blobs.local_path(video.blob_key)
         models = await self._inference.status()
@@ -147,7 +171,7 @@ class VideoProcessor:
 
         await report.start("INDEX", "writing clips, segments and vectors")
         try:  # while the search service is away the run waits (its lease is kept), up to search_wait_s
-            await ride_out(lambda: self._index.replace(video.video_id, run.fence, result),
+            await ride_out(lambda: self._index.replace(video.video_id, run.fence, result, owner_id=owner_id),
                            within_s=self._config.search_wait_s)
         except FailedPrecondition as exc:
             if superseded(exc):

@@ -14,6 +14,9 @@ from datetime import datetime
 import numpy as np
 
 TERMINAL_JOB_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELLED"})
+# The owner of jobs made before jobs had owners (migration 0002): no user has this id, so only administrators
+# (and the system) see them.
+UNOWNED = uuid.UUID(int=0)
 STAGES = ("PROBE", "THUMBNAIL", "SCENES", "TRANSCRIPT", "EMBED", "INDEX")
 
 
@@ -37,6 +40,9 @@ class Job:
     start_time: datetime | None = None
     end_time: datetime | None = None
     update_time: datetime | None = None
+    # The user whose video this job processes (``users/{owner_id}``): the only user who sees and changes it.
+    # Keyword-only so the positional fields above keep their order; UNOWNED is a job from before owners.
+    owner_id: uuid.UUID = field(default=UNOWNED, kw_only=True)
 
     @property
     def terminal(self) -> bool:
@@ -53,6 +59,9 @@ class Run:
     attempt: int
     max_attempts: int
     fence: int = 0  # larger than any earlier run's: fences the run's writes in other services
+    # The job's owner: the index the run writes is that user's (ReplaceVideoIndexRequest.owner). Required, so a
+    # run can never write an index that nobody (or the wrong user) owns.
+    owner_id: uuid.UUID = field(kw_only=True)
 
 
 @dataclass
@@ -88,6 +97,7 @@ class VideoSource:
     sidecar_format: str = ""
     sidecar_language: str = ""
     title: str = ""
+    owner_id: uuid.UUID | None = None  # the video's owner as ingest records it (None: ingest did not say)
 
 
 @dataclass

@@ -133,7 +133,7 @@ class JobRunner:
             return "nothing to run: the job ended, runs elsewhere, or was re-queued under another key"
         job, event = claimed
         await self._reporter.published(event)
-        run = Run(job.id, job.video_id, run_id, job.attempt, job.max_attempts, job.fence)
+        run = Run(job.id, job.video_id, run_id, job.attempt, job.max_attempts, job.fence, owner_id=job.owner_id)
         started = time.monotonic()
         work = asyncio.create_task(self._processor.run(run, stopping), name=f"job {job.id} attempt {job.attempt}")
         guard = _Guard(self._jobs, run, self._policy, work)

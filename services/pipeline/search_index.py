@@ -10,11 +10,15 @@ from clipmind.search.internal.v1 import search_internal_service_pb2 as pb
 from services.pipeline.records import ProcessedVideo
 
 
-def index_request(video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> pb.ReplaceVideoIndexRequest:
+def index_request(
+    video_id: uuid.UUID, fence: int, result: ProcessedVideo, *, owner_id: uuid.UUID
+) -> pb.ReplaceVideoIndexRequest:
+    """The ReplaceVideoIndex request of a run's result; ``owner_id`` is the user whose searches find the video
+    (search refuses an index without an owner)."""
     visual = {clip_id: vec for clip_id, vec in result.visual_vectors}
     transcript = {seg_id: vec for seg_id, vec in result.vectors}
     request = pb.ReplaceVideoIndexRequest(
-        video=f"videos/{video_id}", fence=fence,
+        video=f"videos/{video_id}", fence=fence, owner=f"users/{owner_id}",
         transcript_model=result.transcript_model if transcript else "",
         visual_model=result.visual_model if visual else "",
     )
@@ -37,5 +41,5 @@ class SearchIndexClient:
     def __init__(self, stub: Any) -> None:
         self._stub = stub
 
-    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo) -> None:
-        await self._stub.ReplaceVideoIndex(index_request(video_id, fence, result))
+    async def replace(self, video_id: uuid.UUID, fence: int, result: ProcessedVideo, *, owner_id: uuid.UUID) -> None:
+        await self._stub.ReplaceVideoIndex(index_request(video_id, fence, result, owner_id=owner_id))

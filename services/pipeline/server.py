@@ -13,7 +13,7 @@ from services.common.config import PipelineSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
-from services.common.identity_client import process_authenticator
+from services.common.identity_client import process_authenticator, process_request_limits
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
@@ -31,6 +31,7 @@ async def serve(settings: PipelineSettings) -> None:
     queue = await ArqJobQueue.connect(settings.redis_url)
     channels = InternalChannels(settings)
     authenticator, revocations = process_authenticator(settings, channels)
+    request_limits, windows = process_request_limits(settings)
     relay = OutboxRelay(pool, relay_handlers(channels.stub(IngestInternalServiceStub, settings.ingest_url)),
                         name="pipeline")
     relay.start()
@@ -38,7 +39,7 @@ async def serve(settings: PipelineSettings) -> None:
     watcher = JobWatcher(jobs, bus, heartbeat_s=settings.watch_heartbeat_s, poll_s=settings.watch_poll_s,
                          max_streams=settings.max_watch_streams)
     control = JobControl(jobs, bus, queue)
-    servicer = PipelineServicer(jobs, control, watcher)
+    servicer = PipelineServicer(control, watcher)
     internal = internal_servicer.PipelineInternalServicer(control)
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -48,8 +49,9 @@ async def serve(settings: PipelineSettings) -> None:
 
     await run_server(name="pipeline", host=settings.grpc_host, port=settings.grpc_port, register=register,
                      on_draining=[watcher.drain],
-                     on_stop=[relay.stop, revocations.close, channels.close, queue.close, bus.close, pool.close],
-                     grace_s=settings.shutdown_grace_s, authenticator=authenticator,
+                     on_stop=[relay.stop, windows.close, revocations.close, channels.close, queue.close, bus.close,
+                              pool.close],
+                     grace_s=settings.shutdown_grace_s, authenticator=authenticator, request_limits=request_limits,
                      reflection=settings.grpc_reflection)
 
 

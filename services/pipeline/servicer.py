@@ -1,4 +1,8 @@
-"""PipelineService gRPC servicer: jobs, their live progress, dead letters."""
+"""PipelineService gRPC servicer: jobs, their live progress, dead letters.
+
+Every method reads the authenticated caller (``request_context.principal()``) and hands it to job control or
+the watcher, which filter by owner in their queries; page tokens are bound to the caller, the method and the
+filter, so a token cannot carry one user's (or one filter's) position into another list."""
 
 from __future__ import annotations
 
@@ -6,16 +10,16 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
 
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc
 
+from services.common import request_context
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
-from services.common.paging import decode_token, encode_token, page_size, parse_name
+from services.common.grpc_server import Context
+from services.common.paging import bound_to, decode_token, encode_token, page_size, parse_name
 from services.pipeline.jobs import JobControl
-from services.pipeline.ports import Jobs
 from services.pipeline.records import DeadLetter, Job, JobEvent
 from services.pipeline.watch import Heartbeat, JobWatcher
 
@@ -81,56 +85,61 @@ def parse_job_filter(expr: str) -> tuple[uuid.UUID | None, str | None]:
 
 
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
-    def __init__(self, jobs: Jobs, control: JobControl, watcher: JobWatcher) -> None:
-        self._jobs = jobs
+    def __init__(self, control: JobControl, watcher: JobWatcher) -> None:
         self._control = control
         self._watcher = watcher
 
-    async def GetJob(self, request: pb.GetJobRequest, context: Any) -> pb.Job:
-        return job_to_pb(await self._jobs.get(parse_name(request.name, "jobs")))
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
+        return job_to_pb(await self._control.get(request_context.principal(), parse_name(request.name, "jobs")))
 
-    async def ListJobs(self, request: pb.ListJobsRequest, context: Any) -> pb.ListJobsResponse:
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        caller = request_context.principal()
         size = page_size(request.page_size)
         video_id, state = parse_job_filter(request.filter)
-        jobs = await self._jobs.list_page(limit=size + 1, after=decode_token(request.page_token),
-                                     video_id=video_id, state=state)
+        binding = bound_to(caller.user_id, "ListJobs", request.filter)
+        jobs = await self._control.list_jobs(caller, limit=size + 1, after=decode_token(request.page_token, binding),
+                                             video_id=video_id, state=state)
         token = ""
         if len(jobs) > size:
             jobs = jobs[:size]
             assert jobs[-1].create_time is not None
-            token = encode_token(jobs[-1].create_time, jobs[-1].id)
+            token = encode_token(jobs[-1].create_time, jobs[-1].id, binding)
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=token)
 
-    async def WatchJob(self, request: pb.WatchJobRequest, context: Any) -> AsyncIterator[pb.JobEvent]:
+    async def WatchJob(self, request: pb.WatchJobRequest, context: Context) -> AsyncIterator[pb.JobEvent]:
+        caller = request_context.principal()
         if request.after_sequence < 0:
             raise invalid_field("after_sequence", "must not be negative")
         job_id = parse_name(request.name, "jobs")
-        async with aclosing(self._watcher.watch(job_id, request.after_sequence)) as events:
+        async with aclosing(self._watcher.watch(caller, job_id, request.after_sequence)) as events:
             async for event in events:
                 yield event_to_pb(event)
 
-    async def CancelJob(self, request: pb.CancelJobRequest, context: Any) -> pb.Job:
-        return job_to_pb(await self._control.cancel(parse_name(request.name, "jobs")))
+    async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
+        return job_to_pb(await self._control.cancel(request_context.principal(), parse_name(request.name, "jobs")))
 
-    async def RetryJob(self, request: pb.RetryJobRequest, context: Any) -> pb.Job:
-        return job_to_pb(await self._control.retry(parse_name(request.name, "jobs")))
+    async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.Job:
+        return job_to_pb(await self._control.retry(request_context.principal(), parse_name(request.name, "jobs")))
 
     async def ListDeadLetters(
-        self, request: pb.ListDeadLettersRequest, context: Any
+        self, request: pb.ListDeadLettersRequest, context: Context
     ) -> pb.ListDeadLettersResponse:
+        caller = request_context.principal()
         size = page_size(request.page_size)
-        letters = await self._jobs.dead_letters(limit=size + 1, after=decode_token(request.page_token))
+        binding = bound_to(caller.user_id, "ListDeadLetters")
+        letters = await self._control.dead_letters(caller, limit=size + 1,
+                                                   after=decode_token(request.page_token, binding))
         token = ""
         if len(letters) > size:
             letters = letters[:size]
             assert letters[-1].create_time is not None
-            token = encode_token(letters[-1].create_time, letters[-1].id)
+            token = encode_token(letters[-1].create_time, letters[-1].id, binding)
         return pb.ListDeadLettersResponse(
             dead_letters=[dead_letter_to_pb(d) for d in letters], next_page_token=token
         )
 
-    async def CreateCompilation(self, request: Any, context: Any) -> pb.Compilation:
+    async def CreateCompilation(self, request: pb.CreateCompilationRequest, context: Context) -> pb.Compilation:
         raise Unimplemented("compilations are not implemented yet", reason="NOT_IMPLEMENTED")
 
-    async def GetCompilation(self, request: Any, context: Any) -> pb.Compilation:
+    async def GetCompilation(self, request: pb.GetCompilationRequest, context: Context) -> pb.Compilation:
         raise Unimplemented("compilations are not implemented yet", reason="NOT_IMPLEMENTED")

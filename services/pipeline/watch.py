@@ -12,6 +12,10 @@ in order, until an event that ends the job. Redis notices (one subscription per 
 At most ``max_streams`` streams are open at once (past it: RESOURCE_EXHAUSTED ``TOO_MANY_STREAMS``), and
 :meth:`JobWatcher.drain` ends every open stream with UNAVAILABLE ``SHUTTING_DOWN`` so a server can stop
 without waiting for jobs to finish; clients resume elsewhere with ``after_sequence``.
+
+A stream is its caller's: the job is read with the caller's scope before anything is sent or subscribed to, so
+another user's job ends the stream at once with NOT_FOUND, the same answer as a job that does not exist, and
+every later read (job and events) is filtered by that scope in its query too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from services.common.errors import ResourceExhausted, Unavailable
+from services.common.principal import Principal
 from services.common.progress import ProgressBus
 from services.pipeline.ports import Jobs
 from services.pipeline.records import JobEvent
@@ -64,9 +69,13 @@ class JobWatcher:
     def open_streams(self) -> int:
         return self._open
 
-    async def watch(self, job_id: uuid.UUID, after_sequence: int = 0) -> AsyncGenerator[JobEvent | Heartbeat, None]:
+    async def watch(
+        self, caller: Principal, job_id: uuid.UUID, after_sequence: int = 0
+    ) -> AsyncGenerator[JobEvent | Heartbeat, None]:
         """Events after ``after_sequence`` in order, live, until one that ends the job; a
-        :class:`Heartbeat` whenever ``heartbeat_s`` pass without one."""
+        :class:`Heartbeat` whenever ``heartbeat_s`` pass without one. NOT_FOUND first and only when ``caller``
+        may not see the job."""
+        scope = caller.scope
         if self._draining:
             raise _shutting_down(after_sequence)
         if self._open >= self._max_streams:
@@ -74,6 +83,8 @@ class JobWatcher:
                 f"this server already follows {self._max_streams} job streams; retry shortly or elsewhere",
                 reason="TOO_MANY_STREAMS", metadata={"max_streams": str(self._max_streams)}, retry_delay_s=1.0,
             )
+        # Ownership before anything else: no event, heartbeat or subscription for a job the caller may not see.
+        await self._jobs.get(job_id, scope=scope)
         self._open += 1
         self._all_closed.clear()
         try:
@@ -87,8 +98,8 @@ class JobWatcher:
                     # The job row first: if it had ended and no event follows ``last``, the stream is
                     # complete. A retried job has old final events followed by new ones, so the events
                     # decide, not the state alone.
-                    job = await self._jobs.get(job_id)
-                    events = await self._jobs.events(job_id, last)
+                    job = await self._jobs.get(job_id, scope=scope)
+                    events = await self._jobs.events(job_id, last, scope=scope)
                     for event in events:
                         yield event
                         last = event.sequence

@@ -1,6 +1,10 @@
 """asyncpg repository of the search service's index (schema ``search``, migrations beside this file): clips
 (scenes), their transcript segments and vectors, and the service's copy of the video facts that ingest
-publishes (table ``videos``: filters and display, the index fence, and the tombstone of a deleted video)."""
+publishes (table ``videos``: filters and display, the index fence, and the tombstone of a deleted video).
+
+Every row carries the user who owns its video (``owner_id``). Reads take the caller's scope (``owner``: a user
+id, or None for administrators and the system) and filter by it in their SQL, so another user's clip is not
+found, exactly as one that does not exist."""
 
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ from services.search.vectors import PgVectorIndex
 
 SCHEMA = "search"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The owner of rows from before ownership, and of a video whose owner is not known yet: no user (the system's
+# own id), so only administrators see them.
+NO_OWNER = uuid.UUID(int=0)
 
 _CLIP_SELECT = (
     "SELECT c.*, v.title AS video_title, v.blob_key AS video_blob_key, "
@@ -30,9 +37,17 @@ _CLIP_SELECT = (
 )
 
 
-async def _lock_video(conn: asyncpg.Connection, video_id: uuid.UUID) -> asyncpg.Record:
-    """The video's row, made if its facts have not arrived yet, locked for the transaction."""
-    await conn.execute("INSERT INTO videos (id) VALUES ($1) ON CONFLICT (id) DO NOTHING", video_id)
+def _owned(where: list[str], args: list[Any], owner: uuid.UUID | None, column: str) -> None:
+    """Add ``column = owner`` to a query's conditions, unless the caller sees everyone's (``owner`` None)."""
+    if owner is not None:
+        args.append(owner)
+        where.append(f"{column} = ${len(args)}")
+
+
+async def _lock_video(conn: asyncpg.Connection, video_id: uuid.UUID, owner: uuid.UUID = NO_OWNER) -> asyncpg.Record:
+    """The video's row, made if its facts have not arrived yet (owned by ``owner``), locked for the transaction."""
+    await conn.execute("INSERT INTO videos (id, owner_id) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+                       video_id, owner)
     row = await conn.fetchrow("SELECT * FROM videos WHERE id = $1 FOR UPDATE", video_id)
     assert row is not None
     return row
@@ -43,38 +58,40 @@ class ClipStore:
         self._pool = pool
         self._vectors = PgVectorIndex(pool)  # vectors live in the same database: written in one transaction
 
-    async def replace_index(self, video_id: uuid.UUID, fence: int, result: VideoIndex) -> None:
-        """Replace the video's clips, segments and vectors with ``result``, atomically — unless a run with a
-        larger ``fence`` wrote the video's index already (FAILED_PRECONDITION ``RUN_SUPERSEDED``: nothing is
-        written) or the video was deleted (NOT_FOUND). The same fence again rewrites the same rows (ids derive
-        from video and index). The video's facts may arrive before or after."""
+    async def replace_index(self, video_id: uuid.UUID, fence: int, result: VideoIndex, *, owner: uuid.UUID) -> None:
+        """Replace the video's clips, segments and vectors with ``result``, all owned by ``owner``, atomically —
+        unless a run with a larger ``fence`` wrote the video's index already (FAILED_PRECONDITION
+        ``RUN_SUPERSEDED``: nothing is written) or the video was deleted (NOT_FOUND). The same fence again
+        rewrites the same rows (ids derive from video and index). The video's facts may arrive before or after;
+        the read model takes the owner too (a video's owner never changes, so either source may set it)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            video = await _lock_video(conn, video_id)
+            video = await _lock_video(conn, video_id, owner)
             if video["deleted"]:
                 raise NotFound(f"video {video_id} was deleted", reason="VIDEO_NOT_FOUND")
             if video["index_fence"] > fence:
                 raise FailedPrecondition(f"a newer run (fence {video['index_fence']}) indexed this video already",
                                          reason="RUN_SUPERSEDED")
-            await conn.execute("UPDATE videos SET index_fence = $2, update_time = now() WHERE id = $1",
-                               video_id, fence)
+            await conn.execute("UPDATE videos SET index_fence = $2, owner_id = $3, update_time = now() WHERE id = $1",
+                               video_id, fence, owner)
             await conn.execute("DELETE FROM clips WHERE video_id = $1", video_id)
             await conn.executemany(
-                "INSERT INTO clips (id, video_id, idx, start_s, end_s, thumbnail_key) "
-                "VALUES ($1, $2, $3, $4, $5, $6)",
-                [(c.id, video_id, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in result.clips],
+                "INSERT INTO clips (id, video_id, owner_id, idx, start_s, end_s, thumbnail_key) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                [(c.id, video_id, owner, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in result.clips],
             )
             await conn.executemany(
-                "INSERT INTO transcript_segments (id, video_id, clip_id, idx, start_s, end_s, text, source) "
-                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                [(g.id, video_id, g.clip_id, g.idx, g.start_s, g.end_s, g.text, g.source) for g in result.segments],
+                "INSERT INTO transcript_segments (id, video_id, owner_id, clip_id, idx, start_s, end_s, text, "
+                "source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                [(g.id, video_id, owner, g.clip_id, g.idx, g.start_s, g.end_s, g.text, g.source)
+                 for g in result.segments],
             )
             await self._vectors.upsert(
                 "transcript", result.transcript_model,
-                [VectorItem(seg_id, video_id, vec) for seg_id, vec in result.vectors], conn=conn,
+                [VectorItem(seg_id, video_id, owner, vec) for seg_id, vec in result.vectors], conn=conn,
             )
             await self._vectors.upsert(
                 "visual", result.visual_model,
-                [VectorItem(clip_id, video_id, vec) for clip_id, vec in result.visual_vectors], conn=conn,
+                [VectorItem(clip_id, video_id, owner, vec) for clip_id, vec in result.visual_vectors], conn=conn,
             )
 
     async def delete_index(self, video_id: uuid.UUID) -> int:
@@ -88,17 +105,19 @@ class ClipStore:
         return int(status.split()[-1])
 
     async def upsert_facts(self, facts: VideoFacts) -> bool:
-        """Keep ``facts`` unless a newer revision (or the video's deletion) is held already; True if kept."""
+        """Keep ``facts`` unless a newer revision (or the video's deletion) is held already; True if kept.
+        Facts without an owner (``facts.owner_id`` None) keep the owner the row has (``NO_OWNER`` for a new one)."""
         row = await self._pool.fetchrow(
-            """INSERT INTO videos (id, revision, title, blob_key, state, duration_s, create_time)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """INSERT INTO videos (id, revision, title, blob_key, state, duration_s, create_time, owner_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, coalesce($8::uuid, $9::uuid))
                ON CONFLICT (id) DO UPDATE SET revision = EXCLUDED.revision, title = EXCLUDED.title,
                    blob_key = EXCLUDED.blob_key, state = EXCLUDED.state, duration_s = EXCLUDED.duration_s,
-                   create_time = EXCLUDED.create_time, update_time = now()
+                   create_time = EXCLUDED.create_time, owner_id = coalesce($8::uuid, videos.owner_id),
+                   update_time = now()
                WHERE videos.revision < EXCLUDED.revision AND NOT videos.deleted
                RETURNING id""",
             facts.video_id, facts.revision, facts.title, facts.blob_key, facts.state, facts.duration_s,
-            facts.create_time,
+            facts.create_time, facts.owner_id, NO_OWNER,
         )
         return row is not None
 
@@ -115,26 +134,33 @@ class ClipStore:
         )
         return {r["key"]: int(r["n"]) for r in rows}
 
-    async def get(self, clip_id: uuid.UUID) -> Clip:
-        row = await self._pool.fetchrow(f"{_CLIP_SELECT} WHERE c.id = $1", clip_id)
+    async def get(self, clip_id: uuid.UUID, *, owner: uuid.UUID | None) -> Clip:
+        """The clip, if ``owner`` owns it (None: anyone's); NOT_FOUND otherwise, as for a clip that does not
+        exist, so that nobody learns which ids exist."""
+        where, args = ["c.id = $1"], [clip_id]
+        _owned(where, args, owner, "c.owner_id")
+        row = await self._pool.fetchrow(f"{_CLIP_SELECT} WHERE {' AND '.join(where)}", *args)
         if row is None:
             raise NotFound(f"clip {clip_id} not found", reason="CLIP_NOT_FOUND",
                            metadata={"name": f"clips/{clip_id}"})
         return to_record(Clip, row)
 
-    async def segments_with_clips(self, segment_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Segment]:
-        rows = await self._pool.fetch(
-            "SELECT * FROM transcript_segments WHERE id = ANY($1::uuid[])", list(segment_ids)
-        )
+    async def segments_with_clips(
+        self, segment_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
+    ) -> dict[uuid.UUID, Segment]:
+        where, args = ["id = ANY($1::uuid[])"], [list(segment_ids)]
+        _owned(where, args, owner, "owner_id")
+        rows = await self._pool.fetch(f"SELECT * FROM transcript_segments WHERE {' AND '.join(where)}", *args)
         return {r["id"]: to_record(Segment, r) for r in rows}
 
     async def clips_for_search(
-        self, clip_ids: Sequence[uuid.UUID], *, min_duration_s: float = 0, max_duration_s: float = 0,
-        created_after: datetime | None = None, created_before: datetime | None = None,
+        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None, min_duration_s: float = 0,
+        max_duration_s: float = 0, created_after: datetime | None = None, created_before: datetime | None = None,
     ) -> dict[uuid.UUID, Clip]:
-        """The READY clips among ``clip_ids`` that pass the filters, keyed by id."""
+        """The READY clips among ``clip_ids`` that ``owner`` owns (None: anyone's) and pass the filters, by id."""
         args: list[Any] = [list(clip_ids)]
         where = ["c.id = ANY($1::uuid[])", "v.state = 'READY'"]
+        _owned(where, args, owner, "c.owner_id")
         if min_duration_s > 0:
             args.append(min_duration_s)
             where.append(f"v.duration_s >= ${len(args)}")
@@ -150,10 +176,13 @@ class ClipStore:
         rows = await self._pool.fetch(f"{_CLIP_SELECT} WHERE {' AND '.join(where)}", *args)
         return {r["id"]: to_record(Clip, r) for r in rows}
 
-    async def segment_ids_by_clip(self, clip_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]:
-        rows = await self._pool.fetch(
-            "SELECT clip_id, id FROM transcript_segments WHERE clip_id = ANY($1::uuid[])", list(clip_ids)
-        )
+    async def segment_ids_by_clip(
+        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
+    ) -> dict[uuid.UUID, list[uuid.UUID]]:
+        where, args = ["clip_id = ANY($1::uuid[])"], [list(clip_ids)]
+        _owned(where, args, owner, "owner_id")
+        rows = await self._pool.fetch(f"SELECT clip_id, id FROM transcript_segments WHERE {' AND '.join(where)}",
+                                      *args)
         found: dict[uuid.UUID, list[uuid.UUID]] = {}
         for r in rows:
             found.setdefault(r["clip_id"], []).append(r["id"])

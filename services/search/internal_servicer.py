@@ -12,6 +12,7 @@ from clipmind.search.internal.v1 import search_internal_service_pb2_grpc as pb_g
 
 from services.common.convert import from_timestamp
 from services.common.errors import invalid_field
+from services.common.grpc_server import Context
 from services.common.paging import parse_name
 from services.search.clip_store import ClipStore
 from services.search.records import Clip, Segment, VideoFacts, VideoIndex
@@ -33,9 +34,12 @@ def _vector(values: Any, dims: int, field: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
-def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, VideoIndex]:
-    """The video and its index from the request, every id, reference and vector size checked."""
+def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, uuid.UUID, VideoIndex]:
+    """The video, its owner and its index from the request, every id, reference and vector size checked. The
+    owner is required: an index without one could only be written as nobody's, invisible to the user whose
+    video it is."""
     video_id = parse_name(request.video, "videos", "video")
+    owner = parse_name(request.owner, "users", "owner")
     clips, visual = [], []
     seen: set[object] = set()
 
@@ -67,7 +71,7 @@ def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, Vide
     if (vectors and not request.transcript_model) or (visual and not request.visual_model):
         raise invalid_field("transcript_model" if vectors and not request.transcript_model else "visual_model",
                             "required with embeddings", reason="REQUIRED_FIELD")
-    return video_id, VideoIndex(clips, segments, vectors, transcript_model=request.transcript_model,
+    return video_id, owner, VideoIndex(clips, segments, vectors, transcript_model=request.transcript_model,
                                 visual_vectors=visual, visual_model=request.visual_model)
 
 
@@ -76,7 +80,10 @@ MAX_TITLE_CHARS = 10_000
 
 
 def facts_from_pb(facts: pb.VideoFacts) -> VideoFacts:
-    """The facts of the request, checked."""
+    """The facts of the request, checked. The owner may be missing: facts are delivered from ingest's outbox,
+    which still holds messages written before ownership (and an ingest not yet upgraded sends none); refusing
+    them would block its outbox for good. Such facts keep the owner the row has (the index's, which the
+    pipeline always sends), or none for a new row; they never clear one. A malformed owner is refused."""
     video_id = parse_name(facts.video, "videos", "facts.video")
     if facts.revision < 1:
         raise invalid_field("facts.revision", "must be 1 or more")
@@ -86,8 +93,9 @@ def facts_from_pb(facts: pb.VideoFacts) -> VideoFacts:
         raise invalid_field("facts.duration_seconds", "must not be negative")
     if len(facts.title) > MAX_TITLE_CHARS:
         raise invalid_field("facts.title", f"longer than {MAX_TITLE_CHARS} characters")
+    owner = parse_name(facts.owner, "users", "facts.owner") if facts.owner else None
     return VideoFacts(video_id, facts.revision, facts.title, facts.blob_key, facts.state, facts.duration_seconds,
-                      from_timestamp(facts, "create_time"))
+                      from_timestamp(facts, "create_time"), owner)
 
 
 class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
@@ -95,18 +103,20 @@ class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
         self._clips = clips
 
     async def ReplaceVideoIndex(
-        self, request: pb.ReplaceVideoIndexRequest, context: Any
+        self, request: pb.ReplaceVideoIndexRequest, context: Context
     ) -> pb.ReplaceVideoIndexResponse:
-        video_id, index = index_from_pb(request)
-        await self._clips.replace_index(video_id, request.fence, index)
+        video_id, owner, index = index_from_pb(request)
+        await self._clips.replace_index(video_id, request.fence, index, owner=owner)
         return pb.ReplaceVideoIndexResponse(clip_count=len(index.clips), segment_count=len(index.segments),
                                             vector_count=len(index.vectors) + len(index.visual_vectors))
 
-    async def DeleteVideoIndex(self, request: pb.DeleteVideoIndexRequest, context: Any) -> pb.DeleteVideoIndexResponse:
+    async def DeleteVideoIndex(self, request: pb.DeleteVideoIndexRequest,
+                               context: Context) -> pb.DeleteVideoIndexResponse:
         video_id = parse_name(request.video, "videos", "video")
         return pb.DeleteVideoIndexResponse(deleted_clip_count=await self._clips.delete_index(video_id))
 
-    async def UpsertVideoFacts(self, request: pb.UpsertVideoFactsRequest, context: Any) -> pb.UpsertVideoFactsResponse:
+    async def UpsertVideoFacts(self, request: pb.UpsertVideoFactsRequest,
+                               context: Context) -> pb.UpsertVideoFactsResponse:
         if not request.HasField("facts"):
             raise invalid_field("facts", "required", reason="REQUIRED_FIELD")
         return pb.UpsertVideoFactsResponse(applied=await self._clips.upsert_facts(facts_from_pb(request.facts)))

@@ -19,6 +19,7 @@ from services.search.records import Clip, SearchRecord, Segment
 class VectorItem:
     id: uuid.UUID
     video_id: uuid.UUID
+    owner_id: uuid.UUID  # the user who owns the video: queries filter by it
     vector: np.ndarray
 
 
@@ -30,7 +31,8 @@ class VectorHit:
 
 
 class VectorIndex(Protocol):
-    """One vector per item id in a named collection ("transcript", "visual"), each tagged with its model."""
+    """One vector per item id in a named collection ("transcript", "visual"), each tagged with its model and
+    its owner."""
 
     async def upsert(
         self, collection: str, model: str, items: Sequence[VectorItem], *, conn: Any = None
@@ -43,7 +45,16 @@ class VectorIndex(Protocol):
         vector: np.ndarray,
         top_k: int,
         video_ids: Sequence[uuid.UUID] | None = None,
-    ) -> list[VectorHit]: ...
+        *,
+        owner: uuid.UUID | None,
+    ) -> list[VectorHit]:
+        """The ``top_k`` items of ``model`` nearest ``vector``, best first, among those ``owner`` owns (None:
+        everyone's, for administrators and the system) and, with ``video_ids``, of those videos.
+
+        The owner is a filter of the retrieval itself, never of its results: an index that filters after an
+        approximate scan must still give a user who owns a small share of the collection their best matches
+        (pgvector: ``vectors.PgVectorIndex`` chooses per query; Pinecone: a metadata filter on the owner).
+        ``owner`` has no default so that no caller forgets it."""
 
     async def scores(
         self, collection: str, model: str, vector: np.ndarray, ids: Sequence[uuid.UUID]
@@ -53,20 +64,28 @@ class VectorIndex(Protocol):
 
 
 class ClipCatalog(Protocol):
-    """Clips and transcript segments as search reads them, with what results show of their videos."""
+    """Clips and transcript segments as search reads them, with what results show of their videos.
 
-    async def get(self, clip_id: uuid.UUID) -> Clip:
-        """NOT_FOUND (``CLIP_NOT_FOUND``) when there is no such clip."""
+    Every read takes ``owner``, the caller's scope (``Principal.scope``: their user id, or None for
+    administrators and the system), and filters by it in its query: another user's clip is simply not there."""
 
-    async def segments_with_clips(self, segment_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Segment]: ...
+    async def get(self, clip_id: uuid.UUID, *, owner: uuid.UUID | None) -> Clip:
+        """NOT_FOUND (``CLIP_NOT_FOUND``) when there is no such clip, or ``owner`` does not own it (the same
+        answer, so that nobody learns which ids exist)."""
+
+    async def segments_with_clips(
+        self, segment_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
+    ) -> dict[uuid.UUID, Segment]: ...
 
     async def clips_for_search(
-        self, clip_ids: Sequence[uuid.UUID], *, min_duration_s: float = 0, max_duration_s: float = 0,
-        created_after: datetime | None = None, created_before: datetime | None = None,
+        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None, min_duration_s: float = 0,
+        max_duration_s: float = 0, created_after: datetime | None = None, created_before: datetime | None = None,
     ) -> dict[uuid.UUID, Clip]:
-        """The clips among ``clip_ids`` of READY videos that pass the filters, keyed by id."""
+        """The clips among ``clip_ids`` that ``owner`` owns, of READY videos, that pass the filters, by id."""
 
-    async def segment_ids_by_clip(self, clip_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[uuid.UUID]]: ...
+    async def segment_ids_by_clip(
+        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
+    ) -> dict[uuid.UUID, list[uuid.UUID]]: ...
 
 
 class SearchLog(Protocol):

@@ -63,6 +63,7 @@ class VideoFacts:
     state: str
     duration_s: float
     create_time: datetime | None
+    owner_id: uuid.UUID | None = None  # None: not sent (an ingest from before ownership); the held one stays
 
 
 @dataclass(frozen=True)
@@ -85,5 +86,6 @@ class SearchRecord:
     result_count: int
     latency_ms: float
     search_time: datetime
+    user_id: uuid.UUID  # who searched: the search log is theirs
     page_offset: int = 0
     results: Sequence[RankedResult] = field(default_factory=tuple)

@@ -30,11 +30,12 @@ TOPIC = "analytics.log_searches"
 
 
 def to_message(records: Sequence[SearchRecord]) -> analytics_pb.LogSearchesRequest:
+    """The records as analytics takes them, each with who searched (``users/{id}``)."""
     request = analytics_pb.LogSearchesRequest()
     for r in records:
         item = request.searches.add(
             search_id=str(r.search_id), query=r.query, image_query=r.image_query, result_count=r.result_count,
-            latency_ms=r.latency_ms, page_offset=r.page_offset,
+            latency_ms=r.latency_ms, page_offset=r.page_offset, user=f"users/{r.user_id}",
         )
         item.search_time.FromDatetime(r.search_time)
         for res in r.results:

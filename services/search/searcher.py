@@ -6,11 +6,15 @@ modality proposes candidates by ANN, then every candidate gets its exact score i
 are fused with the request's weights (default visual 0.6, transcript 0.4). A modality that is off in
 this deployment, or runs on random weights (tests), drops out of the fusion and the remaining weights
 are renormalized. An image query searches the visual modality only.
+
+Every search is the caller's (a ``Principal``): retrieval, filters and reads are scoped to the clips they own
+(``Principal.scope``; administrators and the system see everyone's) inside each query, never by dropping
+results afterwards, so a user who owns a small share of the index still gets their best matches. A clip of
+another user is NOT_FOUND, like one that does not exist. Page tokens are bound to the caller and the query.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
@@ -20,6 +24,8 @@ from datetime import UTC, datetime
 
 from services.common.errors import FailedPrecondition, invalid_field
 from services.common.inference_types import Inference, ModelStatus
+from services.common.paging import bound_to, decode_offset, encode_offset
+from services.common.principal import Principal
 from services.search.ports import ClipCatalog, SearchLog, VectorIndex
 from services.search.records import Clip, RankedResult, SearchRecord
 
@@ -77,23 +83,6 @@ def fuse(scores: dict[str, float | None], weights: dict[str, float]) -> float:
     return sum(weights.get(m, 0.0) * s for m, s in present.items()) / total
 
 
-def _encode_page(offset: int, fingerprint: str) -> str:
-    return base64.urlsafe_b64encode(f"{offset}:{fingerprint}".encode()).decode().rstrip("=")
-
-
-def _decode_page(token: str, fingerprint: str) -> int:
-    if not token:
-        return 0
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        offset, fp = raw.split(":", 1)
-        if fp != fingerprint or int(offset) < 0:
-            raise ValueError
-        return int(offset)
-    except ValueError:
-        raise invalid_field("page_token", "not a token returned for this same query") from None
-
-
 class Searcher:
     def __init__(self, clips: ClipCatalog, index: VectorIndex, inference: Inference, search_log: SearchLog, *,
                  candidates: int = 200, max_page_size: int = 100, allow_random_weights: bool = False) -> None:
@@ -132,19 +121,22 @@ class Searcher:
         """Whether a model may affect ranking: usable, and not random weights unless allowed."""
         return status.state == "ready" or (status.state == "degraded" and self._allow_random)
 
-    async def search(self, q: SearchQuery) -> SearchPage:
+    async def search(self, q: SearchQuery, caller: Principal) -> SearchPage:
+        """The page of ``caller``'s clips that best match ``q`` (everyone's for administrators)."""
         started = time.perf_counter()
         weights = self._validate(q)
-        offset = _decode_page(q.page_token, q.fingerprint())
+        # One user's token cannot page another's results, nor another query's.
+        binding = bound_to(caller.user_id, q.fingerprint())
+        offset = decode_offset(q.page_token, binding)
         size = q.page_size or 10
 
-        ranked = await self._ranked(q, weights)
+        ranked = await self._ranked(q, weights, caller.scope)
         page = ranked[offset:offset + size]
-        next_token = _encode_page(offset + size, q.fingerprint()) if offset + size < len(ranked) else ""
+        next_token = encode_offset(offset + size, binding) if offset + size < len(ranked) else ""
         search_id = uuid.uuid4()
         self._log.record(SearchRecord(
             search_id, q.text, bool(q.image), len(ranked), (time.perf_counter() - started) * 1000,
-            datetime.now(UTC), offset,
+            datetime.now(UTC), caller.user_id, offset,
             tuple(RankedResult(h.clip.id, h.clip.video_id, offset + i + 1, h.score) for i, h in enumerate(page)),
         ))
         return SearchPage(page, next_token, search_id)
@@ -174,7 +166,9 @@ class Searcher:
             raise FailedPrecondition("no search model is available", reason="MODALITY_OFF")
         return vectors
 
-    async def _ranked(self, q: SearchQuery, weights: dict[str, float]) -> list[SearchHit]:
+    async def _ranked(self, q: SearchQuery, weights: dict[str, float], owner: uuid.UUID | None) -> list[SearchHit]:
+        """Every candidate clip of ``owner`` (None: anyone's), fused and sorted. ``q.video_ids`` naming another
+        user's video finds nothing: the owner filter applies to it as to everything else."""
         vectors = await self._query_vectors(q)
         video_ids = q.video_ids or None
         visual: dict[uuid.UUID, float] = {}
@@ -182,17 +176,19 @@ class Searcher:
         candidates: set[uuid.UUID] = set()
         if "visual" in vectors:
             model, vec = vectors["visual"]
-            hits = await self._index.query("visual", model, vec, self._candidates, video_ids)  # type: ignore[arg-type]
+            hits = await self._index.query("visual", model, vec, self._candidates, video_ids,  # type: ignore[arg-type]
+                                           owner=owner)
             candidates.update(h.id for h in hits)
         if "transcript" in vectors:
             model, vec = vectors["transcript"]
-            hits = await self._index.query("transcript", model, vec, self._candidates, video_ids)  # type: ignore[arg-type]
-            segments = await self._clips.segments_with_clips([h.id for h in hits])
+            hits = await self._index.query("transcript", model, vec, self._candidates,  # type: ignore[arg-type]
+                                           video_ids, owner=owner)
+            segments = await self._clips.segments_with_clips([h.id for h in hits], owner=owner)
             candidates.update(seg.clip_id for seg in segments.values())
         if not candidates:
             return []
         clips = await self._clips.clips_for_search(
-            list(candidates), min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
+            list(candidates), owner=owner, min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
             created_after=q.created_after, created_before=q.created_before,
         )
         if "visual" in vectors:
@@ -200,14 +196,14 @@ class Searcher:
             visual = await self._index.scores("visual", model, vec, list(clips))  # type: ignore[arg-type]
         if "transcript" in vectors:
             model, vec = vectors["transcript"]
-            by_clip = await self._clips.segment_ids_by_clip(list(clips))
+            by_clip = await self._clips.segment_ids_by_clip(list(clips), owner=owner)
             seg_to_clip = {seg: clip for clip, segs in by_clip.items() for seg in segs}
             scores = await self._index.scores("transcript", model, vec, list(seg_to_clip))  # type: ignore[arg-type]
             for seg_id, score in scores.items():
                 clip_id = seg_to_clip[seg_id]
                 if clip_id not in transcript or score > transcript[clip_id][0]:
                     transcript[clip_id] = (score, seg_id)
-        matched = await self._clips.segments_with_clips([seg for _, seg in transcript.values() if seg])
+        matched = await self._clips.segments_with_clips([seg for _, seg in transcript.values() if seg], owner=owner)
         results = []
         for clip_id, clip in clips.items():
             v_score = visual.get(clip_id, 0.0)
@@ -222,22 +218,25 @@ class Searcher:
         results.sort(key=lambda h: (-h.score, str(h.clip.video_id), h.clip.start_s))
         return results
 
-    async def similar(self, clip_id: uuid.UUID, q: SearchQuery) -> SearchPage:
-        """Clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded."""
+    async def similar(self, clip_id: uuid.UUID, q: SearchQuery, caller: Principal) -> SearchPage:
+        """``caller``'s clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded;
+        NOT_FOUND when ``clip_id`` is not theirs (nor anyone's, for administrators)."""
         if q.page_size < 0 or q.page_size > self._max_page_size:
             raise invalid_field("page_size", f"must be between 0 and {self._max_page_size}")
-        offset = _decode_page(q.page_token, q.fingerprint() + str(clip_id))
+        binding = bound_to(caller.user_id, q.fingerprint(), "similar", clip_id)
+        offset = decode_offset(q.page_token, binding)
         size = q.page_size or 10
-        await self._clips.get(clip_id)
+        owner = caller.scope
+        await self._clips.get(clip_id, owner=owner)  # before its vector is read: NOT_FOUND for another's clip
         found = await self._index.get("visual", clip_id)
         if found is None:
             raise FailedPrecondition("this clip has no visual vector (CLIP was off when it was indexed)",
                                      reason="NO_VISUAL_VECTOR")
         model, vec = found
-        hits = await self._index.query("visual", model, vec, self._candidates + 1, q.video_ids or None)
+        hits = await self._index.query("visual", model, vec, self._candidates + 1, q.video_ids or None, owner=owner)
         scores = {h.id: h.score for h in hits if h.id != clip_id}
         clips = await self._clips.clips_for_search(
-            list(scores), min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
+            list(scores), owner=owner, min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
             created_after=q.created_after, created_before=q.created_before,
         )
         ranked = sorted(
@@ -246,8 +245,9 @@ class Searcher:
         )
         page = ranked[offset:offset + size]
         more = offset + size < len(ranked)
-        token = _encode_page(offset + size, q.fingerprint() + str(clip_id)) if more else ""
+        token = encode_offset(offset + size, binding) if more else ""
         return SearchPage(page, token, uuid.uuid4())
 
-    async def get_clip(self, clip_id: uuid.UUID) -> Clip:
-        return await self._clips.get(clip_id)
+    async def get_clip(self, clip_id: uuid.UUID, caller: Principal) -> Clip:
+        """The clip if ``caller`` may see it; NOT_FOUND otherwise (as for a clip that does not exist)."""
+        return await self._clips.get(clip_id, owner=caller.scope)

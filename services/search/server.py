@@ -15,7 +15,7 @@ from services.common.config import SearchSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import INTERNAL_MAX_MESSAGE_BYTES, configure_logging, run_server
-from services.common.identity_client import process_authenticator
+from services.common.identity_client import media_signer, process_authenticator, process_request_limits
 from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
 from services.common.outbox import OutboxRelay
@@ -37,9 +37,10 @@ async def serve(settings: SearchSettings) -> None:
     for key, count in stale.items():
         log.warning("%d videos have %s vectors from another model than the one in use; they are left out of "
                     "search until reprocessed (reindex needed)", count, key)
-    blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
+    blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url, media_signer(settings))  # signed links
     channels = InternalChannels(settings)
     authenticator, revocations = process_authenticator(settings, channels)
+    request_limits, windows = process_request_limits(settings)
     analytics = channels.stub(analytics_grpc.AnalyticsInternalServiceStub, settings.analytics_url)
 
     async def deliver_search_log(payload: bytes) -> None:
@@ -61,9 +62,10 @@ async def serve(settings: SearchSettings) -> None:
                 internal_servicer.register(server, internal)]
 
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[logged.stop, relay.stop, revocations.close, channels.close, inference.close, pool.close],
+                     on_stop=[logged.stop, relay.stop, windows.close, revocations.close, channels.close,
+                              inference.close, pool.close],
                      component_health=model_health(inference), grace_s=settings.shutdown_grace_s,
-                     authenticator=authenticator, reflection=settings.grpc_reflection,
+                     authenticator=authenticator, request_limits=request_limits, reflection=settings.grpc_reflection,
                      max_message_bytes=INTERNAL_MAX_MESSAGE_BYTES)
 
 

@@ -1,15 +1,16 @@
-"""SearchService gRPC servicer."""
+"""SearchService gRPC servicer: the caller (bound by the authentication interceptor) goes to the domain, which
+scopes every search and read to the clips they own."""
 
 from __future__ import annotations
-
-from typing import Any
 
 from clipmind.search.v1 import search_service_pb2 as pb
 from clipmind.search.v1 import search_service_pb2_grpc
 
 from services.common.blobstore import BlobStore
 from services.common.convert import from_timestamp
+from services.common.grpc_server import Context
 from services.common.paging import parse_name
+from services.common.request_context import principal
 from services.search.records import Clip
 from services.search.searcher import Searcher, SearchHit, SearchQuery
 
@@ -58,8 +59,8 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
         self._searcher = searcher
         self._blobs = blobs
 
-    async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
-        page = await self._searcher.search(query_from_pb(request))
+    async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
+        page = await self._searcher.search(query_from_pb(request), principal())
         return pb.SearchResponse(
             results=[hit_to_pb(h, self._blobs) for h in page.hits],
             next_page_token=page.next_page_token,
@@ -67,7 +68,7 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
         )
 
     async def FindSimilarClips(
-        self, request: pb.FindSimilarClipsRequest, context: Any
+        self, request: pb.FindSimilarClipsRequest, context: Context
     ) -> pb.FindSimilarClipsResponse:
         clip_id = parse_name(request.name, "clips")
         f = request.filter
@@ -77,10 +78,11 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
             created_after=from_timestamp(f, "created_after"), created_before=from_timestamp(f, "created_before"),
             page_size=request.page_size, page_token=request.page_token,
         )
-        page = await self._searcher.similar(clip_id, query)
+        page = await self._searcher.similar(clip_id, query, principal())
         return pb.FindSimilarClipsResponse(
             results=[hit_to_pb(h, self._blobs) for h in page.hits], next_page_token=page.next_page_token
         )
 
-    async def GetClip(self, request: pb.GetClipRequest, context: Any) -> pb.Clip:
-        return clip_to_pb(await self._searcher.get_clip(parse_name(request.name, "clips")), self._blobs)
+    async def GetClip(self, request: pb.GetClipRequest, context: Context) -> pb.Clip:
+        clip = await self._searcher.get_clip(parse_name(request.name, "clips"), principal())
+        return clip_to_pb(clip, self._blobs)

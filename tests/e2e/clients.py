@@ -17,9 +17,18 @@ from clipmind.search.v1 import search_service_pb2 as search_pb
 from clipmind.search.v1 import search_service_pb2_grpc as search_grpc
 from google.rpc import error_details_pb2, status_pb2
 
+from services.common.auth import signer_from
+from services.common.media_urls import MediaSigner
+
 CHUNK = 1024 * 1024
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.max_send_message_length", 16 * 1024 * 1024)]
+
+
+def media_signer(mesh: Any, ttl_s: float = 900) -> MediaSigner:
+    """The media-link signer of a running mesh (its keys from the state dir), to sign links the API did not give."""
+    signer = signer_from((mesh.state_dir / "jwt.keys").read_text().strip(), issuer="clipmind", audience="clipmind-api")
+    return MediaSigner.from_token_signer(signer, ttl_s=ttl_s)
 
 
 def bearer(credential: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import grpc
 import httpx
 import pytest
 
-from services.launcher import Mesh, MeshConfig, MeshPorts
+from services.launcher import EdgePolicy, Mesh, MeshConfig, MeshPorts
 from services.launcher.credentials import admin_api_key, user_api_key
 from tests.e2e.clients import authenticated_channel, bearer, rest_upload, wait_ready, watch_job
 from tests.e2e.test_skeleton_flow import CUES, SCENES
@@ -20,7 +20,13 @@ from tests.media import make_scene_video
 # CLIP and Whisper weights cannot be downloaded here: the e2e mesh runs them on explicitly requested,
 # seeded random weights. They are "degraded": their vectors and transcripts are stored, but they must
 # not change search ranking (the paraphrase tests below would fail if they did).
+# A public name besides localhost's, and one web origin allowed to call the API from a browser.
+EDGE = EdgePolicy(allowed_hosts=("clipmind.test",), cors_origins=("https://app.example.com",))
 MODEL_ENV = {"CLIPMIND_CLIP_WEIGHTS": "random", "CLIPMIND_WHISPER_WEIGHTS": "random", "CLIPMIND_MODEL_SEED": "0"}
+# The suite acts as a few users doing far more than a person would in an hour (fifty uploads at once, polling):
+# the hourly request and upload limits are raised for it. Searches keep the default (100 a minute), which
+# tests/e2e/test_rate_limits.py checks through Envoy with a user of its own.
+LIMITS_ENV = {"CLIPMIND_RATE_LIMIT_REQUESTS_PER_HOUR": "1000000", "CLIPMIND_RATE_LIMIT_UPLOADS_PER_HOUR": "100000"}
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +35,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     for key, value in MODEL_ENV.items():
         patch.setenv(key, value)  # the launcher hands CLIPMIND_* to Triton from its own environment
     launched = Mesh(MeshConfig(state_dir=tmp_path_factory.mktemp("mesh"), ports=MeshPorts.free(),
-                               extra_env=MODEL_ENV))
+                               extra_env={**MODEL_ENV, **LIMITS_ENV}, edge=EDGE))
     launched.start()
     try:
         yield launched

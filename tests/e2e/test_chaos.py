@@ -23,13 +23,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from services.launcher import Mesh, MeshConfig, MeshPorts
 from services.launcher.credentials import admin_api_key, user_api_key
 from tests.e2e.clients import authenticated_channel, bearer, rest_upload
-from tests.e2e.conftest import MODEL_ENV
+from tests.e2e.conftest import LIMITS_ENV, MODEL_ENV
 from tests.media import SceneSpec, make_scene_video
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
 
 CHAOS_ENV = {
     **MODEL_ENV,
+    **LIMITS_ENV,
     "CLIPMIND_LEASE_S": "4",
     "CLIPMIND_HEARTBEAT_S": "1",
     "CLIPMIND_CANCEL_POLL_S": "0.5",

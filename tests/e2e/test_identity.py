@@ -34,12 +34,15 @@ def _bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
 
 
-def test_the_first_admin_password_is_private_and_never_logged(mesh: Mesh) -> None:
+def test_the_first_admin_password_is_private_and_never_logged(mesh: Mesh, credentials, rest: httpx.Client) -> None:  # type: ignore[no-untyped-def]
     path = mesh.admin_password_path
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     password = _admin_password(mesh)
     assert len(password) >= 16
-    secrets = {"admin.password": password}
+    rest.get("/v1/users:me")  # a call with the user's key, so that any logging of credentials would show
+    session = _login(rest, "admin@localhost", password)
+    secrets = {"admin.password": password, "admin API key": credentials.admin, "user API key": credentials.user,
+               "access token": session["accessToken"], "refresh token": session["refreshToken"]}
     for secret_file in ("jwt.keys", "postgres.password", "redis.password", "db-roles.secret"):
         assert stat.S_IMODE((mesh.state_dir / secret_file).stat().st_mode) == 0o600, secret_file
         secrets[secret_file] = (mesh.state_dir / secret_file).read_text().strip().split(":")[-1]

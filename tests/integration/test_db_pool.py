@@ -19,15 +19,16 @@ from services.common.blobstore import LocalBlobStore
 from services.common.errors import Unavailable
 from services.common.grpc_errors import to_rpc_status
 from services.common.outbox import OutboxRelay
-from services.common.paging import parse_name
+from services.common.principal import SYSTEM
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.records import Video
 from services.ingest.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
+from services.pipeline.internal_servicer import PipelineInternalServicer
 from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
-from tests.db_setup import service_db
+from tests.db_setup import ServicerStub, service_db
 from tests.media import make_scene_video
 
 pytestmark = pytest.mark.integration
@@ -80,10 +81,10 @@ async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type
     bus = ProgressBus.connect(redis_url)
     jobs = JobStore(pipeline_db)
     control = JobControl(jobs, bus, queue)
+    internal = ServicerStub(PipelineInternalServicer(control))  # ingest's submissions carry the video's owner
 
     async def submit(payload: bytes) -> None:  # the pipeline's SubmitVideoJob, in process, on its own tiny pool
-        request = SubmitVideoJobRequest.FromString(payload)
-        await control.submit(parse_name(request.video, "videos"), request.generation)
+        await internal.SubmitVideoJob(SubmitVideoJobRequest.FromString(payload))
 
     # The relay holds one of ingest's two connections while it delivers: uploads must still all complete.
     # Submissions other tests left in the session's database are not this test's to deliver.
@@ -97,10 +98,10 @@ async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type
     data = make_scene_video(tmp_path / "clip.mp4", audio=False).read_bytes()
 
     async def one(i: int) -> Video:
-        upload = await ingestor.create_upload(f"clip{i}.mp4", "video/mp4", len(data))
+        upload = await ingestor.create_upload(SYSTEM, f"clip{i}.mp4", "video/mp4", len(data))
         for offset in range(0, len(data), 16 * 1024):
-            await ingestor.write_upload(upload.id, offset, data[offset:offset + 16 * 1024])
-        return await ingestor.complete_upload(upload.id, f"clip {i}", "", None)
+            await ingestor.write_upload(SYSTEM, upload.id, offset, data[offset:offset + 16 * 1024])
+        return await ingestor.complete_upload(SYSTEM, upload.id, f"clip {i}", "", None)
 
     try:
         videos = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(16))), 240)
@@ -111,7 +112,7 @@ async def test_many_concurrent_uploads_through_a_tiny_pool_all_complete(  # type
             await asyncio.sleep(0.2)
         assert await relay.pending() == 0
         for video in videos:  # each submission made its video's job in the pipeline's schema
-            job = await jobs.get(video.job_id)
+            job = await jobs.get(video.job_id, scope=None)
             assert job.video_id == video.id
     finally:
         await relay.stop()

@@ -13,6 +13,7 @@ import pytest
 
 from services.common.errors import FailedPrecondition
 from services.common.outbox import OutboxRelay
+from services.common.principal import SYSTEM
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue, queue_key
 from services.ingest.internal_servicer import IngestInternalServicer
@@ -65,7 +66,7 @@ async def _claim(jobs: JobStore, job: Job, key: str | None = None) -> Run:
     assert claimed is not None
     row, _ = claimed
     assert row.run_id is not None
-    return Run(row.id, row.video_id, row.run_id, row.attempt, row.max_attempts, row.fence)
+    return Run(row.id, row.video_id, row.run_id, row.attempt, row.max_attempts, row.fence, owner_id=row.owner_id)
 
 
 async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type: ignore[no-untyped-def]
@@ -76,7 +77,7 @@ async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type
     report = reporter.for_run(run, STAGE_WEIGHTS)
     await report.start("SCENES", "detecting")
 
-    cancelled = await control.cancel(job.id)  # arrives while SCENES runs; answers once ingest has it
+    cancelled = await control.cancel(SYSTEM, job.id)  # arrives while SCENES runs; answers once ingest has it
     assert cancelled.state == "CANCELLED"
     video = await videos.get(job.video_id)
     assert (video.state, video.failure_reason, video.duration_s) == ("FAILED", "processing cancelled", 12.0)
@@ -88,11 +89,11 @@ async def test_cancel_sticks_while_a_worker_is_mid_stage(parts) -> None:  # type
     assert fenced.value.reason == "RUN_SUPERSEDED"
     with pytest.raises(FailedPrecondition):
         await ingest.update(run.video_id, run.fence, thumbnail_key="videos/x/late.jpg")
-    assert (await jobs.get(job.id)).state == "CANCELLED"
+    assert (await jobs.get(job.id, scope=None)).state == "CANCELLED"
     video = await videos.get(job.video_id)
     assert (video.state, video.failure_reason, video.thumbnail_key) == ("FAILED", "processing cancelled", "")
     with pytest.raises(FailedPrecondition) as err:
-        await control.cancel(job.id)
+        await control.cancel(SYSTEM, job.id)
     assert err.value.reason == "JOB_ALREADY_FINISHED"
 
 
@@ -106,10 +107,10 @@ async def test_failure_event_keeps_the_stage_it_failed_in(parts) -> None:  # typ
     await report.start("SCENES", "detecting")
     event = await jobs.end_run(job.id, run.run_id, outcome="retry", code="BOOM", message="boom", new_key="k:1")
     assert event is not None
-    last = (await jobs.events(job.id))[-1]
+    last = (await jobs.events(job.id, scope=None))[-1]
     assert (last.stage, last.stage_state, last.job_state) == ("SCENES", "FAILED", "QUEUED")
     assert last.progress == pytest.approx(STAGE_WEIGHTS["PROBE"])
-    again = await jobs.get(job.id)
+    again = await jobs.get(job.id, scope=None)
     assert (again.failure_reason, again.failure_code, again.queue_key, again.run_id) == ("BOOM: boom", "BOOM",
                                                                                          "k:1", None)
 
@@ -119,15 +120,15 @@ async def test_watching_a_retried_job_follows_the_new_attempt(parts) -> None:  #
     job = await _new_job(jobs, videos)
     run = await _claim(jobs, job)
     await jobs.end_run(job.id, run.run_id, outcome="fail", code="BROKEN", message="broken")
-    assert (await jobs.get(job.id)).state == "FAILED"
+    assert (await jobs.get(job.id, scope=None)).state == "FAILED"
     video = await videos.get(job.video_id)  # the final failure reached ingest through the outbox
     assert (video.state, video.failure_reason) == ("FAILED", "BROKEN: broken")
-    retried = await control.retry(job.id)
+    retried = await control.retry(SYSTEM, job.id)
 
     seen: list[str] = []
 
     async def watch() -> None:
-        async for event in watcher.watch(job.id):
+        async for event in watcher.watch(SYSTEM, job.id):
             assert isinstance(event, JobEvent)
             seen.append(event.job_state)
 

@@ -20,6 +20,7 @@ import pytest
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import Unavailable
 from services.common.outbox import OutboxRelay
+from services.common.principal import SYSTEM
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue, queue_key
 from services.ingest.internal_servicer import IngestInternalServicer
@@ -105,7 +106,7 @@ async def test_a_queue_entry_runs_only_the_attempt_it_stands_for(parts) -> None:
     assert await run.run(job.id, job.queue_key) == "succeeded"
     assert "nothing to run" in await run.run(job.id, job.queue_key)  # the same entry delivered twice
     assert len(stages.runs) == 1
-    done = await jobs.get(job.id)
+    done = await jobs.get(job.id, scope=None)
     assert (done.state, done.attempt, done.run_id) == ("SUCCEEDED", 1, None)
 
 
@@ -121,10 +122,10 @@ async def test_failed_attempts_back_off_exponentially_then_dead_letter(parts) ->
     key = job.queue_key
     for attempt in (1, 2, 3):
         outcome = await run.run(job.id, key)
-        row = await jobs.get(job.id)
+        row = await jobs.get(job.id, scope=None)
         if attempt < 3:
             assert outcome == "will retry" and row.state == "QUEUED"
-            events = await jobs.events(job.id)
+            events = await jobs.events(job.id, scope=None)
             assert f"next attempt in {backoff_s(base, attempt):g} s" in events[-1].message
             await asyncio.sleep(backoff_s(base, attempt))  # the queue defers the entry this long
             key = row.queue_key
@@ -132,10 +133,10 @@ async def test_failed_attempts_back_off_exponentially_then_dead_letter(parts) ->
             assert outcome == "failed"
     gaps = [b[1] - a[1] for a, b in zip(stages.runs, stages.runs[1:], strict=False)]
     assert gaps[0] == pytest.approx(base, abs=0.25) and gaps[1] == pytest.approx(2 * base, abs=0.25)
-    failed = await jobs.get(job.id)
+    failed = await jobs.get(job.id, scope=None)
     assert (failed.state, failed.attempt, failed.failure_code) == ("FAILED", 3, "MODEL_UNAVAILABLE")
     assert failed.failure_reason == "MODEL_UNAVAILABLE: triton blip 3"
-    letters = [d for d in await jobs.dead_letters(limit=50, after=None) if d.job_id == job.id]
+    letters = [d for d in await jobs.dead_letters(scope=None, limit=50, after=None) if d.job_id == job.id]
     assert [(d.attempts, d.failure_code) for d in letters] == [(3, "MODEL_UNAVAILABLE")]
     video = await videos.get(job.video_id)  # the dead letter reached ingest through the pipeline's outbox
     assert (video.state, video.failure_reason) == ("FAILED", "MODEL_UNAVAILABLE: triton blip 3")
@@ -150,7 +151,7 @@ async def test_internal_errors_keep_details_out_of_the_job(parts, caplog) -> Non
 
     run, _ = runner(boom)
     assert await run.run(job.id, job.queue_key) == "failed"
-    failed = await jobs.get(job.id)
+    failed = await jobs.get(job.id, scope=None)
     assert failed.failure_code == "INTERNAL"
     assert failed.failure_reason.startswith("INTERNAL: internal error during processing (request id ")
     assert "/srv" not in failed.failure_reason and "example" not in failed.failure_reason
@@ -173,15 +174,15 @@ async def test_cancel_stops_a_running_subprocess_within_2s_and_fences_the_run(pa
     await asyncio.sleep(0.5)
     assert _children("sleep"), "the stage's subprocess should be running"
     cancelled_at = time.monotonic()
-    await control.cancel(job.id)
+    await control.cancel(SYSTEM, job.id)
     outcome = await asyncio.wait_for(task, 5)
     assert time.monotonic() - cancelled_at < 2.0
     assert "cancelled" in outcome
     assert not _children("sleep"), "the stage's subprocess still runs after the cancel"
-    events = await jobs.events(job.id)
+    events = await jobs.events(job.id, scope=None)
     assert events[-1].job_state == "CANCELLED"  # the stopped run wrote nothing after the cancel
 
-    retried = await control.retry(job.id)  # retry right after: exactly one new run
+    retried = await control.retry(SYSTEM, job.id)  # retry right after: exactly one new run
     run2, stages2 = runner(lambda attempt: None)
     assert await run2.run(job.id, retried.queue_key) == "succeeded"
     assert len(stages2.runs) == 1 and len(stages.runs) == 1
@@ -191,15 +192,15 @@ async def test_a_dead_workers_run_is_taken_over_then_dead_lettered(parts) -> Non
     pool, jobs, videos, control, _ = parts
     job = await _new_job(jobs, videos, max_attempts=2)
     for attempt in (1, 2):  # a worker claims the job and dies (no heartbeat ever again)
-        key = (await jobs.get(job.id)).queue_key
+        key = (await jobs.get(job.id, scope=None)).queue_key
         claimed = await jobs.claim(job.id, queue_key=key, run_id=uuid.uuid4(), worker="dead:7", lease_s=0.2)
         assert claimed is not None and claimed[0].attempt == attempt
         await asyncio.sleep(0.3)
         assert await control.take_over_expired(idle_s=60) == [job.id]
-    failed = await jobs.get(job.id)
+    failed = await jobs.get(job.id, scope=None)
     assert (failed.state, failed.failure_code) == ("FAILED", "WORKER_LOST")
     assert "dead:7 stopped during" in failed.failure_reason and "attempt 2 of 2" in failed.failure_reason
-    letters = [d for d in await jobs.dead_letters(limit=50, after=None) if d.job_id == job.id]
+    letters = [d for d in await jobs.dead_letters(scope=None, limit=50, after=None) if d.job_id == job.id]
     assert [d.failure_code for d in letters] == ["WORKER_LOST"]
     video = await videos.get(job.video_id)
     assert video.state == "FAILED" and video.failure_reason.startswith("WORKER_LOST: dead:7 stopped during")
@@ -207,7 +208,7 @@ async def test_a_dead_workers_run_is_taken_over_then_dead_lettered(parts) -> Non
         assert await control.take_over_expired(idle_s=0) == []
         await pool.execute("UPDATE jobs SET update_time = now() - interval '1 hour' WHERE id = $1", job.id)
         assert job.id not in await control.requeue_lost(idle_s=1)
-    assert (await jobs.get(job.id)).state == "FAILED"
+    assert (await jobs.get(job.id, scope=None)).state == "FAILED"
 
 
 async def test_a_live_run_keeps_its_lease_and_a_superseded_run_writes_nothing(parts) -> None:  # type: ignore[no-untyped-def]
@@ -227,9 +228,9 @@ async def test_a_live_run_keeps_its_lease_and_a_superseded_run_writes_nothing(pa
     assert await control.take_over_expired(idle_s=60) == [job.id]
     release.set()
     assert "cancelled or taken over" in await asyncio.wait_for(task, 5)
-    row = await jobs.get(job.id)
+    row = await jobs.get(job.id, scope=None)
     assert row.state == "QUEUED" and row.attempt == 1  # the stale run finished nothing
-    assert not [e for e in await jobs.events(job.id) if e.job_state == "SUCCEEDED"]
+    assert not [e for e in await jobs.events(job.id, scope=None) if e.job_state == "SUCCEEDED"]
 
 
 async def test_stopping_hands_the_job_back_without_using_an_attempt(parts) -> None:  # type: ignore[no-untyped-def]
@@ -242,12 +243,12 @@ async def test_stopping_hands_the_job_back_without_using_an_attempt(parts) -> No
 
     run, _ = runner(then_stop)
     assert await run.run(job.id, job.queue_key, stopping=stopping) == "handed back"
-    row = await jobs.get(job.id)
+    row = await jobs.get(job.id, scope=None)
     assert (row.state, row.attempt, row.run_id) == ("QUEUED", 0, None)
     assert row.queue_key != job.queue_key
     run2, _ = runner(lambda attempt: None)
     assert await run2.run(job.id, row.queue_key) == "succeeded"
-    assert (await jobs.get(job.id)).attempt == 1
+    assert (await jobs.get(job.id, scope=None)).attempt == 1
 
 
 async def test_a_job_whose_video_is_gone_is_removed_by_its_run(parts, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -260,7 +261,7 @@ async def test_a_job_whose_video_is_gone_is_removed_by_its_run(parts, tmp_path: 
     leftover.write_bytes(b"jpeg")
     run, _ = runner(lambda attempt: None)
     assert await run.run(job.id, job.queue_key) == "video deleted while processing"
-    assert await jobs.list_page(limit=10, after=None, video_id=job.video_id) == []
+    assert await jobs.list_page(scope=None, limit=10, after=None, video_id=job.video_id) == []
     assert not leftover.exists()
 
 

@@ -17,17 +17,18 @@ from clipmind.pipeline.internal.v1.pipeline_internal_service_pb2 import SubmitVi
 
 from services.common.blobstore import LocalBlobStore
 from services.common.outbox import OutboxRelay
-from services.common.paging import parse_name
+from services.common.principal import SYSTEM
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue, enqueue_or_leave_to_sweep, queue_key
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import VideoMeta
 from services.ingest.store import SUBMIT_JOB_TOPIC, UploadStore, VideoStore
 from services.launcher import EmbeddedRedis, free_port
+from services.pipeline.internal_servicer import PipelineInternalServicer
 from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.records import Job
-from tests.db_setup import service_db
+from tests.db_setup import ServicerStub, service_db
 from tests.media import make_scene_video
 
 pytestmark = pytest.mark.integration
@@ -85,16 +86,16 @@ async def test_sweep_requeues_a_job_whose_entry_was_lost(db, parts) -> None:  # 
 
     await _age(db, job.id)
     assert job.id in await control.requeue_lost(idle_s=60)
-    again = await jobs.get(job.id)
+    again = await jobs.get(job.id, scope=None)
     assert again.state == "QUEUED" and again.queue_key != job.queue_key
     assert again.queue_key.startswith(f"{job.id}:")
     assert await queue.state(again.queue_key) == "queued"
-    event = (await jobs.events(job.id))[-1]
+    event = (await jobs.events(job.id, scope=None))[-1]
     assert event.job_state == "QUEUED" and "re-queued" in event.message and job.queue_key in event.message
 
     await _age(db, job.id)  # idle again, but its new entry is waiting in the queue: left alone
     assert job.id not in await control.requeue_lost(idle_s=60)
-    assert (await jobs.get(job.id)).queue_key == again.queue_key
+    assert (await jobs.get(job.id, scope=None)).queue_key == again.queue_key
 
 
 async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, parts) -> None:  # type: ignore[no-untyped-def]
@@ -102,7 +103,7 @@ async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, parts) -> N
     waiting = await _new_job(jobs)
     await queue.enqueue(waiting.id, waiting.queue_key)  # a long backlog: queued, not lost
     ended = await _new_job(jobs)
-    await control.cancel(ended.id)
+    await control.cancel(SYSTEM, ended.id)
     running = await _new_job(jobs)  # RUNNING in the database, its entry gone (worker and Redis lost)
     await jobs.record_event(running.id, stage="SCENES", stage_state="STARTED", progress=0.3,
                             message="detecting", job_state="RUNNING", attempt=1)
@@ -112,19 +113,19 @@ async def test_sweep_leaves_waiting_running_and_ended_jobs_alone(db, parts) -> N
     swept = await control.requeue_lost(idle_s=60)
     assert waiting.id not in swept and ended.id not in swept
     assert running.id not in swept, "a running job is the lease's business, not the queue sweep's"
-    assert (await jobs.get(ended.id)).state == "CANCELLED"
-    assert (await jobs.get(waiting.id)).queue_key == waiting.queue_key
+    assert (await jobs.get(ended.id, scope=None)).state == "CANCELLED"
+    assert (await jobs.get(waiting.id, scope=None)).queue_key == waiting.queue_key
 
     # Its worker is gone (a row from before leases, unchanged for long): the lease sweep takes it over.
     assert await control.take_over_expired(idle_s=60) == [running.id]
-    moved = await jobs.get(running.id)
+    moved = await jobs.get(running.id, scope=None)
     assert moved.state == "QUEUED" and moved.stage == "SCENES" and moved.queue_key != running.queue_key
     assert moved.failure_code == "WORKER_LOST"
     assert await queue.state(moved.queue_key) == "queued"
 
     # A sweep that read the job before a retry or another sweep moved it changes nothing.
     assert await jobs.requeue(running.id, expected_key=running.queue_key, new_key="x:1", message="m") is None
-    assert (await jobs.get(running.id)).queue_key == moved.queue_key
+    assert (await jobs.get(running.id, scope=None)).queue_key == moved.queue_key
 
 
 async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # type: ignore[no-untyped-def]
@@ -135,10 +136,10 @@ async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # 
     queue = await ArqJobQueue.connect(own_redis.url)
     bus = ProgressBus.connect(own_redis.url)
     control = JobControl(jobs, bus, queue)
+    internal = ServicerStub(PipelineInternalServicer(control))  # ingest's submissions carry the video's owner
 
     async def submit(payload: bytes) -> None:  # the pipeline's SubmitVideoJob, in process
-        request = SubmitVideoJobRequest.FromString(payload)
-        await control.submit(parse_name(request.video, "videos"), request.generation)
+        await internal.SubmitVideoJob(SubmitVideoJobRequest.FromString(payload))
 
     # Submissions other tests left in the session's database are not this test's business.
     await ingest_db.execute("DELETE FROM outbox WHERE topic = $1", SUBMIT_JOB_TOPIC)
@@ -152,10 +153,10 @@ async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # 
     try:
         own_redis.stop()
         started = time.monotonic()
-        video = await ingestor.ingest_stream(VideoMeta(filename="clip.mp4"), _chunks(source))
+        video = await ingestor.ingest_stream(SYSTEM, VideoMeta(filename="clip.mp4"), _chunks(source))
         assert time.monotonic() - started < 15, "the upload waited far longer than the enqueue timeout"
         assert (await videos.get(video.id)).state == "PENDING"
-        (job,) = await jobs.list_page(limit=5, after=None, video_id=video.id)
+        (job,) = await jobs.list_page(scope=None, limit=5, after=None, video_id=video.id)
         assert job.state == "QUEUED"
         assert (tmp_path / "blobs" / video.blob_key).is_file()
         assert not await enqueue_or_leave_to_sweep(queue, job.id, job.queue_key, timeout_s=2)
@@ -163,7 +164,7 @@ async def test_upload_succeeds_while_redis_is_down_and_runs_once_it_is_back(  # 
         own_redis.start()  # back, without the entry that was never written
         await _age(db, job.id)
         assert job.id in await control.requeue_lost(idle_s=60)
-        assert await queue.state((await jobs.get(job.id)).queue_key) == "queued"
+        assert await queue.state((await jobs.get(job.id, scope=None)).queue_key) == "queued"
     finally:
         await relay.stop()
         await bus.close()

@@ -10,7 +10,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.common.errors import ResourceExhausted
+from services.common.principal import SYSTEM, Principal
 from services.common.rate_limit import Limit, RateLimiter
+from services.common.request_limits import RequestLimiter, UserLimits
 from services.launcher import free_port
 
 pytestmark = pytest.mark.integration
@@ -54,3 +56,35 @@ async def test_an_unreachable_redis_fails_open(caplog: pytest.LogCaptureFixture)
         assert "Redis is unreachable" in caplog.text
     finally:
         await client.aclose()
+
+
+async def test_per_user_limits_admit_exactly_the_limit_and_leave_others_alone(redis_url: str) -> None:
+    """200 concurrent searches by one user: exactly 100 pass, the rest are refused with a retry delay; the
+    refused ones count against nothing (not even the hourly budget); another user and the system are unaffected."""
+    windows = RateLimiter.from_url(redis_url)  # as the services make it: a bounded pool that callers wait for
+    limiter = RequestLimiter(windows, UserLimits(requests_per_hour=150, searches_per_minute=100))
+    ann, bob = Principal(uuid.uuid4(), "user"), Principal(uuid.uuid4(), "user")
+    search = "/clipmind.search.v1.SearchService/Search"
+
+    async def attempt(who: Principal, method: str) -> ResourceExhausted | None:
+        try:
+            await limiter.check(who, method)
+        except ResourceExhausted as exc:
+            return exc
+        return None
+
+    try:
+        outcomes = await asyncio.gather(*(attempt(ann, search) for _ in range(200)))
+        refused = [o for o in outcomes if o is not None]
+        assert len(refused) == 100
+        assert {r.reason for r in refused} == {"RATE_LIMITED"}
+        assert {r.metadata["limit"] for r in refused} == {"searches"}
+        assert all(0 < (r.retry_delay_s or 0) <= 60 for r in refused)
+        assert await attempt(bob, search) is None  # another user has their own windows
+        assert await attempt(SYSTEM, search) is None  # the services' own calls are never limited
+        # Ann's hourly budget (150) took only the 100 admitted searches: 50 other calls pass, the 51st not.
+        others = [await attempt(ann, "/clipmind.ingest.v1.IngestService/GetVideo") for _ in range(51)]
+        assert [o is None for o in others].count(True) == 50
+        assert others[-1] is not None and others[-1].metadata["limit"] == "requests"
+    finally:
+        await windows.close()

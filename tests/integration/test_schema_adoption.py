@@ -169,19 +169,20 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
             assert fks == KEPT_FOREIGN_KEYS
 
             # Migrations: each service's first is recorded as adopted, its later ones applied on start.
-            for service, versions in {"ingest": [1, 2], "pipeline": [1], "search": [1, 2]}.items():
+            for service, versions in {"ingest": [1, 2, 3], "pipeline": [1, 2], "search": [1, 2, 3]}.items():
                 assert [r["version"] for r in await pools[service].fetch(
                     "SELECT version FROM schema_migrations ORDER BY version")] == versions, service
             assert await admin.fetchval("SELECT count(*) FROM public.schema_migrations") == 6
 
-            # Ingest: its rows, the columns of its 0002, and one facts row per video for the search service.
-            rows = await ingest.fetch("SELECT id, title, state, generation, processing_fence, revision FROM videos "
-                                      "ORDER BY title")
-            assert [tuple(r) for r in rows] == [(video, "Harbour", "READY", 1, 0, 1),
-                                                (ids["idle_video"], "Idle", "PENDING", 1, 0, 1)]
-            upload = await ingest.fetchrow("SELECT video_id, state, committed_size FROM uploads WHERE id = $1",
-                                           ids["upload"])
-            assert tuple(upload or ()) == (video, "COMPLETED", 1234)
+            # Ingest: its rows, the columns of its 0002 and 0003 (rows from before owners are the nil UUID's:
+            # administrators' only), and one facts row per video for the search service.
+            rows = await ingest.fetch("SELECT id, title, state, generation, processing_fence, revision, owner_id "
+                                      "FROM videos ORDER BY title")
+            assert [tuple(r) for r in rows] == [(video, "Harbour", "READY", 1, 0, 1, uuid.UUID(int=0)),
+                                                (ids["idle_video"], "Idle", "PENDING", 1, 0, 1, uuid.UUID(int=0))]
+            upload = await ingest.fetchrow("SELECT video_id, state, committed_size, owner_id FROM uploads "
+                                           "WHERE id = $1", ids["upload"])
+            assert tuple(upload or ()) == (video, "COMPLETED", 1234, uuid.UUID(int=0))
             outbox = await ingest.fetch("SELECT topic, payload FROM outbox ORDER BY id")
             assert [r["topic"] for r in outbox] == ["pipeline.submit_video_job", "search.video_facts",
                                                     "search.video_facts"]
@@ -227,16 +228,22 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
             # The adopted index works as the search service's own: fenced by the old fence, searchable once
             # ingest's facts arrive.
             clips = ClipStore(search)
-            assert await clips.clips_for_search(ids["clips"]) == {}
+            assert await clips.clips_for_search(ids["clips"], owner=None) == {}
             with pytest.raises(FailedPrecondition) as superseded:
-                await clips.replace_index(video, 3, VideoIndex([], []))
+                await clips.replace_index(video, 3, VideoIndex([], []), owner=uuid.uuid4())
             assert superseded.value.reason == "RUN_SUPERSEDED"
             assert await clips.upsert_facts(VideoFacts(video, 1, "Harbour", f"videos/{video}/source.mp4", "READY",
                                                        20.0, None))
-            found = await clips.clips_for_search(ids["clips"])
+            found = await clips.clips_for_search(ids["clips"], owner=None)
             assert set(found) == set(ids["clips"]) and found[ids["clips"][1]].transcript == "words 1"
-            hits = await vectors.query("visual", "clip/legacy", np.full(512, 0.1, np.float32), 2, video_ids=[video])
+            hits = await vectors.query("visual", "clip/legacy", np.full(512, 0.1, np.float32), 2, video_ids=[video],
+                                       owner=None)
             assert {h.id for h in hits} == set(ids["clips"])
+            # Rows from before ownership are nobody's (the nil UUID): administrators find them, users do not.
+            for table in ("videos", "clips", "transcript_segments", "transcript_vectors", "visual_vectors"):
+                assert await search.fetchval(f"SELECT count(DISTINCT owner_id) FROM {table} "
+                                             "WHERE owner_id <> '00000000-0000-0000-0000-000000000000'") == 0, table
+            assert await clips.clips_for_search(ids["clips"], owner=uuid.uuid4()) == {}
 
             # The legacy search log stays where it was.
             search_row = await admin.fetchrow("SELECT query, result_count FROM public.searches WHERE id = $1",
@@ -253,7 +260,7 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
             finally:
                 for pool in again.values():
                     await pool.close()
-            assert versions == {"ingest": 2, "pipeline": 1, "search": 2}
+            assert versions == {"ingest": 3, "pipeline": 2, "search": 3}
             assert await _snapshot(admin) == before
         finally:
             for pool in pools.values():

@@ -5,6 +5,7 @@ fresh video ids (and model names where it counts rows across videos)."""
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from tests.db_setup import ServicerStub, service_db
 pytestmark = pytest.mark.integration
 
 _TABLES = ("clips", "transcript_segments", "transcript_vectors", "visual_vectors")
+OWNER = uuid.uuid4()  # the user who owns these tests' videos (ownership itself: test_search_ownership.py)
 
 
 @pytest.fixture
@@ -72,16 +74,16 @@ async def _counts(db: Database, video_id: uuid.UUID) -> tuple[int, ...]:
 async def test_an_older_fence_is_refused_and_writes_nothing(db: Database) -> None:
     store, video_id = ClipStore(db), uuid.uuid4()
     newer = _index(video_id, 3, seed=1)
-    await store.replace_index(video_id, 5, newer)
+    await store.replace_index(video_id, 5, newer, owner=OWNER)
     before = await db.fetch("SELECT id, start_s, end_s FROM clips WHERE video_id = $1 ORDER BY idx", video_id)
     texts = await db.fetch("SELECT text FROM transcript_segments WHERE video_id = $1 ORDER BY idx", video_id)
 
     for fence in (4, 0):  # a run that was superseded, however late its write comes
         with pytest.raises(FailedPrecondition) as refused:
-            await store.replace_index(video_id, fence, _index(video_id, 2, seed=2))
+            await store.replace_index(video_id, fence, _index(video_id, 2, seed=2), owner=OWNER)
         assert refused.value.reason == "RUN_SUPERSEDED"
         with pytest.raises(FailedPrecondition):
-            await store.replace_index(video_id, fence, VideoIndex([], []))  # not even an empty index
+            await store.replace_index(video_id, fence, VideoIndex([], []), owner=OWNER)  # not even an empty one
 
     assert await _counts(db, video_id) == (3, 3, 3, 3)
     assert await db.fetch("SELECT id, start_s, end_s FROM clips WHERE video_id = $1 ORDER BY idx",
@@ -90,9 +92,9 @@ async def test_an_older_fence_is_refused_and_writes_nothing(db: Database) -> Non
                           video_id) == texts
     assert await db.fetchval("SELECT index_fence FROM videos WHERE id = $1", video_id) == 5
 
-    await store.replace_index(video_id, 5, newer)  # the same run again: the same rows
+    await store.replace_index(video_id, 5, newer, owner=OWNER)  # the same run again: the same rows
     assert await _counts(db, video_id) == (3, 3, 3, 3)
-    await store.replace_index(video_id, 6, _index(video_id, 2, seed=3))  # a newer run replaces all of it
+    await store.replace_index(video_id, 6, _index(video_id, 2, seed=3), owner=OWNER)  # a newer run replaces it all
     assert await _counts(db, video_id) == (2, 2, 2, 2)
     assert await db.fetchval("SELECT index_fence FROM videos WHERE id = $1", video_id) == 6
 
@@ -101,7 +103,8 @@ async def test_the_servicer_writes_the_index_fenced(db: Database) -> None:
     stub, video_id = ServicerStub(SearchInternalServicer(ClipStore(db))), uuid.uuid4()
     index = _index(video_id, 2)
     request = pb.ReplaceVideoIndexRequest(
-        video=f"videos/{video_id}", fence=3, transcript_model=index.transcript_model, visual_model=index.visual_model,
+        video=f"videos/{video_id}", owner=f"users/{OWNER}", fence=3, transcript_model=index.transcript_model,
+        visual_model=index.visual_model,
         clips=[pb.IndexedClip(id=str(c.id), index=c.idx, start_seconds=c.start_s, end_seconds=c.end_s,
                               thumbnail_key=c.thumbnail_key, visual_embedding=v.tolist())
                for c, (_, v) in zip(index.clips, index.visual_vectors, strict=True)],
@@ -129,11 +132,12 @@ async def test_an_index_is_not_searchable_before_its_facts_say_ready(db: Databas
     stub = ServicerStub(SearchInternalServicer(store))
     index = _index(video_id, 3)
     clip_ids = [c.id for c in index.clips]
-    await store.replace_index(video_id, 1, index)  # the index may arrive before any facts
-    assert await store.clips_for_search(clip_ids) == {}
+    find = functools.partial(store.clips_for_search, owner=OWNER)
+    await store.replace_index(video_id, 1, index, owner=OWNER)  # the index may arrive before any facts
+    assert await find(clip_ids) == {}
 
     assert await store.upsert_facts(_facts(video_id, 1, "PROCESSING"))
-    assert await store.clips_for_search(clip_ids) == {}
+    assert await find(clip_ids) == {}
 
     created = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     stamp = Timestamp()
@@ -141,26 +145,26 @@ async def test_an_index_is_not_searchable_before_its_facts_say_ready(db: Databas
     answer = await stub.UpsertVideoFacts(pb.UpsertVideoFactsRequest(facts=_facts_pb(
         video_id, 2, "READY", title="Sunset", duration_seconds=30.0, create_time=stamp)))
     assert answer.applied
-    found = await store.clips_for_search(clip_ids)
+    found = await find(clip_ids)
     assert set(found) == set(clip_ids)
     clip = found[clip_ids[1]]
     assert (clip.video_id, clip.idx, clip.start_s, clip.end_s) == (video_id, 1, 10.0, 20.0)
     assert clip.thumbnail_key == "k/1.jpg"
     assert (clip.video_title, clip.video_blob_key) == ("Sunset", f"videos/{video_id}/source.mp4")
     assert clip.transcript == "line 1 seed 0"
-    assert (await store.get(clip_ids[0])).video_title == "Sunset"
+    assert (await store.get(clip_ids[0], owner=OWNER)).video_title == "Sunset"
 
     # The read model's facts are the filters.
-    assert set(await store.clips_for_search(clip_ids, min_duration_s=20, max_duration_s=40)) == set(clip_ids)
-    assert await store.clips_for_search(clip_ids, min_duration_s=31) == {}
-    assert await store.clips_for_search(clip_ids, max_duration_s=29) == {}
-    assert set(await store.clips_for_search(clip_ids, created_after=created)) == set(clip_ids)
-    assert await store.clips_for_search(clip_ids, created_after=created + timedelta(seconds=1)) == {}
-    assert await store.clips_for_search(clip_ids, created_before=created) == {}
-    assert set(await store.clips_for_search(clip_ids, created_before=created + timedelta(days=1))) == set(clip_ids)
+    assert set(await find(clip_ids, min_duration_s=20, max_duration_s=40)) == set(clip_ids)
+    assert await find(clip_ids, min_duration_s=31) == {}
+    assert await find(clip_ids, max_duration_s=29) == {}
+    assert set(await find(clip_ids, created_after=created)) == set(clip_ids)
+    assert await find(clip_ids, created_after=created + timedelta(seconds=1)) == {}
+    assert await find(clip_ids, created_before=created) == {}
+    assert set(await find(clip_ids, created_before=created + timedelta(days=1))) == set(clip_ids)
 
     assert await store.upsert_facts(_facts(video_id, 3, "FAILED"))  # reprocessing failed: out of search again
-    assert await store.clips_for_search(clip_ids) == {}
+    assert await find(clip_ids) == {}
 
 
 async def test_facts_apply_in_revision_order(db: Database) -> None:
@@ -180,17 +184,18 @@ async def test_facts_apply_in_revision_order(db: Database) -> None:
     assert tuple(row or ()) == (3, "third", "PROCESSING")
 
     # Facts that arrive after an index keep its fence (one row holds both).
-    await store.replace_index(video_id, 7, _index(video_id, 1))
+    await store.replace_index(video_id, 7, _index(video_id, 1), owner=OWNER)
     assert await store.upsert_facts(_facts(video_id, 4))
     assert await db.fetchval("SELECT index_fence FROM videos WHERE id = $1", video_id) == 7
 
 
 async def test_a_deleted_video_stays_deleted(db: Database) -> None:
     store, video_id = ClipStore(db), uuid.uuid4()
+    find = functools.partial(store.clips_for_search, owner=OWNER)
     index = _index(video_id, 3)
-    await store.replace_index(video_id, 1, index)
+    await store.replace_index(video_id, 1, index, owner=OWNER)
     assert await store.upsert_facts(_facts(video_id, 1))
-    assert len(await store.clips_for_search([c.id for c in index.clips])) == 3
+    assert len(await find([c.id for c in index.clips])) == 3
 
     assert await store.delete_index(video_id) == 3
     assert await _counts(db, video_id) == (0, 0, 0, 0)
@@ -198,13 +203,13 @@ async def test_a_deleted_video_stays_deleted(db: Database) -> None:
                              [c.id for c in index.clips]) == 0
     row = await db.fetchrow("SELECT deleted, state FROM videos WHERE id = $1", video_id)
     assert tuple(row or ()) == (True, "DELETED")  # the tombstone
-    assert await store.clips_for_search([c.id for c in index.clips]) == {}
+    assert await find([c.id for c in index.clips]) == {}
     with pytest.raises(NotFound) as missing:
-        await store.get(index.clips[0].id)
+        await store.get(index.clips[0].id, owner=OWNER)
     assert missing.value.reason == "CLIP_NOT_FOUND"
 
     with pytest.raises(NotFound) as gone:  # a run still going when the video was deleted writes nothing
-        await store.replace_index(video_id, 2, index)
+        await store.replace_index(video_id, 2, index, owner=OWNER)
     assert gone.value.reason == "VIDEO_NOT_FOUND"
     assert not await store.upsert_facts(_facts(video_id, 99))  # nor does a late facts update bring it back
     assert await _counts(db, video_id) == (0, 0, 0, 0)
@@ -215,7 +220,7 @@ async def test_a_deleted_video_stays_deleted(db: Database) -> None:
     never_indexed = uuid.uuid4()  # a deletion that overtakes the index write
     assert await store.delete_index(never_indexed) == 0
     with pytest.raises(NotFound):
-        await store.replace_index(never_indexed, 1, _index(never_indexed, 1))
+        await store.replace_index(never_indexed, 1, _index(never_indexed, 1), owner=OWNER)
     assert await _counts(db, never_indexed) == (0, 0, 0, 0)
     assert not await store.upsert_facts(_facts(never_indexed, 1))
 
@@ -224,17 +229,18 @@ async def test_stale_models_counts_videos_per_other_model(db: Database) -> None:
     store, tag = ClipStore(db), uuid.uuid4().hex[:8]  # model names of this test only: other tests share the table
     old_t, new_t, old_v, new_v = (f"sbert/{tag}-old", f"sbert/{tag}-new", f"clip/{tag}-old", f"clip/{tag}-new")
     videos = [uuid.uuid4() for _ in range(4)]
-    await store.replace_index(videos[0], 1, _index(videos[0], 2, transcript_model=old_t, visual_model=old_v))
-    await store.replace_index(videos[1], 1, _index(videos[1], 3, transcript_model=old_t, visual_model=new_v))
-    await store.replace_index(videos[2], 1, _index(videos[2], 1, transcript_model=new_t, visual_model=old_v))
-    await store.replace_index(videos[3], 1, _index(videos[3], 2, transcript_model=new_t, visual_model=new_v))
+    replace = functools.partial(store.replace_index, owner=OWNER)
+    await replace(videos[0], 1, _index(videos[0], 2, transcript_model=old_t, visual_model=old_v))
+    await replace(videos[1], 1, _index(videos[1], 3, transcript_model=old_t, visual_model=new_v))
+    await replace(videos[2], 1, _index(videos[2], 1, transcript_model=new_t, visual_model=old_v))
+    await replace(videos[3], 1, _index(videos[3], 2, transcript_model=new_t, visual_model=new_v))
 
     def mine(counts: dict[str, int]) -> dict[str, int]:
         return {k: n for k, n in counts.items() if tag in k}
 
     assert mine(await store.stale_models(new_t, new_v)) == {f"transcript:{old_t}": 2, f"visual:{old_v}": 2}
     assert mine(await store.stale_models(old_t, old_v)) == {f"transcript:{new_t}": 2, f"visual:{new_v}": 2}
-    await store.replace_index(videos[0], 2, _index(videos[0], 2, transcript_model=new_t, visual_model=new_v))
+    await replace(videos[0], 2, _index(videos[0], 2, transcript_model=new_t, visual_model=new_v))
     await store.delete_index(videos[2])  # a deleted video needs no reindex
     assert mine(await store.stale_models(new_t, new_v)) == {f"transcript:{old_t}": 1}
 

@@ -19,6 +19,8 @@ from tests.db_setup import service_db
 
 pytestmark = pytest.mark.integration
 
+OWNER = uuid.uuid4()  # the user who owns this test's video
+
 
 def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
     v = rng.standard_normal(dim).astype(np.float32)
@@ -51,14 +53,15 @@ async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str)
         rng = np.random.default_rng(0)
         first = _result(video_id, rng)
         clips = ClipStore(pool)
-        await clips.replace_index(video_id, 1, first)
+        await clips.replace_index(video_id, 1, first, owner=OWNER)
         assert await _counts(pool, video_id) == (3, 3, 3, 3)
-        await clips.replace_index(video_id, 1, _result(video_id, rng))  # the same run again: same ids, new vectors
+        again = _result(video_id, rng)
+        await clips.replace_index(video_id, 1, again, owner=OWNER)  # the same run again: same ids, new vectors
         assert await _counts(pool, video_id) == (3, 3, 3, 3)
         later = _result(video_id, rng)
-        await clips.replace_index(video_id, 2, later)  # a later run
+        await clips.replace_index(video_id, 2, later, owner=OWNER)  # a later run
         with pytest.raises(FailedPrecondition) as superseded:  # an earlier run's late write changes nothing
-            await clips.replace_index(video_id, 1, VideoIndex([], []))
+            await clips.replace_index(video_id, 1, VideoIndex([], []), owner=OWNER)
         assert superseded.value.reason == "RUN_SUPERSEDED"
         assert await _counts(pool, video_id) == (3, 3, 3, 3)
         assert await clips.upsert_facts(VideoFacts(video_id, 1, "a title", f"videos/{video_id}/source.mp4",
@@ -67,10 +70,11 @@ async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str)
 
         index = PgVectorIndex(pool)
         query = np.asarray(first.visual_vectors[1][1])
-        hits = await index.query("visual", first.visual_model, query, 3, video_ids=[video_id])  # exact scan
+        hits = await index.query("visual", first.visual_model, query, 3, video_ids=[video_id], owner=OWNER)  # exact
         assert len(hits) == 3 and {h.video_id for h in hits} == {video_id}
         assert hits[0].id == first.clips[1].id
-        assert await index.query("visual", "clip/other-model", query, 3, video_ids=[video_id]) == []  # never mixed
+        other_model = await index.query("visual", "clip/other-model", query, 3, video_ids=[video_id], owner=OWNER)
+        assert other_model == []  # never mixed
         model, stored = await index.get("visual", first.visual_vectors[1][0]) or ("", None)
         assert model == first.visual_model and stored is not None and stored.shape == (512,)
         np.testing.assert_allclose(stored, first.visual_vectors[1][1], rtol=1e-6)  # the later run's vectors
@@ -84,7 +88,7 @@ async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str)
         assert await _counts(pool, video_id) == (0, 0, 0, 0)
         assert await clips.delete_index(video_id) == 0  # idempotent
         with pytest.raises(NotFound) as gone:  # a run that finishes after the video was deleted writes nothing
-            await clips.replace_index(video_id, 3, _result(video_id, rng))
+            await clips.replace_index(video_id, 3, _result(video_id, rng), owner=OWNER)
         assert gone.value.reason == "VIDEO_NOT_FOUND"
         assert await _counts(pool, video_id) == (0, 0, 0, 0)
     finally:

@@ -42,21 +42,22 @@ async def test_pages_are_newest_first_complete_and_filtered(pg_dsn: str) -> None
         mine_v = {v.id for v, _ in made}
         mine_j = {j.id for _, j in made}
 
-        all_videos = await _pages(lambda **kw: videos.list_page(**kw), 2)
+        all_videos = await _pages(lambda **kw: videos.list_page(owner=None, **kw), 2)
         ours = [v.id for v in all_videos if v.id in mine_v]
         assert ours == [v.id for v, _ in reversed(made)]  # newest first, each once
         assert len({v.id for v in all_videos}) == len(all_videos)
-        pending = await _pages(lambda **kw: videos.list_page(state="PENDING", **kw), 2)
+        pending = await _pages(lambda **kw: videos.list_page(owner=None, state="PENDING", **kw), 2)
         assert mine_v <= {v.id for v in pending} and all(v.state == "PENDING" for v in pending)
-        assert not [v for v in await _pages(lambda **kw: videos.list_page(state="READY", **kw), 2) if v.id in mine_v]
+        ready = await _pages(lambda **kw: videos.list_page(owner=None, state="READY", **kw), 2)
+        assert not [v for v in ready if v.id in mine_v]
 
-        all_jobs = await _pages(lambda **kw: jobs.list_page(**kw), 2)
+        all_jobs = await _pages(lambda **kw: jobs.list_page(scope=None, **kw), 2)
         assert [j.id for j in all_jobs if j.id in mine_j] == [j.id for _, j in reversed(made)]
         one = made[2]
-        assert [j.id for j in await jobs.list_page(limit=10, after=None, video_id=one[0].id)] == [one[1].id]
-        assert await jobs.list_page(limit=10, after=None, video_id=one[0].id, state="RUNNING") == []
+        assert [j.id for j in await jobs.list_page(scope=None, limit=10, after=None, video_id=one[0].id)] == [one[1].id]
+        assert await jobs.list_page(scope=None, limit=10, after=None, video_id=one[0].id, state="RUNNING") == []
 
-        letters = await _pages(lambda **kw: jobs.dead_letters(**kw), 2)
+        letters = await _pages(lambda **kw: jobs.dead_letters(scope=None, **kw), 2)
         assert [d.job_id for d in letters if d.job_id in mine_j] == [j.id for _, j in reversed(made)]
     finally:
         await ingest.close()

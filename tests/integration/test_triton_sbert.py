@@ -93,3 +93,30 @@ async def test_unreachable_server_is_unavailable() -> None:
             await client.embed_texts(["hello"])
     finally:
         await client.close()
+
+
+def test_tritons_admin_apis_are_refused(triton_url: str) -> None:
+    """The mesh only infers: loading or unloading models, the repository index, shared memory, statistics,
+    tracing and log settings need a header no client has (Triton's restricted APIs)."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(triton_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert stub.ServerLive(service_pb2.ServerLiveRequest(), timeout=10).live  # health stays open
+        assert stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="sbert"), timeout=10).name == "sbert"
+        refused = {
+            "unload": lambda: stub.RepositoryModelUnload(service_pb2.RepositoryModelUnloadRequest(model_name="sbert"),
+                                                         timeout=10),
+            "load": lambda: stub.RepositoryModelLoad(service_pb2.RepositoryModelLoadRequest(model_name="sbert"),
+                                                     timeout=10),
+            "index": lambda: stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), timeout=10),
+            "statistics": lambda: stub.ModelStatistics(service_pb2.ModelStatisticsRequest(name="sbert"), timeout=10),
+            "logging": lambda: stub.LogSettings(service_pb2.LogSettingsRequest(), timeout=10),
+        }
+        for name, call in refused.items():
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE, name
+            assert "restricted" in (err.value.details() or "").lower() or "header" in (err.value.details() or ""), name
+        assert stub.ModelReady(service_pb2.ModelReadyRequest(name="sbert"), timeout=10).ready  # still loaded

@@ -12,11 +12,15 @@ import pytest
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import FailedPrecondition
 from services.common.outbox import OutboxRelay
+from services.common.principal import Principal
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.store import UploadStore, VideoStore
 from tests.db_setup import service_db
 
 pytestmark = pytest.mark.integration
+
+# The uploader: a user, who owns what they upload.
+UPLOADER = Principal(uuid.uuid4(), "user")
 
 
 def _make_old(path: Path, hours: float = 2.0) -> None:
@@ -35,11 +39,11 @@ async def test_sweep_cancels_expired_uploads_and_deletes_leftovers(  # type: ign
         max_chunk_bytes=1_000_000,
     )
     try:
-        expired = await ingestor.create_upload("a.mp4", "video/mp4", 0)
-        await ingestor.write_upload(expired.id, 0, b"half a video")
+        expired = await ingestor.create_upload(UPLOADER, "a.mp4", "video/mp4", 0)
+        await ingestor.write_upload(UPLOADER, expired.id, 0, b"half a video")
         await pool.execute("UPDATE uploads SET expire_time = now() - interval '1 minute' WHERE id = $1", expired.id)
-        idle = await ingestor.create_upload("b.mp4", "video/mp4", 0)  # active, paused for hours: kept
-        await ingestor.write_upload(idle.id, 0, b"resumes tomorrow")
+        idle = await ingestor.create_upload(UPLOADER, "b.mp4", "video/mp4", 0)  # active, paused for hours: kept
+        await ingestor.write_upload(UPLOADER, idle.id, 0, b"resumes tomorrow")
         _make_old(staging / f"upload-{idle.id}")
         orphan = staging / f"upload-{uuid.uuid4()}"  # a process died before the row was written
         orphan.write_bytes(b"x")
@@ -56,10 +60,10 @@ async def test_sweep_cancels_expired_uploads_and_deletes_leftovers(  # type: ign
         assert sorted(p.name for p in staging.iterdir()) == sorted(
             [f"upload-{idle.id}", live_stream.name, fresh_orphan.name]
         )
-        assert (await ingestor.get_upload(expired.id)).state == "CANCELLED"
-        assert (await ingestor.get_upload(idle.id)).state == "ACTIVE"
+        assert (await ingestor.get_upload(UPLOADER, expired.id)).state == "CANCELLED"
+        assert (await ingestor.get_upload(UPLOADER, idle.id)).state == "ACTIVE"
         with pytest.raises(FailedPrecondition):
-            await ingestor.write_upload(expired.id, 12, b"too late")
+            await ingestor.write_upload(UPLOADER, expired.id, 12, b"too late")
         assert await ingestor.sweep_staging() == 0
     finally:
         await pool.close()

@@ -37,6 +37,8 @@ from tests.db_setup import ServicerStub, service_db
 
 pytestmark = pytest.mark.integration
 
+OWNER = uuid.uuid4()  # the user whose videos these are: every request about one names them
+
 PROCESSING = pb.PROCESSING_STATE_PROCESSING
 READY = pb.PROCESSING_STATE_READY
 FAILED = pb.PROCESSING_STATE_FAILED
@@ -61,6 +63,7 @@ class Ingest:
 
     async def new_video(self, state: str = "PENDING", **fields: Any) -> Video:
         video_id = uuid.uuid4()
+        fields.setdefault("owner_id", OWNER)
         await self.videos.create(Video(video_id, f"videos/{video_id}/source.mp4", state, **fields))
         return await self.videos.get(video_id)
 
@@ -104,7 +107,7 @@ async def test_create_commits_the_job_submission_and_the_facts_with_the_video(in
 
     [submit] = await ingest.rows(SUBMIT_JOB_TOPIC, video.id)
     assert pipeline_pb.SubmitVideoJobRequest.FromString(submit) == pipeline_pb.SubmitVideoJobRequest(
-        video=f"videos/{video.id}", generation=1)
+        video=f"videos/{video.id}", generation=1, owner=f"users/{OWNER}")
     assert await ingest.rows(FACTS_TOPIC, video.id) == [str(video.id).encode()]
     # One transaction wrote all three rows (same creating transaction id).
     xmins = await ingest.pool.fetch(
@@ -237,9 +240,9 @@ async def test_every_change_bumps_the_revision_and_publishes_the_facts(ingest: I
     changes = [
         lambda: ingest.update(video, 1, PROCESSING),
         lambda: ingest.update(video, 1, duration_seconds=4.0),
-        lambda: ingest.videos.update_fields(video.id, title="renamed"),
+        lambda: ingest.videos.update_fields(video.id, owner=OWNER, title="renamed"),
         lambda: ingest.update(video, 2, READY, scene_count=2),
-        lambda: ingest.videos.update_fields(video.id, description="about it"),
+        lambda: ingest.videos.update_fields(video.id, owner=None, description="about it"),
     ]
     for n, change in enumerate(changes, start=2):
         before = await ingest.videos.get(video.id)
@@ -261,13 +264,13 @@ async def test_get_video_source_names_the_bytes_and_sidecar(ingest: Ingest) -> N
     source = await ingest.internal.GetVideoSource(pb.GetVideoSourceRequest(video=f"videos/{video.id}"))
     assert source == pb.VideoSource(video=f"videos/{video.id}", blob_key=video.blob_key,
                                     sidecar_key="videos/s/sidecar.srt", sidecar_format="SRT",
-                                    sidecar_language="en", title="a talk")
+                                    sidecar_language="en", title="a talk", owner=f"users/{OWNER}")
 
 
 async def test_a_deleted_video_asks_for_its_jobs_and_index_to_go_and_is_not_found(ingest: Ingest) -> None:
     video = await ingest.new_video()
     await ingest.update(video, 1, PROCESSING)
-    deleted = await ingest.videos.delete(video.id)
+    deleted = await ingest.videos.delete(video.id, owner=OWNER)
     assert deleted.id == video.id and deleted.state == "PROCESSING"
     name = f"videos/{video.id}"
 
@@ -280,7 +283,7 @@ async def test_a_deleted_video_asks_for_its_jobs_and_index_to_go_and_is_not_foun
     for call in (lambda: ingest.internal.GetVideoSource(pb.GetVideoSourceRequest(video=name)),
                  lambda: ingest.update(video, 2, READY, duration_seconds=1.0),
                  lambda: ingest.update(video, 2, CANCELLED),
-                 lambda: ingest.videos.delete(video.id)):
+                 lambda: ingest.videos.delete(video.id, owner=None)):
         with pytest.raises(NotFound) as gone:
             await call()
         assert gone.value.reason == "VIDEO_NOT_FOUND" and gone.value.metadata == {"name": name}
@@ -360,7 +363,7 @@ async def test_the_facts_handler_sends_the_video_as_it_is_at_delivery(ingest: In
     video = await ingest.new_video(title="before")
     [created_payload] = await ingest.rows(FACTS_TOPIC, video.id)
     await ingest.update(video, 1, READY, duration_seconds=9.5)
-    await ingest.videos.update_fields(video.id, title="after")
+    await ingest.videos.update_fields(video.id, owner=OWNER, title="after")
     now = await ingest.videos.get(video.id)
     assert now.revision == 3
 
@@ -368,10 +371,10 @@ async def test_the_facts_handler_sends_the_video_as_it_is_at_delivery(ingest: In
     assert pipeline.calls == []
     assert search.calls == [("UpsertVideoFacts", search_pb.UpsertVideoFactsRequest(facts=search_pb.VideoFacts(
         video=f"videos/{video.id}", revision=3, title="after", blob_key=video.blob_key, state="READY",
-        duration_seconds=9.5, create_time=timestamp(now.create_time),
+        duration_seconds=9.5, create_time=timestamp(now.create_time), owner=f"users/{OWNER}",
     )))]
 
-    await ingest.videos.delete(video.id)
+    await ingest.videos.delete(video.id, owner=None)
     search.calls.clear()
     for payload in await ingest.rows(FACTS_TOPIC, video.id):
         await handlers[FACTS_TOPIC](payload)  # deleted since: nothing to send, and done
@@ -383,7 +386,7 @@ async def test_the_other_handlers_forward_their_requests(ingest: Ingest) -> None
     handlers = relays.handlers(ingest.videos, pipeline, search)
     video = await ingest.new_video()
     [submit] = await ingest.rows(SUBMIT_JOB_TOPIC, video.id)
-    await ingest.videos.delete(video.id)
+    await ingest.videos.delete(video.id, owner=None)
     [jobs] = await ingest.rows(DELETE_JOBS_TOPIC, video.id)
     [index] = await ingest.rows(DELETE_INDEX_TOPIC, video.id)
     name = f"videos/{video.id}"
@@ -392,10 +395,26 @@ async def test_the_other_handlers_forward_their_requests(ingest: Ingest) -> None
     await handlers[DELETE_JOBS_TOPIC](jobs)
     await handlers[DELETE_INDEX_TOPIC](index)
     assert pipeline.calls == [
-        ("SubmitVideoJob", pipeline_pb.SubmitVideoJobRequest(video=name, generation=1)),
+        ("SubmitVideoJob", pipeline_pb.SubmitVideoJobRequest(video=name, generation=1, owner=f"users/{OWNER}")),
         ("DeleteVideoJobs", pipeline_pb.DeleteVideoJobsRequest(video=name)),
     ]
     assert search.calls == [("DeleteVideoIndex", search_pb.DeleteVideoIndexRequest(video=name))]
+
+
+async def test_a_submission_queued_before_ownership_gets_the_videos_owner(ingest: Ingest) -> None:
+    pipeline, search = Recorder(), Recorder()
+    handlers = relays.handlers(ingest.videos, pipeline, search)
+    video = await ingest.new_video()
+    name = f"videos/{video.id}"
+    queued_before = pipeline_pb.SubmitVideoJobRequest(video=name, generation=1).SerializeToString()
+
+    await handlers[SUBMIT_JOB_TOPIC](queued_before)
+    assert pipeline.calls == [
+        ("SubmitVideoJob", pipeline_pb.SubmitVideoJobRequest(video=name, generation=1, owner=f"users/{OWNER}"))]
+    await ingest.videos.delete(video.id, owner=None)
+    pipeline.calls.clear()
+    await handlers[SUBMIT_JOB_TOPIC](queued_before)  # its video gone since: nothing to submit, and done
+    assert pipeline.calls == [] and search.calls == []
 
 
 async def test_the_submit_handler_swallows_not_found_and_retries_the_rest(ingest: Ingest) -> None:

@@ -23,9 +23,12 @@ import redis.asyncio as aioredis
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pb_grpc
 
+from services.common.auth import Authenticator
+from services.common.auth_interceptor import AuthInterceptor
 from services.common.grpc_errors import ErrorInterceptor
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
+from services.common.revocations import Revocations
 from services.launcher import EmbeddedRedis, free_port
 from services.launcher.process import ManagedProcess
 from services.launcher.services import REPO_ROOT, grpc_serving, python_path
@@ -34,7 +37,7 @@ from services.pipeline.jobs import JobControl
 from services.pipeline.records import Job
 from services.pipeline.servicer import PipelineServicer
 from services.pipeline.watch import JobWatcher
-from tests.auth_setup import TEST_KEYS, aio_channel
+from tests.auth_setup import SIGNER, TEST_KEYS, aio_channel
 from tests.db_setup import service_db
 from tests.e2e.clients import rich_status
 
@@ -53,23 +56,26 @@ class Stack:
 async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, poll_s: float = 3.0,
                    max_streams: int = 1000, health_check_s: float = 5.0,
                    max_backoff_s: float = 5.0) -> AsyncIterator[Stack]:
-    """PipelineServicer wired as services/pipeline/server.py does, on a grpc.aio server on port 0."""
+    """PipelineServicer wired as services/pipeline/server.py does (callers authenticated by the same interceptor),
+    on a grpc.aio server on port 0; the stub calls as the system, which sees every job."""
     pool = await service_db(pg_dsn, "pipeline")
     bus = ProgressBus.connect(redis_url, health_check_s=health_check_s, max_backoff_s=max_backoff_s)
     queue = await ArqJobQueue.connect(redis_url)
     jobs = JobStore(pool)
     watcher = JobWatcher(jobs, bus, heartbeat_s=heartbeat_s, poll_s=poll_s, max_streams=max_streams)
-    server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-    pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(jobs, JobControl(jobs, bus, queue), watcher),
-                                                  server)
+    revocations = Revocations.from_url(redis_url)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(SIGNER, revocations, None)),
+                                           ErrorInterceptor()])
+    pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(JobControl(jobs, bus, queue), watcher), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    channel = aio_channel(f"127.0.0.1:{port}")
     try:
         yield Stack(jobs, bus, watcher, pb_grpc.PipelineServiceStub(channel))
     finally:
         await channel.close()
         await server.stop(1)
+        await revocations.close()
         await queue.close()
         await bus.close()
         await pool.close()

@@ -12,12 +12,20 @@ from google.rpc import code_pb2, error_details_pb2
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_errors import to_rpc_status
 from services.common.ids import derived_id
-from services.common.paging import decode_token, encode_token, page_size, parse_name
+from services.common.paging import (
+    bound_to,
+    decode_offset,
+    decode_token,
+    encode_offset,
+    encode_token,
+    page_size,
+    parse_name,
+)
 from services.media.subtitles import Cue
 from services.pipeline.processor import assign_segments
 from services.pipeline.records import Clip
 from services.pipeline.servicer import parse_job_filter
-from services.search.searcher import SearchQuery, _decode_page, _encode_page, fuse
+from services.search.searcher import SearchQuery, fuse
 
 
 def test_fusion_renormalizes_over_present_modalities() -> None:
@@ -28,15 +36,17 @@ def test_fusion_renormalizes_over_present_modalities() -> None:
     assert fuse({"visual": 0.9, "transcript": 0.1}, {"visual": 0.0, "transcript": 1.0}) == pytest.approx(0.1)
 
 
-def test_search_page_token_is_bound_to_its_query() -> None:
-    q = SearchQuery(text="dogs", page_size=2)
-    token = _encode_page(4, q.fingerprint())
-    assert _decode_page(token, q.fingerprint()) == 4
-    with pytest.raises(InvalidArgument) as err:
-        _decode_page(token, SearchQuery(text="cats").fingerprint())
-    assert err.value.field_violations[0].field == "page_token"
+def test_search_page_token_is_bound_to_its_query_and_caller() -> None:
+    q, caller = SearchQuery(text="dogs", page_size=2), uuid.uuid4()
+    token = encode_offset(4, bound_to(caller, q.fingerprint()))  # as Searcher.search binds its tokens
+    assert decode_offset(token, bound_to(caller, q.fingerprint())) == 4
+    for other in (bound_to(caller, SearchQuery(text="cats").fingerprint()), bound_to(uuid.uuid4(), q.fingerprint())):
+        with pytest.raises(InvalidArgument) as err:
+            decode_offset(token, other)
+        assert err.value.field_violations[0].field == "page_token"
+        assert err.value.reason == "PAGE_TOKEN_MISMATCH"
     with pytest.raises(InvalidArgument):
-        _decode_page("!!garbage", q.fingerprint())
+        decode_offset("!!garbage", bound_to(caller, q.fingerprint()))
 
 
 def test_list_tokens_round_trip_and_reject_garbage() -> None:

@@ -27,8 +27,9 @@ def _processed(video_id: uuid.UUID) -> ProcessedVideo:
 def test_the_index_round_trips() -> None:
     video_id = uuid.uuid4()
     sent = _processed(video_id)
-    got_video, got = index_from_pb(index_request(video_id, 7, sent))
-    assert got_video == video_id
+    owner = uuid.uuid4()
+    got_video, got_owner, got = index_from_pb(index_request(video_id, 7, sent, owner_id=owner))
+    assert (got_video, got_owner) == (video_id, owner)
     assert [(c.id, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in got.clips] == [
         (c.id, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in sent.clips]
     assert [astuple(g) for g in got.segments] == [astuple(g) for g in sent.segments]  # each side's records
@@ -39,21 +40,32 @@ def test_the_index_round_trips() -> None:
 
 def test_bad_indexes_are_refused_naming_the_field() -> None:
     video_id = uuid.uuid4()
-    request = index_request(video_id, 1, _processed(video_id))
+    request = index_request(video_id, 1, _processed(video_id), owner_id=uuid.uuid4())
     del request.segments[0].embedding[-1]
     with pytest.raises(InvalidArgument) as err:
         index_from_pb(request)
     assert err.value.field_violations[0].field == "segments[0].embedding"
-    request = index_request(video_id, 1, _processed(video_id))
+    request = index_request(video_id, 1, _processed(video_id), owner_id=uuid.uuid4())
     request.segments[0].clip_id = str(uuid.uuid4())
     with pytest.raises(InvalidArgument) as err:
         index_from_pb(request)
     assert err.value.field_violations[0].field == "segments[0].clip_id"
-    request = index_request(video_id, 1, _processed(video_id))
+    request = index_request(video_id, 1, _processed(video_id), owner_id=uuid.uuid4())
     request.visual_model = ""
     with pytest.raises(InvalidArgument) as err:
         index_from_pb(request)
     assert err.value.field_violations[0].field == "visual_model"
+
+
+def test_an_index_without_a_valid_owner_is_refused() -> None:
+    video_id = uuid.uuid4()
+    for owner, reason in (("", "REQUIRED_FIELD"), ("users/not-a-uuid", "INVALID_NAME"),
+                          (f"videos/{uuid.uuid4()}", "INVALID_NAME")):
+        request = index_request(video_id, 1, _processed(video_id), owner_id=uuid.uuid4())
+        request.owner = owner
+        with pytest.raises(InvalidArgument) as err:
+            index_from_pb(request)
+        assert (err.value.reason, err.value.field_violations[0].field) == (reason, "owner")
 
 
 def test_repeated_ids_and_indexes_are_refused_naming_the_field() -> None:
@@ -63,7 +75,7 @@ def test_repeated_ids_and_indexes_are_refused_naming_the_field() -> None:
         (lambda r: setattr(r.clips[1], "index", r.clips[0].index), "clips[1].index"),
         (lambda r: r.segments.append(r.segments[0]), "segments[1].id"),
     ):
-        request = index_request(video_id, 1, _processed(video_id))
+        request = index_request(video_id, 1, _processed(video_id), owner_id=uuid.uuid4())
         mutate(request)
         with pytest.raises(InvalidArgument) as err:
             index_from_pb(request)

@@ -1,0 +1,418 @@
+"""Ownership in search (issue 9), on real PostgreSQL + pgvector 0.6: a user finds and reads only their own clips,
+an administrator everyone's; another user's clip is NOT_FOUND (as a clip that does not exist); the index is
+written with its owner or not at all; a page token does not cross users; the search log records who searched.
+
+And the filtered nearest-neighbour search without iterative index scans (``vectors.PgVectorIndex``): in one
+collection of 100,000 vectors, a user who owns 100 of them (0.1 %), one who owns 1,000 (1 %) and one who owns
+40,000 (40 %) each get their best match first and a full page. Latencies of each path are printed.
+
+Tests share the session's database, so each uses model names of its own (queries see only their model); the
+100,000 vectors go into a fresh database of their own."""
+
+from __future__ import annotations
+
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as analytics_pb
+from clipmind.search.internal.v1 import search_internal_service_pb2 as internal_pb
+from clipmind.search.v1 import search_service_pb2 as pb
+
+from services.analytics.internal_servicer import AnalyticsInternalServicer
+from services.analytics.search_log import SearchLogStore
+from services.common.blobstore import LocalBlobStore
+from services.common.db import Database
+from services.common.errors import InvalidArgument, NotFound
+from services.common.ids import derived_id
+from services.common.inference_types import ModelStatus, Transcript
+from services.common.principal import Principal
+from services.search.clip_store import NO_OWNER, ClipStore
+from services.search.internal_servicer import SearchInternalServicer
+from services.search.records import SearchRecord
+from services.search.search_log import to_message
+from services.search.searcher import Searcher, SearchQuery
+from services.search.servicer import SearchServicer
+from services.search.vectors import PgVectorIndex
+from tests.db_setup import ServicerStub, fresh_database, service_db
+
+pytestmark = pytest.mark.integration
+
+ALICE, BOB = Principal(uuid.uuid4(), "user"), Principal(uuid.uuid4(), "user")
+ADMIN = Principal(uuid.uuid4(), "admin")
+
+
+def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
+    v = rng.standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+class QueryVectors:
+    """Inference for searches: every model ready (under this test's model names); a text query's vectors are the
+    ones a test set for that text, so a query can aim at a stored clip without any model."""
+
+    def __init__(self, tag: str) -> None:
+        self.visual_model, self.transcript_model = f"clip/{tag}", f"sbert/{tag}"
+        self.visual: dict[str, np.ndarray] = {}
+        self.transcript: dict[str, np.ndarray] = {}
+
+    @property
+    def backend(self) -> str:
+        return "test"
+
+    async def status(self) -> dict[str, ModelStatus]:
+        return {"clip_image": ModelStatus("clip_image", "ready", self.visual_model),
+                "clip_text": ModelStatus("clip_text", "ready", "clip-text"),
+                "sbert": ModelStatus("sbert", "ready", self.transcript_model),
+                "whisper": ModelStatus("whisper", "off")}
+
+    async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray | Exception]:
+        return [self.visual[i.decode()] for i in images]
+
+    async def embed_clip_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.visual[t] for t in texts])
+
+    async def embed_sentences(self, texts: Sequence[str]) -> np.ndarray:
+        return np.stack([self.transcript[t] for t in texts])
+
+    async def transcribe(self, audio: np.ndarray, sample_rate: int = 16000) -> Transcript:
+        raise AssertionError("search never transcribes")
+
+    async def close(self) -> None:
+        return None
+
+
+class Logged:
+    """The search log as the searcher hands it records."""
+
+    def __init__(self) -> None:
+        self.records: list[SearchRecord] = []
+
+    def record(self, entry: SearchRecord) -> None:
+        self.records.append(entry)
+
+
+@pytest.fixture
+async def db(pg_dsn: str) -> AsyncIterator[Database]:
+    pool = await service_db(pg_dsn, "search")
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def _index_request(video_id: uuid.UUID, owner: Principal | None, models: QueryVectors, rng: np.random.Generator,
+                   n: int = 3) -> internal_pb.ReplaceVideoIndexRequest:
+    """``n`` clips of 10 s, a transcript segment and a vector of each kind per clip, as the pipeline sends them."""
+    request = internal_pb.ReplaceVideoIndexRequest(
+        video=f"videos/{video_id}", fence=1, owner=owner.name if owner else "",
+        transcript_model=models.transcript_model, visual_model=models.visual_model)
+    for i in range(n):
+        clip_id = derived_id(video_id, "clip", i)
+        request.clips.add(id=str(clip_id), index=i, start_seconds=i * 10.0, end_seconds=i * 10.0 + 10,
+                          visual_embedding=_unit(rng, 512).tolist())
+        request.segments.add(id=str(derived_id(video_id, "segment", i)), clip_id=str(clip_id), index=i,
+                             start_seconds=i * 10.0 + 1, end_seconds=i * 10.0 + 4, text=f"words {i}",
+                             source="SIDECAR", embedding=_unit(rng, 384).tolist())
+    return request
+
+
+class World:
+    """Alice's and Bob's videos indexed through SearchInternalService, READY, and the public servicer."""
+
+    def __init__(self, db: Database, tmp: Path) -> None:
+        self.models = QueryVectors(uuid.uuid4().hex[:8])
+        self.store = ClipStore(db)
+        self.internal = ServicerStub(SearchInternalServicer(self.store))
+        self.log = Logged()
+        self.searcher = Searcher(self.store, PgVectorIndex(db), self.models, self.log)  # type: ignore[arg-type]
+        self.servicer = SearchServicer(self.searcher, LocalBlobStore(tmp, "http://media.test"))
+        self.videos: dict[uuid.UUID, uuid.UUID] = {}  # owner -> video
+        self.requests: dict[uuid.UUID, internal_pb.ReplaceVideoIndexRequest] = {}
+
+    async def index(self, owner: Principal, seed: int) -> None:
+        video_id = uuid.uuid4()
+        request = _index_request(video_id, owner, self.models, np.random.default_rng(seed))
+        await self.internal.ReplaceVideoIndex(request)
+        await self.internal.UpsertVideoFacts(internal_pb.UpsertVideoFactsRequest(facts=internal_pb.VideoFacts(
+            video=f"videos/{video_id}", revision=1, state="READY", title=f"{owner.user_id}'s", owner=owner.name)))
+        self.videos[owner.user_id], self.requests[owner.user_id] = video_id, request
+
+    def clips(self, owner: Principal) -> set[str]:
+        return {f"clips/{c.id}" for c in self.requests[owner.user_id].clips}
+
+    def aim(self, text: str, owner: Principal, i: int) -> None:
+        """Make ``text`` a query whose vectors are those of ``owner``'s clip ``i`` (its best match)."""
+        request = self.requests[owner.user_id]
+        self.models.visual[text] = np.asarray(request.clips[i].visual_embedding, np.float32)
+        self.models.transcript[text] = np.asarray(request.segments[i].embedding, np.float32)
+
+    def as_(self, who: Principal) -> Any:
+        return ServicerStub(self.servicer, principal=who)
+
+
+@pytest.fixture
+async def world(db: Database, tmp_path: Path) -> World:
+    w = World(db, tmp_path)
+    await w.index(ALICE, 1)
+    await w.index(BOB, 2)
+    return w
+
+
+async def test_the_index_and_its_read_model_carry_the_owner(db: Database, world: World) -> None:
+    video_id = world.videos[ALICE.user_id]
+    for table in ("clips", "transcript_segments", "transcript_vectors", "visual_vectors"):
+        owners = await db.fetch(f"SELECT DISTINCT owner_id FROM {table} WHERE video_id = $1", video_id)
+        assert [r["owner_id"] for r in owners] == [ALICE.user_id], table
+    assert await db.fetchval("SELECT owner_id FROM videos WHERE id = $1", video_id) == ALICE.user_id
+
+
+async def test_another_users_clip_is_not_found(world: World) -> None:
+    alice_clip = sorted(world.clips(ALICE))[0]
+    missing = f"clips/{uuid.uuid4()}"
+    for name in (alice_clip, missing):  # the same answer: nobody learns which ids exist
+        with pytest.raises(NotFound) as not_found:
+            await world.as_(BOB).GetClip(pb.GetClipRequest(name=name))
+        assert not_found.value.reason == "CLIP_NOT_FOUND"
+        with pytest.raises(NotFound) as not_found:
+            await world.as_(BOB).FindSimilarClips(pb.FindSimilarClipsRequest(name=name))
+        assert not_found.value.reason == "CLIP_NOT_FOUND"
+    assert (await world.as_(ALICE).GetClip(pb.GetClipRequest(name=alice_clip))).name == alice_clip
+    assert (await world.as_(ADMIN).GetClip(pb.GetClipRequest(name=alice_clip))).name == alice_clip
+
+    similar = await world.as_(ALICE).FindSimilarClips(pb.FindSimilarClipsRequest(name=alice_clip))
+    assert {r.clip.name for r in similar.results} == world.clips(ALICE) - {alice_clip}
+    similar = await world.as_(ADMIN).FindSimilarClips(pb.FindSimilarClipsRequest(name=alice_clip))
+    assert {r.clip.name for r in similar.results} == (world.clips(ALICE) | world.clips(BOB)) - {alice_clip}
+
+
+async def test_searches_find_only_the_callers_clips_and_admins_find_all(world: World) -> None:
+    world.aim("alice's second scene", ALICE, 1)
+    query = "alice's second scene"
+    mine = await world.as_(ALICE).Search(pb.SearchRequest(min_score=-1, query=query))
+    assert mine.results[0].clip.name == f"clips/{world.requests[ALICE.user_id].clips[1].id}"
+    assert {r.clip.name for r in mine.results} == world.clips(ALICE)
+
+    theirs = await world.as_(BOB).Search(pb.SearchRequest(min_score=-1, query=query))  # aimed at Alice's: Bob's
+    assert {r.clip.name for r in theirs.results} == world.clips(BOB)
+    alice_video = f"videos/{world.videos[ALICE.user_id]}"
+    only_alices = pb.SearchFilter(videos=[alice_video])
+    filtered = await world.as_(BOB).Search(pb.SearchRequest(min_score=-1, query=query, filter=only_alices))
+    assert list(filtered.results) == []  # naming another user's video finds nothing
+
+    everyone = await world.as_(ADMIN).Search(pb.SearchRequest(min_score=-1, query=query))
+    assert everyone.results[0].clip.name == mine.results[0].clip.name
+    assert {r.clip.name for r in everyone.results} == world.clips(ALICE) | world.clips(BOB)
+    scoped = await world.as_(ADMIN).Search(pb.SearchRequest(min_score=-1, query=query, filter=only_alices))
+    assert {r.clip.name for r in scoped.results} == world.clips(ALICE)
+
+    # The search log records who searched, and analytics gets it as users/{id}.
+    assert [r.user_id for r in world.log.records] == [ALICE.user_id, BOB.user_id, BOB.user_id, ADMIN.user_id,
+                                                       ADMIN.user_id]
+    assert [s.user for s in to_message(world.log.records[:2]).searches] == [ALICE.name, BOB.name]
+
+
+async def test_a_page_token_does_not_cross_users(world: World) -> None:
+    world.aim("first scene", ALICE, 0)
+    first = await world.as_(ALICE).Search(pb.SearchRequest(min_score=-1, query="first scene", page_size=1))
+    assert first.next_page_token
+    second = await world.as_(ALICE).Search(pb.SearchRequest(min_score=-1, query="first scene", page_size=1,
+                                                            page_token=first.next_page_token))
+    assert second.results[0].clip.name != first.results[0].clip.name
+    for who in (BOB, ADMIN):
+        with pytest.raises(InvalidArgument) as refused:
+            await world.as_(who).Search(pb.SearchRequest(min_score=-1, query="first scene", page_size=1,
+                                                         page_token=first.next_page_token))
+        assert refused.value.reason == "PAGE_TOKEN_MISMATCH"
+        assert [v.field for v in refused.value.field_violations] == ["page_token"]
+
+    clip = sorted(world.clips(ALICE))[0]
+    similar = await world.as_(ALICE).FindSimilarClips(pb.FindSimilarClipsRequest(name=clip, page_size=1))
+    assert similar.next_page_token
+    with pytest.raises(InvalidArgument) as refused:
+        await world.as_(ADMIN).FindSimilarClips(pb.FindSimilarClipsRequest(name=clip, page_size=1,
+                                                                           page_token=similar.next_page_token))
+    assert refused.value.reason == "PAGE_TOKEN_MISMATCH"
+
+
+@pytest.mark.parametrize(("owner", "reason"), [("", "REQUIRED_FIELD"), ("users/nobody", "INVALID_NAME"),
+                                               (f"videos/{uuid.uuid4()}", "INVALID_NAME")])
+async def test_an_index_without_an_owner_is_refused(db: Database, tmp_path: Path, owner: str, reason: str) -> None:
+    world, video_id = World(db, tmp_path), uuid.uuid4()
+    request = _index_request(video_id, None, world.models, np.random.default_rng(3))
+    request.owner = owner
+    with pytest.raises(InvalidArgument) as refused:
+        await world.internal.ReplaceVideoIndex(request)
+    assert (refused.value.reason, [v.field for v in refused.value.field_violations]) == (reason, ["owner"])
+    assert await db.fetchval("SELECT count(*) FROM clips WHERE video_id = $1", video_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM videos WHERE id = $1", video_id) == 0
+
+
+async def test_facts_keep_their_owner_when_a_later_one_has_none(db: Database) -> None:
+    stub, video_id = ServicerStub(SearchInternalServicer(ClipStore(db))), uuid.uuid4()
+
+    async def upsert(revision: int, owner: str) -> bool:
+        request = internal_pb.UpsertVideoFactsRequest(facts=internal_pb.VideoFacts(
+            video=f"videos/{video_id}", revision=revision, state="READY", owner=owner))
+        return bool((await stub.UpsertVideoFacts(request)).applied)
+
+    assert await upsert(1, "")  # an ingest from before ownership: nobody's until its owner is known
+    assert await db.fetchval("SELECT owner_id FROM videos WHERE id = $1", video_id) == NO_OWNER
+    assert await upsert(2, ALICE.name)
+    assert await upsert(3, "")  # a late message without an owner does not clear it
+    assert await db.fetchval("SELECT owner_id FROM videos WHERE id = $1", video_id) == ALICE.user_id
+    with pytest.raises(InvalidArgument) as refused:
+        await upsert(4, "alice")
+    assert [v.field for v in refused.value.field_violations] == ["facts.owner"]
+
+
+async def test_analytics_stores_who_searched(pg_dsn: str) -> None:
+    db = await service_db(pg_dsn, "analytics")
+    try:
+        stub = ServicerStub(AnalyticsInternalServicer(SearchLogStore(db)))
+        ids = [uuid.uuid4() for _ in range(3)]
+        request = analytics_pb.LogSearchesRequest()
+        for search_id, user in zip(ids, (ALICE.name, BOB.name, ""), strict=True):  # "": logged before users
+            item = request.searches.add(search_id=str(search_id), query="q", result_count=0, user=user)
+            item.search_time.FromDatetime(datetime.now(UTC))
+        assert (await stub.LogSearches(request)).logged_count == 3
+        rows = {r["id"]: r["user_id"] for r in await db.fetch("SELECT id, user_id FROM searches WHERE id = ANY($1)",
+                                                                ids)}
+        assert rows == {ids[0]: ALICE.user_id, ids[1]: BOB.user_id, ids[2]: uuid.UUID(int=0)}
+
+        bad = analytics_pb.LogSearchesRequest()
+        item = bad.searches.add(search_id=str(uuid.uuid4()), query="q", user="bob")
+        item.search_time.FromDatetime(datetime.now(UTC))
+        with pytest.raises(InvalidArgument) as refused:
+            await stub.LogSearches(bad)
+        assert [v.field for v in refused.value.field_violations] == ["searches[0].user"]
+    finally:
+        await db.close()
+
+
+# --- 100,000 vectors: filtered nearest neighbours without iterative index scans --------------------------------
+
+N_VECTORS, CLIPS_PER_VIDEO, DIMS = 100_000, 100, 512
+SHARES = {"0.1 %": 100, "1 %": 1_000, "40 %": 40_000}  # clips owned by one user each; the rest by 50 others
+
+
+async def load_collection(db: Database, model: str, owners: dict[str, int], *, seed: int = 7,
+                          n: int = N_VECTORS) -> tuple[dict[str, uuid.UUID], dict[uuid.UUID, np.ndarray]]:
+    """``n`` clips in READY videos of ``CLIPS_PER_VIDEO``, each with a unit visual vector of ``model``;
+    ``owners`` name users and how many clips each owns (whole videos), the rest belong to 50 other users.
+    Loaded by COPY with the HNSW index dropped, then the index is built as migration 0001 builds it (a bulk
+    build is far faster than 100,000 inserts into the graph). Returns the users' ids, and every vector by clip."""
+    rng = np.random.default_rng(seed)
+    users = {name: uuid.uuid4() for name in owners}
+    others = [uuid.uuid4() for _ in range(50)]
+    video_owners: list[uuid.UUID] = []
+    for name, count in owners.items():
+        video_owners += [users[name]] * (count // CLIPS_PER_VIDEO)
+    video_owners += [others[i % len(others)] for i in range(n // CLIPS_PER_VIDEO - len(video_owners))]
+    rng.shuffle(video_owners)  # type: ignore[arg-type]
+    # Scenes of one video look alike: each clip is its video's centroid plus noise as large (cosine ~0.5 to the
+    # video's other clips, ~0 to other videos'), so a query near a clip has well-defined neighbours.
+    centroids = rng.standard_normal((n // CLIPS_PER_VIDEO, DIMS), dtype=np.float32) / np.sqrt(DIMS)
+    vectors = np.repeat(centroids, CLIPS_PER_VIDEO, axis=0)
+    vectors += rng.standard_normal((n, DIMS), dtype=np.float32) / np.sqrt(DIMS)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    videos, clips, rows, by_clip = [], [], [], {}
+    for v, owner in enumerate(video_owners):
+        video_id = uuid.uuid4()
+        videos.append((video_id, owner, 1, "READY", 1000.0, f"video {v}"))
+        for i in range(CLIPS_PER_VIDEO):
+            clip_id, k = uuid.uuid4(), v * CLIPS_PER_VIDEO + i
+            clips.append((clip_id, video_id, owner, i, i * 10.0, i * 10.0 + 10))
+            rows.append((clip_id, video_id, owner, model, vectors[k]))
+            by_clip[clip_id] = vectors[k]
+    async with db.acquire() as conn:
+        await conn.execute("DROP INDEX IF EXISTS visual_vectors_hnsw")
+        await conn.copy_records_to_table("videos", records=videos, columns=[
+            "id", "owner_id", "revision", "state", "duration_s", "title"])
+        await conn.copy_records_to_table("clips", records=clips, columns=[
+            "id", "video_id", "owner_id", "idx", "start_s", "end_s"])
+        await conn.copy_records_to_table("visual_vectors", records=rows, columns=[
+            "id", "video_id", "owner_id", "model", "embedding"])
+        await conn.execute("SET maintenance_work_mem = '1GB'")  # the graph fits in memory: an in-memory build
+        await conn.execute("SET max_parallel_maintenance_workers = 2")
+        await conn.execute("CREATE INDEX visual_vectors_hnsw ON visual_vectors "
+                           "USING hnsw (embedding vector_cosine_ops)", timeout=600)  # ~40 s on 2 cores
+        await conn.execute("VACUUM ANALYZE videos, clips, visual_vectors", timeout=600)  # statistics, visibility
+    return users, by_clip
+
+
+def _p50_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+@pytest.mark.chaos  # slow: 100,000 vectors loaded and indexed, ~60 s on 2 cores
+async def test_small_owners_find_their_best_match_among_100000_vectors(
+    pg_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with fresh_database(pg_dsn) as dsn:
+        db = await service_db(dsn, "search")
+        try:
+            started = time.perf_counter()
+            models = QueryVectors("bulk")
+            users, vectors = await load_collection(db, models.visual_model, SHARES)
+            load_s = time.perf_counter() - started
+            owner_of = {r["id"]: r["owner_id"] for r in await db.fetch("SELECT id, owner_id FROM clips")}
+            rng = np.random.default_rng(11)
+            report = [f"\n100,000 visual vectors loaded and indexed in {load_s:.1f} s; p50 of 10 queries, top 10:"]
+
+            async def check(index: PgVectorIndex, user: uuid.UUID, label: str) -> None:
+                """Ten queries near ten of ``user``'s clips: that clip comes first, and the page is full and
+                theirs; the latency goes into the report."""
+                theirs = [c for c, o in owner_of.items() if o == user]
+                matrix = np.stack([vectors[c] for c in theirs])
+                times = []
+                for target in rng.choice(len(theirs), 10, replace=False):
+                    query = matrix[target] + 0.05 * _unit(rng, DIMS)  # near the clip, not equal to it
+                    t0 = time.perf_counter()
+                    hits = await index.query("visual", models.visual_model, query, 10, owner=user)
+                    times.append(time.perf_counter() - t0)
+                    assert len(hits) == 10 and {owner_of[h.id] for h in hits} == {user}, label
+                    assert hits[0].id == theirs[target], label
+                    exact = [theirs[i] for i in np.argsort(-(matrix @ query))[:10]]
+                    recall = len({h.id for h in hits} & set(exact)) / 10
+                    assert recall >= 0.8, (label, recall)
+                paths = ", ".join(f"{k} {v}" for k, v in sorted(index.path_counts.items()))
+                report.append(f"  {label:<46} p50 {_p50_ms(times):6.1f} ms  ({paths})")
+                index.path_counts.clear()
+
+            chosen = PgVectorIndex(db)  # as deployed: the plan chosen by the owner's share
+            for name, count in SHARES.items():
+                await check(chosen, users[name], f"{name} ({count:,} vectors), chosen plan")
+            forced_hnsw = PgVectorIndex(db, exact_scan_max_rows=0)  # the HNSW path even for small owners
+            for name in ("1 %", "40 %"):
+                await check(forced_hnsw, users[name], f"{name}, HNSW path forced")
+
+            everyone = PgVectorIndex(db)
+            times = []
+            for _ in range(10):
+                t0 = time.perf_counter()
+                assert len(await everyone.query("visual", models.visual_model, _unit(rng, DIMS), 10, owner=None)) == 10
+                times.append(time.perf_counter() - t0)
+            report.append(f"  {'admin (no owner filter), HNSW':<46} p50 {_p50_ms(times):6.1f} ms")
+
+            # Through the whole search: the smallest owner's best clip comes first, on a full page of theirs.
+            searcher = Searcher(ClipStore(db), PgVectorIndex(db), models, Logged())  # type: ignore[arg-type]
+            small = users["0.1 %"]
+            target = next(c for c, o in owner_of.items() if o == small)
+            models.visual["that scene"] = vectors[target]
+            models.transcript["that scene"] = _unit(rng, 384)  # no transcript vectors of this model: visual only
+            caller = Principal(small, "user")
+            page = await searcher.search(SearchQuery(text="that scene", min_score=-1.0), caller)
+            assert page.hits[0].clip.id == target and len(page.hits) == 10
+            assert {owner_of[h.clip.id] for h in page.hits} == {small}
+            with capsys.disabled():
+                print("\n".join(report))
+        finally:
+            await db.close()
+
