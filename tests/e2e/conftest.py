@@ -3,6 +3,7 @@ Envoy), once per test session on free ports in a temporary state directory."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,12 @@ def rest(endpoints, credentials: Credentials) -> Iterator[httpx.Client]:  # type
     """REST through Envoy as the ordinary user."""
     with httpx.Client(base_url=endpoints.envoy_url, timeout=120, headers=bearer(credentials.user)) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def user_id(rest: httpx.Client) -> uuid.UUID:
+    """The id of the ordinary user the suite acts as (the owner of what it uploads)."""
+    return uuid.UUID(rest.get("/v1/users:me").json()["name"].removeprefix("users/"))
 
 
 @pytest.fixture(scope="session")

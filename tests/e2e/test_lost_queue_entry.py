@@ -39,7 +39,7 @@ async def _insert_lost_job(database_url: str, video: Video, job: Job) -> None:
 
 
 def test_worker_sweep_runs_a_job_whose_queue_entry_was_lost(
-    endpoints, channel: grpc.Channel, tmp_path: Path  # type: ignore[no-untyped-def]
+    endpoints, channel: grpc.Channel, tmp_path: Path, user_id: uuid.UUID  # type: ignore[no-untyped-def]
 ) -> None:
     video_id = uuid.uuid4()
     job_id = job_id_for(video_id, 1)
@@ -49,9 +49,9 @@ def test_worker_sweep_runs_a_job_whose_queue_entry_was_lost(
     (Path(endpoints.blob_dir) / blob_key).parent.mkdir(parents=True)
     shutil.copyfile(source, Path(endpoints.blob_dir) / blob_key)
     video = Video(video_id, blob_key, "PENDING", title="lost", filename="lost.mp4", content_type="video/mp4",
-                  size_bytes=source.stat().st_size)
+                  size_bytes=source.stat().st_size, owner_id=user_id)
     asyncio.run(_insert_lost_job(endpoints.database_url, video,
-                                 Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id, 1))))
+                                 Job(job_id, video_id, "QUEUED", queue_key=queue_key(job_id, 1), owner_id=user_id)))
 
     events = watch_job(channel, f"jobs/{job_id}", timeout=180)  # the sweep runs every 30 s
     assert "re-queued" in events[0].message and f"{job_id}:1" in events[0].message

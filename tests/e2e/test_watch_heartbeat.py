@@ -23,11 +23,11 @@ pytestmark = pytest.mark.e2e
 DESCRIPTORS = Path(__file__).resolve().parents[2] / "gen" / "descriptors" / "clipmind.binpb"
 
 
-async def _insert_job(database_url: str) -> uuid.UUID:
+async def _insert_job(database_url: str, owner: uuid.UUID) -> uuid.UUID:
     job_id = uuid.uuid4()
     pool = await service_db(database_url, "pipeline")
     try:
-        await JobStore(pool).create(Job(job_id, uuid.uuid4(), "QUEUED"))
+        await JobStore(pool).create(Job(job_id, uuid.uuid4(), "QUEUED", owner_id=owner))
     finally:
         await pool.close()
     return job_id
@@ -41,8 +41,10 @@ def test_the_transcoded_contract_has_the_heartbeat_field() -> None:
     assert (field.number, field.type, field.json_name) == (9, field.TYPE_BOOL, "heartbeat")
 
 
-def test_a_finished_jobs_stream_ends_normally_over_rest(endpoints: Endpoints, rest: httpx.Client) -> None:
-    job_id = asyncio.run(_insert_job(endpoints.database_url))  # no queue entry: nothing runs it
+def test_a_finished_jobs_stream_ends_normally_over_rest(
+    endpoints: Endpoints, rest: httpx.Client, user_id: uuid.UUID
+) -> None:
+    job_id = asyncio.run(_insert_job(endpoints.database_url, user_id))  # no queue entry: nothing runs it
     cancelled = rest.post(f"/v1/jobs/{job_id}:cancel", json={})
     assert cancelled.status_code == 200, cancelled.text
 
