@@ -3,7 +3,7 @@ SHELL := /bin/bash
 BIN := .venv/bin
 STAMP := .venv/.setup-stamp
 
-.PHONY: setup up test lint typecheck gen gen-check unit integration e2e bench clean
+.PHONY: setup up test lint typecheck gen gen-check unit api integration e2e bench clean
 
 $(STAMP): pyproject.toml package.json scripts/setup
 	scripts/setup
@@ -30,6 +30,9 @@ typecheck: setup
 
 unit: setup
 	$(BIN)/pytest -q tests/unit
+
+api: setup
+	$(BIN)/pytest -q tests/api
 
 integration: setup
 	$(BIN)/pytest -q tests/integration

@@ -162,7 +162,11 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--searches", type=int, default=200)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with, query by query")
+    parser.add_argument("--no-limits", action="store_true",
+                        help="turn the per-user rate limits off in this mesh (to see authentication alone)")
     args = parser.parse_args()
+    if args.no_limits:
+        MODEL_ENV.update({"CLIPMIND_RATE_LIMIT_REQUESTS_PER_HOUR": "0", "CLIPMIND_RATE_LIMIT_SEARCHES_PER_MINUTE": "0"})
     with tempfile.TemporaryDirectory(prefix="clipmind-bench-") as tmp:
         state = Path(tmp)
         os.environ.update(MODEL_ENV)  # the launcher hands CLIPMIND_* to Triton from its own environment

@@ -26,6 +26,7 @@ the wrapped handler behaviour, which runs in the RPC's own task, so it cannot le
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import inspect
@@ -85,8 +86,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if _service_of(method) not in OPEN_SERVICES:
             try:
                 caller = await self.authenticate(metadata, method)
-                if caller is not None and self._limits is not None and not is_internal_method(method):
-                    await self._limits.check(caller.principal, method)
             except ClipMindError as refusal:
                 return _refusing(handler, refusal, method)
         system = caller is not None and caller.principal.role == "system"
@@ -109,16 +108,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise Unauthenticated("sign in first: send `authorization: Bearer <access token or API key>`",
                                   reason="CREDENTIALS_REQUIRED")
         try:
-            caller = await self._authenticator.authenticate(parse_authorization(values[0]))
+            claimed, confirm = await self._authenticator.begin(parse_authorization(values[0]))
         except Unauthenticated as exc:
             if internal:
                 raise Unauthenticated("the service identity is not valid (CLIPMIND_JWT_KEYS differs between "
                                       "services?)", reason="SERVICE_IDENTITY_INVALID",
                                       metadata={"method": method}) from exc
             raise
-        if internal and caller.principal.role != "system":
-            raise Unauthenticated("this method is for ClipMind services only (the system identity)",
-                                  reason="SERVICE_IDENTITY_INVALID", metadata={"method": method})
+        if internal:
+            if claimed.principal.role != "system":
+                confirm.close()  # never awaited: the credential is a user's, whatever Redis says of it
+                raise Unauthenticated("this method is for ClipMind services only (the system identity)",
+                                      reason="SERVICE_IDENTITY_INVALID", metadata={"method": method})
+            return await confirm
+        if self._limits is None:
+            caller = await confirm
+        else:
+            # The revocation check and the rate-limit count go to Redis at once (one round trip of latency);
+            # a refused credential wins over a full window.
+            confirmed, counted = await asyncio.gather(confirm, self._limits.check(claimed.principal, method),
+                                                      return_exceptions=True)
+            for outcome in (confirmed, counted):
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            assert isinstance(confirmed, Caller)
+            caller = confirmed
         return caller
 
 

@@ -161,3 +161,15 @@ def test_system_credentials_are_renewed_before_they_expire() -> None:
     assert credentials.authorization() == first
     credentials._renew_at = 0.0  # as if the renewal time had come
     assert credentials.authorization() != first
+
+
+async def test_verified_tokens_are_cached_but_still_expire() -> None:
+    signer = TokenSigner({"k1": KEY}, active_kid="k1", access_ttl_s=1, leeway_s=0)
+    auth = Authenticator(signer, Marks(), Keys())
+    token, _ = signer.issue(uuid.uuid4(), "user")
+    first = await auth.authenticate(token)
+    assert (await auth.authenticate(token)).claims is first.claims  # the second call took the cached claims
+    await asyncio.sleep(1.1)
+    assert await _refusal(auth, token) == "TOKEN_EXPIRED"
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+    assert await _refusal(auth, tampered) == "TOKEN_INVALID"  # a different string is verified afresh
