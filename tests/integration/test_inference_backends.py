@@ -166,16 +166,21 @@ async def test_text_embedder_adapters_keep_the_old_interface(
     assert adapter.model_id == "sbert/all-MiniLM-L6-v2"
 
 
-def test_factory_picks_the_backend_by_setting() -> None:
+async def test_factory_picks_the_backend_by_setting() -> None:
+    # Async, as the services call it: the Triton client opens a grpc.aio channel, which needs a running loop
+    # (a plain test only had one by the accident of which test ran before it).
     def settings(choice: str) -> CommonSettings:
         return CommonSettings(inference_backend=choice, triton_url="127.0.0.1:1")
 
-    assert isinstance(make_inference(settings("triton")), TritonInference)
+    triton = make_inference(settings("triton"))
+    assert isinstance(triton, TritonInference)
     assert isinstance(make_inference(settings("torch")), TorchInference)
     auto = make_inference(settings("auto"))
     assert isinstance(auto, AutoInference) and auto.backend == "triton"
     with pytest.raises(ValueError):
         make_inference(settings("onnx"))
+    await triton.close()
+    await auto.close()
 
 
 # ---- CLIP ----------------------------------------------------------------------------------------
