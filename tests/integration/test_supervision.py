@@ -319,8 +319,10 @@ asyncio.run(run_server(name="slow", host="127.0.0.1", port=int(sys.argv[1]), reg
                        grace_s=float(sys.argv[2]), on_draining=[draining, also_draining],
                        authenticator=Authenticator(SIGNER, Revocations.from_url("redis://127.0.0.1:9/0"), None)))
 """
-# What the slow server's callers send: a system token signed with its key.
-SYSTEM = [("authorization", SystemCredentials(TokenSigner({"k1": b"k" * 32}, active_kid="k1")).authorization())]
+def _system() -> list[tuple[str, str]]:
+    """What the slow server's callers send: a system token signed with its key (made when called: a token
+    made at import would have expired by the time a long run reaches these tests)."""
+    return [("authorization", SystemCredentials(TokenSigner({"k1": b"k" * 32}, active_kid="k1")).authorization())]
 
 
 def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(tmp_path: Path) -> None:
@@ -335,7 +337,7 @@ def test_sigterm_drains_in_flight_rpcs_and_refuses_new_ones(tmp_path: Path) -> N
         wait_for(lambda: grpc_serving(address), 60, "the server to serve")
         with grpc.insecure_channel(address) as channel:
             sleep = channel.unary_unary("/test.Slow/Sleep")
-            in_flight = sleep.future(b"2", timeout=30, metadata=SYSTEM)
+            in_flight = sleep.future(b"2", timeout=30, metadata=_system())
             time.sleep(0.5)
             proc.send_signal(signal.SIGTERM)
             # Health says NOT_SERVING at once, while the in-flight call goes on to finish.
@@ -360,7 +362,7 @@ def test_grace_runs_out_for_rpcs_that_take_too_long(tmp_path: Path) -> None:
     try:
         wait_for(lambda: grpc_serving(address), 60, "the server to serve")
         with grpc.insecure_channel(address) as channel:
-            in_flight = channel.unary_unary("/test.Slow/Sleep").future(b"60", timeout=60, metadata=SYSTEM)
+            in_flight = channel.unary_unary("/test.Slow/Sleep").future(b"60", timeout=60, metadata=_system())
             time.sleep(0.5)
             began = time.monotonic()
             proc.send_signal(signal.SIGTERM)
