@@ -33,7 +33,7 @@ def integration_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_dsn(integration_state_dir: Path) -> Iterator[str]:
-    """asyncpg DSN of database ``clipmind`` on PostgreSQL 16 with pgvector available."""
+    """asyncpg DSN of database ``clipmind`` on the embedded PostgreSQL 18 with pgvector 0.8 available."""
     external = os.environ.get("CLIPMIND_TEST_DATABASE_URL")
     if external:
         yield external

@@ -71,7 +71,9 @@ def test_postgres_has_pgvector_and_keeps_data_across_restart(tmp_path: Path) -> 
     server.start()
     try:
         assert server.dsn.endswith("/clipmind")
+        assert int(server.psql("SHOW server_version_num")) // 10000 == 18
         server.psql("CREATE EXTENSION IF NOT EXISTS vector")
+        assert server.psql("SELECT extversion FROM pg_extension WHERE extname = 'vector'") == "0.8.5"
         server.psql("CREATE TABLE items (id int PRIMARY KEY, v vector(3))")
         server.psql("INSERT INTO items VALUES (1, '[1,0,0]'), (2, '[0,1,0]')")
         assert server.psql("SELECT id FROM items ORDER BY v <=> '[0.9,0.1,0]' LIMIT 1") == "1"
