@@ -13,6 +13,12 @@ alternate between the two meshes query by query (A, B, B, A, ...), so drift of a
 alike: the before/after difference in one run. This checkout is searched twice per round, once with an API key
 and once with a JWT access token (its user's), so the cost of each credential shows beside a baseline
 without authentication.
+
+With ``--without-auth`` the second mesh runs *this* checkout with authentication taken out (``bench/no_auth``:
+every call is an administrator's, no credential read, no revocation or rate-limit round trip to Redis): the
+same code otherwise, so the difference is exactly what authentication and the limits cost a search.
+
+    .venv/bin/python bench/search_latency.py --videos 3 --searches 300 --without-auth
 """
 
 from __future__ import annotations
@@ -126,29 +132,32 @@ def baseline_headers(checkout: Path, state: Path, url: str) -> dict[str, str]:
 
 
 def compare_with_baseline(client: httpx.Client, by_token: httpx.Client, checkout: Path, state: Path, videos: int,
-                          n: int) -> None:
+                          n: int, *, without_auth: bool = False) -> None:
     import json
 
     python = checkout / ".venv" / "bin" / "python"
+    path = f"{checkout}:{checkout / 'gen' / 'python'}"
+    if without_auth:  # the shim's sitecustomize reaches every process of that mesh through PYTHONPATH
+        path += f":{Path(__file__).resolve().parent / 'no_auth'}"
     process = subprocess.Popen(
         [str(python), "-c", BASELINE_MESH, str(state / "baseline"), json.dumps(MODEL_ENV)], cwd=checkout,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": f"{checkout}:{checkout / 'gen' / 'python'}"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": path},
     )
     try:
         assert process.stdout is not None
         url = process.stdout.readline().strip()
         if not url.startswith("http"):
             raise RuntimeError(f"the baseline mesh did not start (exit {process.poll()})")
-        headers = baseline_headers(checkout, state, url)
+        headers = {} if without_auth else baseline_headers(checkout, state, url)
+        name = "without authentication" if without_auth else checkout.name
         with httpx.Client(base_url=url, timeout=120, headers=headers) as baseline:
-            ingest(baseline, state, videos, f" (baseline {checkout.name})")
+            ingest(baseline, state, videos, f" (baseline {name})")
             interleaved([client, by_token, baseline], 20)  # warm up
             by_key_ms, by_token_ms, theirs = interleaved([client, by_token, baseline], n)
         auth = "with" if headers else "without"
         print(summary("search, this, API key", by_key_ms))
         print(summary("search, this, access token", by_token_ms))
-        print(summary(f"search, baseline {checkout.name}", theirs) + f" ({auth} a credential)")
+        print(summary(f"search, baseline {name}", theirs) + f" ({auth} a credential)")
         for label, ms in (("API key", by_key_ms), ("access token", by_token_ms)):
             print(f"p50 difference ({label} - baseline): {statistics.median(ms) - statistics.median(theirs):+.1f} ms")
     finally:
@@ -162,6 +171,8 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--searches", type=int, default=200)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with, query by query")
+    parser.add_argument("--without-auth", action="store_true",
+                        help="compare with this checkout's mesh with authentication taken out (bench/no_auth)")
     parser.add_argument("--no-limits", action="store_true",
                         help="turn the per-user rate limits off in this mesh (to see authentication alone)")
     args = parser.parse_args()
@@ -181,9 +192,10 @@ def main() -> None:
                     httpx.Client(base_url=endpoints.envoy_url, timeout=120,
                                  headers={"authorization": f"Bearer {session['accessToken']}"}) as by_token:
                 ingest(client, state, args.videos, "")
-                if args.baseline:
-                    compare_with_baseline(client, by_token, args.baseline.resolve(), state, args.videos,
-                                          args.searches)
+                if args.baseline or args.without_auth:
+                    checkout = Path(__file__).resolve().parents[1] if args.without_auth else args.baseline.resolve()
+                    compare_with_baseline(client, by_token, checkout, state, args.videos, args.searches,
+                                          without_auth=args.without_auth)
                     return
                 timed_searches(client, 20)  # warm up
                 print(summary("search, analytics up", timed_searches(client, args.searches)))

@@ -20,6 +20,7 @@ from services.identity import store as identity_store
 from services.ingest import store as ingest_store
 from services.pipeline import job_store
 from services.search import clip_store
+from services.search.retrieval import CONNECTION_SETTINGS
 
 SERVICE_SCHEMAS = {
     "ingest": (ingest_store.MIGRATIONS, ingest_store.SCHEMA),
@@ -42,7 +43,9 @@ def role_dsn(admin_dsn: str, service: str) -> str:
 async def service_db(dsn: str, service: str, **options: Any) -> Database:
     """A pool on ``service``'s schema with its migrations applied (as the DSN's role: the admin in tests)."""
     migrations, schema = SERVICE_SCHEMAS[service]
-    return await create_pool(dsn, migrations=migrations, schema=schema, vectors=service == "search", **options)
+    if service == "search":  # as the search process opens it: pgvector's codec, iterative HNSW scans
+        options = {"vectors": True, "settings": CONNECTION_SETTINGS, **options}
+    return await create_pool(dsn, migrations=migrations, schema=schema, **options)
 
 
 class ServicerStub:
@@ -53,6 +56,7 @@ class ServicerStub:
     def __init__(self, servicer: Any, principal: Principal = SYSTEM) -> None:
         self._servicer = servicer
         self._principal = principal
+        self.initial_metadata: tuple[tuple[str, str], ...] = ()  # what the last call sent ahead of its response
 
     def __getattr__(self, method: str) -> Any:
         call = getattr(self._servicer, method)
@@ -60,9 +64,19 @@ class ServicerStub:
         async def invoke(request: Any) -> Any:
             # As the server's interceptor would: the caller (the system, for internal calls) is bound.
             with request_context.bind(principal=self._principal):
-                return await call(request, None)
+                return await call(request, _Context(self))
 
         return invoke
+
+
+class _Context:
+    """The part of a servicer context that servicers use besides raising errors: initial metadata."""
+
+    def __init__(self, stub: ServicerStub) -> None:
+        self._stub = stub
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        self._stub.initial_metadata = tuple(metadata)
 
 
 @asynccontextmanager

@@ -8,6 +8,7 @@ these variables set, so pointing a part at an existing server is only a matter o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -187,6 +188,15 @@ class SearchSettings(ServerSettings):
     grpc_port: int = 50053
     default_page_size: int = 10
     max_page_size: int = 100
+    search_candidates: int = Field(200, ge=10, le=2000,
+                                   description="Clips each signal (visual, transcript, lexical) proposes for fusion.")
+    default_fusion: Literal["weighted", "rrf"] = Field(
+        "weighted", description="Fusion of the signals when a search does not choose: weighted (min-max "
+        "normalised scores) or rrf (reciprocal rank fusion).")
+    text_search_config: str = Field(
+        "english", pattern=r"^[a-z_][a-z0-9_]*$",
+        description="PostgreSQL text search configuration of lexical match (stemming, stop words): cues are "
+        "indexed and queries parsed with it. Changing it needs the videos reindexed.")
 
 
 class AnalyticsSettings(ServerSettings):

@@ -200,8 +200,10 @@ def _unavailable(exc: BaseException) -> Unavailable:
 async def create_pool(
     dsn: str, *, min_size: int = 1, max_size: int = 10, acquire_timeout_s: float = 5.0,
     connect_timeout_s: float = 5.0, migrations: Path, schema: str, vectors: bool = False,
+    settings: dict[str, str] | None = None,
 ) -> Database:
-    """Migrate, then open the process's pool (with ``vectors``, the pgvector codec on every connection).
+    """Migrate, then open the process's pool (with ``vectors``, the pgvector codec on every connection; with
+    ``settings``, those server settings on every connection: session defaults that survive the pool's reset).
 
     A database that is still starting (or restarting) is waited for, up to ``STARTUP_WAIT_S``, so a
     process started beside it does not crash and get restarted in a loop."""
@@ -220,7 +222,7 @@ async def create_pool(
             delay = min(delay * 2, 5.0)
     pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=register_vector if vectors else None, command_timeout=60,
-        timeout=connect_timeout_s, server_settings=search_path(schema),
+        timeout=connect_timeout_s, server_settings={**search_path(schema), **(settings or {})},
     )
     assert pool is not None
     return Database(pool, acquire_timeout_s=acquire_timeout_s)
@@ -228,6 +230,7 @@ async def create_pool(
 
 async def open_database(
     settings: CommonSettings, *, migrations: Path, schema: str, max_size: int | None = None, vectors: bool = False,
+    server_settings: dict[str, str] | None = None,
 ) -> Database:
     """The process's database from its settings (pool sizes and acquire timeout are settings), in the
     service's schema (``settings.db_schema``, else ``schema``) with the service's ``migrations`` applied."""
@@ -235,5 +238,5 @@ async def open_database(
         settings.database_url, min_size=settings.db_pool_min_size,
         max_size=max_size if max_size is not None else settings.db_pool_max_size,
         acquire_timeout_s=settings.db_acquire_timeout_s, migrations=migrations, vectors=vectors,
-        schema=settings.db_schema or schema,
+        schema=settings.db_schema or schema, settings=server_settings,
     )

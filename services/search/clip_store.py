@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.rows import to_record
 from services.search.ports import VectorItem
-from services.search.records import Clip, Segment, VideoFacts, VideoIndex
+from services.search.records import Clip, VideoFacts, VideoIndex
 from services.search.vectors import PgVectorIndex
 
 SCHEMA = "search"
@@ -54,9 +53,13 @@ async def _lock_video(conn: asyncpg.Connection, video_id: uuid.UUID, owner: uuid
 
 
 class ClipStore:
-    def __init__(self, pool: Database) -> None:
+    """``text_config`` is the text search configuration of the cues' tsvectors (lexical match): the one
+    ``retrieval.PgRetrieval`` parses queries with."""
+
+    def __init__(self, pool: Database, *, text_config: str = "english") -> None:
         self._pool = pool
         self._vectors = PgVectorIndex(pool)  # vectors live in the same database: written in one transaction
+        self._text_config = text_config
 
     async def replace_index(self, video_id: uuid.UUID, fence: int, result: VideoIndex, *, owner: uuid.UUID) -> None:
         """Replace the video's clips, segments and vectors with ``result``, all owned by ``owner``, atomically —
@@ -81,8 +84,8 @@ class ClipStore:
             )
             await conn.executemany(
                 "INSERT INTO transcript_segments (id, video_id, owner_id, clip_id, idx, start_s, end_s, text, "
-                "source) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                [(g.id, video_id, owner, g.clip_id, g.idx, g.start_s, g.end_s, g.text, g.source)
+                "source, tsv) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, to_tsvector($10::regconfig, $8))",
+                [(g.id, video_id, owner, g.clip_id, g.idx, g.start_s, g.end_s, g.text, g.source, self._text_config)
                  for g in result.segments],
             )
             await self._vectors.upsert(
@@ -145,45 +148,9 @@ class ClipStore:
                            metadata={"name": f"clips/{clip_id}"})
         return to_record(Clip, row)
 
-    async def segments_with_clips(
-        self, segment_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
-    ) -> dict[uuid.UUID, Segment]:
-        where, args = ["id = ANY($1::uuid[])"], [list(segment_ids)]
-        _owned(where, args, owner, "owner_id")
-        rows = await self._pool.fetch(f"SELECT * FROM transcript_segments WHERE {' AND '.join(where)}", *args)
-        return {r["id"]: to_record(Segment, r) for r in rows}
-
-    async def clips_for_search(
-        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None, min_duration_s: float = 0,
-        max_duration_s: float = 0, created_after: datetime | None = None, created_before: datetime | None = None,
-    ) -> dict[uuid.UUID, Clip]:
-        """The READY clips among ``clip_ids`` that ``owner`` owns (None: anyone's) and pass the filters, by id."""
-        args: list[Any] = [list(clip_ids)]
-        where = ["c.id = ANY($1::uuid[])", "v.state = 'READY'"]
+    async def get_many(self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None) -> dict[uuid.UUID, Clip]:
+        """The clips among ``clip_ids`` of READY videos that ``owner`` owns (None: anyone's), by id."""
+        where, args = ["c.id = ANY($1::uuid[])", "v.state = 'READY'"], [list(clip_ids)]
         _owned(where, args, owner, "c.owner_id")
-        if min_duration_s > 0:
-            args.append(min_duration_s)
-            where.append(f"v.duration_s >= ${len(args)}")
-        if max_duration_s > 0:
-            args.append(max_duration_s)
-            where.append(f"v.duration_s <= ${len(args)}")
-        if created_after is not None:
-            args.append(created_after)
-            where.append(f"v.create_time >= ${len(args)}")
-        if created_before is not None:
-            args.append(created_before)
-            where.append(f"v.create_time < ${len(args)}")
         rows = await self._pool.fetch(f"{_CLIP_SELECT} WHERE {' AND '.join(where)}", *args)
         return {r["id"]: to_record(Clip, r) for r in rows}
-
-    async def segment_ids_by_clip(
-        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
-    ) -> dict[uuid.UUID, list[uuid.UUID]]:
-        where, args = ["clip_id = ANY($1::uuid[])"], [list(clip_ids)]
-        _owned(where, args, owner, "owner_id")
-        rows = await self._pool.fetch(f"SELECT clip_id, id FROM transcript_segments WHERE {' AND '.join(where)}",
-                                      *args)
-        found: dict[uuid.UUID, list[uuid.UUID]] = {}
-        for r in rows:
-            found.setdefault(r["clip_id"], []).append(r["id"])
-        return found

@@ -1,6 +1,7 @@
 """What the search domain (``searcher``) needs from its storage and from analytics, as Protocols beside it: the
-adapters are ``clip_store.ClipStore`` (PostgreSQL), ``vectors.PgVectorIndex`` (pgvector; a Pinecone index is
-another ``VectorIndex``) and ``search_log.SearchLogBuffer`` (the outbox to analytics)."""
+adapters are ``clip_store.ClipStore`` (PostgreSQL), ``vectors.PgVectorIndex`` (pgvector writes),
+``retrieval.PgRetrieval`` (one statement per signal: pgvector's filtered HNSW scans and PostgreSQL full-text
+search) and ``search_log.SearchLogBuffer`` (the outbox to analytics)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.search.records import Clip, SearchRecord, Segment
+from services.search.records import Clip, SearchRecord
 
 
 @dataclass(frozen=True)
@@ -23,69 +24,75 @@ class VectorItem:
     vector: np.ndarray
 
 
-@dataclass(frozen=True)
-class VectorHit:
-    id: uuid.UUID
-    video_id: uuid.UUID
-    score: float  # cosine similarity
-
-
 class VectorIndex(Protocol):
-    """One vector per item id in a named collection ("transcript", "visual"), each tagged with its model and
-    its owner."""
+    """The write side of the vectors: one vector per item id in a named collection ("transcript", "visual"),
+    each tagged with its model and its owner. Searches read them through ``Retrieval``."""
 
     async def upsert(
         self, collection: str, model: str, items: Sequence[VectorItem], *, conn: Any = None
     ) -> None: ...
 
-    async def query(
-        self,
-        collection: str,
-        model: str,
-        vector: np.ndarray,
-        top_k: int,
-        video_ids: Sequence[uuid.UUID] | None = None,
-        *,
-        owner: uuid.UUID | None,
-    ) -> list[VectorHit]:
-        """The ``top_k`` items of ``model`` nearest ``vector``, best first, among those ``owner`` owns (None:
-        everyone's, for administrators and the system) and, with ``video_ids``, of those videos.
-
-        The owner is a filter of the retrieval itself, never of its results: an index that filters after an
-        approximate scan must still give a user who owns a small share of the collection their best matches
-        (pgvector: ``vectors.PgVectorIndex`` chooses per query; Pinecone: a metadata filter on the owner).
-        ``owner`` has no default so that no caller forgets it."""
-
-    async def scores(
-        self, collection: str, model: str, vector: np.ndarray, ids: Sequence[uuid.UUID]
-    ) -> dict[uuid.UUID, float]: ...
-
     async def get(self, collection: str, item_id: uuid.UUID) -> tuple[str, np.ndarray] | None: ...
 
 
+@dataclass(frozen=True)
+class ClipFilter:
+    """Which clips a retrieval may propose. ``owner`` is the caller's scope (``Principal.scope``: their user id,
+    or None for administrators and the system) and has no default, so that no caller forgets it. Durations are
+    the clip's own (end - start); the times are its video's upload time."""
+
+    owner: uuid.UUID | None
+    video_ids: tuple[uuid.UUID, ...] = ()
+    min_duration_s: float = 0.0
+    max_duration_s: float = 0.0
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    exclude: uuid.UUID | None = None  # one clip left out (the clip a similar-clips search starts from)
+
+
+@dataclass(frozen=True)
+class Match:
+    """A clip one signal proposes: its score in that signal and, for the transcript signals, the cue that
+    matched (``text``, ``start_s``, ``end_s``; empty text and the clip's bounds for a visual match)."""
+
+    clip_id: uuid.UUID
+    video_id: uuid.UUID
+    clip_start_s: float
+    score: float
+    text: str = ""
+    start_s: float = 0.0
+    end_s: float = 0.0
+
+
+class Retrieval(Protocol):
+    """The read side of search: per signal one query that finds the best clips passing ``ClipFilter`` (owner,
+    videos, clip duration, upload time, READY videos only) inside the index scan, never by dropping results
+    afterwards — a user who owns a small share of the index, or a selective filter, still gets full pages.
+    Each returns at most ``limit`` matches, one per clip, best first."""
+
+    async def visual(self, model: str, vector: np.ndarray, limit: int, where: ClipFilter) -> list[Match]:
+        """Clips by CLIP similarity of their keyframe vector (of ``model``) to ``vector``."""
+
+    async def transcript(self, model: str, vector: np.ndarray, limit: int, where: ClipFilter) -> list[Match]:
+        """Clips by the Sentence-BERT similarity of their best cue (vectors of ``model``) to ``vector``."""
+
+    async def lexical(self, query: str, limit: int, where: ClipFilter) -> list[Match]:
+        """Clips by full-text match of ``query``'s words and quoted phrases in their best cue; rare words count
+        more than common ones. No match: an empty list."""
+
+
 class ClipCatalog(Protocol):
-    """Clips and transcript segments as search reads them, with what results show of their videos.
+    """Clips as search shows them, with what results show of their videos.
 
     Every read takes ``owner``, the caller's scope (``Principal.scope``: their user id, or None for
-    administrators and the system), and filters by it in its query: another user's clip is simply not there."""
+    administrators and the system) and filters by it in its query: another user's clip is simply not there."""
 
     async def get(self, clip_id: uuid.UUID, *, owner: uuid.UUID | None) -> Clip:
         """NOT_FOUND (``CLIP_NOT_FOUND``) when there is no such clip, or ``owner`` does not own it (the same
         answer, so that nobody learns which ids exist)."""
 
-    async def segments_with_clips(
-        self, segment_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
-    ) -> dict[uuid.UUID, Segment]: ...
-
-    async def clips_for_search(
-        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None, min_duration_s: float = 0,
-        max_duration_s: float = 0, created_after: datetime | None = None, created_before: datetime | None = None,
-    ) -> dict[uuid.UUID, Clip]:
-        """The clips among ``clip_ids`` that ``owner`` owns, of READY videos, that pass the filters, by id."""
-
-    async def segment_ids_by_clip(
-        self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None
-    ) -> dict[uuid.UUID, list[uuid.UUID]]: ...
+    async def get_many(self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None) -> dict[uuid.UUID, Clip]:
+        """The clips among ``clip_ids`` that ``owner`` owns, of READY videos, by id (missing ones left out)."""
 
 
 class SearchLog(Protocol):

@@ -1,11 +1,16 @@
-"""Search: embed the query, retrieve per modality, fuse, filter, page, and log the search.
+"""Search: embed the query, retrieve per signal, fuse, page, enrich and log the search.
 
-Results are moments: scenes (clips). A text query is embedded twice — CLIP text against the clips'
-keyframe vectors (visual) and Sentence-BERT against their transcript segments (transcript); each
-modality proposes candidates by ANN, then every candidate gets its exact score in both, and the scores
-are fused with the request's weights (default visual 0.6, transcript 0.4). A modality that is off in
-this deployment, or runs on random weights (tests), drops out of the fusion and the remaining weights
-are renormalized. An image query searches the visual modality only.
+Results are moments: scenes (clips) and, inside them, the transcript cue that matched. Three signals propose
+clips, each through one query of ``ports.Retrieval`` that applies the filters itself: **visual** (CLIP text
+embedding of the query against the clips' keyframe vectors), **transcript** (Sentence-BERT against the cues) and
+**lexical** (full-text match of the query's words and quoted phrases in the cues: names, rare words, exact
+phrases). Their ranked lists are fused per request (``fusion``: weighted, the default, or reciprocal rank
+fusion) with the request's weights (default visual 0.6, transcript 0.4, lexical 0.5). A model that is off in this
+deployment, or runs on random weights (tests), drops out and the remaining weights are renormalized; lexical
+needs no model. An image query searches the visual signal only.
+
+Encoding runs concurrently (the two encoders at once, the lexical query meanwhile), and so do the retrievals.
+Each stage's time goes with the page (``SearchPage.timings``, milliseconds), for the ``Server-Timing`` header.
 
 Every search is the caller's (a ``Principal``): retrieval, filters and reads are scoped to the clips they own
 (``Principal.scope``; administrators and the system see everyone's) inside each query, never by dropping
@@ -15,23 +20,32 @@ another user is NOT_FOUND, like one that does not exist. Page tokens are bound t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import numpy as np
 
 from services.common.errors import FailedPrecondition, invalid_field
 from services.common.inference_types import Inference, ModelStatus
 from services.common.paging import bound_to, decode_offset, encode_offset
 from services.common.principal import Principal
-from services.search.ports import ClipCatalog, SearchLog, VectorIndex
+from services.search import fusion
+from services.search.ports import ClipCatalog, ClipFilter, Match, Retrieval, SearchLog, VectorIndex
 from services.search.records import Clip, RankedResult, SearchRecord
 
-DEFAULT_WEIGHTS = {"visual": 0.6, "transcript": 0.4}
+# The seed's visual 0.6 / transcript 0.4; lexical a little above transcript, so that a cue containing the query's
+# rare word or quoted phrase outranks a paraphrase of another moment (provisional until the evaluation set).
+DEFAULT_WEIGHTS = {"visual": 0.6, "transcript": 0.4, "lexical": 0.5}
 MAX_QUERY_CHARS = 1000
 STATUS_TTL_S = 5.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,7 +53,7 @@ class SearchQuery:
     text: str = ""
     image: bytes = b""
     video_ids: tuple[uuid.UUID, ...] = ()
-    min_duration_s: float = 0.0
+    min_duration_s: float = 0.0  # of the clip
     max_duration_s: float = 0.0
     created_after: datetime | None = None
     created_before: datetime | None = None
@@ -47,13 +61,18 @@ class SearchQuery:
     min_score: float = 0.0
     page_size: int = 10
     page_token: str = ""
+    fusion: str = ""  # "weighted" or "rrf"; "" for the server's default
 
     def fingerprint(self) -> str:
         """Identifies the query apart from paging, so a token is only accepted for the same query."""
         body = json.dumps([self.text, hashlib.sha256(self.image).hexdigest(), [str(v) for v in self.video_ids],
                            self.min_duration_s, self.max_duration_s, str(self.created_after),
-                           str(self.created_before), sorted(self.weights.items()), self.min_score])
+                           str(self.created_before), sorted(self.weights.items()), self.min_score, self.fusion])
         return hashlib.sha256(body.encode()).hexdigest()[:16]
+
+    def where(self, owner: uuid.UUID | None, exclude: uuid.UUID | None = None) -> ClipFilter:
+        return ClipFilter(owner, self.video_ids, self.min_duration_s, self.max_duration_s, self.created_after,
+                          self.created_before, exclude)
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,8 @@ class SearchHit:
     matched_text: str
     match_start_s: float
     match_end_s: float
+    lexical_score: float = 0.0
+    signals: tuple[str, ...] = ()  # the signals that proposed the clip, largest contribution first
 
 
 @dataclass(frozen=True)
@@ -72,27 +93,32 @@ class SearchPage:
     hits: list[SearchHit]
     next_page_token: str
     search_id: uuid.UUID
+    timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
 
 
-def fuse(scores: dict[str, float | None], weights: dict[str, float]) -> float:
-    """Weighted mean over the modalities that have a score for this search."""
-    present = {m: s for m, s in scores.items() if s is not None}
-    total = sum(weights.get(m, 0.0) for m in present)
-    if total <= 0:
-        return 0.0
-    return sum(weights.get(m, 0.0) * s for m, s in present.items()) / total
+async def _timed(timings: dict[str, float], stage: str, work: Awaitable[T]) -> T:
+    started = time.perf_counter()
+    try:
+        return await work
+    finally:
+        timings[stage] = (time.perf_counter() - started) * 1000
 
 
 class Searcher:
-    def __init__(self, clips: ClipCatalog, index: VectorIndex, inference: Inference, search_log: SearchLog, *,
-                 candidates: int = 200, max_page_size: int = 100, allow_random_weights: bool = False) -> None:
+    def __init__(self, clips: ClipCatalog, retrieval: Retrieval, vectors: VectorIndex, inference: Inference,
+                 search_log: SearchLog, *, candidates: int = 200, max_page_size: int = 100,
+                 allow_random_weights: bool = False, default_fusion: str = "weighted") -> None:
+        if default_fusion not in fusion.METHODS:
+            raise ValueError(f"unknown fusion method {default_fusion!r}")
         self._clips = clips
+        self._retrieval = retrieval
+        self._vectors = vectors  # a clip's own vector, for similar clips
         self._log = search_log
-        self._index = index
         self._inference = inference
         self._candidates = candidates
         self._max_page_size = max_page_size
         self._allow_random = allow_random_weights
+        self._default_fusion = default_fusion
         self._status: tuple[float, dict[str, ModelStatus]] | None = None
 
     async def _models(self) -> dict[str, ModelStatus]:
@@ -115,6 +141,8 @@ class Searcher:
             raise invalid_field("weights", "weights must not be negative")
         if q.max_duration_s and q.max_duration_s < q.min_duration_s:
             raise invalid_field("filter.max_duration_seconds", "smaller than min_duration_seconds")
+        if q.fusion and q.fusion not in fusion.METHODS:
+            raise invalid_field("fusion", f"one of {', '.join(fusion.METHODS)}")
         return q.weights if any(q.weights.values()) else DEFAULT_WEIGHTS
 
     def _ranks(self, status: ModelStatus) -> bool:
@@ -129,22 +157,77 @@ class Searcher:
         binding = bound_to(caller.user_id, q.fingerprint())
         offset = decode_offset(q.page_token, binding)
         size = q.page_size or 10
+        timings: dict[str, float] = {}
 
-        ranked = await self._ranked(q, weights, caller.scope)
-        page = ranked[offset:offset + size]
+        lists = await self._retrieve(q, weights, q.where(caller.scope), timings)
+        t0 = time.perf_counter()
+        ranked = [f for f in fusion.fuse(q.fusion or self._default_fusion, lists, weights) if f.score >= q.min_score]
+        timings["fuse"] = (time.perf_counter() - t0) * 1000
+        page = await _timed(timings, "enrich", self._hits(ranked[offset:offset + size], lists, caller.scope))
         next_token = encode_offset(offset + size, binding) if offset + size < len(ranked) else ""
         search_id = uuid.uuid4()
+        t0 = time.perf_counter()
         self._log.record(SearchRecord(
             search_id, q.text, bool(q.image), len(ranked), (time.perf_counter() - started) * 1000,
             datetime.now(UTC), caller.user_id, offset,
             tuple(RankedResult(h.clip.id, h.clip.video_id, offset + i + 1, h.score) for i, h in enumerate(page)),
         ))
-        return SearchPage(page, next_token, search_id)
+        timings["log"] = (time.perf_counter() - t0) * 1000
+        timings["total"] = (time.perf_counter() - started) * 1000
+        return SearchPage(page, next_token, search_id, timings)
 
-    async def _query_vectors(self, q: SearchQuery) -> dict[str, tuple[str, object]]:
-        """Per active modality: (model id, query vector)."""
+    async def _hits(self, ranked: list[fusion.Fused], lists: dict[str, list[Match]],
+                    owner: uuid.UUID | None) -> list[SearchHit]:
+        """The page's clips with what each signal found of them; the moment is the cue of the transcript signal
+        that contributed most (else the whole clip). A clip deleted since retrieval is left out."""
+        clips = await self._clips.get_many([f.clip_id for f in ranked], owner=owner) if ranked else {}
+        by_signal = {signal: {m.clip_id: m for m in found} for signal, found in lists.items()}
+        hits = []
+        for f in ranked:
+            clip = clips.get(f.clip_id)
+            if clip is None:
+                continue
+            found = {signal: by_signal[signal][f.clip_id] for signal in f.signals}
+            cue = next((found[s] for s in f.signals if s != "visual" and found[s].text), None)
+            hits.append(SearchHit(
+                clip, f.score, found["visual"].score if "visual" in found else 0.0,
+                found["transcript"].score if "transcript" in found else 0.0,
+                cue.text if cue else "", cue.start_s if cue else clip.start_s, cue.end_s if cue else clip.end_s,
+                found["lexical"].score if "lexical" in found else 0.0, f.signals,
+            ))
+        return hits
+
+    async def _retrieve(self, q: SearchQuery, weights: dict[str, float], where: ClipFilter,
+                        timings: dict[str, float]) -> dict[str, list[Match]]:
+        """Each signal's candidates: the lexical query starts at once (it needs no model), the vector queries as
+        soon as both encoders (run together) have answered."""
+        text = q.text.strip()
+        lexical = None
+        if text and not q.image and weights.get("lexical", 0) > 0:
+            lexical = asyncio.ensure_future(
+                _timed(timings, "lexical", self._retrieval.lexical(text, self._candidates, where)))
+        try:
+            vectors = await _timed(timings, "encode", self._query_vectors(q, weights, lexical is not None))
+            jobs: dict[str, Awaitable[list[Match]]] = {}
+            if "visual" in vectors:
+                model, vec = vectors["visual"]
+                jobs["visual"] = _timed(timings, "visual", self._retrieval.visual(model, vec, self._candidates, where))
+            if "transcript" in vectors:
+                model, vec = vectors["transcript"]
+                jobs["transcript"] = _timed(timings, "transcript",
+                                            self._retrieval.transcript(model, vec, self._candidates, where))
+            lists = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+            if lexical is not None:
+                lists["lexical"] = await lexical
+            return lists
+        finally:
+            if lexical is not None and not lexical.done():
+                lexical.cancel()
+
+    async def _query_vectors(self, q: SearchQuery, weights: dict[str, float],
+                             lexical: bool) -> dict[str, tuple[str, np.ndarray]]:
+        """Per vector signal that is on and weighted: (model id, query vector)."""
         models = await self._models()
-        vectors: dict[str, tuple[str, object]] = {}
         visual_on = self._ranks(models["clip_image"]) and self._ranks(models["clip_text"])
         if q.image:
             if not visual_on:
@@ -155,68 +238,19 @@ class Searcher:
             (result,) = await self._inference.embed_images([q.image])
             if isinstance(result, Exception):
                 raise invalid_field("image", f"cannot use this image: {result}", reason="INVALID_IMAGE")
-            vectors["visual"] = (models["clip_image"].model_id, result)
-            return vectors
+            return {"visual": (models["clip_image"].model_id, np.asarray(result, dtype=np.float32))}
         text = q.text.strip()
-        if visual_on:
-            vectors["visual"] = (models["clip_image"].model_id, (await self._inference.embed_clip_texts([text]))[0])
-        if self._ranks(models["sbert"]):
-            vectors["transcript"] = (models["sbert"].model_id, (await self._inference.embed_sentences([text]))[0])
-        if not vectors:
-            raise FailedPrecondition("no search model is available", reason="MODALITY_OFF")
-        return vectors
-
-    async def _ranked(self, q: SearchQuery, weights: dict[str, float], owner: uuid.UUID | None) -> list[SearchHit]:
-        """Every candidate clip of ``owner`` (None: anyone's), fused and sorted. ``q.video_ids`` naming another
-        user's video finds nothing: the owner filter applies to it as to everything else."""
-        vectors = await self._query_vectors(q)
-        video_ids = q.video_ids or None
-        visual: dict[uuid.UUID, float] = {}
-        transcript: dict[uuid.UUID, tuple[float, uuid.UUID | None]] = {}  # clip -> (best score, segment)
-        candidates: set[uuid.UUID] = set()
-        if "visual" in vectors:
-            model, vec = vectors["visual"]
-            hits = await self._index.query("visual", model, vec, self._candidates, video_ids,  # type: ignore[arg-type]
-                                           owner=owner)
-            candidates.update(h.id for h in hits)
-        if "transcript" in vectors:
-            model, vec = vectors["transcript"]
-            hits = await self._index.query("transcript", model, vec, self._candidates,  # type: ignore[arg-type]
-                                           video_ids, owner=owner)
-            segments = await self._clips.segments_with_clips([h.id for h in hits], owner=owner)
-            candidates.update(seg.clip_id for seg in segments.values())
-        if not candidates:
-            return []
-        clips = await self._clips.clips_for_search(
-            list(candidates), owner=owner, min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
-            created_after=q.created_after, created_before=q.created_before,
-        )
-        if "visual" in vectors:
-            model, vec = vectors["visual"]
-            visual = await self._index.scores("visual", model, vec, list(clips))  # type: ignore[arg-type]
-        if "transcript" in vectors:
-            model, vec = vectors["transcript"]
-            by_clip = await self._clips.segment_ids_by_clip(list(clips), owner=owner)
-            seg_to_clip = {seg: clip for clip, segs in by_clip.items() for seg in segs}
-            scores = await self._index.scores("transcript", model, vec, list(seg_to_clip))  # type: ignore[arg-type]
-            for seg_id, score in scores.items():
-                clip_id = seg_to_clip[seg_id]
-                if clip_id not in transcript or score > transcript[clip_id][0]:
-                    transcript[clip_id] = (score, seg_id)
-        matched = await self._clips.segments_with_clips([seg for _, seg in transcript.values() if seg], owner=owner)
-        results = []
-        for clip_id, clip in clips.items():
-            v_score = visual.get(clip_id, 0.0)
-            t_score, best_segment = transcript.get(clip_id, (0.0, None))
-            score = fuse({"visual": v_score if "visual" in vectors else None,
-                          "transcript": t_score if "transcript" in vectors else None}, weights)
-            if score < q.min_score:
-                continue
-            seg = matched.get(best_segment) if best_segment else None
-            results.append(SearchHit(clip, score, v_score, t_score, seg.text if seg else "",
-                                     seg.start_s if seg else clip.start_s, seg.end_s if seg else clip.end_s))
-        results.sort(key=lambda h: (-h.score, str(h.clip.video_id), h.clip.start_s))
-        return results
+        jobs: dict[str, Awaitable[Any]] = {}
+        if visual_on and weights.get("visual", 0) > 0:
+            jobs["visual"] = self._inference.embed_clip_texts([text])
+        if self._ranks(models["sbert"]) and weights.get("transcript", 0) > 0:
+            jobs["transcript"] = self._inference.embed_sentences([text])
+        if not jobs and not lexical:
+            raise FailedPrecondition("no search model is available for the weighted signals",
+                                     reason="MODALITY_OFF")
+        encoded = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
+        model_of = {"visual": models["clip_image"].model_id, "transcript": models["sbert"].model_id}
+        return {s: (model_of[s], np.asarray(found[0], dtype=np.float32)) for s, found in encoded.items()}
 
     async def similar(self, clip_id: uuid.UUID, q: SearchQuery, caller: Principal) -> SearchPage:
         """``caller``'s clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded;
@@ -228,22 +262,14 @@ class Searcher:
         size = q.page_size or 10
         owner = caller.scope
         await self._clips.get(clip_id, owner=owner)  # before its vector is read: NOT_FOUND for another's clip
-        found = await self._index.get("visual", clip_id)
+        found = await self._vectors.get("visual", clip_id)
         if found is None:
             raise FailedPrecondition("this clip has no visual vector (CLIP was off when it was indexed)",
                                      reason="NO_VISUAL_VECTOR")
         model, vec = found
-        hits = await self._index.query("visual", model, vec, self._candidates + 1, q.video_ids or None, owner=owner)
-        scores = {h.id: h.score for h in hits if h.id != clip_id}
-        clips = await self._clips.clips_for_search(
-            list(scores), owner=owner, min_duration_s=q.min_duration_s, max_duration_s=q.max_duration_s,
-            created_after=q.created_after, created_before=q.created_before,
-        )
-        ranked = sorted(
-            (SearchHit(c, scores[i], scores[i], 0.0, "", c.start_s, c.end_s) for i, c in clips.items()),
-            key=lambda h: -h.score,
-        )
-        page = ranked[offset:offset + size]
+        matches = await self._retrieval.visual(model, vec, self._candidates, q.where(owner, exclude=clip_id))
+        ranked = [fusion.Fused(m.clip_id, m.score, {"visual": m.score}) for m in matches]
+        page = await self._hits(ranked[offset:offset + size], {"visual": matches}, owner)
         more = offset + size < len(ranked)
         token = encode_offset(offset + size, binding) if more else ""
         return SearchPage(page, token, uuid.uuid4())

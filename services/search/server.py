@@ -21,6 +21,7 @@ from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.search import internal_servicer, search_log
 from services.search.clip_store import MIGRATIONS, SCHEMA, ClipStore
+from services.search.retrieval import CONNECTION_SETTINGS, PgRetrieval
 from services.search.searcher import Searcher
 from services.search.servicer import SearchServicer
 from services.search.vectors import PgVectorIndex
@@ -29,8 +30,9 @@ log = logging.getLogger("clipmind.search")
 
 
 async def serve(settings: SearchSettings) -> None:
-    pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA, vectors=True)
-    clips = ClipStore(pool)
+    pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA, vectors=True,
+                               server_settings=CONNECTION_SETTINGS)
+    clips = ClipStore(pool, text_config=settings.text_search_config)
     inference = make_inference(settings)
     statuses = await log_model_status(inference, "search")
     stale = await clips.stale_models(statuses["sbert"].model_id, statuses["clip_image"].model_id)
@@ -50,9 +52,11 @@ async def serve(settings: SearchSettings) -> None:
     logged = search_log.SearchLogBuffer(pool, relay)
     relay.start()
     logged.start()
-    searcher = Searcher(clips, PgVectorIndex(pool), inference, logged,
-                        max_page_size=settings.max_page_size,
-                        allow_random_weights=settings.allow_random_weights_in_ranking)
+    retrieval = PgRetrieval(pool, text_config=settings.text_search_config)
+    searcher = Searcher(clips, retrieval, PgVectorIndex(pool), inference, logged,
+                        candidates=settings.search_candidates, max_page_size=settings.max_page_size,
+                        allow_random_weights=settings.allow_random_weights_in_ranking,
+                        default_fusion=settings.default_fusion)
     servicer = SearchServicer(searcher, blobs)
     internal = internal_servicer.SearchInternalServicer(clips)
 

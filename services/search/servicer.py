@@ -8,6 +8,7 @@ from clipmind.search.v1 import search_service_pb2_grpc
 
 from services.common.blobstore import BlobStore
 from services.common.convert import from_timestamp
+from services.common.errors import invalid_field
 from services.common.grpc_server import Context
 from services.common.paging import parse_name
 from services.common.request_context import principal
@@ -29,12 +30,22 @@ def clip_to_pb(clip: Clip, blobs: BlobStore) -> pb.Clip:
     )
 
 
+_SIGNALS = {"visual": pb.SIGNAL_VISUAL, "transcript": pb.SIGNAL_TRANSCRIPT, "lexical": pb.SIGNAL_LEXICAL}
+_FUSIONS: dict[int, str] = {pb.FUSION_UNSPECIFIED: "", pb.FUSION_WEIGHTED: "weighted", pb.FUSION_RRF: "rrf"}
+
+
 def hit_to_pb(hit: SearchHit, blobs: BlobStore) -> pb.SearchResult:
     return pb.SearchResult(
         clip=clip_to_pb(hit.clip, blobs), score=hit.score, visual_score=hit.visual_score,
         transcript_score=hit.transcript_score, matched_text=hit.matched_text,
         match_start_seconds=hit.match_start_s, match_end_seconds=hit.match_end_s,
+        lexical_score=hit.lexical_score, matched_signals=[_SIGNALS[s] for s in hit.signals],
     )
+
+
+def server_timing(timings: dict[str, float]) -> str:
+    """The stages' milliseconds as an HTTP ``Server-Timing`` value (Envoy passes it to REST clients)."""
+    return ", ".join(f"{stage};dur={ms:.2f}" for stage, ms in timings.items())
 
 
 def query_from_pb(request: pb.SearchRequest) -> SearchQuery:
@@ -47,11 +58,20 @@ def query_from_pb(request: pb.SearchRequest) -> SearchQuery:
         max_duration_s=f.max_duration_seconds,
         created_after=from_timestamp(f, "created_after"),
         created_before=from_timestamp(f, "created_before"),
-        weights={"visual": request.weights.visual, "transcript": request.weights.transcript},
+        weights={"visual": request.weights.visual, "transcript": request.weights.transcript,
+                 "lexical": request.weights.lexical},
         min_score=request.min_score,
         page_size=request.page_size,
         page_token=request.page_token,
+        fusion=_fusion(request.fusion),
     )
+
+
+def _fusion(value: int) -> str:
+    try:
+        return _FUSIONS[value]
+    except KeyError:
+        raise invalid_field("fusion", f"unknown fusion {value}") from None
 
 
 class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
@@ -61,6 +81,7 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
 
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         page = await self._searcher.search(query_from_pb(request), principal())
+        await context.send_initial_metadata((("server-timing", server_timing(page.timings)),))
         return pb.SearchResponse(
             results=[hit_to_pb(h, self._blobs) for h in page.hits],
             next_page_token=page.next_page_token,

@@ -116,3 +116,22 @@ def test_get_clip_and_playback_link(processed_video: dict, rest: httpx.Client, c
     assert media.status_code == 206 and len(media.content) == 100
 
 
+
+
+def test_a_quoted_phrase_is_found_by_lexical_match_at_its_line(processed_video: dict, rest: httpx.Client) -> None:
+    """Exact words in quotes find their line (lexical signal), in either fusion; the stages' times come back in
+    the ``Server-Timing`` header through Envoy."""
+    video_name = processed_video["video"]["name"]
+    for fusion in ("FUSION_WEIGHTED", "FUSION_RRF"):
+        response = rest.post("/v1/clips:search", json={
+            "query": '"twelve percent"', "filter": {"videos": [video_name]}, "pageSize": 3, "fusion": fusion})
+        assert response.status_code == 200, response.text
+        top = response.json()["results"][0]
+        assert abs(top["clip"]["startSeconds"] - BOUNDS[1]) <= 0.5, top
+        assert top["matchedSignals"][0] == "SIGNAL_LEXICAL" and top["lexicalScore"] == pytest.approx(1.0)
+        assert top["matchedText"].startswith("Our quarterly revenue grew by twelve percent")
+        assert abs(top["matchStartSeconds"] - 12.0) <= 0.5 and abs(top["matchEndSeconds"] - 16.0) <= 0.5
+        stages = {part.split(";")[0].strip() for part in response.headers["server-timing"].split(",")}
+        assert {"encode", "transcript", "lexical", "fuse", "enrich", "total"} <= stages, stages
+    bad = rest.post("/v1/clips:search", json={"query": "x", "fusion": "FUSION_BORDA"})
+    assert bad.status_code == 400

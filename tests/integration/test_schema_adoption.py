@@ -19,7 +19,9 @@ from services.common.db import Database
 from services.common.db_provision import provision, role_name
 from services.common.errors import FailedPrecondition
 from services.search.clip_store import ClipStore
+from services.search.ports import ClipFilter
 from services.search.records import VideoFacts, VideoIndex
+from services.search.retrieval import PgRetrieval
 from services.search.vectors import PgVectorIndex
 from tests.db_setup import ROLE_PASSWORDS, role_dsn, service_db
 from tests.db_setup import fresh_database as new_database
@@ -169,7 +171,7 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
             assert fks == KEPT_FOREIGN_KEYS
 
             # Migrations: each service's first is recorded as adopted, its later ones applied on start.
-            for service, versions in {"ingest": [1, 2, 3], "pipeline": [1, 2], "search": [1, 2, 3]}.items():
+            for service, versions in {"ingest": [1, 2, 3], "pipeline": [1, 2], "search": [1, 2, 3, 4]}.items():
                 assert [r["version"] for r in await pools[service].fetch(
                     "SELECT version FROM schema_migrations ORDER BY version")] == versions, service
             assert await admin.fetchval("SELECT count(*) FROM public.schema_migrations") == 6
@@ -228,22 +230,24 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
             # The adopted index works as the search service's own: fenced by the old fence, searchable once
             # ingest's facts arrive.
             clips = ClipStore(search)
-            assert await clips.clips_for_search(ids["clips"], owner=None) == {}
+            assert await clips.get_many(ids["clips"], owner=None) == {}
             with pytest.raises(FailedPrecondition) as superseded:
                 await clips.replace_index(video, 3, VideoIndex([], []), owner=uuid.uuid4())
             assert superseded.value.reason == "RUN_SUPERSEDED"
             assert await clips.upsert_facts(VideoFacts(video, 1, "Harbour", f"videos/{video}/source.mp4", "READY",
                                                        20.0, None))
-            found = await clips.clips_for_search(ids["clips"], owner=None)
+            found = await clips.get_many(ids["clips"], owner=None)
             assert set(found) == set(ids["clips"]) and found[ids["clips"][1]].transcript == "words 1"
-            hits = await vectors.query("visual", "clip/legacy", np.full(512, 0.1, np.float32), 2, video_ids=[video],
-                                       owner=None)
-            assert {h.id for h in hits} == set(ids["clips"])
+            retrieval = PgRetrieval(search)
+            hits = await retrieval.visual("clip/legacy", np.full(512, 0.1, np.float32), 2, ClipFilter(None, (video,)))
+            assert {h.clip_id for h in hits} == set(ids["clips"])
+            lexical = await retrieval.lexical("words", 2, ClipFilter(None))  # adopted cues are indexed for words
+            assert {h.clip_id for h in lexical} == set(ids["clips"])
             # Rows from before ownership are nobody's (the nil UUID): administrators find them, users do not.
             for table in ("videos", "clips", "transcript_segments", "transcript_vectors", "visual_vectors"):
                 assert await search.fetchval(f"SELECT count(DISTINCT owner_id) FROM {table} "
                                              "WHERE owner_id <> '00000000-0000-0000-0000-000000000000'") == 0, table
-            assert await clips.clips_for_search(ids["clips"], owner=uuid.uuid4()) == {}
+            assert await clips.get_many(ids["clips"], owner=uuid.uuid4()) == {}
 
             # The legacy search log stays where it was.
             search_row = await admin.fetchrow("SELECT query, result_count FROM public.searches WHERE id = $1",
@@ -260,7 +264,7 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
             finally:
                 for pool in again.values():
                     await pool.close()
-            assert versions == {"ingest": 3, "pipeline": 2, "search": 3}
+            assert versions == {"ingest": 3, "pipeline": 2, "search": 4}
             assert await _snapshot(admin) == before
         finally:
             for pool in pools.values():

@@ -21,7 +21,9 @@ from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.ids import derived_id
 from services.search.clip_store import ClipStore
 from services.search.internal_servicer import SearchInternalServicer
+from services.search.ports import ClipFilter
 from services.search.records import Clip, Segment, VideoFacts, VideoIndex
+from services.search.retrieval import PgRetrieval
 from tests.db_setup import ServicerStub, service_db
 
 pytestmark = pytest.mark.integration
@@ -127,12 +129,35 @@ async def test_the_servicer_writes_the_index_fenced(db: Database) -> None:
     assert await _counts(db, video_id) == (0, 0, 0, 0)
 
 
+def _finder(db: Database, index: VideoIndex) -> Any:
+    """The clips of ``index``'s video that a search of OWNER's with these filters retrieves (each signal), as
+    {clip id: clip} with what results show (the catalog's read)."""
+    store, retrieval = ClipStore(db), PgRetrieval(db)
+    video_id = index.clips[0].video_id
+    query = index.visual_vectors[0][1]
+
+    async def find(clip_ids: list[uuid.UUID], **filters: Any) -> dict[uuid.UUID, Clip]:
+        where = ClipFilter(OWNER, (video_id,), **filters)
+        visual = {m.clip_id for m in await retrieval.visual(index.visual_model, query, 10, where)}
+        transcript = {m.clip_id for m in await retrieval.transcript(index.transcript_model, index.vectors[0][1], 10,
+                                                                     where)}
+        lexical = {m.clip_id for m in await retrieval.lexical("line seed", 10, where)}
+        assert visual == transcript == lexical, "every signal applies the same filters"
+        found = await store.get_many(clip_ids, owner=OWNER)
+        assert visual <= set(found), "the catalog shows what retrieval finds"
+        if not filters:
+            assert set(found) == visual, "the catalog shows READY videos' clips only"
+        return {c: found[c] for c in visual}
+
+    return find
+
+
 async def test_an_index_is_not_searchable_before_its_facts_say_ready(db: Database) -> None:
     store, video_id = ClipStore(db), uuid.uuid4()
     stub = ServicerStub(SearchInternalServicer(store))
     index = _index(video_id, 3)
     clip_ids = [c.id for c in index.clips]
-    find = functools.partial(store.clips_for_search, owner=OWNER)
+    find = _finder(db, index)
     await store.replace_index(video_id, 1, index, owner=OWNER)  # the index may arrive before any facts
     assert await find(clip_ids) == {}
 
@@ -154,10 +179,10 @@ async def test_an_index_is_not_searchable_before_its_facts_say_ready(db: Databas
     assert clip.transcript == "line 1 seed 0"
     assert (await store.get(clip_ids[0], owner=OWNER)).video_title == "Sunset"
 
-    # The read model's facts are the filters.
-    assert set(await find(clip_ids, min_duration_s=20, max_duration_s=40)) == set(clip_ids)
-    assert await find(clip_ids, min_duration_s=31) == {}
-    assert await find(clip_ids, max_duration_s=29) == {}
+    # Durations are the clips' own (10 s each; the video is 30 s); times are the video's upload.
+    assert set(await find(clip_ids, min_duration_s=5, max_duration_s=15)) == set(clip_ids)
+    assert await find(clip_ids, min_duration_s=11) == {}
+    assert await find(clip_ids, max_duration_s=9) == {}
     assert set(await find(clip_ids, created_after=created)) == set(clip_ids)
     assert await find(clip_ids, created_after=created + timedelta(seconds=1)) == {}
     assert await find(clip_ids, created_before=created) == {}
@@ -191,8 +216,8 @@ async def test_facts_apply_in_revision_order(db: Database) -> None:
 
 async def test_a_deleted_video_stays_deleted(db: Database) -> None:
     store, video_id = ClipStore(db), uuid.uuid4()
-    find = functools.partial(store.clips_for_search, owner=OWNER)
     index = _index(video_id, 3)
+    find = _finder(db, index)
     await store.replace_index(video_id, 1, index, owner=OWNER)
     assert await store.upsert_facts(_facts(video_id, 1))
     assert len(await find([c.id for c in index.clips])) == 3

@@ -13,7 +13,9 @@ from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.ids import derived_id
 from services.search.clip_store import ClipStore
+from services.search.ports import ClipFilter
 from services.search.records import Clip, Segment, VideoFacts, VideoIndex
+from services.search.retrieval import PgRetrieval
 from services.search.vectors import PgVectorIndex
 from tests.db_setup import service_db
 
@@ -68,19 +70,17 @@ async def test_reindexing_a_video_is_idempotent_and_delete_cascades(pg_dsn: str)
                                                    "READY", 30.0, None))
         first = later
 
-        index = PgVectorIndex(pool)
+        index, retrieval = PgVectorIndex(pool), PgRetrieval(pool)
         query = np.asarray(first.visual_vectors[1][1])
-        hits = await index.query("visual", first.visual_model, query, 3, video_ids=[video_id], owner=OWNER)  # exact
+        hits = await retrieval.visual(first.visual_model, query, 3, ClipFilter(OWNER, (video_id,)))
         assert len(hits) == 3 and {h.video_id for h in hits} == {video_id}
-        assert hits[0].id == first.clips[1].id
-        other_model = await index.query("visual", "clip/other-model", query, 3, video_ids=[video_id], owner=OWNER)
+        assert hits[0].clip_id == first.clips[1].id
+        assert hits[0].score == pytest.approx(1.0, abs=1e-5) and all(-1.0 <= h.score <= 1.0 for h in hits)
+        other_model = await retrieval.visual("clip/other-model", query, 3, ClipFilter(OWNER, (video_id,)))
         assert other_model == []  # never mixed
         model, stored = await index.get("visual", first.visual_vectors[1][0]) or ("", None)
         assert model == first.visual_model and stored is not None and stored.shape == (512,)
         np.testing.assert_allclose(stored, first.visual_vectors[1][1], rtol=1e-6)  # the later run's vectors
-        exact = await index.scores("visual", first.visual_model, query, [c.id for c in first.clips])
-        assert len(exact) == 3 and all(-1.0 <= v <= 1.0 for v in exact.values())
-        assert exact[first.clips[1].id] == pytest.approx(1.0, abs=1e-5)
         stale = await clips.stale_models(first.transcript_model, "clip/new")
         assert stale[f"visual:{first.visual_model}"] == 1 and f"transcript:{first.transcript_model}" not in stale
 

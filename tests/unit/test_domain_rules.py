@@ -25,15 +25,7 @@ from services.media.subtitles import Cue
 from services.pipeline.processor import assign_segments
 from services.pipeline.records import Clip
 from services.pipeline.servicer import parse_job_filter
-from services.search.searcher import SearchQuery, fuse
-
-
-def test_fusion_renormalizes_over_present_modalities() -> None:
-    weights = {"visual": 0.6, "transcript": 0.4}
-    assert fuse({"visual": None, "transcript": 0.8}, weights) == pytest.approx(0.8)
-    assert fuse({"visual": 0.5, "transcript": 1.0}, weights) == pytest.approx(0.6 * 0.5 + 0.4 * 1.0)
-    assert fuse({"visual": None, "transcript": None}, weights) == 0.0
-    assert fuse({"visual": 0.9, "transcript": 0.1}, {"visual": 0.0, "transcript": 1.0}) == pytest.approx(0.1)
+from services.search.searcher import SearchQuery
 
 
 def test_search_page_token_is_bound_to_its_query_and_caller() -> None:

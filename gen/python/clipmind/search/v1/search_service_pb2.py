@@ -29,7 +29,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'clipmind/search/v1/search_service.proto\x12\x12\x63lipmind.search.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x02\n\x04\x43lip\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x05video\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x19\n\x0bvideo_title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rstart_seconds\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65nd_seconds\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_uri\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cplayback_uri\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ntranscript\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03:8\xea\x41\x35\n\x18search.clipmind.dev/Clip\x12\x0c\x63lips/{clip}*\x05\x63lips2\x04\x63lip\"\xe1\x01\n\x0cSearchFilter\x12.\n\x06videos\x18\x01 \x03(\tB\x1e\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1c\n\x14min_duration_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14max_duration_seconds\x18\x03 \x01(\x01\x12\x31\n\rcreated_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"5\n\x0fModalityWeights\x12\x0e\n\x06visual\x18\x01 \x01(\x02\x12\x12\n\ntranscript\x18\x02 \x01(\x02\"\xc3\x01\n\x0cSearchResult\x12&\n\x04\x63lip\x18\x01 \x01(\x0b\x32\x18.clipmind.search.v1.Clip\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cvisual_score\x18\x03 \x01(\x02\x12\x18\n\x10transcript_score\x18\x04 \x01(\x02\x12\x14\n\x0cmatched_text\x18\x05 \x01(\t\x12\x1b\n\x13match_start_seconds\x18\x06 \x01(\x01\x12\x19\n\x11match_end_seconds\x18\x07 \x01(\x01\"\xcf\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x30\n\x06\x66ilter\x18\x03 \x01(\x0b\x32 .clipmind.search.v1.SearchFilter\x12\x34\n\x07weights\x18\x04 \x01(\x0b\x32#.clipmind.search.v1.ModalityWeights\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"o\n\x0eSearchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .clipmind.search.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x11\n\tsearch_id\x18\x03 \x01(\t\"\xa3\x01\n\x17\x46indSimilarClipsRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18search.clipmind.dev/Clip\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x30\n\x06\x66ilter\x18\x04 \x01(\x0b\x32 .clipmind.search.v1.SearchFilter\"f\n\x18\x46indSimilarClipsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .clipmind.search.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x0eGetClipRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18search.clipmind.dev/Clip2\x88\x03\n\rSearchService\x12l\n\x06Search\x12!.clipmind.search.v1.SearchRequest\x1a\".clipmind.search.v1.SearchResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/clips:search:\x01*\x12\x9c\x01\n\x10\x46indSimilarClips\x12+.clipmind.search.v1.FindSimilarClipsRequest\x1a,.clipmind.search.v1.FindSimilarClipsResponse\"-\xda\x41\x04name\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=clips/*}:findSimilar\x12j\n\x07GetClip\x12\".clipmind.search.v1.GetClipRequest\x1a\x18.clipmind.search.v1.Clip\"!\xda\x41\x04name\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/{name=clips/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'clipmind/search/v1/search_service.proto\x12\x12\x63lipmind.search.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x02\n\x04\x43lip\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x05video\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x19\n\x0bvideo_title\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1b\n\rstart_seconds\x18\x04 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65nd_seconds\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rthumbnail_uri\x18\x06 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1a\n\x0cplayback_uri\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x18\n\ntranscript\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03:8\xea\x41\x35\n\x18search.clipmind.dev/Clip\x12\x0c\x63lips/{clip}*\x05\x63lips2\x04\x63lip\"\xe1\x01\n\x0cSearchFilter\x12.\n\x06videos\x18\x01 \x03(\tB\x1e\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1c\n\x14min_duration_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14max_duration_seconds\x18\x03 \x01(\x01\x12\x31\n\rcreated_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"F\n\x0fModalityWeights\x12\x0e\n\x06visual\x18\x01 \x01(\x02\x12\x12\n\ntranscript\x18\x02 \x01(\x02\x12\x0f\n\x07lexical\x18\x03 \x01(\x02\"\x8f\x02\n\x0cSearchResult\x12&\n\x04\x63lip\x18\x01 \x01(\x0b\x32\x18.clipmind.search.v1.Clip\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x14\n\x0cvisual_score\x18\x03 \x01(\x02\x12\x18\n\x10transcript_score\x18\x04 \x01(\x02\x12\x14\n\x0cmatched_text\x18\x05 \x01(\t\x12\x1b\n\x13match_start_seconds\x18\x06 \x01(\x01\x12\x19\n\x11match_end_seconds\x18\x07 \x01(\x01\x12\x15\n\rlexical_score\x18\x08 \x01(\x02\x12\x33\n\x0fmatched_signals\x18\t \x03(\x0e\x32\x1a.clipmind.search.v1.Signal\"\xfb\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\x0c\x12\x30\n\x06\x66ilter\x18\x03 \x01(\x0b\x32 .clipmind.search.v1.SearchFilter\x12\x34\n\x07weights\x18\x04 \x01(\x0b\x32#.clipmind.search.v1.ModalityWeights\x12\x11\n\tmin_score\x18\x05 \x01(\x02\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\x12*\n\x06\x66usion\x18\x08 \x01(\x0e\x32\x1a.clipmind.search.v1.Fusion\"o\n\x0eSearchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .clipmind.search.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x11\n\tsearch_id\x18\x03 \x01(\t\"\xa3\x01\n\x17\x46indSimilarClipsRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18search.clipmind.dev/Clip\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x30\n\x06\x66ilter\x18\x04 \x01(\x0b\x32 .clipmind.search.v1.SearchFilter\"f\n\x18\x46indSimilarClipsResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .clipmind.search.v1.SearchResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"A\n\x0eGetClipRequest\x12/\n\x04name\x18\x01 \x01(\tB!\xe2\x41\x01\x02\xfa\x41\x1a\n\x18search.clipmind.dev/Clip*E\n\x06\x46usion\x12\x16\n\x12\x46USION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46USION_WEIGHTED\x10\x01\x12\x0e\n\nFUSION_RRF\x10\x02*^\n\x06Signal\x12\x16\n\x12SIGNAL_UNSPECIFIED\x10\x00\x12\x11\n\rSIGNAL_VISUAL\x10\x01\x12\x15\n\x11SIGNAL_TRANSCRIPT\x10\x02\x12\x12\n\x0eSIGNAL_LEXICAL\x10\x03\x32\x88\x03\n\rSearchService\x12l\n\x06Search\x12!.clipmind.search.v1.SearchRequest\x1a\".clipmind.search.v1.SearchResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\"\x10/v1/clips:search:\x01*\x12\x9c\x01\n\x10\x46indSimilarClips\x12+.clipmind.search.v1.FindSimilarClipsRequest\x1a,.clipmind.search.v1.FindSimilarClipsResponse\"-\xda\x41\x04name\x82\xd3\xe4\x93\x02 \x12\x1e/v1/{name=clips/*}:findSimilar\x12j\n\x07GetClip\x12\".clipmind.search.v1.GetClipRequest\x1a\x18.clipmind.search.v1.Clip\"!\xda\x41\x04name\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/{name=clips/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -66,24 +66,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHSERVICE'].methods_by_name['FindSimilarClips']._serialized_options = b'\332A\004name\202\323\344\223\002 \022\036/v1/{name=clips/*}:findSimilar'
   _globals['_SEARCHSERVICE'].methods_by_name['GetClip']._loaded_options = None
   _globals['_SEARCHSERVICE'].methods_by_name['GetClip']._serialized_options = b'\332A\004name\202\323\344\223\002\024\022\022/v1/{name=clips/*}'
+  _globals['_FUSION']._serialized_start=1793
+  _globals['_FUSION']._serialized_end=1862
+  _globals['_SIGNAL']._serialized_start=1864
+  _globals['_SIGNAL']._serialized_end=1958
   _globals['_CLIP']._serialized_start=212
   _globals['_CLIP']._serialized_end=513
   _globals['_SEARCHFILTER']._serialized_start=516
   _globals['_SEARCHFILTER']._serialized_end=741
   _globals['_MODALITYWEIGHTS']._serialized_start=743
-  _globals['_MODALITYWEIGHTS']._serialized_end=796
-  _globals['_SEARCHRESULT']._serialized_start=799
-  _globals['_SEARCHRESULT']._serialized_end=994
-  _globals['_SEARCHREQUEST']._serialized_start=997
-  _globals['_SEARCHREQUEST']._serialized_end=1204
-  _globals['_SEARCHRESPONSE']._serialized_start=1206
-  _globals['_SEARCHRESPONSE']._serialized_end=1317
-  _globals['_FINDSIMILARCLIPSREQUEST']._serialized_start=1320
-  _globals['_FINDSIMILARCLIPSREQUEST']._serialized_end=1483
-  _globals['_FINDSIMILARCLIPSRESPONSE']._serialized_start=1485
-  _globals['_FINDSIMILARCLIPSRESPONSE']._serialized_end=1587
-  _globals['_GETCLIPREQUEST']._serialized_start=1589
-  _globals['_GETCLIPREQUEST']._serialized_end=1654
-  _globals['_SEARCHSERVICE']._serialized_start=1657
-  _globals['_SEARCHSERVICE']._serialized_end=2049
+  _globals['_MODALITYWEIGHTS']._serialized_end=813
+  _globals['_SEARCHRESULT']._serialized_start=816
+  _globals['_SEARCHRESULT']._serialized_end=1087
+  _globals['_SEARCHREQUEST']._serialized_start=1090
+  _globals['_SEARCHREQUEST']._serialized_end=1341
+  _globals['_SEARCHRESPONSE']._serialized_start=1343
+  _globals['_SEARCHRESPONSE']._serialized_end=1454
+  _globals['_FINDSIMILARCLIPSREQUEST']._serialized_start=1457
+  _globals['_FINDSIMILARCLIPSREQUEST']._serialized_end=1620
+  _globals['_FINDSIMILARCLIPSRESPONSE']._serialized_start=1622
+  _globals['_FINDSIMILARCLIPSRESPONSE']._serialized_end=1724
+  _globals['_GETCLIPREQUEST']._serialized_start=1726
+  _globals['_GETCLIPREQUEST']._serialized_end=1791
+  _globals['_SEARCHSERVICE']._serialized_start=1961
+  _globals['_SEARCHSERVICE']._serialized_end=2353
 # @@protoc_insertion_point(module_scope)

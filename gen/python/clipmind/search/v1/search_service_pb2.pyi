@@ -10,6 +10,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +21,66 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Fusion:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FusionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Fusion.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FUSION_UNSPECIFIED: _Fusion.ValueType  # 0
+    """The server's default (currently FUSION_WEIGHTED)."""
+    FUSION_WEIGHTED: _Fusion.ValueType  # 1
+    """Weighted mean of the signals' scores: CLIP and Sentence-BERT scores
+    min-max normalised over their own candidates so that their scales
+    compare, the lexical score (0..1) as it is; a clip a signal did not
+    propose counts 0 there.
+    """
+    FUSION_RRF: _Fusion.ValueType  # 2
+    """Reciprocal rank fusion: the sum over signals of weight / (60 + rank)."""
+
+class Fusion(_Fusion, metaclass=_FusionEnumTypeWrapper):
+    """How the ranked lists of the signals become one."""
+
+FUSION_UNSPECIFIED: Fusion.ValueType  # 0
+"""The server's default (currently FUSION_WEIGHTED)."""
+FUSION_WEIGHTED: Fusion.ValueType  # 1
+"""Weighted mean of the signals' scores: CLIP and Sentence-BERT scores
+min-max normalised over their own candidates so that their scales
+compare, the lexical score (0..1) as it is; a clip a signal did not
+propose counts 0 there.
+"""
+FUSION_RRF: Fusion.ValueType  # 2
+"""Reciprocal rank fusion: the sum over signals of weight / (60 + rank)."""
+Global___Fusion: _TypeAlias = Fusion  # noqa: Y015
+
+class _Signal:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SignalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Signal.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SIGNAL_UNSPECIFIED: _Signal.ValueType  # 0
+    """Not used."""
+    SIGNAL_VISUAL: _Signal.ValueType  # 1
+    """CLIP similarity of the query to the clip's keyframe."""
+    SIGNAL_TRANSCRIPT: _Signal.ValueType  # 2
+    """Sentence-BERT similarity of the query to a transcript cue of the clip."""
+    SIGNAL_LEXICAL: _Signal.ValueType  # 3
+    """Full-text match of the query's words or quoted phrases in a cue."""
+
+class Signal(_Signal, metaclass=_SignalEnumTypeWrapper):
+    """A signal that ranks clips."""
+
+SIGNAL_UNSPECIFIED: Signal.ValueType  # 0
+"""Not used."""
+SIGNAL_VISUAL: Signal.ValueType  # 1
+"""CLIP similarity of the query to the clip's keyframe."""
+SIGNAL_TRANSCRIPT: Signal.ValueType  # 2
+"""Sentence-BERT similarity of the query to a transcript cue of the clip."""
+SIGNAL_LEXICAL: Signal.ValueType  # 3
+"""Full-text match of the query's words or quoted phrases in a cue."""
+Global___Signal: _TypeAlias = Signal  # noqa: Y015
 
 @_typing.final
 class Clip(_message.Message):
@@ -85,9 +146,11 @@ class SearchFilter(_message.Message):
     CREATED_AFTER_FIELD_NUMBER: _builtins.int
     CREATED_BEFORE_FIELD_NUMBER: _builtins.int
     min_duration_seconds: _builtins.float
-    """Only clips at least this long, in seconds; 0 for no lower bound."""
+    """Only clips (scenes) at least this long, in seconds; 0 for no lower
+    bound. The clip's own length, not its video's.
+    """
     max_duration_seconds: _builtins.float
-    """Only clips at most this long, in seconds; 0 for no upper bound."""
+    """Only clips (scenes) at most this long, in seconds; 0 for no upper bound."""
     @_builtins.property
     def videos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only clips of these videos (`videos/{video}`); all visible videos when
@@ -121,27 +184,35 @@ Global___SearchFilter: _TypeAlias = SearchFilter  # noqa: Y015
 
 @_typing.final
 class ModalityWeights(_message.Message):
-    """Relative weights of the two modalities in the fused score. Both 0 means the
-    server defaults; otherwise they are normalised to sum to 1.
+    """Relative weights of the signals in the fused score. All 0 means the server
+    defaults (visual 0.6, transcript 0.4, lexical 0.5); otherwise they are
+    normalised over the signals this search uses. A weight of 0 next to a
+    positive one turns that signal off.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     VISUAL_FIELD_NUMBER: _builtins.int
     TRANSCRIPT_FIELD_NUMBER: _builtins.int
+    LEXICAL_FIELD_NUMBER: _builtins.int
     visual: _builtins.float
     """Weight of visual similarity (image embeddings of keyframes)."""
     transcript: _builtins.float
-    """Weight of transcript similarity (text embeddings and lexical match)."""
+    """Weight of transcript similarity (text embeddings of the speech)."""
+    lexical: _builtins.float
+    """Weight of lexical match of the query's words and quoted phrases in the
+    transcript (full-text search).
+    """
     def __init__(
         self,
         *,
         visual: _builtins.float = ...,
         transcript: _builtins.float = ...,
+        lexical: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["transcript", b"transcript", "visual", b"visual"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lexical", b"lexical", "transcript", b"transcript", "visual", b"visual"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -160,12 +231,21 @@ class SearchResult(_message.Message):
     MATCHED_TEXT_FIELD_NUMBER: _builtins.int
     MATCH_START_SECONDS_FIELD_NUMBER: _builtins.int
     MATCH_END_SECONDS_FIELD_NUMBER: _builtins.int
+    LEXICAL_SCORE_FIELD_NUMBER: _builtins.int
+    MATCHED_SIGNALS_FIELD_NUMBER: _builtins.int
     score: _builtins.float
-    """Fused relevance score; higher is better, comparable within one search."""
+    """Fused relevance score; higher is better, comparable within one search
+    (0..1 with FUSION_WEIGHTED; the sum of weight / (60 + rank) with
+    FUSION_RRF).
+    """
     visual_score: _builtins.float
-    """Visual similarity component of the score."""
+    """Visual (CLIP cosine) similarity of the clip's keyframe; 0 when the
+    visual signal did not propose this clip.
+    """
     transcript_score: _builtins.float
-    """Transcript similarity component of the score."""
+    """Transcript (Sentence-BERT cosine) similarity of the best cue; 0 when the
+    transcript signal did not propose this clip.
+    """
     matched_text: _builtins.str
     """Transcript passage that matched the query, for highlighting; empty
     when the match was purely visual.
@@ -178,9 +258,18 @@ class SearchResult(_message.Message):
     """End of the best-matching moment in seconds from the beginning of the
     video.
     """
+    lexical_score: _builtins.float
+    """Lexical (full-text) score of the best matching cue: the share (0..1) of
+    the query's words and quoted phrases it contains, rare ones counting
+    more; 0 when no cue of the clip contains any.
+    """
     @_builtins.property
     def clip(self) -> Global___Clip:
         """The clip found."""
+
+    @_builtins.property
+    def matched_signals(self) -> _containers.RepeatedScalarFieldContainer[Global___Signal.ValueType]:
+        """The signals that proposed this clip, strongest contribution first."""
 
     def __init__(
         self,
@@ -192,10 +281,12 @@ class SearchResult(_message.Message):
         matched_text: _builtins.str = ...,
         match_start_seconds: _builtins.float = ...,
         match_end_seconds: _builtins.float = ...,
+        lexical_score: _builtins.float = ...,
+        matched_signals: _abc.Iterable[Global___Signal.ValueType] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "match_end_seconds", b"match_end_seconds", "match_start_seconds", b"match_start_seconds", "matched_text", b"matched_text", "score", b"score", "transcript_score", b"transcript_score", "visual_score", b"visual_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "lexical_score", b"lexical_score", "match_end_seconds", b"match_end_seconds", "match_start_seconds", b"match_start_seconds", "matched_signals", b"matched_signals", "matched_text", b"matched_text", "score", b"score", "transcript_score", b"transcript_score", "visual_score", b"visual_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -214,6 +305,7 @@ class SearchRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    FUSION_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Natural-language query, e.g. `a dog catching a frisbee on the beach`.
     At least one of `query` and `image` must be set.
@@ -229,6 +321,10 @@ class SearchRequest(_message.Message):
     page_token: _builtins.str
     """`next_page_token` from a previous call, to fetch the next page; the
     other request fields must not change between pages.
+    """
+    fusion: Global___Fusion.ValueType
+    """How the signals' ranked lists are fused; the server default when
+    unspecified.
     """
     @_builtins.property
     def filter(self) -> Global___SearchFilter:
@@ -248,10 +344,11 @@ class SearchRequest(_message.Message):
         min_score: _builtins.float = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        fusion: Global___Fusion.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "image", b"image", "min_score", b"min_score", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "fusion", b"fusion", "image", b"image", "min_score", b"min_score", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
