@@ -2,8 +2,9 @@
 
 * **Access tokens** (JWT, HS256) are verified *locally* with the signing keys every service is given
   (``CLIPMIND_JWT_KEYS``, see ``services.common.tokens``), then checked against the revocation marks in Redis
-  (``services.common.revocations``: signed out, user deleted) in one round trip. No call to identity is made,
-  so authentication costs a signature check and one Redis read.
+  (``services.common.revocations``: signed out, user deleted). No call to identity is made, so authentication
+  costs a signature check (cached per token) and a Redis read, which the server makes in the same script call
+  that counts the request against the user's rate limits (``Pending``).
 * **API keys** (``cmk_…``) are opaque: the first use asks identity (``ApiKeyResolver``, an internal RPC) who the
   key belongs to, and the answer is cached in the process for ``API_KEY_CACHE_S``. The revocation marks are
   read on every call as for tokens, so a revoked key or a deleted user is refused at once, not when the cache
@@ -23,14 +24,14 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from services.common.config import CommonSettings
 from services.common.errors import Unauthenticated
 from services.common.principal import SYSTEM_USER_ID, Principal
-from services.common.revocations import Verdict
+from services.common.revocations import NOTHING_KNOWN, Verdict, marks_of
 from services.common.tokens import Claims, TokenSigner, load_keys
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,24 @@ class RevocationCheck(Protocol):
                     api_key_digest: str | None = None) -> Verdict: ...
 
 
-async def _ready(caller: Caller) -> Caller:
-    return caller
+@dataclass(frozen=True)
+class Pending:
+    """A credential's claimed caller, not yet confirmed: the revocation marks to look at (``marks``: the Redis keys
+    of ``revocations.marks_of``; empty when there is nothing to confirm, as for the system identity) and what the
+    marks decide (``decide``: the confirmed caller, or UNAUTHENTICATED). The server reads the marks together with
+    the call's rate limits (one Redis round trip); ``Authenticator.confirm`` reads them alone."""
+
+    claimed: Caller
+    user_id: uuid.UUID
+    token_id: str | None
+    api_key_digest: str | None
+    decide: Callable[[Verdict], Awaitable[Caller]]
+
+    @property
+    def marks(self) -> tuple[str, ...]:
+        if self.token_id is None and self.api_key_digest is None:
+            return ()
+        return marks_of(self.user_id, token_id=self.token_id, api_key_digest=self.api_key_digest)
 
 
 def key_digest(key: str) -> str:
@@ -100,25 +117,43 @@ class Authenticator:
 
     async def authenticate(self, credential: str) -> Caller:
         """The caller of a credential, or UNAUTHENTICATED (with the reason)."""
-        _, confirm = await self.begin(credential)
-        return await confirm
+        return await self.confirm(await self.begin(credential))
 
-    async def begin(self, credential: str) -> tuple[Caller, Coroutine[Any, Any, Caller]]:
-        """Who a credential claims to be (signature and expiry checked, or the API key's cached owner), and the
-        check that confirms it (revocations, in Redis). Split so that the server can count the call against the
-        caller's rate limits while the confirmation is on its way: one Redis round trip of latency, not two."""
+    async def confirm(self, pending: Pending) -> Caller:
+        """``pending``'s caller once its revocation marks are read (alone: one Redis round trip)."""
+        if not pending.marks:
+            return await pending.decide(NOTHING_KNOWN)
+        return await pending.decide(await self._revocations.check(
+            pending.user_id, token_id=pending.token_id, api_key_digest=pending.api_key_digest))
+
+    async def begin(self, credential: str) -> Pending:
+        """Who a credential claims to be (signature and expiry checked, or the API key's cached owner), and what
+        confirms it (its revocation marks, in Redis). Split so that the server can read the marks in the same
+        Redis call that counts the call against the caller's rate limits: one round trip, not two."""
         if credential.startswith(API_KEY_PREFIX):
             principal, digest, answered_at = await self._api_key_owner(credential)
-            return Caller(principal), self._confirm_api_key(credential, principal, digest, answered_at)
+
+            async def decide_key(verdict: Verdict) -> Caller:
+                return await self._decide_api_key(credential, principal, digest, answered_at, verdict)
+
+            return Pending(Caller(principal), principal.user_id, None, digest, decide_key)
         claims = self._verify(credential)
-        principal = Principal(claims.user_id, claims.role)
+        caller = Caller(Principal(claims.user_id, claims.role), claims)
         if claims.role == "system":
             # Only services hold the signing keys; a system token is never revoked (and so never needs Redis,
             # which keeps the mesh's own calls going while Redis is away).
             if claims.user_id != SYSTEM_USER_ID:
                 raise Unauthenticated("access token refused: malformed system identity", reason="TOKEN_INVALID")
-            return Caller(principal, claims), _ready(Caller(principal, claims))
-        return Caller(principal, claims), self._confirm_token(Caller(principal, claims))
+
+            async def as_is(_: Verdict) -> Caller:
+                return caller
+
+            return Pending(caller, claims.user_id, None, None, as_is)
+
+        async def decide_token(verdict: Verdict) -> Caller:
+            return self._decide_token(caller, verdict)
+
+        return Pending(caller, claims.user_id, claims.jti, None, decide_token)
 
     def _verify(self, token: str) -> Claims:
         """The token's claims. A token verified before is taken from a small cache (its expiry still checked):
@@ -135,10 +170,10 @@ class Authenticator:
             self._verified.popitem(last=False)
         return claims
 
-    async def _confirm_token(self, caller: Caller) -> Caller:
+    @staticmethod
+    def _decide_token(caller: Caller, verdict: Verdict) -> Caller:
         claims = caller.claims
         assert claims is not None
-        verdict = await self._revocations.check(claims.user_id, token_id=claims.jti)
         if verdict.revoked:
             raise Unauthenticated("this access token was revoked (signed out); sign in again",
                                   reason="TOKEN_REVOKED")
@@ -161,8 +196,8 @@ class Authenticator:
         principal, _, answered_at = cached
         return principal, digest, answered_at
 
-    async def _confirm_api_key(self, key: str, principal: Principal, digest: str, answered_at: float) -> Caller:
-        verdict = await self._revocations.check(principal.user_id, api_key_digest=digest)
+    async def _decide_api_key(self, key: str, principal: Principal, digest: str, answered_at: float,
+                              verdict: Verdict) -> Caller:
         if verdict.revoked:
             self._cache.pop(digest, None)
             raise Unauthenticated("API key unknown or revoked", reason="API_KEY_INVALID")

@@ -26,7 +26,6 @@ the wrapped handler behaviour, which runs in the RPC's own task, so it cannot le
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import inspect
@@ -44,6 +43,7 @@ from services.common.errors import ClipMindError, Unauthenticated
 from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
 from services.common.request_context import RequestContext
 from services.common.request_limits import RequestLimiter
+from services.common.revocations import NOTHING_KNOWN, verdict_of
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise Unauthenticated("sign in first: send `authorization: Bearer <access token or API key>`",
                                   reason="CREDENTIALS_REQUIRED")
         try:
-            claimed, confirm = await self._authenticator.begin(parse_authorization(values[0]))
+            pending = await self._authenticator.begin(parse_authorization(values[0]))
         except Unauthenticated as exc:
             if internal:
                 raise Unauthenticated("the service identity is not valid (CLIPMIND_JWT_KEYS differs between "
@@ -116,23 +116,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                       metadata={"method": method}) from exc
             raise
         if internal:
-            if claimed.principal.role != "system":
-                confirm.close()  # never awaited: the credential is a user's, whatever Redis says of it
+            if pending.claimed.principal.role != "system":  # a user's credential, whatever Redis says of it
                 raise Unauthenticated("this method is for ClipMind services only (the system identity)",
                                       reason="SERVICE_IDENTITY_INVALID", metadata={"method": method})
-            return await confirm
+            return await self._authenticator.confirm(pending)
         if self._limits is None:
-            caller = await confirm
-        else:
-            # The revocation check and the rate-limit count go to Redis at once (one round trip of latency);
-            # a refused credential wins over a full window.
-            confirmed, counted = await asyncio.gather(confirm, self._limits.check(claimed.principal, method),
-                                                      return_exceptions=True)
-            for outcome in (confirmed, counted):
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            assert isinstance(confirmed, Caller)
-            caller = confirmed
+            return await self._authenticator.confirm(pending)
+        # One Redis call counts the call against the user's windows and reads the credential's revocation marks
+        # (a script: one round trip); a refused credential wins over a full window. Redis unreachable: both fail
+        # open (the signature and expiry still hold), as each does alone.
+        limited, marks = await self._limits.count(pending.claimed.principal, method, read=pending.marks)
+        verdict = verdict_of(*marks) if marks else NOTHING_KNOWN
+        caller = await pending.decide(verdict)
+        if limited is not None:
+            raise limited
         return caller
 
 

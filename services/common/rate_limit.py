@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -45,29 +46,36 @@ return {0, math.max(1, tonumber(oldest[2]) + window - now_ms)}
 """
 
 # Several windows at once (a call that counts against its user's hourly requests and per-minute searches):
-# admitted only if every window has room, and then counted in each, in one atomic step.
-# KEYS: the windows' keys; ARGV[1]: a unique member, then limit and window (ms) per key.
-# Returns {admitted 0|1, retry after ms (the longest wait among the full windows), index of a full window}.
+# admitted only if every window has room, and then counted in each, in one atomic step. The same call can read
+# other keys (the credential's revocation marks): the server then needs one Redis round trip per request, not two.
+# KEYS: the windows' keys, then the keys to read; ARGV[1]: a unique member, ARGV[2]: the number of windows, then
+# limit and window (ms) per window. Returns {admitted 0|1, retry after ms (the longest wait among the full
+# windows), index of a full window, then each read key's value ('' for a missing key)}.
 _SLIDING_WINDOWS = """
+local n = tonumber(ARGV[2])
+local read = {}
+for i = n + 1, #KEYS do
+  read[#read + 1] = redis.call('GET', KEYS[i]) or ''
+end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local wait, full = 0, 0
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[2 * i])
-  local window = tonumber(ARGV[2 * i + 1])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now_ms - window)
-  if redis.call('ZCARD', key) >= limit then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+for i = 1, n do
+  local limit = tonumber(ARGV[2 * i + 1])
+  local window = tonumber(ARGV[2 * i + 2])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now_ms - window)
+  if redis.call('ZCARD', KEYS[i]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
     local this_wait = math.max(1, tonumber(oldest[2]) + window - now_ms)
     if this_wait > wait then wait, full = this_wait, i end
   end
 end
-if full > 0 then return {0, wait, full} end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now_ms, ARGV[1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[2 * i + 1]))
+if full > 0 then return {0, wait, full, unpack(read)} end
+for i = 1, n do
+  redis.call('ZADD', KEYS[i], now_ms, ARGV[1])
+  redis.call('PEXPIRE', KEYS[i], tonumber(ARGV[2 * i + 2]))
 end
-return {1, 0, 0}
+return {1, 0, 0, unpack(read)}
 """
 
 KEY_PREFIX = "clipmind:rate:"
@@ -80,6 +88,17 @@ class Limit:
     name: str
     limit: int
     window_s: float
+
+
+@dataclass(frozen=True)
+class Hits:
+    """What ``RateLimiter.hit_all`` found: admitted (``full`` None) or the seconds to wait and the full window;
+    and the values of the keys it was asked to read (None each for a missing key; ``read`` None when Redis was
+    unreachable and nothing could be read)."""
+
+    wait_s: float = 0.0
+    full: Limit | None = None
+    read: tuple[bytes | None, ...] | None = ()
 
 
 class RateLimiter:
@@ -112,24 +131,27 @@ class RateLimiter:
             return 0.0
         return 0.0 if int(admitted) else int(retry_ms) / 1000
 
-    async def hit_all(self, limits: list[tuple[Limit, str]]) -> tuple[float, Limit | None]:
-        """Count one hit of each (limit, subject) if all have room: (0, None); else nothing is counted and the
-        answer is (seconds until all would admit it, the limit that is full). Fails open like ``hit``."""
-        if not limits:
-            return 0.0, None
-        args: list[str | int] = [uuid.uuid4().hex]
+    async def hit_all(self, limits: list[tuple[Limit, str]], *, read: Sequence[str] = ()) -> Hits:
+        """Count one hit of each (limit, subject) if all have room (``full`` None); else nothing is counted and
+        the answer has the seconds until all would admit it and the limit that is full. ``read``: keys whose
+        values come back with the answer, read in the same script (one round trip). Fails open like ``hit``
+        (admitted, ``read`` None)."""
+        if not limits and not read:
+            return Hits()
+        args: list[str | int] = [uuid.uuid4().hex, len(limits)]
         for limit, _ in limits:
             args += [limit.limit, int(limit.window_s * 1000)]
         try:
-            admitted, retry_ms, full = await self._windows(
-                keys=[f"{KEY_PREFIX}{limit.name}:{subject}" for limit, subject in limits], args=args)
+            admitted, retry_ms, full, *values = await self._windows(
+                keys=[*(f"{KEY_PREFIX}{limit.name}:{subject}" for limit, subject in limits), *read], args=args)
         except (RedisError, OSError) as exc:
             log.warning("rate limits %s not checked, Redis is unreachable (%s): admitted",
-                        ",".join(limit.name for limit, _ in limits), exc)
-            return 0.0, None
+                        ",".join(limit.name for limit, _ in limits) or "(none)", exc)
+            return Hits(read=None)
+        found = tuple(v if v else None for v in values)
         if int(admitted):
-            return 0.0, None
-        return int(retry_ms) / 1000, limits[int(full) - 1][0]
+            return Hits(read=found)
+        return Hits(int(retry_ms) / 1000, limits[int(full) - 1][0], found)
 
     async def check(self, limit: Limit, subject: str, *, what: str) -> None:
         """Count one hit; RESOURCE_EXHAUSTED (``RATE_LIMITED``, with the retry delay) when over ``limit``."""

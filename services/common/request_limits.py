@@ -1,4 +1,5 @@
-"""Per-user request limits, checked by the server interceptor after authentication (one Redis script call).
+"""Per-user request limits, checked by the server interceptor after authentication (one Redis script call, which
+also reads the credential's revocation marks).
 
 Every user's calls count against an hourly request budget; searches and uploads have their own, tighter
 windows (``UserLimits``; settings ``CLIPMIND_RATE_LIMIT_*``, 0 turns one off). A call over any of them is
@@ -10,12 +11,13 @@ all of a user's API keys and sessions share them, on every replica.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from services.common.errors import ResourceExhausted
 from services.common.principal import Principal
-from services.common.rate_limit import Limit
+from services.common.rate_limit import Hits, Limit
 
 SEARCH_METHODS = frozenset({
     "/clipmind.search.v1.SearchService/Search",
@@ -29,7 +31,7 @@ UPLOAD_METHODS = frozenset({
 
 
 class Windows(Protocol):
-    async def hit_all(self, limits: list[tuple[Limit, str]]) -> tuple[float, Limit | None]: ...
+    async def hit_all(self, limits: list[tuple[Limit, str]], *, read: Sequence[str] = ()) -> Hits: ...
 
 
 @dataclass(frozen=True)
@@ -57,15 +59,25 @@ class RequestLimiter:
         self._windows = windows
         self._limits = limits
 
+    async def count(self, caller: Principal, method: str, *,
+                    read: Sequence[str] = ()) -> tuple[ResourceExhausted | None, tuple[bytes | None, ...] | None]:
+        """Count the call against its user's windows, reading ``read`` (Redis keys: the credential's revocation
+        marks) in the same round trip: (the refusal when a window is full, else None; the values read, None when
+        Redis was unreachable). The caller decides which refusal wins."""
+        windows = [] if caller.role == "system" else [
+            (limit, str(caller.user_id)) for limit, _ in self._limits.windows(method)]
+        hits = await self._windows.hit_all(windows, read=read)
+        if hits.full is None:
+            return None, hits.read
+        full, wait = hits.full, max(1, round(hits.wait_s))
+        per = "hour" if full.window_s == 3600 else "minute" if full.window_s == 60 else f"{full.window_s:g} s"
+        return ResourceExhausted(
+            f"too many {full.name}: at most {full.limit} per {per} for one user; retry in {wait} s",
+            reason="RATE_LIMITED", metadata={"limit": full.name, "max": str(full.limit)},
+            retry_delay_s=hits.wait_s), hits.read
+
     async def check(self, caller: Principal, method: str) -> None:
         """Count the call against its user's windows; RESOURCE_EXHAUSTED ``RATE_LIMITED`` when one is full."""
-        if caller.role == "system":
-            return
-        windows = [(limit, str(caller.user_id)) for limit, _ in self._limits.windows(method)]
-        wait_s, full = await self._windows.hit_all(windows)
-        if full is None:
-            return
-        per = "hour" if full.window_s == 3600 else "minute" if full.window_s == 60 else f"{full.window_s:g} s"
-        raise ResourceExhausted(
-            f"too many {full.name}: at most {full.limit} per {per} for one user; retry in {max(1, round(wait_s))} s",
-            reason="RATE_LIMITED", metadata={"limit": full.name, "max": str(full.limit)}, retry_delay_s=wait_s)
+        refusal, _ = await self.count(caller, method)
+        if refusal is not None:
+            raise refusal

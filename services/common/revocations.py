@@ -2,7 +2,8 @@
 
 Access tokens are verified locally by every service (``services.common.auth``); what a signature cannot tell
 is that a token was signed out, that its user was deleted, or that an API key was revoked. Identity (the only
-writer) records those here, and every check reads them with **one** ``MGET`` round trip:
+writer) records those here, and every check reads them in **one** round trip (on the server, the same one that
+counts the call against the user's rate limits):
 
 * ``clipmind:revoked:token:<jti>``: the access token with this id was signed out; kept until it expires.
 * ``clipmind:revoked:key:<sha256 hex>``: the API key with this digest was revoked; kept as long as a service
@@ -64,8 +65,28 @@ def _user_key(user_id: uuid.UUID) -> str:
     return f"{PREFIX}user:{user_id}"
 
 
+def marks_of(user_id: uuid.UUID, *, token_id: str | None = None,
+             api_key_digest: str | None = None) -> tuple[str, str]:
+    """The Redis keys of a credential's marks: its own (token or API key), then its user's."""
+    own = _token_key(token_id) if token_id is not None else _api_key_key(api_key_digest or "")
+    return own, _user_key(user_id)
+
+
+def verdict_of(mark: bytes | str | None, user_mark: bytes | str | None) -> Verdict:
+    """What the values of ``marks_of``'s keys say (None: no such key)."""
+    revoked_at = None
+    if user_mark is not None:
+        try:
+            revoked_at = float(user_mark)
+        except ValueError:
+            revoked_at = math.inf  # not ours to misread: treat the user as revoked
+    return Verdict(revoked=mark is not None, user_revoked_at=revoked_at)
+
+
 class Revocations:
-    """Reads (every service) and writes (identity) the revocation marks."""
+    """Reads (every service) and writes (identity) the revocation marks. The server interceptor reads them in
+    the same Redis call as the rate limits (``request_limits.RequestLimiter.count``, with ``marks_of`` and
+    ``verdict_of``); ``check`` reads them alone."""
 
     def __init__(self, client: aioredis.Redis, *, breaker: CircuitBreaker | None = None) -> None:
         self._client = client
@@ -87,24 +108,18 @@ class Revocations:
     async def check(self, user_id: uuid.UUID, *, token_id: str | None = None,
                     api_key_digest: str | None = None) -> Verdict:
         """The marks of a token (``token_id``) or an API key (``api_key_digest``) and of its user."""
-        own = _token_key(token_id) if token_id is not None else _api_key_key(api_key_digest or "")
         if not self._breaker.allow():
             return NOTHING_KNOWN
         try:
-            mark, user_mark = await self._client.mget([own, _user_key(user_id)])
+            mark, user_mark = await self._client.mget(
+                list(marks_of(user_id, token_id=token_id, api_key_digest=api_key_digest)))
         except (RedisError, OSError) as exc:
             self._breaker.record_failure()
             log.warning("revocations not checked for %.0f s, Redis is unreachable (%s)",
                         self._breaker.retry_after_s(), type(exc).__name__)
             return NOTHING_KNOWN
         self._breaker.record_success()
-        revoked_at = None
-        if user_mark is not None:
-            try:
-                revoked_at = float(user_mark)
-            except ValueError:
-                revoked_at = math.inf  # not ours to misread: treat the user as revoked
-        return Verdict(revoked=mark is not None, user_revoked_at=revoked_at)
+        return verdict_of(mark, user_mark)
 
     # -- writing (identity) ------------------------------------------------------------------------------
 

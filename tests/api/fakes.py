@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from services.common.errors import AlreadyExists, NotFound
-from services.common.rate_limit import Limit
-from services.common.revocations import Verdict
+from services.common.rate_limit import Hits, Limit
+from services.common.revocations import PREFIX, Verdict
 from services.identity.records import ApiKey, User
 
 
@@ -145,21 +146,34 @@ class FakeRevocations:
     async def revoke_user(self, user_id: uuid.UUID, at: float | None = None) -> None:
         self.users[user_id] = time.time() if at is None else at
 
+    def value(self, key: str) -> bytes | None:
+        """The value Redis would hold under a mark's key (``revocations.marks_of``), None for none."""
+        kind, _, name = key.removeprefix(PREFIX).partition(":")
+        if kind == "token":
+            return b"1" if name in self.tokens else None
+        if kind == "key":
+            return b"1" if name in self.keys else None
+        at = self.users.get(uuid.UUID(name)) if kind == "user" else None
+        return None if at is None else repr(at).encode()
+
 
 class FakeWindows:
-    """Sliding windows (``RateLimiter.hit_all``) in memory, on the test's clock."""
+    """Sliding windows (``RateLimiter.hit_all``) in memory, on the test's clock; the keys it is asked to read are
+    the revocation marks of ``marks`` (as the real script reads them in the same call)."""
 
-    def __init__(self) -> None:
+    def __init__(self, marks: FakeRevocations | None = None) -> None:
         self.hits: dict[str, list[float]] = {}
+        self._marks = marks or FakeRevocations()
 
-    async def hit_all(self, limits: list[tuple[Limit, str]]) -> tuple[float, Limit | None]:
+    async def hit_all(self, limits: list[tuple[Limit, str]], *, read: Sequence[str] = ()) -> Hits:
+        found = tuple(self._marks.value(key) for key in read)
         now = time.monotonic()
         for limit, subject in limits:
             key = f"{limit.name}:{subject}"
             window = [t for t in self.hits.get(key, []) if t > now - limit.window_s]
             self.hits[key] = window
             if len(window) >= limit.limit:
-                return window[0] + limit.window_s - now, limit
+                return Hits(window[0] + limit.window_s - now, limit, found)
         for limit, subject in limits:
             self.hits[f"{limit.name}:{subject}"].append(now)
-        return 0.0, None
+        return Hits(read=found)

@@ -44,7 +44,7 @@ async def api() -> AsyncIterator[Api]:
     store, revocations = FakeAccountStore(), FakeRevocations()
     accounts = Accounts(store, SIGNER, revoker=revocations)
     authenticator = Authenticator(SIGNER, revocations, LocalApiKeys(accounts))
-    limits = RequestLimiter(FakeWindows(), UserLimits(requests_per_hour=40))
+    limits = RequestLimiter(FakeWindows(revocations), UserLimits(requests_per_hour=40))
 
     def register(server: grpc.aio.Server) -> None:
         servicer.register(server, servicer.IdentityServicer(accounts))

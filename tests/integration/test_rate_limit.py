@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,6 +14,7 @@ from services.common.errors import ResourceExhausted
 from services.common.principal import SYSTEM, Principal
 from services.common.rate_limit import Limit, RateLimiter
 from services.common.request_limits import RequestLimiter, UserLimits
+from services.common.revocations import NOTHING_KNOWN, Revocations, Verdict, marks_of, verdict_of
 from services.launcher import free_port
 
 pytestmark = pytest.mark.integration
@@ -88,3 +90,29 @@ async def test_per_user_limits_admit_exactly_the_limit_and_leave_others_alone(re
         assert others[-1] is not None and others[-1].metadata["limit"] == "requests"
     finally:
         await windows.close()
+
+
+async def test_one_script_call_counts_the_windows_and_reads_the_revocation_marks(redis_url: str) -> None:
+    """The interceptor's single Redis call: the call is counted and the credential's marks come back with the
+    answer, also when a window is full (so that a revoked credential's refusal can win)."""
+    windows = RateLimiter.from_url(redis_url)
+    revocations = Revocations.from_url(redis_url)
+    limiter = RequestLimiter(windows, UserLimits(requests_per_hour=2))
+    ann = Principal(uuid.uuid4(), "user")
+    marks = marks_of(ann.user_id, token_id="jti-1")
+    method = "/clipmind.ingest.v1.IngestService/GetVideo"
+    try:
+        refusal, values = await limiter.count(ann, method, read=marks)
+        assert refusal is None and values == (None, None) and verdict_of(*values) == NOTHING_KNOWN
+        await revocations.revoke_token("jti-1", datetime.now(UTC) + timedelta(minutes=5))
+        await revocations.revoke_user(ann.user_id, at=1234.5)
+        refusal, values = await limiter.count(ann, method, read=marks)
+        assert refusal is None and values is not None
+        assert verdict_of(*values) == Verdict(revoked=True, user_revoked_at=1234.5)
+        refusal, values = await limiter.count(ann, method, read=marks)  # the third call in the hour: refused
+        assert refusal is not None and refusal.reason == "RATE_LIMITED"
+        assert values is not None and verdict_of(*values).revoked
+        assert (await limiter.count(SYSTEM, method, read=()))[0] is None
+    finally:
+        await windows.close()
+        await revocations.close()
