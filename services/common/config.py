@@ -193,6 +193,10 @@ class SearchSettings(ServerSettings):
     default_fusion: Literal["weighted", "rrf"] = Field(
         "weighted", description="Fusion of the signals when a search does not choose: weighted (min-max "
         "normalised scores) or rrf (reciprocal rank fusion).")
+    query_cache_ttl_s: float = Field(3600.0, ge=0, description="How long a search's ranking is reused (query "
+                                     "cache, in process and in Redis); 0 turns the cache off.")
+    query_cache_entries: int = Field(1024, ge=1, description="Rankings the in-process level of the query cache "
+                                     "keeps (LRU).")
     text_search_config: str = Field(
         "english", pattern=r"^[a-z_][a-z0-9_]*$",
         description="PostgreSQL text search configuration of lexical match (stemming, stop words): cues are "

@@ -124,6 +124,11 @@ class ClipStore:
         )
         return row is not None
 
+    async def video_owner(self, video_id: uuid.UUID) -> uuid.UUID | None:
+        """Who owns the video (its read model's owner), None when the video is not known here."""
+        owner = await self._pool.fetchval("SELECT owner_id FROM videos WHERE id = $1", video_id)
+        return owner if isinstance(owner, uuid.UUID) else None
+
     async def stale_models(self, transcript_model: str, visual_model: str) -> dict[str, int]:
         """Videos with vectors from another model than the one in use (reindex needed), counted per
         "modality:model"."""

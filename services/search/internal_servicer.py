@@ -15,6 +15,7 @@ from services.common.errors import invalid_field
 from services.common.grpc_server import Context
 from services.common.paging import parse_name
 from services.search.clip_store import ClipStore
+from services.search.ports import QueryCache
 from services.search.records import Clip, Segment, VideoFacts, VideoIndex
 
 # Vector sizes of the collections (CLIP ViT-B-32 image vectors, all-MiniLM-L6-v2 sentence vectors).
@@ -99,27 +100,45 @@ def facts_from_pb(facts: pb.VideoFacts) -> VideoFacts:
 
 
 class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
-    def __init__(self, clips: ClipStore) -> None:
+    """Writes of the index and its read model. Each write that can change what a user finds (an index, facts such
+    as READY, a deletion) empties that user's cached searches (``cache``)."""
+
+    def __init__(self, clips: ClipStore, cache: QueryCache | None = None) -> None:
         self._clips = clips
+        self._cache = cache
+
+    async def _changed(self, video_id: uuid.UUID, owner: uuid.UUID | None = None) -> None:
+        if self._cache is None:
+            return
+        owner = owner or await self._clips.video_owner(video_id)
+        if owner is not None:
+            await self._cache.invalidate(owner)
 
     async def ReplaceVideoIndex(
         self, request: pb.ReplaceVideoIndexRequest, context: Context
     ) -> pb.ReplaceVideoIndexResponse:
         video_id, owner, index = index_from_pb(request)
         await self._clips.replace_index(video_id, request.fence, index, owner=owner)
+        await self._changed(video_id, owner)
         return pb.ReplaceVideoIndexResponse(clip_count=len(index.clips), segment_count=len(index.segments),
                                             vector_count=len(index.vectors) + len(index.visual_vectors))
 
     async def DeleteVideoIndex(self, request: pb.DeleteVideoIndexRequest,
                                context: Context) -> pb.DeleteVideoIndexResponse:
         video_id = parse_name(request.video, "videos", "video")
-        return pb.DeleteVideoIndexResponse(deleted_clip_count=await self._clips.delete_index(video_id))
+        deleted = await self._clips.delete_index(video_id)
+        await self._changed(video_id)
+        return pb.DeleteVideoIndexResponse(deleted_clip_count=deleted)
 
     async def UpsertVideoFacts(self, request: pb.UpsertVideoFactsRequest,
                                context: Context) -> pb.UpsertVideoFactsResponse:
         if not request.HasField("facts"):
             raise invalid_field("facts", "required", reason="REQUIRED_FIELD")
-        return pb.UpsertVideoFactsResponse(applied=await self._clips.upsert_facts(facts_from_pb(request.facts)))
+        facts = facts_from_pb(request.facts)
+        applied = await self._clips.upsert_facts(facts)
+        if applied:
+            await self._changed(facts.video_id, facts.owner_id)
+        return pb.UpsertVideoFactsResponse(applied=applied)
 
 
 def register(server: grpc.aio.Server, servicer: SearchInternalServicer) -> str:

@@ -95,6 +95,19 @@ class ClipCatalog(Protocol):
         """The clips among ``clip_ids`` that ``owner`` owns, of READY videos, by id (missing ones left out)."""
 
 
+class QueryCache(Protocol):
+    """Fused rankings by query (``query_cache.QueryCache``: in-process LRU and Redis), per scope (an owner, or
+    None for the administrators' everyone), emptied for an owner whenever their searchable clips change."""
+
+    async def get(self, owner: uuid.UUID | None, key: str) -> Any:
+        """A lookup: ``.value`` the ranking or None, ``.seen`` what ``put`` must be given back."""
+
+    async def put(self, owner: uuid.UUID | None, key: str, value: bytes, seen: Any) -> None:
+        """Store a ranking computed after ``get`` missed, unless the scope was invalidated since."""
+
+    async def invalidate(self, owner: uuid.UUID) -> None: ...
+
+
 class SearchLog(Protocol):
     """Where searches are logged (analytics, through ``search_log.SearchLogBuffer``). ``record`` must not
     block or fail: logging never adds latency to a search."""

@@ -25,10 +25,11 @@ import hashlib
 import json
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from services.common.inference_types import Inference, ModelStatus
 from services.common.paging import bound_to, decode_offset, encode_offset
 from services.common.principal import Principal
 from services.search import fusion
-from services.search.ports import ClipCatalog, ClipFilter, Match, Retrieval, SearchLog, VectorIndex
+from services.search.ports import ClipCatalog, ClipFilter, Match, QueryCache, Retrieval, SearchLog, VectorIndex
 from services.search.records import Clip, RankedResult, SearchRecord
 
 # The seed's visual 0.6 / transcript 0.4; lexical a little above transcript, so that a cue containing the query's
@@ -96,6 +97,47 @@ class SearchPage:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> milliseconds
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """One clip of a fused ranking, with what each signal found of it: what the query cache keeps."""
+
+    clip_id: uuid.UUID
+    score: float
+    signals: tuple[str, ...]  # largest contribution first
+    scores: dict[str, float]  # each proposing signal's own score
+    text: str = ""  # the matching cue ("" for none: the moment is the whole clip)
+    start_s: float = 0.0
+    end_s: float = 0.0
+
+
+def rank(fused: list[fusion.Fused], lists: dict[str, list[Match]]) -> list[Ranked]:
+    """The fused order with each clip's signal scores and its moment: the cue of the transcript signal that
+    contributed most (transcript or lexical), else none."""
+    by_signal = {signal: {m.clip_id: m for m in found} for signal, found in lists.items()}
+    ranked = []
+    for f in fused:
+        found = {signal: by_signal[signal][f.clip_id] for signal in f.signals}
+        cue = next((found[s] for s in f.signals if s != "visual" and found[s].text), None)
+        ranked.append(Ranked(f.clip_id, f.score, f.signals, {s: m.score for s, m in found.items()},
+                             cue.text if cue else "", cue.start_s if cue else 0.0, cue.end_s if cue else 0.0))
+    return ranked
+
+
+def encode_ranking(ranked: list[Ranked]) -> bytes:
+    return json.dumps([[str(r.clip_id), r.score, r.signals, r.scores, r.text, r.start_s, r.end_s]
+                       for r in ranked], separators=(",", ":")).encode()
+
+
+def decode_ranking(data: bytes) -> list[Ranked]:
+    return [Ranked(uuid.UUID(c), s, tuple(sig), dict(sc), t, a, b) for c, s, sig, sc, t, a, b in json.loads(data)]
+
+
+def normalized_text(text: str) -> str:
+    """The query as the cache keys it: case and runs of white space do not change what the encoders (uncased
+    tokenizers) or full-text search make of it."""
+    return " ".join(text.split()).casefold()
+
+
 async def _timed(timings: dict[str, float], stage: str, work: Awaitable[T]) -> T:
     started = time.perf_counter()
     try:
@@ -107,7 +149,8 @@ async def _timed(timings: dict[str, float], stage: str, work: Awaitable[T]) -> T
 class Searcher:
     def __init__(self, clips: ClipCatalog, retrieval: Retrieval, vectors: VectorIndex, inference: Inference,
                  search_log: SearchLog, *, candidates: int = 200, max_page_size: int = 100,
-                 allow_random_weights: bool = False, default_fusion: str = "weighted") -> None:
+                 allow_random_weights: bool = False, default_fusion: str = "weighted",
+                 cache: QueryCache | None = None, encodings_cached: int = 1024) -> None:
         if default_fusion not in fusion.METHODS:
             raise ValueError(f"unknown fusion method {default_fusion!r}")
         self._clips = clips
@@ -119,6 +162,9 @@ class Searcher:
         self._max_page_size = max_page_size
         self._allow_random = allow_random_weights
         self._default_fusion = default_fusion
+        self._cache = cache
+        self._encodings: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()  # (model, text) -> vector
+        self._encodings_max = encodings_cached
         self._status: tuple[float, dict[str, ModelStatus]] | None = None
 
     async def _models(self) -> dict[str, ModelStatus]:
@@ -159,11 +205,21 @@ class Searcher:
         size = q.page_size or 10
         timings: dict[str, float] = {}
 
-        lists = await self._retrieve(q, weights, q.where(caller.scope), timings)
-        t0 = time.perf_counter()
-        ranked = [f for f in fusion.fuse(q.fusion or self._default_fusion, lists, weights) if f.score >= q.min_score]
-        timings["fuse"] = (time.perf_counter() - t0) * 1000
-        page = await _timed(timings, "enrich", self._hits(ranked[offset:offset + size], lists, caller.scope))
+        method = q.fusion or self._default_fusion
+        key = self._cache_key(q, weights, method, await self._models())
+        lookup = await _timed(timings, "cache", self._cache.get(caller.scope, key)) if self._cache else None
+        if lookup is not None and lookup.value is not None:
+            everything = decode_ranking(lookup.value)
+        else:
+            lists = await self._retrieve(q, weights, q.where(caller.scope), timings)
+            t0 = time.perf_counter()
+            everything = rank(fusion.fuse(method, lists, weights), lists)
+            timings["fuse"] = (time.perf_counter() - t0) * 1000
+            if self._cache is not None and lookup is not None:
+                await _timed(timings, "cache_put",
+                             self._cache.put(caller.scope, key, encode_ranking(everything), lookup.seen))
+        ranked = [r for r in everything if r.score >= q.min_score]
+        page = await _timed(timings, "enrich", self._hits(ranked[offset:offset + size], caller.scope))
         next_token = encode_offset(offset + size, binding) if offset + size < len(ranked) else ""
         search_id = uuid.uuid4()
         t0 = time.perf_counter()
@@ -176,26 +232,30 @@ class Searcher:
         timings["total"] = (time.perf_counter() - started) * 1000
         return SearchPage(page, next_token, search_id, timings)
 
-    async def _hits(self, ranked: list[fusion.Fused], lists: dict[str, list[Match]],
-                    owner: uuid.UUID | None) -> list[SearchHit]:
-        """The page's clips with what each signal found of them; the moment is the cue of the transcript signal
-        that contributed most (else the whole clip). A clip deleted since retrieval is left out."""
-        clips = await self._clips.get_many([f.clip_id for f in ranked], owner=owner) if ranked else {}
-        by_signal = {signal: {m.clip_id: m for m in found} for signal, found in lists.items()}
+    async def _hits(self, ranked: list[Ranked], owner: uuid.UUID | None) -> list[SearchHit]:
+        """The page's clips as results show them (one read); a clip deleted since it was ranked is left out."""
+        clips = await self._clips.get_many([r.clip_id for r in ranked], owner=owner) if ranked else {}
         hits = []
-        for f in ranked:
-            clip = clips.get(f.clip_id)
+        for r in ranked:
+            clip = clips.get(r.clip_id)
             if clip is None:
                 continue
-            found = {signal: by_signal[signal][f.clip_id] for signal in f.signals}
-            cue = next((found[s] for s in f.signals if s != "visual" and found[s].text), None)
             hits.append(SearchHit(
-                clip, f.score, found["visual"].score if "visual" in found else 0.0,
-                found["transcript"].score if "transcript" in found else 0.0,
-                cue.text if cue else "", cue.start_s if cue else clip.start_s, cue.end_s if cue else clip.end_s,
-                found["lexical"].score if "lexical" in found else 0.0, f.signals,
+                clip, r.score, r.scores.get("visual", 0.0), r.scores.get("transcript", 0.0), r.text,
+                r.start_s if r.text else clip.start_s, r.end_s if r.text else clip.end_s,
+                r.scores.get("lexical", 0.0), r.signals,
             ))
         return hits
+
+    def _cache_key(self, q: SearchQuery, weights: dict[str, float], method: str,
+                   models: dict[str, ModelStatus]) -> str:
+        """What makes a ranking: the normalized query, the filters, the weights, the fusion, the number of
+        candidates and the models (a new model never meets an old ranking); not paging, not min_score."""
+        body = json.dumps([normalized_text(q.text), hashlib.sha256(q.image).hexdigest() if q.image else "",
+                           sorted(str(v) for v in q.video_ids), q.min_duration_s, q.max_duration_s,
+                           str(q.created_after), str(q.created_before), sorted(weights.items()), method,
+                           self._candidates, sorted((n, m.state, m.model_id) for n, m in models.items())])
+        return hashlib.sha256(body.encode()).hexdigest()
 
     async def _retrieve(self, q: SearchQuery, weights: dict[str, float], where: ClipFilter,
                         timings: dict[str, float]) -> dict[str, list[Match]]:
@@ -240,17 +300,26 @@ class Searcher:
                 raise invalid_field("image", f"cannot use this image: {result}", reason="INVALID_IMAGE")
             return {"visual": (models["clip_image"].model_id, np.asarray(result, dtype=np.float32))}
         text = q.text.strip()
-        jobs: dict[str, Awaitable[Any]] = {}
+        model_of = {"visual": models["clip_image"].model_id, "transcript": models["sbert"].model_id}
+        wanted = []
         if visual_on and weights.get("visual", 0) > 0:
-            jobs["visual"] = self._inference.embed_clip_texts([text])
+            wanted.append("visual")
         if self._ranks(models["sbert"]) and weights.get("transcript", 0) > 0:
-            jobs["transcript"] = self._inference.embed_sentences([text])
-        if not jobs and not lexical:
+            wanted.append("transcript")
+        if not wanted and not lexical:
             raise FailedPrecondition("no search model is available for the weighted signals",
                                      reason="MODALITY_OFF")
-        encoded = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
-        model_of = {"visual": models["clip_image"].model_id, "transcript": models["sbert"].model_id}
-        return {s: (model_of[s], np.asarray(found[0], dtype=np.float32)) for s, found in encoded.items()}
+        vectors = {s: (model_of[s], self._encodings[(model_of[s], text)]) for s in wanted
+                   if (model_of[s], text) in self._encodings}
+        encoders = {"visual": self._inference.embed_clip_texts, "transcript": self._inference.embed_sentences}
+        jobs = {s: encoders[s]([text]) for s in wanted if s not in vectors}
+        for signal, found in zip(jobs, await asyncio.gather(*jobs.values()), strict=True):
+            vector = np.asarray(found[0], dtype=np.float32)
+            vectors[signal] = (model_of[signal], vector)
+            self._encodings[(model_of[signal], text)] = vector  # the same text is embedded once
+            while len(self._encodings) > self._encodings_max:
+                self._encodings.popitem(last=False)
+        return vectors
 
     async def similar(self, clip_id: uuid.UUID, q: SearchQuery, caller: Principal) -> SearchPage:
         """``caller``'s clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded;
@@ -268,8 +337,8 @@ class Searcher:
                                      reason="NO_VISUAL_VECTOR")
         model, vec = found
         matches = await self._retrieval.visual(model, vec, self._candidates, q.where(owner, exclude=clip_id))
-        ranked = [fusion.Fused(m.clip_id, m.score, {"visual": m.score}) for m in matches]
-        page = await self._hits(ranked[offset:offset + size], {"visual": matches}, owner)
+        ranked = [Ranked(m.clip_id, m.score, ("visual",), {"visual": m.score}) for m in matches]
+        page = await self._hits(ranked[offset:offset + size], owner)
         more = offset + size < len(ranked)
         token = encode_offset(offset + size, binding) if more else ""
         return SearchPage(page, token, uuid.uuid4())

@@ -21,6 +21,7 @@ from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.search import internal_servicer, search_log
 from services.search.clip_store import MIGRATIONS, SCHEMA, ClipStore
+from services.search.query_cache import QueryCache
 from services.search.retrieval import CONNECTION_SETTINGS, PgRetrieval
 from services.search.searcher import Searcher
 from services.search.servicer import SearchServicer
@@ -53,12 +54,17 @@ async def serve(settings: SearchSettings) -> None:
     relay.start()
     logged.start()
     retrieval = PgRetrieval(pool, text_config=settings.text_search_config)
+    cache = None
+    if settings.query_cache_ttl_s > 0:
+        cache = QueryCache.from_url(settings.redis_url, l1_size=settings.query_cache_entries,
+                                    ttl_s=settings.query_cache_ttl_s)
+        await cache.start()
     searcher = Searcher(clips, retrieval, PgVectorIndex(pool), inference, logged,
                         candidates=settings.search_candidates, max_page_size=settings.max_page_size,
                         allow_random_weights=settings.allow_random_weights_in_ranking,
-                        default_fusion=settings.default_fusion)
+                        default_fusion=settings.default_fusion, cache=cache)
     servicer = SearchServicer(searcher, blobs)
-    internal = internal_servicer.SearchInternalServicer(clips)
+    internal = internal_servicer.SearchInternalServicer(clips, cache)
 
     def register(server: grpc.aio.Server) -> list[str]:
         search_service_pb2_grpc.add_SearchServiceServicer_to_server(servicer, server)
@@ -66,7 +72,8 @@ async def serve(settings: SearchSettings) -> None:
                 internal_servicer.register(server, internal)]
 
     await run_server(name="search", host=settings.grpc_host, port=settings.grpc_port, register=register,
-                     on_stop=[logged.stop, relay.stop, windows.close, revocations.close, channels.close,
+                     on_stop=[logged.stop, relay.stop, *([cache.close] if cache else []),
+                              windows.close, revocations.close, channels.close,
                               inference.close, pool.close],
                      component_health=model_health(inference), grace_s=settings.shutdown_grace_s,
                      authenticator=authenticator, request_limits=request_limits, reflection=settings.grpc_reflection,

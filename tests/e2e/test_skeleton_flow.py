@@ -120,7 +120,7 @@ def test_get_clip_and_playback_link(processed_video: dict, rest: httpx.Client, c
 
 def test_a_quoted_phrase_is_found_by_lexical_match_at_its_line(processed_video: dict, rest: httpx.Client) -> None:
     """Exact words in quotes find their line (lexical signal), in either fusion; the stages' times come back in
-    the ``Server-Timing`` header through Envoy."""
+    the ``Server-Timing`` header through Envoy; the same query again is answered by the query cache."""
     video_name = processed_video["video"]["name"]
     for fusion in ("FUSION_WEIGHTED", "FUSION_RRF"):
         response = rest.post("/v1/clips:search", json={
@@ -133,5 +133,11 @@ def test_a_quoted_phrase_is_found_by_lexical_match_at_its_line(processed_video: 
         assert abs(top["matchStartSeconds"] - 12.0) <= 0.5 and abs(top["matchEndSeconds"] - 16.0) <= 0.5
         stages = {part.split(";")[0].strip() for part in response.headers["server-timing"].split(",")}
         assert {"encode", "transcript", "lexical", "fuse", "enrich", "total"} <= stages, stages
+        again = rest.post("/v1/clips:search", json={
+            "query": '"Twelve  percent"', "filter": {"videos": [video_name]}, "pageSize": 3, "fusion": fusion})
+        stages = {part.split(";")[0].strip() for part in again.headers["server-timing"].split(",")}
+        assert "cache" in stages and "encode" not in stages, stages  # the query cache answered (case, spaces)
+        assert [(r["clip"]["name"], r["score"]) for r in again.json()["results"]] == [
+            (r["clip"]["name"], r["score"]) for r in response.json()["results"]]
     bad = rest.post("/v1/clips:search", json={"query": "x", "fusion": "FUSION_BORDA"})
     assert bad.status_code == 400
