@@ -48,6 +48,12 @@ MODEL_ENV = {"CLIPMIND_CLIP_WEIGHTS": "random", "CLIPMIND_WHISPER_WEIGHTS": "ran
              "CLIPMIND_RATE_LIMIT_REQUESTS_PER_HOUR": "1000000000",
              "CLIPMIND_RATE_LIMIT_SEARCHES_PER_MINUTE": "1000000000"}
 QUERIES = ["a dog jumping into the water", "quarterly revenue", "red scene", "someone talking", "the end"]
+REPEAT = False  # --repeat: the five queries over and over (answered by the query cache after the first round)
+
+
+def query(i: int) -> str:
+    """The i-th query: distinct every time (a number added), so that each search is computed, not cached."""
+    return QUERIES[i % len(QUERIES)] if REPEAT else f"{QUERIES[i % len(QUERIES)]} {i}"
 
 
 def wait_ready(client: httpx.Client, name: str, timeout_s: float = 600) -> dict:
@@ -61,12 +67,7 @@ def wait_ready(client: httpx.Client, name: str, timeout_s: float = 600) -> dict:
 
 
 def timed_searches(client: httpx.Client, n: int) -> list[float]:
-    times = []
-    for i in range(n):
-        started = time.perf_counter()
-        client.post("/v1/clips:search", json={"query": QUERIES[i % len(QUERIES)], "pageSize": 10}).raise_for_status()
-        times.append((time.perf_counter() - started) * 1000)
-    return times
+    return interleaved([client], n)[0]
 
 
 def summary(label: str, ms: list[float]) -> str:
@@ -109,16 +110,21 @@ def ingest(client: httpx.Client, state: Path, videos: int, label: str) -> None:
           f"(real-time multiple {video_s / wall:.2f}x, upload to READY, one worker)")
 
 
+_asked = 0
+
+
 def interleaved(clients: list[httpx.Client], n: int) -> list[list[float]]:
-    """``n`` searches on each client, rotating which goes first; the times of each, in ms."""
+    """``n`` searches on each client, rotating which goes first; the times of each, in ms. Every search of the
+    run has its own query (unless ``--repeat``), so no client is answered from a cache another one filled."""
+    global _asked
     times: list[list[float]] = [[] for _ in clients]
     for i in range(n):
         order = list(range(len(clients)))
         shift = i % len(order)
         for k in order[shift:] + order[:shift]:
+            _asked += 1
             started = time.perf_counter()
-            clients[k].post("/v1/clips:search", json={"query": QUERIES[i % len(QUERIES)], "pageSize": 10}
-                            ).raise_for_status()
+            clients[k].post("/v1/clips:search", json={"query": query(_asked), "pageSize": 10}).raise_for_status()
             times[k].append((time.perf_counter() - started) * 1000)
     return times
 
@@ -171,11 +177,15 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=3)
     parser.add_argument("--searches", type=int, default=200)
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with, query by query")
+    parser.add_argument("--repeat", action="store_true",
+                        help="repeat five queries (cached after the first round) instead of distinct ones")
     parser.add_argument("--without-auth", action="store_true",
                         help="compare with this checkout's mesh with authentication taken out (bench/no_auth)")
     parser.add_argument("--no-limits", action="store_true",
                         help="turn the per-user rate limits off in this mesh (to see authentication alone)")
     args = parser.parse_args()
+    global REPEAT
+    REPEAT = args.repeat
     if args.no_limits:
         MODEL_ENV.update({"CLIPMIND_RATE_LIMIT_REQUESTS_PER_HOUR": "0", "CLIPMIND_RATE_LIMIT_SEARCHES_PER_MINUTE": "0"})
     with tempfile.TemporaryDirectory(prefix="clipmind-bench-") as tmp:

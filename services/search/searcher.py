@@ -63,12 +63,14 @@ class SearchQuery:
     page_size: int = 10
     page_token: str = ""
     fusion: str = ""  # "weighted" or "rrf"; "" for the server's default
+    group_by_video: bool = False  # one result per video: its best moment
 
     def fingerprint(self) -> str:
         """Identifies the query apart from paging, so a token is only accepted for the same query."""
         body = json.dumps([self.text, hashlib.sha256(self.image).hexdigest(), [str(v) for v in self.video_ids],
                            self.min_duration_s, self.max_duration_s, str(self.created_after),
-                           str(self.created_before), sorted(self.weights.items()), self.min_score, self.fusion])
+                           str(self.created_before), sorted(self.weights.items()), self.min_score, self.fusion,
+                           self.group_by_video])
         return hashlib.sha256(body.encode()).hexdigest()[:16]
 
     def where(self, owner: uuid.UUID | None, exclude: uuid.UUID | None = None) -> ClipFilter:
@@ -102,6 +104,7 @@ class Ranked:
     """One clip of a fused ranking, with what each signal found of it: what the query cache keeps."""
 
     clip_id: uuid.UUID
+    video_id: uuid.UUID
     score: float
     signals: tuple[str, ...]  # largest contribution first
     scores: dict[str, float]  # each proposing signal's own score
@@ -118,18 +121,31 @@ def rank(fused: list[fusion.Fused], lists: dict[str, list[Match]]) -> list[Ranke
     for f in fused:
         found = {signal: by_signal[signal][f.clip_id] for signal in f.signals}
         cue = next((found[s] for s in f.signals if s != "visual" and found[s].text), None)
-        ranked.append(Ranked(f.clip_id, f.score, f.signals, {s: m.score for s, m in found.items()},
+        video_id = next(iter(found.values())).video_id
+        ranked.append(Ranked(f.clip_id, video_id, f.score, f.signals, {s: m.score for s, m in found.items()},
                              cue.text if cue else "", cue.start_s if cue else 0.0, cue.end_s if cue else 0.0))
     return ranked
 
 
+def best_per_video(ranked: list[Ranked]) -> list[Ranked]:
+    """The first (best) moment of each video, in ranking order."""
+    seen: set[uuid.UUID] = set()
+    kept = []
+    for r in ranked:
+        if r.video_id not in seen:
+            seen.add(r.video_id)
+            kept.append(r)
+    return kept
+
+
 def encode_ranking(ranked: list[Ranked]) -> bytes:
-    return json.dumps([[str(r.clip_id), r.score, r.signals, r.scores, r.text, r.start_s, r.end_s]
+    return json.dumps([[str(r.clip_id), str(r.video_id), r.score, r.signals, r.scores, r.text, r.start_s, r.end_s]
                        for r in ranked], separators=(",", ":")).encode()
 
 
 def decode_ranking(data: bytes) -> list[Ranked]:
-    return [Ranked(uuid.UUID(c), s, tuple(sig), dict(sc), t, a, b) for c, s, sig, sc, t, a, b in json.loads(data)]
+    return [Ranked(uuid.UUID(c), uuid.UUID(v), s, tuple(sig), dict(sc), t, a, b)
+            for c, v, s, sig, sc, t, a, b in json.loads(data)]
 
 
 def normalized_text(text: str) -> str:
@@ -219,6 +235,8 @@ class Searcher:
                 await _timed(timings, "cache_put",
                              self._cache.put(caller.scope, key, encode_ranking(everything), lookup.seen))
         ranked = [r for r in everything if r.score >= q.min_score]
+        if q.group_by_video:
+            ranked = best_per_video(ranked)
         page = await _timed(timings, "enrich", self._hits(ranked[offset:offset + size], caller.scope))
         next_token = encode_offset(offset + size, binding) if offset + size < len(ranked) else ""
         search_id = uuid.uuid4()
@@ -337,7 +355,7 @@ class Searcher:
                                      reason="NO_VISUAL_VECTOR")
         model, vec = found
         matches = await self._retrieval.visual(model, vec, self._candidates, q.where(owner, exclude=clip_id))
-        ranked = [Ranked(m.clip_id, m.score, ("visual",), {"visual": m.score}) for m in matches]
+        ranked = [Ranked(m.clip_id, m.video_id, m.score, ("visual",), {"visual": m.score}) for m in matches]
         page = await self._hits(ranked[offset:offset + size], owner)
         more = offset + size < len(ranked)
         token = encode_offset(offset + size, binding) if more else ""

@@ -64,6 +64,7 @@ def query_from_pb(request: pb.SearchRequest) -> SearchQuery:
         page_size=request.page_size,
         page_token=request.page_token,
         fusion=_fusion(request.fusion),
+        group_by_video=request.group_by_video,
     )
 
 

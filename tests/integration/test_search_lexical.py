@@ -165,3 +165,14 @@ async def test_a_transcript_match_points_at_its_cue_and_common_words_weigh_littl
     assert scores[lib.clips[video][0]] > scores[lib.clips[video][1]] == scores[lib.clips[video][2]] > 0
     lib.aim("the and of", SCENES[3][2][0][2])
     assert await _search(lib, "the and of", weights={"lexical": 1.0}) == []
+
+
+async def test_group_by_video_keeps_each_videos_best_moment(library: tuple[Library, uuid.UUID]) -> None:
+    lib, video = library
+    other = await lib.index(lib.alice, [(0.0, 10.0, [(2.0, 5.0, "quarterly revenue again")])], seed=3)
+    lib.aim("quarterly revenue", SCENES[1][2][0][2])
+    every = await _search(lib, "quarterly revenue")
+    assert len({h.clip.video_id for h in every}) == 2 and len(every) > 2
+    grouped = await _search(lib, "quarterly revenue", group_by_video=True)
+    assert [h.clip.video_id for h in grouped] == list(dict.fromkeys(h.clip.video_id for h in every))
+    assert grouped[0].clip.id == every[0].clip.id and {video, other} == {h.clip.video_id for h in grouped}

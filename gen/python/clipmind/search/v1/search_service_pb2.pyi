@@ -306,6 +306,7 @@ class SearchRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     FUSION_FIELD_NUMBER: _builtins.int
+    GROUP_BY_VIDEO_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """Natural-language query, e.g. `a dog catching a frisbee on the beach`.
     At least one of `query` and `image` must be set.
@@ -326,6 +327,10 @@ class SearchRequest(_message.Message):
     """How the signals' ranked lists are fused; the server default when
     unspecified.
     """
+    group_by_video: _builtins.bool
+    """At most one result per video: its best moment (to search within one
+    video, filter by it instead).
+    """
     @_builtins.property
     def filter(self) -> Global___SearchFilter:
         """Restricts which clips may be returned."""
@@ -345,10 +350,11 @@ class SearchRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         fusion: Global___Fusion.ValueType = ...,
+        group_by_video: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "fusion", b"fusion", "image", b"image", "min_score", b"min_score", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "fusion", b"fusion", "group_by_video", b"group_by_video", "image", b"image", "min_score", b"min_score", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
