@@ -19,7 +19,7 @@ from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.rows import to_record
 from services.search.ports import VectorItem
-from services.search.records import Clip, VideoFacts, VideoIndex
+from services.search.records import Clip, Segment, VideoFacts, VideoIndex
 from services.search.vectors import PgVectorIndex
 
 SCHEMA = "search"
@@ -152,6 +152,22 @@ class ClipStore:
             raise NotFound(f"clip {clip_id} not found", reason="CLIP_NOT_FOUND",
                            metadata={"name": f"clips/{clip_id}"})
         return to_record(Clip, row)
+
+    async def cues_around(self, cue_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None,
+                          reach: int) -> dict[uuid.UUID, list[Segment]]:
+        """Each cue's neighbours in its video (``reach`` each way, by cue index), in order, itself included."""
+        where, args = ["c.id = ANY($1::uuid[])"], [list(cue_ids), reach]
+        _owned(where, args, owner, "c.owner_id")
+        rows = await self._pool.fetch(
+            "SELECT c.id AS center, n.* FROM transcript_segments c JOIN transcript_segments n "
+            "ON n.video_id = c.video_id AND n.idx BETWEEN c.idx - $2 AND c.idx + $2 "
+            f"WHERE {' AND '.join(where)} ORDER BY c.id, n.idx", *args)
+        found: dict[uuid.UUID, list[Segment]] = {}
+        for r in rows:
+            found.setdefault(r["center"], []).append(
+                Segment(r["id"], r["video_id"], r["clip_id"], r["idx"], r["start_s"], r["end_s"], r["text"],
+                        r["source"]))
+        return found
 
     async def get_many(self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None) -> dict[uuid.UUID, Clip]:
         """The clips among ``clip_ids`` of READY videos that ``owner`` owns (None: anyone's), by id."""

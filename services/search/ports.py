@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from services.search.records import Clip, SearchRecord
+from services.search.records import Clip, SearchRecord, Segment
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,7 @@ class Match:
     text: str = ""
     start_s: float = 0.0
     end_s: float = 0.0
+    cue_id: uuid.UUID | None = None
 
 
 class Retrieval(Protocol):
@@ -93,6 +94,11 @@ class ClipCatalog(Protocol):
 
     async def get_many(self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None) -> dict[uuid.UUID, Clip]:
         """The clips among ``clip_ids`` that ``owner`` owns, of READY videos, by id (missing ones left out)."""
+
+    async def cues_around(self, cue_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None,
+                          reach: int) -> dict[uuid.UUID, list[Segment]]:
+        """For each cue, the cues of its video from ``reach`` before it to ``reach`` after it, in order (itself
+        included); cues ``owner`` does not own are left out."""
 
 
 class QueryCache(Protocol):

@@ -118,14 +118,14 @@ SELECT clip_id, video_id, clip_start_s, 1 - distance AS score, (SELECT count(*) 
 
 _TRANSCRIPT_SQL = """
 WITH hits AS MATERIALIZED (
-    SELECT s.clip_id, x.video_id, c.start_s AS clip_start_s, s.text, s.start_s, s.end_s,
+    SELECT s.clip_id, x.video_id, c.start_s AS clip_start_s, s.id AS cue_id, s.text, s.start_s, s.end_s,
            x.embedding <=> $1 AS distance
       FROM transcript_vectors x JOIN transcript_segments s ON s.id = x.id
       JOIN clips c ON c.id = s.clip_id JOIN videos v ON v.id = x.video_id
      WHERE x.model = $2 AND {where}
      ORDER BY {order} LIMIT $3),
 best AS (SELECT DISTINCT ON (clip_id) * FROM hits ORDER BY clip_id, distance, start_s)
-SELECT clip_id, video_id, clip_start_s, text, start_s, end_s, 1 - distance AS score,
+SELECT clip_id, video_id, clip_start_s, cue_id, text, start_s, end_s, 1 - distance AS score,
        (SELECT count(*) FROM hits) AS found
   FROM best ORDER BY distance, clip_id"""
 
@@ -147,7 +147,7 @@ hits AS (
        AND NOT EXISTS (SELECT 1 FROM unnest($4::text[]) e WHERE s.tsv @@ websearch_to_tsquery($2::regconfig, e))
      GROUP BY s.id, c.start_s),
 best AS (SELECT DISTINCT ON (clip_id) * FROM hits ORDER BY clip_id, score DESC, start_s)
-SELECT clip_id, video_id, clip_start_s, text, start_s, end_s,
+SELECT clip_id, video_id, clip_start_s, id AS cue_id, text, start_s, end_s,
        (score / (SELECT sum(idf) FROM weighted))::float8 AS score
   FROM best ORDER BY score DESC, video_id, clip_start_s LIMIT $3"""
 
@@ -155,7 +155,7 @@ SELECT clip_id, video_id, clip_start_s, text, start_s, end_s,
 def _match(row: Any) -> Match:
     if "text" in row.keys():
         return Match(row["clip_id"], row["video_id"], float(row["clip_start_s"]), float(row["score"]),
-                     row["text"], float(row["start_s"]), float(row["end_s"]))
+                     row["text"], float(row["start_s"]), float(row["end_s"]), row["cue_id"])
     return Match(row["clip_id"], row["video_id"], float(row["clip_start_s"]), float(row["score"]))
 
 

@@ -39,7 +39,7 @@ from services.common.paging import bound_to, decode_offset, encode_offset
 from services.common.principal import Principal
 from services.search import fusion
 from services.search.ports import ClipCatalog, ClipFilter, Match, QueryCache, Retrieval, SearchLog, VectorIndex
-from services.search.records import Clip, RankedResult, SearchRecord
+from services.search.records import Clip, RankedResult, SearchRecord, Segment
 
 # The seed's visual 0.6 / transcript 0.4; lexical a little above transcript, so that a cue containing the query's
 # rare word or quoted phrase outranks a paraphrase of another moment (provisional until the evaluation set).
@@ -111,6 +111,7 @@ class Ranked:
     text: str = ""  # the matching cue ("" for none: the moment is the whole clip)
     start_s: float = 0.0
     end_s: float = 0.0
+    cue_id: uuid.UUID | None = None
 
 
 def rank(fused: list[fusion.Fused], lists: dict[str, list[Match]]) -> list[Ranked]:
@@ -123,7 +124,8 @@ def rank(fused: list[fusion.Fused], lists: dict[str, list[Match]]) -> list[Ranke
         cue = next((found[s] for s in f.signals if s != "visual" and found[s].text), None)
         video_id = next(iter(found.values())).video_id
         ranked.append(Ranked(f.clip_id, video_id, f.score, f.signals, {s: m.score for s, m in found.items()},
-                             cue.text if cue else "", cue.start_s if cue else 0.0, cue.end_s if cue else 0.0))
+                             cue.text if cue else "", cue.start_s if cue else 0.0, cue.end_s if cue else 0.0,
+                             cue.cue_id if cue else None))
     return ranked
 
 
@@ -139,19 +141,55 @@ def best_per_video(ranked: list[Ranked]) -> list[Ranked]:
 
 
 def encode_ranking(ranked: list[Ranked]) -> bytes:
-    return json.dumps([[str(r.clip_id), str(r.video_id), r.score, r.signals, r.scores, r.text, r.start_s, r.end_s]
-                       for r in ranked], separators=(",", ":")).encode()
+    return json.dumps([[str(r.clip_id), str(r.video_id), r.score, r.signals, r.scores, r.text, r.start_s, r.end_s,
+                        str(r.cue_id) if r.cue_id else ""] for r in ranked], separators=(",", ":")).encode()
 
 
 def decode_ranking(data: bytes) -> list[Ranked]:
-    return [Ranked(uuid.UUID(c), uuid.UUID(v), s, tuple(sig), dict(sc), t, a, b)
-            for c, v, s, sig, sc, t, a, b in json.loads(data)]
+    return [Ranked(uuid.UUID(c), uuid.UUID(v), s, tuple(sig), dict(sc), t, a, b, uuid.UUID(q) if q else None)
+            for c, v, s, sig, sc, t, a, b, q in json.loads(data)]
+
+
+# A moment widens over neighbouring cues while a sentence runs across them: up to this many cues each way,
+# never past a pause this long, nor wider than this.
+SENTENCE_REACH = 3
+SENTENCE_GAP_S = 2.0
+SENTENCE_MAX_S = 20.0
+_TERMINAL = (".", "!", "?", "…", '."', '!"', '?"', ".'", "!'", "?'", ".»", "。", "！", "？")
+
+
+def _ends_sentence(text: str) -> bool:
+    return text.rstrip().endswith(_TERMINAL)
+
+
+def sentence_window(cues: list[Segment], center: uuid.UUID) -> tuple[str, float, float]:
+    """The matched cue widened to the sentence it is part of: earlier cues join while the cue before does not
+    end a sentence, later ones while the window does not (subtitles split long sentences over several cues).
+    Only where the transcript punctuates at all (some cue ends a sentence); within ``SENTENCE_GAP_S`` between
+    cues and ``SENTENCE_MAX_S`` in all."""
+    at = next(i for i, c in enumerate(cues) if c.id == center)
+    first = last = at
+    if any(_ends_sentence(c.text) for c in cues):
+        while (first > 0 and not _ends_sentence(cues[first - 1].text)
+               and cues[first].start_s - cues[first - 1].end_s <= SENTENCE_GAP_S
+               and cues[last].end_s - cues[first - 1].start_s <= SENTENCE_MAX_S):
+            first -= 1
+        while (last < len(cues) - 1 and not _ends_sentence(cues[last].text)
+               and cues[last + 1].start_s - cues[last].end_s <= SENTENCE_GAP_S
+               and cues[last + 1].end_s - cues[first].start_s <= SENTENCE_MAX_S):
+            last += 1
+    span = cues[first:last + 1]
+    return " ".join(c.text.strip() for c in span), span[0].start_s, span[-1].end_s
 
 
 def normalized_text(text: str) -> str:
     """The query as the cache keys it: case and runs of white space do not change what the encoders (uncased
     tokenizers) or full-text search make of it."""
     return " ".join(text.split()).casefold()
+
+
+async def _nothing() -> dict[uuid.UUID, list[Segment]]:
+    return {}
 
 
 async def _timed(timings: dict[str, float], stage: str, work: Awaitable[T]) -> T:
@@ -251,16 +289,25 @@ class Searcher:
         return SearchPage(page, next_token, search_id, timings)
 
     async def _hits(self, ranked: list[Ranked], owner: uuid.UUID | None) -> list[SearchHit]:
-        """The page's clips as results show them (one read); a clip deleted since it was ranked is left out."""
-        clips = await self._clips.get_many([r.clip_id for r in ranked], owner=owner) if ranked else {}
+        """The page's clips as results show them, each moment widened to its sentence (two reads, at once); a
+        clip deleted since it was ranked is left out."""
+        if not ranked:
+            return []
+        cue_ids = [r.cue_id for r in ranked if r.cue_id is not None]
+        clips, around = await asyncio.gather(
+            self._clips.get_many([r.clip_id for r in ranked], owner=owner),
+            self._clips.cues_around(cue_ids, owner=owner, reach=SENTENCE_REACH) if cue_ids else _nothing())
         hits = []
         for r in ranked:
             clip = clips.get(r.clip_id)
             if clip is None:
                 continue
+            text, start, end = r.text, r.start_s, r.end_s
+            if r.cue_id is not None and around.get(r.cue_id):
+                text, start, end = sentence_window(around[r.cue_id], r.cue_id)
             hits.append(SearchHit(
-                clip, r.score, r.scores.get("visual", 0.0), r.scores.get("transcript", 0.0), r.text,
-                r.start_s if r.text else clip.start_s, r.end_s if r.text else clip.end_s,
+                clip, r.score, r.scores.get("visual", 0.0), r.scores.get("transcript", 0.0), text,
+                start if text else clip.start_s, end if text else clip.end_s,
                 r.scores.get("lexical", 0.0), r.signals,
             ))
         return hits

@@ -176,3 +176,15 @@ async def test_group_by_video_keeps_each_videos_best_moment(library: tuple[Libra
     grouped = await _search(lib, "quarterly revenue", group_by_video=True)
     assert [h.clip.video_id for h in grouped] == list(dict.fromkeys(h.clip.video_id for h in every))
     assert grouped[0].clip.id == every[0].clip.id and {video, other} == {h.clip.video_id for h in grouped}
+
+
+async def test_a_moment_spans_the_sentence_its_cue_belongs_to(library: tuple[Library, uuid.UUID]) -> None:
+    lib, _ = library
+    video = await lib.index(lib.alice, [(0.0, 30.0, [
+        (2.0, 4.0, "Good evening."), (5.0, 7.5, "The treaty was finally signed"),
+        (7.6, 10.0, "on a beach in Mombasa last spring."), (12.0, 14.0, "Then everyone went home.")])], seed=4)
+    lib.aim("Mombasa", SCENES[3][2][0][2])
+    (hit, *_) = await _search(lib, "Mombasa", weights={"lexical": 1.0})
+    assert hit.clip.video_id == video
+    assert hit.matched_text == "The treaty was finally signed on a beach in Mombasa last spring."
+    assert (hit.match_start_s, hit.match_end_s) == (5.0, 10.0)

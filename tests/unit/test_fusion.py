@@ -1,5 +1,5 @@
 """Fusion of the signals' ranked lists (``services.search.fusion``) on a small fixed example whose expected
-orders are worked out by hand below, and the splitting of a lexical query into units."""
+orders are worked out by hand below, the splitting of a lexical query into units, and a moment's sentence window."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 from services.search import fusion
 from services.search.ports import Match
+from services.search.records import Segment
 from services.search.retrieval import lexical_units
+from services.search.searcher import sentence_window
 
 A, B, C, D = (uuid.UUID(int=i) for i in range(1, 5))
 VIDEO = uuid.UUID(int=99)
@@ -81,3 +83,29 @@ def test_lexical_scores_are_used_as_they_are_in_weighted_fusion() -> None:
     assert fused[B].score == pytest.approx(0.1 * 0.5 / 0.9)
     assert fused[A].score == pytest.approx(0.4 / 0.9)
     assert fused[C].signals == ("lexical", "transcript") and fused[A].signals == ("transcript",)
+
+
+def _cues(*spec: tuple[float, float, str]) -> list[Segment]:
+    video, clip = uuid.UUID(int=7), uuid.UUID(int=8)
+    return [Segment(uuid.UUID(int=100 + i), video, clip, i, a, b, t, "SIDECAR") for i, (a, b, t) in enumerate(spec)]
+
+
+def test_a_moment_widens_to_the_sentence_its_cue_is_part_of() -> None:
+    cues = _cues((10.0, 12.0, "Welcome back."), (12.5, 14.0, "Our quarterly revenue"),
+                 (14.2, 16.0, "grew by twelve percent"), (16.1, 18.0, "compared with last year."),
+                 (18.5, 20.0, "Next question?"))
+    text, start, end = sentence_window(cues, cues[2].id)  # the middle of a sentence over three cues
+    assert (text, start, end) == ("Our quarterly revenue grew by twelve percent compared with last year.", 12.5, 18.0)
+    assert sentence_window(cues, cues[1].id)[1:] == (12.5, 18.0)
+    assert sentence_window(cues, cues[0].id) == ("Welcome back.", 10.0, 12.0)  # a whole sentence stays alone
+    assert sentence_window(cues, cues[4].id) == ("Next question?", 18.5, 20.0)
+
+
+def test_a_moment_does_not_widen_over_pauses_or_unpunctuated_transcripts() -> None:
+    paused = _cues((0.0, 2.0, "and then"), (6.0, 8.0, "we left."))  # 4 s of silence between
+    assert sentence_window(paused, paused[0].id) == ("and then", 0.0, 2.0)
+    flat = _cues((0.0, 2.0, "no punctuation here"), (2.1, 4.0, "nor here"))  # sentences cannot be told
+    assert sentence_window(flat, flat[1].id) == ("nor here", 2.1, 4.0)
+    long = _cues(*[(i * 3.0, i * 3.0 + 2.9, f"part {i}") for i in range(7)], (21.0, 22.0, "end."))
+    text, start, end = sentence_window(long, long[6].id)  # one 22 s sentence: the window stops at 20 s
+    assert (start, end) == (3.0, 22.0) and text.startswith("part 1 ") and text.endswith("end.")
