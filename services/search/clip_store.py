@@ -153,6 +153,27 @@ class ClipStore:
                            metadata={"name": f"clips/{clip_id}"})
         return to_record(Clip, row)
 
+    async def has_video(self, video_id: uuid.UUID, *, owner: uuid.UUID | None) -> bool:
+        where, args = ["id = $1", "NOT deleted"], [video_id]
+        _owned(where, args, owner, "owner_id")
+        return await self._pool.fetchval(f"SELECT 1 FROM videos WHERE {' AND '.join(where)}", *args) == 1
+
+    async def video_clips(self, video_id: uuid.UUID, *, owner: uuid.UUID | None, from_idx: int,
+                          limit: int) -> list[Clip]:
+        where, args = ["c.video_id = $1", "c.idx >= $2"], [video_id, from_idx, limit]
+        _owned(where, args, owner, "c.owner_id")
+        rows = await self._pool.fetch(f"{_CLIP_SELECT} WHERE {' AND '.join(where)} ORDER BY c.idx LIMIT $3", *args)
+        return [to_record(Clip, r) for r in rows]
+
+    async def video_cues(self, video_id: uuid.UUID, *, owner: uuid.UUID | None, from_idx: int,
+                         limit: int) -> list[Segment]:
+        where, args = ["video_id = $1", "idx >= $2"], [video_id, from_idx, limit]
+        _owned(where, args, owner, "owner_id")
+        rows = await self._pool.fetch(
+            "SELECT id, video_id, clip_id, idx, start_s, end_s, text, source FROM transcript_segments "
+            f"WHERE {' AND '.join(where)} ORDER BY idx LIMIT $3", *args)
+        return [to_record(Segment, r) for r in rows]
+
     async def cues_around(self, cue_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None,
                           reach: int) -> dict[uuid.UUID, list[Segment]]:
         """Each cue's neighbours in its video (``reach`` each way, by cue index), in order, itself included."""

@@ -95,6 +95,17 @@ class ClipCatalog(Protocol):
     async def get_many(self, clip_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None) -> dict[uuid.UUID, Clip]:
         """The clips among ``clip_ids`` that ``owner`` owns, of READY videos, by id (missing ones left out)."""
 
+    async def has_video(self, video_id: uuid.UUID, *, owner: uuid.UUID | None) -> bool:
+        """Whether the video is known here, not deleted, and ``owner``'s (None: anyone's)."""
+
+    async def video_clips(self, video_id: uuid.UUID, *, owner: uuid.UUID | None, from_idx: int,
+                          limit: int) -> list[Clip]:
+        """The video's clips from index ``from_idx`` on, in order, at most ``limit``."""
+
+    async def video_cues(self, video_id: uuid.UUID, *, owner: uuid.UUID | None, from_idx: int,
+                         limit: int) -> list[Segment]:
+        """The video's transcript cues from index ``from_idx`` on, in order, at most ``limit``."""
+
     async def cues_around(self, cue_ids: Sequence[uuid.UUID], *, owner: uuid.UUID | None,
                           reach: int) -> dict[uuid.UUID, list[Segment]]:
         """For each cue, the cues of its video from ``reach`` before it to ``reach`` after it, in order (itself

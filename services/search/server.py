@@ -20,6 +20,7 @@ from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
 from services.common.outbox import OutboxRelay
 from services.search import internal_servicer, search_log
+from services.search.browse import Browser
 from services.search.clip_store import MIGRATIONS, SCHEMA, ClipStore
 from services.search.query_cache import QueryCache
 from services.search.retrieval import CONNECTION_SETTINGS, PgRetrieval
@@ -63,7 +64,7 @@ async def serve(settings: SearchSettings) -> None:
                         candidates=settings.search_candidates, max_page_size=settings.max_page_size,
                         allow_random_weights=settings.allow_random_weights_in_ranking,
                         default_fusion=settings.default_fusion, cache=cache)
-    servicer = SearchServicer(searcher, blobs)
+    servicer = SearchServicer(searcher, blobs, Browser(clips))
     internal = internal_servicer.SearchInternalServicer(clips, cache)
 
     def register(server: grpc.aio.Server) -> list[str]:

@@ -12,6 +12,7 @@ from services.common.errors import invalid_field
 from services.common.grpc_server import Context
 from services.common.paging import parse_name
 from services.common.request_context import principal
+from services.search.browse import Browser
 from services.search.records import Clip
 from services.search.searcher import Searcher, SearchHit, SearchQuery
 
@@ -76,9 +77,10 @@ def _fusion(value: int) -> str:
 
 
 class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
-    def __init__(self, searcher: Searcher, blobs: BlobStore) -> None:
+    def __init__(self, searcher: Searcher, blobs: BlobStore, browser: Browser) -> None:
         self._searcher = searcher
         self._blobs = blobs
+        self._browser = browser
 
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         page = await self._searcher.search(query_from_pb(request), principal())
@@ -108,3 +110,16 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
     async def GetClip(self, request: pb.GetClipRequest, context: Context) -> pb.Clip:
         clip = await self._searcher.get_clip(parse_name(request.name, "clips"), principal())
         return clip_to_pb(clip, self._blobs)
+
+    async def ListClips(self, request: pb.ListClipsRequest, context: Context) -> pb.ListClipsResponse:
+        video_id = parse_name(request.parent, "videos", "parent")
+        clips, token = await self._browser.clips(video_id, principal(), request.page_size, request.page_token)
+        return pb.ListClipsResponse(clips=[clip_to_pb(c, self._blobs) for c in clips], next_page_token=token)
+
+    async def ListTranscriptSegments(self, request: pb.ListTranscriptSegmentsRequest,
+                                     context: Context) -> pb.ListTranscriptSegmentsResponse:
+        video_id = parse_name(request.parent, "videos", "parent")
+        cues, token = await self._browser.transcript(video_id, principal(), request.page_size, request.page_token)
+        return pb.ListTranscriptSegmentsResponse(next_page_token=token, transcript_segments=[
+            pb.TranscriptSegment(name=f"videos/{c.video_id}/transcriptSegments/{c.idx}", clip=f"clips/{c.clip_id}",
+                                 start_seconds=c.start_s, end_seconds=c.end_s, text=c.text) for c in cues])

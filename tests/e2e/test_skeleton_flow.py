@@ -141,3 +141,18 @@ def test_a_quoted_phrase_is_found_by_lexical_match_at_its_line(processed_video: 
             (r["clip"]["name"], r["score"]) for r in response.json()["results"]]
     bad = rest.post("/v1/clips:search", json={"query": "x", "fusion": "FUSION_BORDA"})
     assert bad.status_code == 400
+
+
+def test_a_video_is_browsed_by_its_chapters_and_transcript(processed_video: dict, rest: httpx.Client) -> None:
+    video_name = processed_video["video"]["name"]
+    chapters = rest.get(f"/v1/{video_name}/clips", params={"pageSize": 2})
+    assert chapters.status_code == 200, chapters.text
+    first = chapters.json()
+    rest_page = rest.get(f"/v1/{video_name}/clips", params={"pageToken": first["nextPageToken"]}).json()
+    clips = first["clips"] + rest_page["clips"]
+    assert [round(c["startSeconds"]) for c in clips] == [round(b) for b in BOUNDS[:-1]]
+    thumbnail = rest.get(clips[0]["thumbnailUri"])
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"].startswith("image/")
+    cues = rest.get(f"/v1/{video_name}/transcriptSegments").json()["transcriptSegments"]
+    assert [c["text"] for c in cues] == [c.text for c in CUES]
+    assert cues[2]["startSeconds"] == pytest.approx(12.0, abs=0.05)

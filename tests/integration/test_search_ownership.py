@@ -33,6 +33,7 @@ from services.common.errors import InvalidArgument, NotFound
 from services.common.ids import derived_id
 from services.common.inference_types import ModelStatus, Transcript
 from services.common.principal import Principal
+from services.search.browse import Browser
 from services.search.clip_store import NO_OWNER, ClipStore
 from services.search.internal_servicer import SearchInternalServicer
 from services.search.ports import ClipFilter
@@ -135,7 +136,7 @@ class World:
         self.log = Logged()
         self.searcher = Searcher(self.store, PgRetrieval(db), PgVectorIndex(db), self.models,  # type: ignore[arg-type]
                                  self.log)
-        self.servicer = SearchServicer(self.searcher, LocalBlobStore(tmp, "http://media.test"))
+        self.servicer = SearchServicer(self.searcher, LocalBlobStore(tmp, "http://media.test"), Browser(self.store))
         self.videos: dict[uuid.UUID, uuid.UUID] = {}  # owner -> video
         self.requests: dict[uuid.UUID, internal_pb.ReplaceVideoIndexRequest] = {}
 
@@ -219,6 +220,37 @@ async def test_searches_find_only_the_callers_clips_and_admins_find_all(world: W
     assert [r.user_id for r in world.log.records] == [ALICE.user_id, BOB.user_id, BOB.user_id, ADMIN.user_id,
                                                        ADMIN.user_id]
     assert [s.user for s in to_message(world.log.records[:2]).searches] == [ALICE.name, BOB.name]
+
+
+async def test_browsing_a_video_lists_its_clips_and_transcript_in_pages_for_its_owner_only(world: World) -> None:
+    video = f"videos/{world.videos[ALICE.user_id]}"
+    request = world.requests[ALICE.user_id]
+    clips, token = [], ""
+    while True:  # two pages of at most 2
+        page = await world.as_(ALICE).ListClips(pb.ListClipsRequest(parent=video, page_size=2, page_token=token))
+        clips += page.clips
+        token = page.next_page_token
+        if not token:
+            break
+    assert [c.name for c in clips] == [f"clips/{c.id}" for c in request.clips]  # in play order, none twice
+    assert [c.start_seconds for c in clips] == [0.0, 10.0, 20.0] and {c.video for c in clips} == {video}
+    cues = await world.as_(ALICE).ListTranscriptSegments(pb.ListTranscriptSegmentsRequest(parent=video))
+    assert [(c.text, c.start_seconds, c.clip) for c in cues.transcript_segments] == [
+        (s.text, s.start_seconds, f"clips/{s.clip_id}") for s in request.segments]
+    assert cues.transcript_segments[1].name == f"{video}/transcriptSegments/1" and not cues.next_page_token
+    assert len((await world.as_(ADMIN).ListClips(pb.ListClipsRequest(parent=video))).clips) == 3
+
+    for name in (video, f"videos/{uuid.uuid4()}"):  # another user's video is not there, as a missing one
+        for call in (world.as_(BOB).ListClips(pb.ListClipsRequest(parent=name)),
+                     world.as_(BOB).ListTranscriptSegments(pb.ListTranscriptSegmentsRequest(parent=name))):
+            with pytest.raises(NotFound) as missing:
+                await call
+            assert missing.value.reason == "VIDEO_NOT_FOUND"
+    first = await world.as_(ALICE).ListClips(pb.ListClipsRequest(parent=video, page_size=1))
+    with pytest.raises(InvalidArgument):  # a token is the caller's
+        await world.as_(ADMIN).ListClips(pb.ListClipsRequest(parent=video, page_token=first.next_page_token))
+    with pytest.raises(InvalidArgument):
+        await world.as_(ALICE).ListClips(pb.ListClipsRequest(parent=video, page_size=-1))
 
 
 async def test_a_page_token_does_not_cross_users(world: World) -> None:

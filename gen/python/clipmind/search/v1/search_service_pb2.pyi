@@ -481,3 +481,161 @@ class GetClipRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetClipRequest: _TypeAlias = GetClipRequest  # noqa: Y015
+
+@_typing.final
+class ListClipsRequest(_message.Message):
+    """Request message for SearchService.ListClips."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The video, `videos/{video}`."""
+    page_size: _builtins.int
+    """Maximum number of clips to return; the server picks a default (50) when 0
+    and caps large values (500).
+    """
+    page_token: _builtins.str
+    """`next_page_token` from a previous call, to fetch the next page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClipsRequest: _TypeAlias = ListClipsRequest  # noqa: Y015
+
+@_typing.final
+class ListClipsResponse(_message.Message):
+    """Response message for SearchService.ListClips."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def clips(self) -> _containers.RepeatedCompositeFieldContainer[Global___Clip]:
+        """The clips on this page, in the order they play."""
+
+    def __init__(
+        self,
+        *,
+        clips: _abc.Iterable[Global___Clip] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListClipsResponse: _TypeAlias = ListClipsResponse  # noqa: Y015
+
+@_typing.final
+class TranscriptSegment(_message.Message):
+    """One timed cue of a video's transcript."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    START_SECONDS_FIELD_NUMBER: _builtins.int
+    END_SECONDS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name, `videos/{video}/transcriptSegments/{index}`."""
+    clip: _builtins.str
+    """The clip (scene) the cue falls in, `clips/{clip}`."""
+    start_seconds: _builtins.float
+    """Start, in seconds from the beginning of the video."""
+    end_seconds: _builtins.float
+    """End, in seconds from the beginning of the video."""
+    text: _builtins.str
+    """What is said."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        clip: _builtins.str = ...,
+        start_seconds: _builtins.float = ...,
+        end_seconds: _builtins.float = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "end_seconds", b"end_seconds", "name", b"name", "start_seconds", b"start_seconds", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TranscriptSegment: _TypeAlias = TranscriptSegment  # noqa: Y015
+
+@_typing.final
+class ListTranscriptSegmentsRequest(_message.Message):
+    """Request message for SearchService.ListTranscriptSegments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    parent: _builtins.str
+    """The video, `videos/{video}`."""
+    page_size: _builtins.int
+    """Maximum number of cues to return; the server picks a default (200) when
+    0 and caps large values (1000).
+    """
+    page_token: _builtins.str
+    """`next_page_token` from a previous call, to fetch the next page."""
+    def __init__(
+        self,
+        *,
+        parent: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "parent", b"parent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTranscriptSegmentsRequest: _TypeAlias = ListTranscriptSegmentsRequest  # noqa: Y015
+
+@_typing.final
+class ListTranscriptSegmentsResponse(_message.Message):
+    """Response message for SearchService.ListTranscriptSegments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSCRIPT_SEGMENTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def transcript_segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___TranscriptSegment]:
+        """The cues on this page, in time order."""
+
+    def __init__(
+        self,
+        *,
+        transcript_segments: _abc.Iterable[Global___TranscriptSegment] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "transcript_segments", b"transcript_segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTranscriptSegmentsResponse: _TypeAlias = ListTranscriptSegmentsResponse  # noqa: Y015

@@ -51,6 +51,16 @@ class SearchServiceStub:
                 request_serializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.GetClipRequest.SerializeToString,
                 response_deserializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.Clip.FromString,
                 _registered_method=True)
+        self.ListClips = channel.unary_unary(
+                '/clipmind.search.v1.SearchService/ListClips',
+                request_serializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListClipsRequest.SerializeToString,
+                response_deserializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListClipsResponse.FromString,
+                _registered_method=True)
+        self.ListTranscriptSegments = channel.unary_unary(
+                '/clipmind.search.v1.SearchService/ListTranscriptSegments',
+                request_serializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListTranscriptSegmentsRequest.SerializeToString,
+                response_deserializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListTranscriptSegmentsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -81,6 +91,22 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListClips(self, request, context):
+        """Lists a video's clips (its scenes, in order, with thumbnails): the
+        chapters of the video. NOT_FOUND when the video is not the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTranscriptSegments(self, request, context):
+        """Lists a video's transcript: its timed cues, in order. NOT_FOUND when the
+        video is not the caller's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +124,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.GetClip,
                     request_deserializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.GetClipRequest.FromString,
                     response_serializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.Clip.SerializeToString,
+            ),
+            'ListClips': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListClips,
+                    request_deserializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListClipsRequest.FromString,
+                    response_serializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListClipsResponse.SerializeToString,
+            ),
+            'ListTranscriptSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTranscriptSegments,
+                    request_deserializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListTranscriptSegmentsRequest.FromString,
+                    response_serializer=clipmind_dot_search_dot_v1_dot_search__service__pb2.ListTranscriptSegmentsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +219,60 @@ class SearchService:
             '/clipmind.search.v1.SearchService/GetClip',
             clipmind_dot_search_dot_v1_dot_search__service__pb2.GetClipRequest.SerializeToString,
             clipmind_dot_search_dot_v1_dot_search__service__pb2.Clip.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListClips(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.search.v1.SearchService/ListClips',
+            clipmind_dot_search_dot_v1_dot_search__service__pb2.ListClipsRequest.SerializeToString,
+            clipmind_dot_search_dot_v1_dot_search__service__pb2.ListClipsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTranscriptSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.search.v1.SearchService/ListTranscriptSegments',
+            clipmind_dot_search_dot_v1_dot_search__service__pb2.ListTranscriptSegmentsRequest.SerializeToString,
+            clipmind_dot_search_dot_v1_dot_search__service__pb2.ListTranscriptSegmentsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,14 @@ class SearchServiceStub:
     """
     GetClip: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.GetClipRequest, _search_service_pb2.Clip]
     """Returns one clip."""
+    ListClips: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.ListClipsRequest, _search_service_pb2.ListClipsResponse]
+    """Lists a video's clips (its scenes, in order, with thumbnails): the
+    chapters of the video. NOT_FOUND when the video is not the caller's.
+    """
+    ListTranscriptSegments: _grpc.UnaryUnaryMultiCallable[_search_service_pb2.ListTranscriptSegmentsRequest, _search_service_pb2.ListTranscriptSegmentsResponse]
+    """Lists a video's transcript: its timed cues, in order. NOT_FOUND when the
+    video is not the caller's.
+    """
 
 @_typing.type_check_only
 class SearchServiceAsyncStub(SearchServiceStub):
@@ -65,6 +73,14 @@ class SearchServiceAsyncStub(SearchServiceStub):
     """
     GetClip: _aio.UnaryUnaryMultiCallable[_search_service_pb2.GetClipRequest, _search_service_pb2.Clip]  # type: ignore[assignment]
     """Returns one clip."""
+    ListClips: _aio.UnaryUnaryMultiCallable[_search_service_pb2.ListClipsRequest, _search_service_pb2.ListClipsResponse]  # type: ignore[assignment]
+    """Lists a video's clips (its scenes, in order, with thumbnails): the
+    chapters of the video. NOT_FOUND when the video is not the caller's.
+    """
+    ListTranscriptSegments: _aio.UnaryUnaryMultiCallable[_search_service_pb2.ListTranscriptSegmentsRequest, _search_service_pb2.ListTranscriptSegmentsResponse]  # type: ignore[assignment]
+    """Lists a video's transcript: its timed cues, in order. NOT_FOUND when the
+    video is not the caller's.
+    """
 
 class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
     """Finds moments in videos: hybrid retrieval over what is seen (image
@@ -98,5 +114,25 @@ class SearchServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_search_service_pb2.Clip, _abc.Awaitable[_search_service_pb2.Clip]]:
         """Returns one clip."""
+
+    @_abc_1.abstractmethod
+    def ListClips(
+        self,
+        request: _search_service_pb2.ListClipsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.ListClipsResponse, _abc.Awaitable[_search_service_pb2.ListClipsResponse]]:
+        """Lists a video's clips (its scenes, in order, with thumbnails): the
+        chapters of the video. NOT_FOUND when the video is not the caller's.
+        """
+
+    @_abc_1.abstractmethod
+    def ListTranscriptSegments(
+        self,
+        request: _search_service_pb2.ListTranscriptSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_service_pb2.ListTranscriptSegmentsResponse, _abc.Awaitable[_search_service_pb2.ListTranscriptSegmentsResponse]]:
+        """Lists a video's transcript: its timed cues, in order. NOT_FOUND when the
+        video is not the caller's.
+        """
 
 def add_SearchServiceServicer_to_server(servicer: SearchServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
