@@ -259,9 +259,10 @@ class SearchResult(_message.Message):
     video.
     """
     lexical_score: _builtins.float
-    """Lexical (full-text) score of the best matching cue: the share (0..1) of
-    the query's words and quoted phrases it contains, rare ones counting
-    more; 0 when no cue of the clip contains any.
+    """Lexical (full-text) score of the best matching cue, 0..1: 1 when it
+    contains all of the query's words and quoted phrases, rare ones counting
+    more, falling steeply (the cube of the share) for partial matches; 0
+    when no cue of the clip contains any.
     """
     @_builtins.property
     def clip(self) -> Global___Clip:
