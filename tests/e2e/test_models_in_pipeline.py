@@ -101,7 +101,11 @@ def test_keyframes_get_visual_vectors_with_their_model(processed_video: dict, en
 def test_random_weights_never_rank(processed_video: dict, channel: grpc.Channel) -> None:
     results = grpc_search(channel, "a dog jumping into the water", page_size=5).results
     assert results and all(r.visual_score == 0.0 for r in results)
-    assert all(r.score == pytest.approx(r.transcript_score) for r in results)
+    assert all(search_pb.SIGNAL_VISUAL not in r.matched_signals for r in results)
+    # The same ranking and scores as a search that asks for the transcript signals only (default weights).
+    without = grpc_search(channel, "a dog jumping into the water", page_size=5,
+                          weights=search_pb.ModalityWeights(transcript=0.4, lexical=0.5)).results
+    assert [(r.clip.name, round(r.score, 5)) for r in results] == [(r.clip.name, round(r.score, 5)) for r in without]
 
 
 def test_similar_clips_use_visual_vectors(processed_video: dict, channel: grpc.Channel) -> None:
