@@ -191,7 +191,7 @@ def main() -> None:
             url = endpoints.envoy_url
             assert url is not None
             admin = admin_api_key(url, mesh.admin_password_path)
-            key = user_api_key(url, f"Bearer {admin}", "bench@example.com")
+            key = user_api_key(url, admin, "bench@example.com")
             headers = {"authorization": f"Bearer {key}"}
             with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
                 me = client.get("/v1/users:me").json()

@@ -8,6 +8,8 @@ so a page never repeats or skips an item while the list is read), with tokens bo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from services.common.errors import NotFound, invalid_field
 from services.common.paging import bound_to, decode_offset, encode_offset
@@ -15,6 +17,7 @@ from services.common.principal import Principal
 from services.search.ports import ClipCatalog
 from services.search.records import Clip, Segment
 
+Item = TypeVar("Item", Clip, Segment)
 CLIPS_PAGE = (50, 500)  # default, most
 CUES_PAGE = (200, 1000)
 
@@ -33,26 +36,24 @@ class Browser:
     async def clips(self, video_id: uuid.UUID, caller: Principal, page_size: int = 0,
                     page_token: str = "") -> tuple[list[Clip], str]:
         """A page of the video's clips in play order, and the next page's token ("" at the end)."""
-        size = _size(page_size, CLIPS_PAGE)
-        binding = bound_to(caller.user_id, "ListClips", video_id)
-        after = decode_offset(page_token, binding)
-        await self._visible(video_id, caller)
-        found = await self._catalog.video_clips(video_id, owner=caller.scope, from_idx=after, limit=size + 1)
-        more = len(found) > size
-        page = found[:size]
-        return page, encode_offset(page[-1].idx + 1, binding) if more else ""
+        return await self._page("ListClips", self._catalog.video_clips, CLIPS_PAGE, video_id, caller, page_size,
+                                page_token)
 
     async def transcript(self, video_id: uuid.UUID, caller: Principal, page_size: int = 0,
                          page_token: str = "") -> tuple[list[Segment], str]:
         """A page of the video's transcript cues in time order, and the next page's token ("" at the end)."""
-        size = _size(page_size, CUES_PAGE)
-        binding = bound_to(caller.user_id, "ListTranscriptSegments", video_id)
-        after = decode_offset(page_token, binding)
+        return await self._page("ListTranscriptSegments", self._catalog.video_cues, CUES_PAGE, video_id, caller,
+                                page_size, page_token)
+
+    async def _page(self, method: str, read: Callable[..., Awaitable[list[Item]]], bounds: tuple[int, int],
+                    video_id: uuid.UUID, caller: Principal, page_size: int, page_token: str) -> tuple[list[Item], str]:
+        size = _size(page_size, bounds)
+        binding = bound_to(caller.user_id, method, video_id)
+        start = decode_offset(page_token, binding)
         await self._visible(video_id, caller)
-        found = await self._catalog.video_cues(video_id, owner=caller.scope, from_idx=after, limit=size + 1)
-        more = len(found) > size
+        found = await read(video_id, owner=caller.scope, from_idx=start, limit=size + 1)
         page = found[:size]
-        return page, encode_offset(page[-1].idx + 1, binding) if more else ""
+        return page, encode_offset(page[-1].idx + 1, binding) if len(found) > size else ""
 
     async def _visible(self, video_id: uuid.UUID, caller: Principal) -> None:
         if not await self._catalog.has_video(video_id, owner=caller.scope):
