@@ -38,6 +38,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 
 from services.launcher import Mesh, MeshConfig, MeshPorts  # noqa: E402
 from services.launcher.credentials import admin_api_key, user_api_key  # noqa: E402
+from services.media.subtitles import Cue  # noqa: E402
 from tests.e2e.clients import rest_upload  # noqa: E402
 from tests.media import make_scene_video  # noqa: E402
 
@@ -125,8 +126,10 @@ async def model_ids(dsn: str) -> dict[str, str]:
 
     conn = await asyncpg.connect(dsn)
     try:
-        return {"clip": await conn.fetchval("SELECT model FROM search.visual_vectors LIMIT 1"),
-                "sbert": await conn.fetchval("SELECT model FROM search.transcript_vectors LIMIT 1")}
+        row = await conn.fetchrow("SELECT visual_model, transcript_model FROM ingest.videos "
+                                  "WHERE transcript_model <> '' AND visual_model <> '' LIMIT 1")
+        assert row is not None, "the first video recorded no models"
+        return {"clip": row["visual_model"], "sbert": row["transcript_model"]}
     finally:
         await conn.close()
 
@@ -197,7 +200,9 @@ def main() -> None:
                 me = client.get("/v1/users:me").json()
                 owner = uuid.UUID(me["name"].split("/")[1])
                 # One real video through the pipeline: its vectors name the models the search service uses.
-                upload = rest_upload(client, make_scene_video(state / "one.mp4", audio=False), title="one")
+                video = make_scene_video(state / "one.mp4", subtitles=[Cue(1.0, 4.0, "the harbour at dawn")],
+                                         audio=False)
+                upload = rest_upload(client, video, title="one")
                 upload.raise_for_status()
                 wait_ready(client, upload.json()["name"])
                 postgres = mesh.part("postgres")

@@ -165,7 +165,9 @@ def compare_with_baseline(client: httpx.Client, by_token: httpx.Client, checkout
         print(summary("search, this, access token", by_token_ms))
         print(summary(f"search, baseline {name}", theirs) + f" ({auth} a credential)")
         for label, ms in (("API key", by_key_ms), ("access token", by_token_ms)):
-            print(f"p50 difference ({label} - baseline): {statistics.median(ms) - statistics.median(theirs):+.1f} ms")
+            paired = [a - b for a, b in zip(ms, theirs, strict=True)]  # the same round: the same moment's load
+            print(f"p50 difference ({label} - baseline): {statistics.median(ms) - statistics.median(theirs):+.2f} ms;"
+                  f" median of the {len(paired)} paired differences {statistics.median(paired):+.2f} ms")
     finally:
         if process.stdin is not None:
             process.stdin.close()

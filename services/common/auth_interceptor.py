@@ -31,6 +31,7 @@ import dataclasses
 import inspect
 import logging
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
@@ -83,15 +84,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         metadata: Sequence[tuple[str, str | bytes]] = handler_call_details.invocation_metadata or ()
         caller: Caller | None = None
+        started = time.perf_counter()
         if _service_of(method) not in OPEN_SERVICES:
             try:
                 caller = await self.authenticate(metadata, method)
             except ClipMindError as refusal:
                 return _refusing(handler, refusal, method)
+        auth_ms = (time.perf_counter() - started) * 1000
         system = caller is not None and caller.principal.role == "system"
         ctx = request_context.from_metadata(metadata, trust_caller=system)
         if caller is not None:
-            ctx = dataclasses.replace(ctx, principal=caller.principal, claims=caller.claims)
+            ctx = dataclasses.replace(ctx, principal=caller.principal, claims=caller.claims, auth_ms=auth_ms)
         return _binding(handler, ctx)
 
     async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], method: str) -> Caller | None:

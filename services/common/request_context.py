@@ -48,6 +48,7 @@ class RequestContext:
     caller: str = ""  # the service that called us (authenticated internal calls only)
     principal: Principal | None = None  # who is calling (None: an open method, or one called anonymously)
     claims: Claims | None = None  # the verified access token of the call, when it came with one
+    auth_ms: float = 0.0  # what authenticating the call (and counting it against the limits) took
 
 
 EMPTY = RequestContext()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from clipmind.search.v1 import search_service_pb2 as pb
 from clipmind.search.v1 import search_service_pb2_grpc
 
+from services.common import request_context
 from services.common.blobstore import BlobStore
 from services.common.convert import from_timestamp
 from services.common.errors import invalid_field
@@ -84,7 +85,8 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
 
     async def Search(self, request: pb.SearchRequest, context: Context) -> pb.SearchResponse:
         page = await self._searcher.search(query_from_pb(request), principal())
-        await context.send_initial_metadata((("server-timing", server_timing(page.timings)),))
+        timings = {"auth": request_context.current().auth_ms, **page.timings}  # auth: before the servicer
+        await context.send_initial_metadata((("server-timing", server_timing(timings)),))
         return pb.SearchResponse(
             results=[hit_to_pb(h, self._blobs) for h in page.hits],
             next_page_token=page.next_page_token,
