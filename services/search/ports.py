@@ -113,13 +113,14 @@ class ClipCatalog(Protocol):
 
 
 class QueryCache(Protocol):
-    """Fused rankings by query (``query_cache.QueryCache``: in-process LRU and Redis), per scope (an owner, or
-    None for the administrators' everyone), emptied for an owner whenever their searchable clips change."""
+    """Fused rankings by query (``query_cache.QueryCache``: in-process LRU and Redis, made with the searcher's
+    ``encode_ranking``/``decode_ranking``), per scope (an owner, or None for the administrators' everyone),
+    emptied for an owner whenever their searchable clips change."""
 
     async def get(self, owner: uuid.UUID | None, key: str) -> Any:
         """A lookup: ``.value`` the ranking or None, ``.seen`` what ``put`` must be given back."""
 
-    async def put(self, owner: uuid.UUID | None, key: str, value: bytes, seen: Any) -> None:
+    async def put(self, owner: uuid.UUID | None, key: str, value: Any, seen: Any) -> None:
         """Store a ranking computed after ``get`` missed, unless the scope was invalidated since."""
 
     async def invalidate(self, owner: uuid.UUID) -> None: ...

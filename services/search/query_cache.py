@@ -34,6 +34,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,14 +69,18 @@ class Lookup:
     """A ranking found (``value``), or not (None) with the scope's generations as they were (``seen``): what
     ``put`` checks before it stores."""
 
-    value: bytes | None
+    value: Any
     seen: tuple[int, bytes | None] = (0, None)
 
 
 class QueryCache:
-    def __init__(self, client: aioredis.Redis | None, *, l1_size: int = 1024, ttl_s: float = 3600.0) -> None:
+    def __init__(self, client: aioredis.Redis | None, *, l1_size: int = 1024, ttl_s: float = 3600.0,
+                 encode: Callable[[Any], bytes] = bytes, decode: Callable[[bytes], Any] = bytes) -> None:
+        """``encode``/``decode``: how a value goes into Redis and back (L1 keeps the value itself, so a hit in
+        this process costs no decoding)."""
+        self._encode, self._decode = encode, decode
         self._client = client
-        self._l1: OrderedDict[tuple[str, str], tuple[float, bytes]] = OrderedDict()
+        self._l1: OrderedDict[tuple[str, str], tuple[float, Any]] = OrderedDict()
         self._l1_size = l1_size
         self._ttl_s = ttl_s
         self._breaker = CircuitBreaker(1, 5.0)
@@ -117,14 +122,15 @@ class QueryCache:
             stamp, _, body = value.partition(b" ")  # "<time stored> <ranking>"
             stored = float(stamp)
             if now - stored <= self._ttl_s:
+                decoded = self._decode(body)
                 if self._gens.get(scope, 0) == local:
-                    self._remember(slot, stored, body)
+                    self._remember(slot, stored, decoded)
                 self.counts["l2"] += 1
-                return Lookup(body)
+                return Lookup(decoded)
         self.counts["miss"] += 1
         return Lookup(None, (local, gen if isinstance(gen, bytes) else None))
 
-    async def put(self, owner: uuid.UUID | None, key: str, value: bytes, seen: tuple[int, bytes | None]) -> None:
+    async def put(self, owner: uuid.UUID | None, key: str, value: Any, seen: tuple[int, bytes | None]) -> None:
         """Store ``key``'s ranking unless ``owner``'s scope was invalidated since ``get`` saw ``seen``."""
         scope = _scope(owner)
         if self._gens.get(scope, 0) != seen[0] or not self._usable():
@@ -136,11 +142,11 @@ class QueryCache:
         if script is not None:
             stored = await self._redis(lambda c: script(
                 keys=[PREFIX + scope, f"{PREFIX}gen:{scope}"],
-                args=[(seen[1] or b"").decode(), key, f"{now!r} ".encode() + value, int(self._ttl_s)]))
+                args=[(seen[1] or b"").decode(), key, f"{now!r} ".encode() + self._encode(value), int(self._ttl_s)]))
             if stored == 0:  # another process invalidated meanwhile: not in L1 either
                 self._l1.pop((scope, key), None)
 
-    def _remember(self, slot: tuple[str, str], stored: float, value: bytes) -> None:
+    def _remember(self, slot: tuple[str, str], stored: float, value: Any) -> None:
         self._l1[slot] = (stored, value)
         self._l1.move_to_end(slot)
         while len(self._l1) > self._l1_size:

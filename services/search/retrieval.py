@@ -30,6 +30,12 @@ paraphrases (R@1 0.80 linear, 0.84 squared, 0.86 cubed, with rare words and name
 Document frequencies are counted among the caller's own cues (nobody learns another user's words) up to
 ``DF_CAP`` (a capped count is an index probe, not a scan; any unit that common is simply common):
 idf = ln(1 + DF_CAP / df).
+
+The work is bounded however common the words: the cues scored are those holding one of the query's uncommon
+units (each in fewer than ``DF_CAP`` cues), each scored over all units; a query of common units only scores at
+most ``COMMON_POOL`` cues that hold them all. A cue holding only common units of a query that also has an
+uncommon one is not scored: its cubed share would be near 0 anyway. (On 100,000 cues of a 60-word vocabulary,
+where every word is in ~13,000 cues, scoring every cue with any unit took 572 ms p50.)
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ CONNECTION_SETTINGS = {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search":
 MAX_SCAN_TUPLES = 20_000
 # Document frequencies are counted up to this many cues.
 DF_CAP = 1000
+# A query of common units only (each in DF_CAP cues or more) scores at most this many cues that hold them all.
+COMMON_POOL = 5 * DF_CAP
 # Units of one lexical query (words and quoted phrases) beyond this are ignored.
 MAX_UNITS = 16
 TABLE_SIZE_TTL_S = 60.0
@@ -138,18 +146,26 @@ WITH units AS MATERIALIZED (
     SELECT q FROM (SELECT websearch_to_tsquery($2::regconfig, u) AS q FROM unnest($1::text[]) AS u) parsed
      WHERE numnode(q) > 0),
 weighted AS MATERIALIZED (
-    SELECT u.q, ln(1 + {cap}.0 / greatest(1, (
-               SELECT count(*) FROM (SELECT 1 FROM transcript_segments d WHERE d.tsv @@ u.q {df_owner}
-                                      LIMIT {cap}) capped))) AS idf
-      FROM units u),
+    SELECT u.q, d.df, ln(1 + {cap}.0 / greatest(1, d.df)) AS idf
+      FROM units u CROSS JOIN LATERAL (
+           SELECT count(*) AS df FROM (SELECT 1 FROM transcript_segments d WHERE d.tsv @@ u.q {owner_d}
+                                        LIMIT {cap}) capped) d),
+pool AS MATERIALIZED (
+    SELECT s.id FROM weighted w JOIN transcript_segments s ON s.tsv @@ w.q
+     WHERE w.df < {cap} {owner_s}
+    UNION
+    (SELECT s.id FROM transcript_segments s
+      WHERE NOT EXISTS (SELECT 1 FROM weighted WHERE df < {cap})
+        AND s.tsv @@ (SELECT websearch_to_tsquery($2::regconfig, string_agg(u, ' ')) FROM unnest($1::text[]) u)
+        {owner_s}
+      LIMIT {common_pool})),
 hits AS (
     SELECT s.id, s.clip_id, s.video_id, c.start_s AS clip_start_s, s.text, s.start_s, s.end_s,
-           sum(w.idf) AS score
-      FROM weighted w JOIN transcript_segments s ON s.tsv @@ w.q
+           (SELECT sum(w.idf) FROM weighted w WHERE s.tsv @@ w.q) AS score
+      FROM pool p JOIN transcript_segments s ON s.id = p.id
       JOIN clips c ON c.id = s.clip_id JOIN videos v ON v.id = s.video_id
      WHERE {where}
-       AND NOT EXISTS (SELECT 1 FROM unnest($4::text[]) e WHERE s.tsv @@ websearch_to_tsquery($2::regconfig, e))
-     GROUP BY s.id, c.start_s),
+       AND NOT EXISTS (SELECT 1 FROM unnest($4::text[]) e WHERE s.tsv @@ websearch_to_tsquery($2::regconfig, e))),
 best AS (SELECT DISTINCT ON (clip_id) * FROM hits ORDER BY clip_id, score DESC, start_s)
 SELECT clip_id, video_id, clip_start_s, id AS cue_id, text, start_s, end_s,
        power(score / (SELECT sum(idf) FROM weighted), 3)::float8 AS score
@@ -221,11 +237,12 @@ class PgRetrieval:
             return []
         args: list[Any] = [wanted, self._text_config, limit, excluded]
         conditions = _Conditions(args).of(where, "s")
-        df_owner = ""
+        owner_d = owner_s = ""
         if where.owner is not None:
             args.append(where.owner)
-            df_owner = f"AND d.owner_id = ${len(args)}"
-        sql = _LEXICAL_SQL.format(where=conditions, df_owner=df_owner, cap=DF_CAP)
+            owner_d, owner_s = f"AND d.owner_id = ${len(args)}", f"AND s.owner_id = ${len(args)}"
+        sql = _LEXICAL_SQL.format(where=conditions, owner_d=owner_d, owner_s=owner_s, cap=DF_CAP,
+                                  common_pool=COMMON_POOL)
         rows = await self._pool.fetch(sql, *args)
         self._count("lexical")
         return [_match(r) for r in rows]

@@ -263,7 +263,7 @@ class Searcher:
         key = self._cache_key(q, weights, method, await self._models())
         lookup = await _timed(timings, "cache", self._cache.get(caller.scope, key)) if self._cache else None
         if lookup is not None and lookup.value is not None:
-            everything = decode_ranking(lookup.value)
+            everything = lookup.value
         else:
             lists = await self._retrieve(q, weights, q.where(caller.scope), timings)
             t0 = time.perf_counter()
@@ -271,7 +271,7 @@ class Searcher:
             timings["fuse"] = (time.perf_counter() - t0) * 1000
             if self._cache is not None and lookup is not None:
                 await _timed(timings, "cache_put",
-                             self._cache.put(caller.scope, key, encode_ranking(everything), lookup.seen))
+                             self._cache.put(caller.scope, key, everything, lookup.seen))
         ranked = [r for r in everything if r.score >= q.min_score]
         if q.group_by_video:
             ranked = best_per_video(ranked)

@@ -24,7 +24,7 @@ from services.search.browse import Browser
 from services.search.clip_store import MIGRATIONS, SCHEMA, ClipStore
 from services.search.query_cache import QueryCache
 from services.search.retrieval import CONNECTION_SETTINGS, PgRetrieval
-from services.search.searcher import Searcher
+from services.search.searcher import Searcher, decode_ranking, encode_ranking
 from services.search.servicer import SearchServicer
 from services.search.vectors import PgVectorIndex
 
@@ -58,7 +58,7 @@ async def serve(settings: SearchSettings) -> None:
     cache = None
     if settings.query_cache_ttl_s > 0:
         cache = QueryCache.from_url(settings.redis_url, l1_size=settings.query_cache_entries,
-                                    ttl_s=settings.query_cache_ttl_s)
+                                    ttl_s=settings.query_cache_ttl_s, encode=encode_ranking, decode=decode_ranking)
         await cache.start()
     searcher = Searcher(clips, retrieval, PgVectorIndex(pool), inference, logged,
                         candidates=settings.search_candidates, max_page_size=settings.max_page_size,

@@ -17,7 +17,7 @@ from services.search.clip_store import ClipStore
 from services.search.internal_servicer import SearchInternalServicer
 from services.search.query_cache import QueryCache
 from services.search.retrieval import PgRetrieval
-from services.search.searcher import Searcher, SearchQuery
+from services.search.searcher import Searcher, SearchQuery, decode_ranking, encode_ranking
 from services.search.vectors import PgVectorIndex
 from tests.db_setup import ServicerStub, service_db
 from tests.integration.test_search_lexical import Library
@@ -41,7 +41,7 @@ class Counting(PgRetrieval):
 @pytest.fixture
 async def world(pg_dsn: str, redis_url: str) -> AsyncIterator[tuple[Library, QueryCache, Searcher]]:
     db = await service_db(pg_dsn, "search")
-    cache = QueryCache.from_url(redis_url)
+    cache = QueryCache.from_url(redis_url, encode=encode_ranking, decode=decode_ranking)
     await cache.start()
     try:
         lib = Library(db)
@@ -71,6 +71,11 @@ async def test_a_cached_search_is_the_same_page_and_a_new_ready_video_changes_it
     assert [(h.clip.id, h.score, h.matched_text, h.match_start_s, h.signals) for h in again.hits] == [
         (h.clip.id, h.score, h.matched_text, h.match_start_s, h.signals) for h in uncached.hits]
     assert "cache" in again.timings and "transcript" not in again.timings
+    elsewhere = QueryCache(cache._client, encode=encode_ranking, decode=decode_ranking)  # another process: from Redis
+    from_redis = [k for (scope, k) in cache._l1 if scope == str(lib.alice.user_id)]
+    assert len(from_redis) == 1
+    found = await elsewhere.get(lib.alice.user_id, from_redis[0])
+    assert found.value is not None and [r.clip_id for r in found.value] == [h.clip.id for h in uncached.hits]
 
     bob = Principal(uuid.uuid4(), "user")  # another user's same query is their own (empty) ranking
     assert (await searcher.search(query, bob)).hits == [] and Counting.calls == 2
