@@ -9,7 +9,8 @@ fusion) with the request's weights (default visual 0.6, transcript 0.4, lexical 
 deployment, or runs on random weights (tests), drops out and the remaining weights are renormalized; lexical
 needs no model. An image query searches the visual signal only.
 
-Encoding runs concurrently (the two encoders at once, the lexical query meanwhile), and so do the retrievals.
+The lexical query starts at once; each vector query starts as soon as its encoder has answered, while the next
+encoder runs (the encoders one after the other: two CPU encoders at once were slower on 2 cores).
 Each stage's time goes with the page (``SearchPage.timings``, milliseconds), for the ``Server-Timing`` header.
 
 Every search is the caller's (a ``Principal``): retrieval, filters and reads are scoped to the clips they own
@@ -26,7 +27,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -324,34 +325,32 @@ class Searcher:
 
     async def _retrieve(self, q: SearchQuery, weights: dict[str, float], where: ClipFilter,
                         timings: dict[str, float]) -> dict[str, list[Match]]:
-        """Each signal's candidates: the lexical query starts at once (it needs no model), the vector queries as
-        soon as both encoders (run together) have answered."""
+        """Each signal's candidates. The lexical query starts at once (it needs no model); each vector query
+        starts as soon as its own encoder has answered, while the next encoder runs (encoders one after the
+        other: on 2 cores two CPU encoders at once were slower, 198 against 138 ms p50 in bench/search.py)."""
         text = q.text.strip()
-        lexical = None
+        jobs: dict[str, asyncio.Future[list[Match]]] = {}
         if text and not q.image and weights.get("lexical", 0) > 0:
-            lexical = asyncio.ensure_future(
+            jobs["lexical"] = asyncio.ensure_future(
                 _timed(timings, "lexical", self._retrieval.lexical(text, self._candidates, where)))
-        try:
-            vectors = await _timed(timings, "encode", self._query_vectors(q, weights, lexical is not None))
-            jobs: dict[str, Awaitable[list[Match]]] = {}
-            if "visual" in vectors:
-                model, vec = vectors["visual"]
-                jobs["visual"] = _timed(timings, "visual", self._retrieval.visual(model, vec, self._candidates, where))
-            if "transcript" in vectors:
-                model, vec = vectors["transcript"]
-                jobs["transcript"] = _timed(timings, "transcript",
-                                            self._retrieval.transcript(model, vec, self._candidates, where))
-            lists = dict(zip(jobs, await asyncio.gather(*jobs.values()), strict=True))
-            if lexical is not None:
-                lists["lexical"] = await lexical
-            return lists
-        finally:
-            if lexical is not None and not lexical.done():
-                lexical.cancel()
 
-    async def _query_vectors(self, q: SearchQuery, weights: dict[str, float],
-                             lexical: bool) -> dict[str, tuple[str, np.ndarray]]:
-        """Per vector signal that is on and weighted: (model id, query vector)."""
+        def ready(signal: str, model: str, vector: np.ndarray) -> None:
+            query = self._retrieval.visual if signal == "visual" else self._retrieval.transcript
+            jobs[signal] = asyncio.ensure_future(
+                _timed(timings, signal, query(model, vector, self._candidates, where)))
+
+        try:
+            await _timed(timings, "encode", self._query_vectors(q, weights, "lexical" in jobs, ready))
+            return {signal: await job for signal, job in jobs.items()}
+        finally:
+            for job in jobs.values():
+                if not job.done():
+                    job.cancel()
+
+    async def _query_vectors(self, q: SearchQuery, weights: dict[str, float], lexical: bool,
+                             ready: Callable[[str, str, np.ndarray], None]) -> None:
+        """Encode the query for each vector signal that is on and weighted (Sentence-BERT first: it is the
+        quicker), handing each (signal, model id, vector) to ``ready`` as soon as it is there."""
         models = await self._models()
         visual_on = self._ranks(models["clip_image"]) and self._ranks(models["clip_text"])
         if q.image:
@@ -363,28 +362,28 @@ class Searcher:
             (result,) = await self._inference.embed_images([q.image])
             if isinstance(result, Exception):
                 raise invalid_field("image", f"cannot use this image: {result}", reason="INVALID_IMAGE")
-            return {"visual": (models["clip_image"].model_id, np.asarray(result, dtype=np.float32))}
+            ready("visual", models["clip_image"].model_id, np.asarray(result, dtype=np.float32))
+            return
         text = q.text.strip()
         model_of = {"visual": models["clip_image"].model_id, "transcript": models["sbert"].model_id}
+        encoders = {"visual": self._inference.embed_clip_texts, "transcript": self._inference.embed_sentences}
         wanted = []
-        if visual_on and weights.get("visual", 0) > 0:
-            wanted.append("visual")
         if self._ranks(models["sbert"]) and weights.get("transcript", 0) > 0:
             wanted.append("transcript")
+        if visual_on and weights.get("visual", 0) > 0:
+            wanted.append("visual")
         if not wanted and not lexical:
             raise FailedPrecondition("no search model is available for the weighted signals",
                                      reason="MODALITY_OFF")
-        vectors = {s: (model_of[s], self._encodings[(model_of[s], text)]) for s in wanted
-                   if (model_of[s], text) in self._encodings}
-        encoders = {"visual": self._inference.embed_clip_texts, "transcript": self._inference.embed_sentences}
-        jobs = {s: encoders[s]([text]) for s in wanted if s not in vectors}
-        for signal, found in zip(jobs, await asyncio.gather(*jobs.values()), strict=True):
-            vector = np.asarray(found[0], dtype=np.float32)
-            vectors[signal] = (model_of[signal], vector)
-            self._encodings[(model_of[signal], text)] = vector  # the same text is embedded once
-            while len(self._encodings) > self._encodings_max:
-                self._encodings.popitem(last=False)
-        return vectors
+        for signal in wanted:
+            key = (model_of[signal], text)
+            vector = self._encodings.get(key)
+            if vector is None:
+                vector = np.asarray((await encoders[signal]([text]))[0], dtype=np.float32)
+                self._encodings[key] = vector  # the same text is embedded once
+                while len(self._encodings) > self._encodings_max:
+                    self._encodings.popitem(last=False)
+            ready(signal, model_of[signal], vector)
 
     async def similar(self, clip_id: uuid.UUID, q: SearchQuery, caller: Principal) -> SearchPage:
         """``caller``'s clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded;
