@@ -163,19 +163,26 @@ def _ends_sentence(text: str) -> bool:
     return text.rstrip().endswith(_TERMINAL)
 
 
+def _continues(text: str) -> bool:
+    """Whether a cue reads as the rest of a sentence: its first letter is lower case ("grew by twelve percent");
+    a capital starts a new one (subtitles often drop the full stop: "in a bad humor" / "Somebody must've…")."""
+    first = next((c for c in text if c.isalpha()), "")
+    return first.islower()
+
+
 def sentence_window(cues: list[Segment], center: uuid.UUID) -> tuple[str, float, float]:
-    """The matched cue widened to the sentence it is part of: earlier cues join while the cue before does not
-    end a sentence, later ones while the window does not (subtitles split long sentences over several cues).
+    """The matched cue widened to the sentence it is part of: an earlier cue joins while it does not end a sentence
+    and the cue after it starts in lower case, a later one likewise (subtitles split long sentences over cues).
     Only where the transcript punctuates at all (some cue ends a sentence); within ``SENTENCE_GAP_S`` between
     cues and ``SENTENCE_MAX_S`` in all."""
     at = next(i for i, c in enumerate(cues) if c.id == center)
     first = last = at
     if any(_ends_sentence(c.text) for c in cues):
-        while (first > 0 and not _ends_sentence(cues[first - 1].text)
+        while (first > 0 and not _ends_sentence(cues[first - 1].text) and _continues(cues[first].text)
                and cues[first].start_s - cues[first - 1].end_s <= SENTENCE_GAP_S
                and cues[last].end_s - cues[first - 1].start_s <= SENTENCE_MAX_S):
             first -= 1
-        while (last < len(cues) - 1 and not _ends_sentence(cues[last].text)
+        while (last < len(cues) - 1 and not _ends_sentence(cues[last].text) and _continues(cues[last + 1].text)
                and cues[last + 1].start_s - cues[last].end_s <= SENTENCE_GAP_S
                and cues[last + 1].end_s - cues[first].start_s <= SENTENCE_MAX_S):
             last += 1

@@ -106,6 +106,12 @@ def test_a_moment_does_not_widen_over_pauses_or_unpunctuated_transcripts() -> No
     assert sentence_window(paused, paused[0].id) == ("and then", 0.0, 2.0)
     flat = _cues((0.0, 2.0, "no punctuation here"), (2.1, 4.0, "nor here"))  # sentences cannot be told
     assert sentence_window(flat, flat[1].id) == ("nor here", 2.1, 4.0)
+    # A capital starts a new sentence even where the subtitle dropped the full stop (the real "Friday" cues).
+    friday = _cues((1.5, 2.999, "Tell me, is the lord of the universe in?"),
+                   (3.0, 4.299, "Yes, he's in - in a bad humor"),
+                   (4.3, 6.0, "Somebody must've stolen the crown jewels"))
+    assert sentence_window(friday, friday[2].id) == ("Somebody must've stolen the crown jewels", 4.3, 6.0)
+    assert sentence_window(friday, friday[1].id) == ("Yes, he's in - in a bad humor", 3.0, 4.299)
     long = _cues(*[(i * 3.0, i * 3.0 + 2.9, f"part {i}") for i in range(7)], (21.0, 22.0, "end."))
     text, start, end = sentence_window(long, long[6].id)  # one 22 s sentence: the window stops at 20 s
     assert (start, end) == (3.0, 22.0) and text.startswith("part 1 ") and text.endswith("end.")
