@@ -400,24 +400,28 @@ async def test_small_owners_find_their_best_match_among_100000_vectors(
             load_s = time.perf_counter() - started
             owner_of = {r["id"]: r["owner_id"] for r in await db.fetch("SELECT id, owner_id FROM clips")}
             rng = np.random.default_rng(11)
-            report = [f"\n100,000 visual vectors loaded and indexed in {load_s:.1f} s; p50 of 10 queries, top 10:"]
+            report = [f"\n100,000 visual vectors indexed in {load_s:.1f} s; p50 of 10 queries, 200 candidates:"]
 
             async def check(index: PgRetrieval, user: uuid.UUID, label: str) -> None:
-                """Ten queries near ten of ``user``'s clips: that clip comes first, and the page is full and
-                theirs; the latency goes into the report."""
+                """Ten queries near ten of ``user``'s clips, each asking the 200 candidates a search asks for: the
+                page (the first 10) is full and theirs, that clip is on it — first in at least 9 of the 10 (HNSW is
+                approximate: a large owner is served by it) — and the page recalls ≥ 0.8 of the exact top 10; the
+                latency goes into the report."""
                 theirs = [c for c, o in owner_of.items() if o == user]
                 matrix = np.stack([vectors[c] for c in theirs])
-                times = []
+                times, first = [], 0
                 for target in rng.choice(len(theirs), 10, replace=False):
                     query = matrix[target] + 0.05 * _unit(rng, DIMS)  # near the clip, not equal to it
                     t0 = time.perf_counter()
-                    hits = await index.visual(models.visual_model, query, 10, ClipFilter(user))
+                    hits = (await index.visual(models.visual_model, query, 200, ClipFilter(user)))[:10]
                     times.append(time.perf_counter() - t0)
                     assert len(hits) == 10 and {owner_of[h.clip_id] for h in hits} == {user}, label
-                    assert hits[0].clip_id == theirs[target], label
+                    assert theirs[target] in {h.clip_id for h in hits}, label
+                    first += hits[0].clip_id == theirs[target]
                     exact = [theirs[i] for i in np.argsort(-(matrix @ query))[:10]]
                     recall = len({h.clip_id for h in hits} & set(exact)) / 10
                     assert recall >= 0.8, (label, recall)
+                assert first >= 9, (label, first)
                 paths = ", ".join(f"{k} {v}" for k, v in sorted(index.path_counts.items()))
                 report.append(f"  {label:<46} p50 {_p50_ms(times):6.1f} ms  ({paths})")
                 index.path_counts.clear()
