@@ -102,6 +102,8 @@ class ClipModel:
         self.device = device
         self._lock = threading.Lock()
         self.dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 512
+        self._text_onnx: Any = None  # (encoder, variant) once prepared, False when torch encodes texts
+        self._text_onnx_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -216,15 +218,39 @@ class ClipModel:
                     results[ok[start + j]] = vector
         return results
 
-    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """``len(texts) × dim`` unit-norm float32; an empty or whitespace text is a ValueError naming it."""
-        import torch
+    @property
+    def text_runtime(self) -> str:
+        """What encodes texts: ``onnx-int8`` / ``onnx-fp32`` (services.models.onnx_text) or ``torch``; the first
+        call prepares it (exports the graph when it is not cached yet)."""
+        with self._text_onnx_lock:
+            if self._text_onnx is None:
+                from services.models.onnx_text import clip_text_runtime
 
+                self._text_onnx = clip_text_runtime(self) or False
+        return f"onnx-{self._text_onnx[1]}" if self._text_onnx else "torch"
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """``len(texts) × dim`` unit-norm float32; an empty or whitespace text is a ValueError naming it.
+        On CPU through ONNX Runtime when its graph passed the parity check (``text_runtime``), else torch."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"texts[{i}] is empty or whitespace")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
+        if self.text_runtime == "torch":
+            return self.embed_texts_torch(texts)
+        encode = self._text_onnx[0]
+        out = []
+        for start in range(0, len(texts), BATCH):
+            tokens = self._tokenizer(list(texts[start : start + BATCH]))
+            tokens = tokens[:, : int(tokens.argmax(dim=-1).max()) + 1]  # up to the last end-of-text token
+            out.append(_unit(encode({"tokens": np.ascontiguousarray(tokens.numpy(), dtype=np.int64)})))
+        return np.concatenate(out)
+
+    def embed_texts_torch(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed_texts`` in torch (the reference the ONNX graphs are checked against)."""
+        import torch
+
         out = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(texts), BATCH):

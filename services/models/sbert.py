@@ -65,6 +65,8 @@ class SbertModel:
         self.device = device
         self.dim = SBERT_DIM
         self._lock = threading.Lock()
+        self._onnx: Any = None  # (encoder, variant) once prepared, False when torch encodes
+        self._onnx_lock = threading.Lock()
 
     degraded = False
 
@@ -103,13 +105,43 @@ class SbertModel:
         log.info("Sentence-BERT %s loaded from %s", model_id, folder)
         return cls(model, spec=spec, model_id=model_id, device=device)
 
+    @property
+    def runtime(self) -> str:
+        """What encodes texts: ``onnx-fp32`` (services.models.onnx_text) or ``torch``; the first call prepares it
+        (exports the graph when it is not cached yet)."""
+        with self._onnx_lock:
+            if self._onnx is None:
+                from services.models.onnx_text import sbert_runtime
+
+                self._onnx = sbert_runtime(self) or False
+        return f"onnx-{self._onnx[1]}" if self._onnx else "torch"
+
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """``len(texts) × 384`` unit-norm float32; an empty or whitespace text is a ValueError naming it."""
+        """``len(texts) × 384`` unit-norm float32; an empty or whitespace text is a ValueError naming it.
+        On CPU through ONNX Runtime when its graph passed the parity check (``runtime``), else torch."""
         for i, text in enumerate(texts):
             if not isinstance(text, str) or not text.strip():
                 raise ValueError(f"texts[{i}] is empty or whitespace")
         if not texts:
             return np.zeros((0, SBERT_DIM), np.float32)
+        if self.runtime == "torch":
+            return self.embed_texts_torch(texts)
+        encode = self._onnx[0]
+        tokenizer, max_length = self._model.tokenizer, self._model.max_seq_length
+        out = []
+        # Sorted by length, as sentence-transformers does: each batch pads only to its own longest text.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        for start in range(0, len(order), BATCH):
+            chunk = [texts[i] for i in order[start : start + BATCH]]
+            encoded = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+            out.append(encode({"input_ids": encoded["input_ids"].astype(np.int64),
+                               "attention_mask": encoded["attention_mask"].astype(np.int64)}))
+        vectors = np.empty((len(texts), SBERT_DIM), np.float32)
+        vectors[order] = np.concatenate(out)
+        return vectors
+
+    def embed_texts_torch(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed_texts`` in torch (sentence-transformers; the reference the ONNX graph is checked against)."""
         with self._lock:
             vectors = self._model.encode(
                 list(texts),

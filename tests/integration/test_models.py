@@ -126,19 +126,20 @@ def test_clip_texts_unit_norm_and_distinct(clip: ClipModel) -> None:
 
 
 def test_clip_text_trimmed_padding_matches_the_full_context(clip: ClipModel) -> None:
-    """embed_texts cuts the padding after the batch's longest text; open_clip's full 77-token pass agrees,
-    and a text's vector does not depend on the other texts of its batch."""
+    """The torch path cuts the padding after the batch's longest text; open_clip's full 77-token pass agrees,
+    and a text's vector does not depend on the other texts of its batch (ONNX Runtime's graph of the same cut
+    tower: tests/integration/test_onnx_text.py)."""
     import torch
 
     texts = ["dog", "a dog jumping into the pool at a summer party", "revenue " * 100]  # the last fills 77
-    vectors = clip.embed_texts(texts)
+    vectors = clip.embed_texts_torch(texts)
     with torch.inference_mode():
         full = clip._model.encode_text(clip._tokenizer(texts)).float().numpy()
     full /= np.linalg.norm(full, axis=1, keepdims=True)
     np.testing.assert_allclose((vectors * full).sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vectors, full, atol=1e-5)
     for i, text in enumerate(texts):
-        np.testing.assert_allclose(clip.embed_texts([text])[0], vectors[i], atol=1e-5)
+        np.testing.assert_allclose(clip.embed_texts_torch([text])[0], vectors[i], atol=1e-5)
 
 
 def test_clip_empty_text_is_a_value_error_naming_it(clip: ClipModel) -> None:

