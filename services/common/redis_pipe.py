@@ -120,7 +120,7 @@ class RedisPipe:
     async def execute(self, *args: Arg) -> Any:
         """Send one command and return its reply (hiredis types: bytes, int, list, None)."""
         protocol = self._protocol
-        if protocol is None or protocol.closed:
+        if protocol is None or protocol.closed or protocol.transport is None or protocol.transport.is_closing():
             protocol = await self._connect()
         reply = protocol.send(_pack(args))
         try:
@@ -142,8 +142,10 @@ class RedisPipe:
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:  # one connection, however many callers find it missing at once
-            if self._protocol is not None and not self._protocol.closed:
-                return self._protocol
+            current = self._protocol
+            if current is not None and not current.closed and current.transport is not None \
+                    and not current.transport.is_closing():
+                return current
             loop = asyncio.get_running_loop()
             protocol: _Protocol | None = None
             try:

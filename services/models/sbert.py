@@ -133,7 +133,9 @@ class SbertModel:
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         for start in range(0, len(order), BATCH):
             chunk = [texts[i] for i in order[start : start + BATCH]]
-            encoded = tokenizer(chunk, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+            with self._lock:  # a fast tokenizer's padding/truncation state is not safe across threads
+                encoded = tokenizer(chunk, padding=True, truncation=True, max_length=max_length,
+                                    return_tensors="np")
             out.append(encode({"input_ids": encoded["input_ids"].astype(np.int64),
                                "attention_mask": encoded["attention_mask"].astype(np.int64)}))
         vectors = np.empty((len(texts), SBERT_DIM), np.float32)

@@ -210,7 +210,7 @@ async def _timed(timings: dict[str, float], stage: str, work: Awaitable[T]) -> T
 
 class Searcher:
     def __init__(self, clips: ClipCatalog, retrieval: Retrieval, vectors: VectorIndex, inference: Inference,
-                 search_log: SearchLog, *, candidates: int = 200, max_page_size: int = 100,
+                 search_log: SearchLog, *, candidates: int = 100, max_page_size: int = 100,
                  allow_random_weights: bool = False, default_fusion: str = "weighted",
                  cache: QueryCache | None = None, encodings_cached: int = 1024) -> None:
         if default_fusion not in fusion.METHODS:

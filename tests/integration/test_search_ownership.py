@@ -28,6 +28,7 @@ from clipmind.search.v1 import search_service_pb2 as pb
 from services.analytics.internal_servicer import AnalyticsInternalServicer
 from services.analytics.search_log import SearchLogStore
 from services.common.blobstore import LocalBlobStore
+from services.common.config import SearchSettings
 from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound
 from services.common.ids import derived_id
@@ -49,6 +50,7 @@ pytestmark = pytest.mark.integration
 
 ALICE, BOB = Principal(uuid.uuid4(), "user"), Principal(uuid.uuid4(), "user")
 ADMIN = Principal(uuid.uuid4(), "admin")
+CANDIDATES = SearchSettings.model_fields["search_candidates"].default  # what a search asks each signal for
 
 
 def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -400,10 +402,11 @@ async def test_small_owners_find_their_best_match_among_100000_vectors(
             load_s = time.perf_counter() - started
             owner_of = {r["id"]: r["owner_id"] for r in await db.fetch("SELECT id, owner_id FROM clips")}
             rng = np.random.default_rng(11)
-            report = [f"\n100,000 visual vectors indexed in {load_s:.1f} s; p50 of 10 queries, 200 candidates:"]
+            report = [f"\n100,000 visual vectors indexed in {load_s:.1f} s; p50 of 10 queries, "
+                      f"{CANDIDATES} candidates:"]
 
             async def check(index: PgRetrieval, user: uuid.UUID, label: str) -> None:
-                """Ten queries near ten of ``user``'s clips, each asking the 200 candidates a search asks for: the
+                """Ten queries near ten of ``user``'s clips, each asking the candidates a search asks for: the
                 page (the first 10) is full and theirs, that clip is on it — first in at least 9 of the 10 (HNSW is
                 approximate: a large owner is served by it) — and the page recalls ≥ 0.8 of the exact top 10; the
                 latency goes into the report."""
@@ -413,7 +416,7 @@ async def test_small_owners_find_their_best_match_among_100000_vectors(
                 for target in rng.choice(len(theirs), 10, replace=False):
                     query = matrix[target] + 0.05 * _unit(rng, DIMS)  # near the clip, not equal to it
                     t0 = time.perf_counter()
-                    hits = (await index.visual(models.visual_model, query, 200, ClipFilter(user)))[:10]
+                    hits = (await index.visual(models.visual_model, query, CANDIDATES, ClipFilter(user)))[:10]
                     times.append(time.perf_counter() - t0)
                     assert len(hits) == 10 and {owner_of[h.clip_id] for h in hits} == {user}, label
                     assert theirs[target] in {h.clip_id for h in hits}, label
@@ -460,13 +463,14 @@ async def test_small_owners_find_their_best_match_among_100000_vectors(
                 for target in rng.choice(len(everyone), 5, replace=False):
                     query = vectors[everyone[target]] + 0.05 * _unit(rng, DIMS)
                     t0 = time.perf_counter()
-                    found = await retrieval.visual(models.visual_model, query, 200, where)
+                    found = await retrieval.visual(models.visual_model, query, CANDIDATES, where)
                     times.append(time.perf_counter() - t0)
-                    truth = await exact.visual(models.visual_model, query, 200, where)
+                    truth = await exact.visual(models.visual_model, query, CANDIDATES, where)
                     assert truth and len(found) == len(truth), label  # no starvation
                     page = {m.clip_id for m in truth[:10]}
                     assert len({m.clip_id for m in found[:10]} & page) >= 0.9 * len(page), label
-                report.append(f"  {'filter: ' + label + ' (200 candidates)':<46} p50 {_p50_ms(times):6.1f} ms")
+                name = f"filter: {label} ({CANDIDATES} candidates)"
+                report.append(f"  {name:<46} p50 {_p50_ms(times):6.1f} ms")
 
             # Through the whole search: the smallest owner's best clip comes first, on a full page of theirs.
             searcher = Searcher(ClipStore(db), PgRetrieval(db), PgVectorIndex(db), models,  # type: ignore[arg-type]
