@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from services.models import onnx_text
 from services.models.weights import WeightsError, WeightsProblem, WeightsSpec, parse_weights, weights_version
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ class ClipModel:
         self.device = device
         self._lock = threading.Lock()
         self.dim = int(model.text_projection.shape[1]) if hasattr(model, "text_projection") else 512
-        self._text_onnx: Any = None  # (encoder, variant) once prepared, False when torch encodes texts
-        self._text_onnx_lock = threading.Lock()
+        self._text_onnx = onnx_text.Prepared(lambda: onnx_text.clip_text_runtime(self))
 
     @property
     def model_id(self) -> str:
@@ -222,12 +222,7 @@ class ClipModel:
     def text_runtime(self) -> str:
         """What encodes texts: ``onnx-int8`` / ``onnx-fp32`` (services.models.onnx_text) or ``torch``; the first
         call prepares it (exports the graph when it is not cached yet)."""
-        with self._text_onnx_lock:
-            if self._text_onnx is None:
-                from services.models.onnx_text import clip_text_runtime
-
-                self._text_onnx = clip_text_runtime(self) or False
-        return f"onnx-{self._text_onnx[1]}" if self._text_onnx else "torch"
+        return self._text_onnx.name
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """``len(texts) × dim`` unit-norm float32; an empty or whitespace text is a ValueError naming it.
@@ -237,9 +232,9 @@ class ClipModel:
                 raise ValueError(f"texts[{i}] is empty or whitespace")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        if self.text_runtime == "torch":
+        encode = self._text_onnx.encoder
+        if encode is None:
             return self.embed_texts_torch(texts)
-        encode = self._text_onnx[0]
         out = []
         for start in range(0, len(texts), BATCH):
             tokens = self._tokenizer(list(texts[start : start + BATCH]))

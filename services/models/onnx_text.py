@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,36 @@ PROBE_TEXTS = (
 )
 
 Encoder = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+class Prepared:
+    """A model's ONNX encoder, built on first use (export, or load and check): ``encoder`` is None when torch
+    encodes; ``name`` says which (``onnx-int8``, ``onnx-fp32``, ``torch``). Safe to ask from several threads."""
+
+    def __init__(self, build: Callable[[], tuple[Encoder, str] | None]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._done = False
+        self._encoder: Encoder | None = None
+        self._variant = ""
+
+    def _prepare(self) -> None:
+        with self._lock:
+            if not self._done:
+                built = self._build()
+                if built is not None:
+                    self._encoder, self._variant = built
+                self._done = True
+
+    @property
+    def encoder(self) -> Encoder | None:
+        if not self._done:
+            self._prepare()
+        return self._encoder
+
+    @property
+    def name(self) -> str:
+        return f"onnx-{self._variant}" if self.encoder is not None else "torch"
 
 
 def enabled(device: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from services.models import onnx_text
 from services.models.weights import WeightsError, WeightsSpec, parse_weights, weights_version
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,7 @@ class SbertModel:
         self.device = device
         self.dim = SBERT_DIM
         self._lock = threading.Lock()
-        self._onnx: Any = None  # (encoder, variant) once prepared, False when torch encodes
-        self._onnx_lock = threading.Lock()
+        self._onnx = onnx_text.Prepared(lambda: onnx_text.sbert_runtime(self))
 
     degraded = False
 
@@ -109,12 +109,7 @@ class SbertModel:
     def runtime(self) -> str:
         """What encodes texts: ``onnx-fp32`` (services.models.onnx_text) or ``torch``; the first call prepares it
         (exports the graph when it is not cached yet)."""
-        with self._onnx_lock:
-            if self._onnx is None:
-                from services.models.onnx_text import sbert_runtime
-
-                self._onnx = sbert_runtime(self) or False
-        return f"onnx-{self._onnx[1]}" if self._onnx else "torch"
+        return self._onnx.name
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """``len(texts) × 384`` unit-norm float32; an empty or whitespace text is a ValueError naming it.
@@ -124,9 +119,9 @@ class SbertModel:
                 raise ValueError(f"texts[{i}] is empty or whitespace")
         if not texts:
             return np.zeros((0, SBERT_DIM), np.float32)
-        if self.runtime == "torch":
+        encode = self._onnx.encoder
+        if encode is None:
             return self.embed_texts_torch(texts)
-        encode = self._onnx[0]
         tokenizer, max_length = self._model.tokenizer, self._model.max_seq_length
         out = []
         # Sorted by length, as sentence-transformers does: each batch pads only to its own longest text.
