@@ -205,10 +205,10 @@ async def test_the_first_admin_is_made_once_on_an_empty_directory(pg_dsn: str) -
 
 async def test_sign_in_attempts_are_limited_per_account_and_address(pg_dsn: str, redis_url: str) -> None:
     pool = await service_db(pg_dsn, "identity")
-    client = aioredis.from_url(redis_url)
+    limiter = RateLimiter.from_url(redis_url)
     try:
         accounts = Accounts(IdentityStore(pool), TokenSigner({"k1": b"k" * 32}, active_kid="k1"),
-                            limiter=RateLimiter(client))
+                            limiter=limiter)
         admin = await _admin(accounts)
         email = _email()
         await accounts.create_user(admin, email=email, password=PASSWORD)
@@ -231,7 +231,7 @@ async def test_sign_in_attempts_are_limited_per_account_and_address(pg_dsn: str,
             await accounts.login(other, PASSWORD, client=address)
         assert "address" in by_address.value.message
     finally:
-        await client.aclose()
+        await limiter.close()
         await pool.close()
 
 
