@@ -261,21 +261,21 @@ def clip_text_runtime(clip: Any) -> tuple[Encoder, str] | None:
 # ---------------------------------------------------------------------------------------------- Sentence-BERT
 
 
-def sbert_runtime(sbert: Any) -> tuple[Encoder, str] | None:
-    """(encoder of ``{"input_ids", "attention_mask"}`` → unit vectors, variant) for an ``SbertModel``, or None."""
-    if not enabled(sbert.device):
-        return None
+def sbert_module(sbert: Any) -> Any:
+    """An ``SbertModel``'s sentence-transformers pipeline as one torch module: word pieces (``input_ids``,
+    ``attention_mask``) → BERT → mean pooling over the mask → L2 normalisation; what is exported here and by
+    scripts/export-models. ValueError for a pipeline it does not mirror (not Transformer + mean Pooling +
+    Normalize, or with a Dense layer)."""
     import torch
 
-    st = sbert._model
-    kinds = [type(m).__name__ for m in st]
-    pooling = st[kinds.index("Pooling")] if "Pooling" in kinds else None
+    kinds = [type(m).__name__ for m in sbert._model]
+    pooling = sbert._model[kinds.index("Pooling")] if "Pooling" in kinds else None
     mode = str(getattr(pooling, "pooling_mode", "") or
                ("mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else ""))
     if kinds[:1] != ["Transformer"] or "mean" not in mode or "Normalize" not in kinds or "Dense" in kinds:
-        log.info("Sentence-BERT pipeline %s is not mean pooling + normalize: torch encodes its texts", kinds)
-        return None
-    bert = st[0].auto_model
+        raise ValueError(f"the Sentence-BERT pipeline {kinds} (pooling {mode!r}) is not Transformer, mean "
+                         "Pooling, Normalize")
+    bert = sbert._model[0].auto_model
 
     class SbertEncoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -288,6 +288,22 @@ def sbert_runtime(sbert: Any) -> tuple[Encoder, str] | None:
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
+    return SbertEncoder().eval()
+
+
+def sbert_runtime(sbert: Any) -> tuple[Encoder, str] | None:
+    """(encoder of ``{"input_ids", "attention_mask"}`` → unit vectors, variant) for an ``SbertModel``, or None."""
+    if not enabled(sbert.device):
+        return None
+    import torch
+
+    try:
+        module = sbert_module(sbert)
+    except ValueError as exc:
+        log.info("%s: torch encodes its texts", exc)
+        return None
+    st = sbert._model
+
     def feeds(texts: Sequence[str]) -> dict[str, np.ndarray]:
         encoded = st.tokenizer(list(texts), padding=True, truncation=True, max_length=st.max_seq_length,
                                return_tensors="np")
@@ -297,7 +313,7 @@ def sbert_runtime(sbert: Any) -> tuple[Encoder, str] | None:
     def export(path: Path) -> None:
         feed = feeds(PROBE_TEXTS[:2])
         axes = {0: "batch", 1: "length"}
-        _export(SbertEncoder().eval(), (torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])),
+        _export(module, (torch.from_numpy(feed["input_ids"]), torch.from_numpy(feed["attention_mask"])),
                 path, ["input_ids", "attention_mask"], {"input_ids": axes, "attention_mask": axes})
 
     return _runtime(f"{sbert.model_id}|max{st.max_seq_length}", (("fp32", False, MIN_COSINE),), export, feeds,
