@@ -36,8 +36,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "gen/python")]
 
-from services.common.inference_types import ModelStatus, Transcript  # noqa: E402
 from services.common.principal import Principal  # noqa: E402
+from services.inference.ports import ModelStatus, Transcript  # noqa: E402
 from services.launcher import EmbeddedPostgres, free_port  # noqa: E402
 from services.media.subtitles import parse_subtitles  # noqa: E402
 from services.models.sbert import SbertModel  # noqa: E402

@@ -365,7 +365,7 @@ async def bench(backends: dict[str, Any], args: argparse.Namespace, audio: np.nd
 
 async def open_backend(name: str, args: argparse.Namespace, triton_url: str) -> Any:
     from services.common.config import CommonSettings
-    from services.common.inference import make_inference
+    from services.inference.factory import make_inference, torch_inference
 
     if name == "onnx":
         return OnnxInference(args.onnx_dir, clip_weights=args.clip_weights, seed=args.seed, device=args.device)
@@ -378,9 +378,7 @@ async def open_backend(name: str, args: argparse.Namespace, triton_url: str) -> 
         inference_timeout_s=600.0,
     )
     if name == "torch" and args.device != "cpu":
-        from services.common.inference_torch import TorchInference
-
-        return TorchInference.from_settings(settings, device=args.device)
+        return torch_inference(settings, device=args.device)
     return make_inference(settings, max_parallel_requests=8) if name == "triton" else make_inference(settings)
 
 

@@ -38,7 +38,7 @@ def query(i: int) -> str:
 
 async def main_async(args: argparse.Namespace) -> None:
     from services.common.config import CommonSettings
-    from services.common.inference import make_inference
+    from services.inference.factory import make_inference
     from services.models.clip import ClipModel
     from services.models.sbert import SbertModel
 

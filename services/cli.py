@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL URL of a role that may create roles and schemas (CLIPMIND_DATABASE_URL)",
     )
     provision.set_defaults(log_level=_env("LOG_LEVEL") or "INFO")
+    models = commands.add_parser(
+        "models", help="list every model with its state (ready / degraded / off / error), runtime and weights "
+        "source; `models pull [name]` fetches weights where a model hub is reachable",
+    )
+    models.add_argument("--json", action="store_true", help="print the list as JSON")
+    models.set_defaults(log_level=_env("LOG_LEVEL") or "WARNING", models_command="list")
+    model_commands = models.add_subparsers(dest="models_command")
+    pull = model_commands.add_parser(
+        "pull", help="fetch the configured weights into the model caches (never done by the running mesh)"
+    )
+    pull.add_argument("names", nargs="*", default=["clip", "whisper"], help="clip, sbert, whisper (default: clip "
+                      "and whisper, the models whose weights do not come with ClipMind)")
     return parser
 
 
@@ -135,8 +147,8 @@ def model_report(triton_url: str) -> str:
     setting that provides its weights."""
     import asyncio
 
-    from services.common.inference import TritonInference
     from services.common.model_health import describe as describe_model
+    from services.inference.triton import TritonInference
 
     async def statuses() -> list[str]:
         inference = TritonInference(triton_url, timeout_s=30)
@@ -200,7 +212,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status(args)
     if args.command == "db-provision":
         return db_provision(args)
+    if args.command == "models":
+        return models_pull(args.names) if args.models_command == "pull" else models_list(args.json)
     return 2
+
+
+def models_list(as_json: bool) -> int:
+    """Print every model's state, runtime and weights source (from the settings in the environment); 1 when a
+    model's explicitly configured weights are unusable."""
+    from services.models.catalog import describe
+
+    reports = describe()
+    if as_json:
+        print(json.dumps([r.as_dict() for r in reports], indent=2))
+    else:
+        for r in reports:
+            print(f"{r.name:<11} {r.state:<9} {r.runtime or '-'}")
+            print(f"{'':<21} weights: {r.source or '-'} ({r.setting})")
+            if r.detail:
+                print(f"{'':<21} {r.detail}")
+    return 1 if any(r.state == "error" for r in reports) else 0
+
+
+def models_pull(names: Sequence[str]) -> int:
+    """Fetch each named model's weights; 1 when any could not be fetched (each failure says why)."""
+    from services.models.catalog import PullError, pull
+
+    failed = 0
+    for name in names:
+        try:
+            print(f"{name}: {pull(name)}", flush=True)
+        except PullError as exc:
+            print(f"not pulled: {exc}", file=sys.stderr, flush=True)
+            failed += 1
+    return 1 if failed else 0
 
 
 def status(args: argparse.Namespace) -> int:

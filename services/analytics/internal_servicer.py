@@ -12,7 +12,7 @@ from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc a
 from services.analytics.search_log import NO_USER, LoggedResult, LoggedSearch, SearchLogStore
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
-from services.common.paging import parse_name
+from services.common.names import parse_clip_name, parse_user_name, parse_video_name
 from services.common.request_context import current
 
 MAX_SEARCHES_PER_CALL = 1000
@@ -23,7 +23,7 @@ def _search(i: int, s: pb.LoggedSearch) -> LoggedSearch:
     searches logged before it sent users, and refusing them would block that outbox for good; they are stored
     with ``NO_USER``. A malformed user is refused naming the field."""
     where = f"searches[{i}]"
-    user = parse_name(s.user, "users", f"{where}.user") if s.user else NO_USER
+    user = parse_user_name(s.user, f"{where}.user") if s.user else NO_USER
     try:
         search_id = uuid.UUID(s.search_id)
     except ValueError:
@@ -31,8 +31,8 @@ def _search(i: int, s: pb.LoggedSearch) -> LoggedSearch:
     if not s.HasField("search_time"):
         raise invalid_field(f"{where}.search_time", "required", reason="REQUIRED_FIELD")
     results = tuple(
-        LoggedResult(parse_name(r.clip, "clips", f"{where}.results[{j}].clip"),
-                     parse_name(r.video, "videos", f"{where}.results[{j}].video"), r.rank, r.score)
+        LoggedResult(parse_clip_name(r.clip, f"{where}.results[{j}].clip"),
+                     parse_video_name(r.video, f"{where}.results[{j}].video"), r.rank, r.score)
         for j, r in enumerate(s.results)
     )
     return LoggedSearch(search_id, s.query, s.image_query, s.result_count, s.latency_ms,

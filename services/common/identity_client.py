@@ -5,7 +5,6 @@ the ``Authenticator`` of ``services.common.auth`` over identity's internal API (
 from __future__ import annotations
 
 import logging
-import uuid
 
 from clipmind.identity.internal.v1 import identity_internal_service_pb2 as pb
 from clipmind.identity.internal.v1 import identity_internal_service_pb2_grpc as pb_grpc
@@ -15,6 +14,7 @@ from services.common.config import CommonSettings, ServerSettings
 from services.common.errors import NotFound
 from services.common.grpc_client import InternalChannels
 from services.common.media_urls import MediaSigner
+from services.common.names import parse_user_name
 from services.common.principal import Principal
 from services.common.rate_limit import RateLimiter
 from services.common.request_limits import RequestLimiter, UserLimits
@@ -34,7 +34,7 @@ class IdentityApiKeys:
             reply = await self._stub.AuthenticateApiKey(pb.AuthenticateApiKeyRequest(key=key))
         except NotFound:
             return None
-        return Principal(uuid.UUID(reply.user.removeprefix("users/")), reply.role)
+        return Principal(parse_user_name(reply.user, "user"), reply.role)
 
 
 def process_authenticator(settings: CommonSettings, channels: InternalChannels,

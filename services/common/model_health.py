@@ -6,7 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from services.common.config import CommonSettings
-from services.common.inference_types import Inference, ModelStatus
+from services.inference.ports import Inference, ModelStatus
 
 log = logging.getLogger(__name__)
 

@@ -78,15 +78,3 @@ def decode_offset(token: str, binding: str) -> int:
         raise invalid_field("page_token", "not a token returned by this API")
     return int(position)
 
-
-def parse_name(name: str, collection: str, field: str = "name") -> uuid.UUID:
-    """``videos/<uuid>`` → the uuid, or INVALID_ARGUMENT naming ``field``."""
-    prefix = f"{collection}/"
-    if not name:
-        raise invalid_field(field, f"required: a resource name like {prefix}<id>", reason="REQUIRED_FIELD")
-    if not name.startswith(prefix):
-        raise invalid_field(field, f"must look like {prefix}<id>, got {name!r}", reason="INVALID_NAME")
-    try:
-        return uuid.UUID(name[len(prefix):])
-    except ValueError:
-        raise invalid_field(field, f"{name!r} does not name a {collection[:-1]}", reason="INVALID_NAME") from None

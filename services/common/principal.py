@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from services.common.names import user_name
+
 # The services' own identity on internal calls and in workers.
 SYSTEM_USER_ID = uuid.UUID(int=0)
 
@@ -28,7 +30,7 @@ class Principal:
     @property
     def name(self) -> str:
         """The caller as a resource name, ``users/{user}``."""
-        return f"users/{self.user_id}"
+        return user_name(self.user_id)
 
 
 SYSTEM = Principal(SYSTEM_USER_ID, "system")

@@ -24,6 +24,7 @@ from typing import Any
 
 from services.common.auth import API_KEY_PREFIX
 from services.common.errors import FailedPrecondition, NotFound, PermissionDenied, Unauthenticated, invalid_field
+from services.common.names import user_name
 from services.common.principal import Principal
 from services.common.rate_limit import Limit
 from services.common.tokens import Claims, TokenSigner
@@ -195,7 +196,7 @@ class Accounts:
         if not caller.is_admin:
             if user_id != caller.user_id:
                 raise NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND",
-                               metadata={"name": f"users/{user_id}"})
+                               metadata={"name": user_name(user_id)})
             raise PermissionDenied("ask an administrator to delete your account", reason="ADMIN_REQUIRED")
         if user_id == caller.user_id:
             raise FailedPrecondition("administrators cannot delete their own account", reason="SELF_DELETE")
@@ -232,7 +233,7 @@ class Accounts:
             return caller.user_id
         if caller.is_admin:
             return user_id
-        raise NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND", metadata={"name": f"users/{user_id}"})
+        raise NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND", metadata={"name": user_name(user_id)})
 
     async def create_api_key(self, caller: Principal, user_id: uuid.UUID | None,
                              display_name: str) -> tuple[ApiKey, str]:

@@ -8,6 +8,7 @@ from clipmind.identity.internal.v1 import identity_internal_service_pb2_grpc as 
 
 from services.common.errors import NotFound
 from services.common.grpc_server import Context
+from services.common.names import user_name
 from services.identity.accounts import Accounts
 
 
@@ -20,7 +21,7 @@ class IdentityInternalServicer(pb_grpc.IdentityInternalServiceServicer):
         principal = await self._accounts.resolve_api_key(request.key)
         if principal is None:  # the key is never part of the answer or of a log line
             raise NotFound("API key unknown or revoked", reason="API_KEY_NOT_FOUND")
-        return pb.AuthenticateApiKeyResponse(user=f"users/{principal.user_id}", role=principal.role)
+        return pb.AuthenticateApiKeyResponse(user=user_name(principal.user_id), role=principal.role)
 
 
 def register(server: grpc.aio.Server, servicer: IdentityInternalServicer) -> str:

@@ -7,8 +7,6 @@ sign-up) may be called without credential.
 
 from __future__ import annotations
 
-import uuid
-
 import grpc.aio
 from clipmind.identity.v1 import identity_service_pb2 as pb
 from clipmind.identity.v1 import identity_service_pb2_grpc as pb_grpc
@@ -18,6 +16,7 @@ from services.common import request_context
 from services.common.convert import timestamp
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
+from services.common.names import api_key_name, parse_api_key_name, parse_user_or_me, user_name
 from services.common.paging import bound_to, decode_token, encode_token, page_size
 from services.identity.accounts import Accounts, Session
 from services.identity.records import ApiKey, User
@@ -26,31 +25,18 @@ _ROLES = {"user": pb.User.ROLE_USER, "admin": pb.User.ROLE_ADMIN}
 
 
 def user_to_pb(user: User) -> pb.User:
-    return pb.User(name=f"users/{user.id}", email=user.email, display_name=user.display_name,
+    return pb.User(name=user_name(user.id), email=user.email, display_name=user.display_name,
                    role=_ROLES.get(user.role, pb.User.ROLE_USER), create_time=timestamp(user.create_time))
 
 
 def key_to_pb(key: ApiKey) -> pb.ApiKey:
-    return pb.ApiKey(name=f"users/{key.user_id}/apiKeys/{key.id}", display_name=key.display_name,
+    return pb.ApiKey(name=api_key_name(key.user_id, key.id), display_name=key.display_name,
                      key_prefix=key.key_prefix, create_time=timestamp(key.create_time),
                      last_use_time=timestamp(key.last_use_time))
 
 
 def _expires_in(session: Session) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=int((session.claims.expires_at - session.claims.issued_at).total_seconds()))
-
-
-def _user_of(name: str, field: str) -> uuid.UUID | None:
-    """``users/me`` → None (the caller); ``users/{uuid}`` → that id."""
-    collection, _, user = name.partition("/")
-    if collection != "users" or not user or "/" in user:
-        raise invalid_field(field, "expected users/{user} or users/me")
-    if user == "me":
-        return None
-    try:
-        return uuid.UUID(user)
-    except ValueError:
-        raise invalid_field(field, "expected users/{user} or users/me") from None
 
 
 def client_address(context: Context) -> str:
@@ -92,7 +78,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         return user_to_pb(user)
 
     async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> empty_pb2.Empty:
-        user_id = _user_of(request.name, "name")
+        user_id = parse_user_or_me(request.name, "name")
         caller = request_context.principal()
         await self._accounts.delete_user(caller, user_id or caller.user_id)
         return empty_pb2.Empty()
@@ -103,7 +89,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
     async def CreateApiKey(self, request: pb.CreateApiKeyRequest, context: Context) -> pb.CreateApiKeyResponse:
         caller = request_context.principal()
-        key, secret = await self._accounts.create_api_key(caller, _user_of(request.parent, "parent"),
+        key, secret = await self._accounts.create_api_key(caller, parse_user_or_me(request.parent, "parent"),
                                                           request.api_key.display_name)
         return pb.CreateApiKeyResponse(api_key=key_to_pb(key), key=secret)
 
@@ -111,7 +97,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         caller = request_context.principal()
         size = page_size(request.page_size, default=50, maximum=100)
         binding = bound_to(caller.user_id, "ListApiKeys", request.parent)
-        keys = await self._accounts.list_api_keys(caller, _user_of(request.parent, "parent"), limit=size + 1,
+        keys = await self._accounts.list_api_keys(caller, parse_user_or_me(request.parent, "parent"), limit=size + 1,
                                                   after=decode_token(request.page_token, binding))
         more = len(keys) > size
         keys = keys[:size]
@@ -120,14 +106,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
     async def DeleteApiKey(self, request: pb.DeleteApiKeyRequest, context: Context) -> empty_pb2.Empty:
         caller = request_context.principal()
-        parts = request.name.split("/")
-        if len(parts) != 4 or parts[0] != "users" or parts[2] != "apiKeys":
-            raise invalid_field("name", "expected users/{user}/apiKeys/{api_key}")
-        user_id = _user_of("/".join(parts[:2]), "name")
-        try:
-            key_id = uuid.UUID(parts[3])
-        except ValueError:
-            raise invalid_field("name", "expected users/{user}/apiKeys/{api_key}") from None
+        user_id, key_id = parse_api_key_name(request.name, "name")
         await self._accounts.delete_api_key(caller, user_id or caller.user_id, key_id)
         return empty_pb2.Empty()
 

@@ -11,6 +11,7 @@ import asyncpg
 
 from services.common.db import Database
 from services.common.errors import AlreadyExists, NotFound
+from services.common.names import api_key_name, user_name
 from services.common.rows import newest_first, to_record
 from services.identity.records import ApiKey, User
 
@@ -19,7 +20,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def _user_not_found(user_id: uuid.UUID) -> NotFound:
-    return NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND", metadata={"name": f"users/{user_id}"})
+    return NotFound(f"user {user_id} not found", reason="USER_NOT_FOUND", metadata={"name": user_name(user_id)})
 
 
 class IdentityStore:
@@ -154,7 +155,7 @@ class IdentityStore:
             "RETURNING key_hash", key_id, user_id)
         if key_hash is None:
             raise NotFound(f"API key {key_id} not found", reason="API_KEY_NOT_FOUND",
-                           metadata={"name": f"users/{user_id}/apiKeys/{key_id}"})
+                           metadata={"name": api_key_name(user_id, key_id)})
         return bytes(key_hash)
 
     async def use_api_key(self, key_hash: bytes) -> User | None:

@@ -44,6 +44,7 @@ from services.ingest.inputs import (
 )
 from services.ingest.ports import Outbox, Uploads, Videos
 from services.ingest.records import Upload, Video
+from services.media.layout import source_key, subtitles_key, video_prefix
 from services.media.media_types import container_extension
 from services.media.probe import validate_video
 
@@ -241,7 +242,7 @@ class VideoIngestor:
         video_id = uuid.uuid4()
         ext = _extension(info.format_name, info.codecs)
         video = Video(
-            video_id, f"videos/{video_id}/source{ext}", "PENDING", owner_id=owner,
+            video_id, source_key(video_id, ext), "PENDING", owner_id=owner,
             title=meta.title or PurePath(meta.filename).stem or "untitled",
             description=meta.description, filename=meta.filename,
             content_type=meta.content_type or "application/octet-stream",
@@ -252,13 +253,13 @@ class VideoIngestor:
         try:
             await self._blobs.put_file(video.blob_key, staged, move=upload_id is None)
             if meta.sidecar is not None:
-                video.sidecar_key = f"videos/{video_id}/subtitles{SUBTITLE_FORMATS[sidecar_format]}"
+                video.sidecar_key = subtitles_key(video_id, SUBTITLE_FORMATS[sidecar_format])
                 video.sidecar_format = sidecar_format
                 video.sidecar_language = meta.sidecar.language
                 await self._blobs.put_bytes(video.sidecar_key, meta.sidecar.data)
             submission = await self._videos.create(video, upload_id, lock=lock)
         except BaseException:
-            await self._blobs.delete_prefix(f"videos/{video_id}")
+            await self._blobs.delete_prefix(video_prefix(video_id))
             raise
         # Stored: from here on the upload succeeds. The pipeline usually has the job within milliseconds;
         # while it is away the outbox keeps submitting, and the upload answers without waiting longer.
@@ -304,7 +305,7 @@ class VideoIngestor:
         back)."""
         await self._videos.delete(video_id, owner=caller.scope)
         self._outbox.wake()
-        await self._blobs.delete_prefix(f"videos/{video_id}")
+        await self._blobs.delete_prefix(video_prefix(video_id))
 
     # -- staging disk ------------------------------------------------------------------------
 

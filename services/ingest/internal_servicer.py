@@ -13,8 +13,8 @@ from clipmind.ingest.internal.v1 import ingest_internal_service_pb2_grpc as pb_g
 
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
+from services.common.names import parse_video_name, user_name, video_name
 from services.common.outbox import OutboxRelay
-from services.common.paging import parse_name
 from services.ingest.store import VideoStore
 
 # Request field -> video column, for the facts UpdateVideoProcessing may carry.
@@ -23,9 +23,11 @@ _FACT_FIELDS = {
     "video_codec": "video_codec", "audio_codec": "audio_codec", "has_audio": "has_audio",
     "thumbnail_key": "thumbnail_key", "scene_count": "scene_count", "transcript_source": "transcript_source",
     "transcript_model": "transcript_model", "visual_model": "visual_model",
+    "transcript_language": "transcript_language",
 }
 _TRANSCRIPT_SOURCES = frozenset({"NONE", "SIDECAR", "SUBTITLE_TRACK", "SPEECH_RECOGNITION"})
 MAX_REASON_CHARS = 1000
+MAX_LANGUAGE_CHARS = 35  # the longest language tag worth keeping (BCP 47 allows 35 characters for the common forms)
 # How long READY waits for search to have the video's new facts before it answers: the pipeline
 # records a job SUCCEEDED only after its video is READY here, so a client that sees the job succeed finds the
 # video searchable. Longer (search away) the facts follow when search is back.
@@ -46,6 +48,8 @@ def processing_update(request: pb.UpdateVideoProcessingRequest) -> tuple[str, st
         value = facts.get(column, 0)
         if not math.isfinite(value) or value < 0:
             raise invalid_field(name, "must be a finite number, not negative")
+    if len(request.transcript_language) > MAX_LANGUAGE_CHARS:
+        raise invalid_field("transcript_language", f"longer than {MAX_LANGUAGE_CHARS} characters")
     if request.HasField("transcript_source") and request.transcript_source not in _TRANSCRIPT_SOURCES:
         raise invalid_field("transcript_source", "one of " + ", ".join(sorted(_TRANSCRIPT_SOURCES)))
     return state, request.failure_reason, facts
@@ -58,15 +62,15 @@ class IngestInternalServicer(pb_grpc.IngestInternalServiceServicer):
         self._facts_wait_s = facts_wait_s
 
     async def GetVideoSource(self, request: pb.GetVideoSourceRequest, context: Context) -> pb.VideoSource:
-        video = await self._videos.get(parse_name(request.video, "videos", "video"))
-        return pb.VideoSource(video=f"videos/{video.id}", blob_key=video.blob_key, sidecar_key=video.sidecar_key,
+        video = await self._videos.get(parse_video_name(request.video, "video"))
+        return pb.VideoSource(video=video_name(video.id), blob_key=video.blob_key, sidecar_key=video.sidecar_key,
                               sidecar_format=video.sidecar_format, sidecar_language=video.sidecar_language,
-                              title=video.title, owner=f"users/{video.owner_id}")
+                              title=video.title, owner=user_name(video.owner_id))
 
     async def UpdateVideoProcessing(
         self, request: pb.UpdateVideoProcessingRequest, context: Context
     ) -> pb.UpdateVideoProcessingResponse:
-        video_id = parse_name(request.video, "videos", "video")
+        video_id = parse_video_name(request.video, "video")
         state, reason, facts = processing_update(request)
         after, fact = await self._videos.apply_processing(video_id, request.fence, state=state,
                                                           failure_reason=reason, facts=facts)

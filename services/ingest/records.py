@@ -47,6 +47,7 @@ class Video:
     failure_reason: str = ""
     transcript_model: str = ""  # model id of the video's transcript vectors ("" = none)
     visual_model: str = ""  # model id of the video's visual vectors ("" = none)
+    transcript_language: str = ""  # "en", "eng", …; "" = unknown or no transcript
     generation: int = 1  # processing generation: its job is job_id_for(id, generation)
     processing_fence: int = 0  # fence of the last processing update accepted (UpdateVideoProcessing)
     revision: int = 0  # +1 on every change: the search service's copy keeps the newest

@@ -21,8 +21,8 @@ from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 
 from services.common.convert import timestamp
 from services.common.errors import NotFound
+from services.common.names import parse_video_name, user_name, video_name
 from services.common.outbox import Handler
-from services.common.paging import parse_name
 from services.ingest.store import (
     DELETE_INDEX_TOPIC,
     DELETE_JOBS_TOPIC,
@@ -41,8 +41,8 @@ def handlers(videos: VideoStore, pipeline: Any, search: Any) -> dict[str, Handle
         request = pipeline_pb.SubmitVideoJobRequest.FromString(payload)
         try:
             if not request.owner:  # queued before videos had owners: the job is the video's owner's
-                video = await videos.get(parse_name(request.video, "videos", "video"))
-                request.owner = f"users/{video.owner_id}"
+                video = await videos.get(parse_video_name(request.video, "video"))
+                request.owner = user_name(video.owner_id)
             await pipeline.SubmitVideoJob(request)
         except NotFound:  # the video was deleted before its job could be submitted: nothing to do
             log.info("job submission dropped: its video is gone")
@@ -56,9 +56,9 @@ def handlers(videos: VideoStore, pipeline: Any, search: Any) -> dict[str, Handle
         except NotFound:
             return  # deleted since: search gets the deletion instead
         facts = search_pb.VideoFacts(
-            video=f"videos/{video.id}", revision=video.revision, title=video.title, blob_key=video.blob_key,
+            video=video_name(video.id), revision=video.revision, title=video.title, blob_key=video.blob_key,
             state=video.state, duration_seconds=video.duration_s, create_time=timestamp(video.create_time),
-            owner=f"users/{video.owner_id}",
+            owner=user_name(video.owner_id),
         )
         await search.UpsertVideoFacts(search_pb.UpsertVideoFactsRequest(facts=facts))
 

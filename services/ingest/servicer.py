@@ -15,7 +15,8 @@ from services.common.blobstore import BlobStore
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
 from services.common.grpc_server import Context
-from services.common.paging import bound_to, decode_token, encode_token, page_size, parse_name
+from services.common.names import job_name, parse_upload_name, parse_video_name, upload_name, user_name, video_name
+from services.common.paging import bound_to, decode_token, encode_token, page_size
 from services.ingest.ingestor import VideoIngestor
 from services.ingest.inputs import SidecarInput, VideoMeta
 from services.ingest.records import Upload, Video
@@ -25,7 +26,7 @@ MUTABLE_VIDEO_FIELDS = ("title", "description")
 
 def video_to_pb(video: Video, blobs: BlobStore) -> pb.Video:
     return pb.Video(
-        name=f"videos/{video.id}",
+        name=video_name(video.id),
         title=video.title,
         description=video.description,
         filename=video.filename,
@@ -45,17 +46,18 @@ def video_to_pb(video: Video, blobs: BlobStore) -> pb.Video:
         transcript_source=enum_value(
             pb.TranscriptSource, "TRANSCRIPT_SOURCE", video.transcript_source if video.state == "READY" else ""
         ),
-        job=f"jobs/{video.job_id}" if video.job_id else "",
+        transcript_language=video.transcript_language if video.state == "READY" else "",
+        job=job_name(video.job_id) if video.job_id else "",
         failure_reason=video.failure_reason,
         create_time=timestamp(video.create_time),
         update_time=timestamp(video.update_time),
-        owner=f"users/{video.owner_id}",
+        owner=user_name(video.owner_id),
     )
 
 
 def upload_to_pb(upload: Upload) -> pb.Upload:
     return pb.Upload(
-        name=f"uploads/{upload.id}",
+        name=upload_name(upload.id),
         filename=upload.filename,
         content_type=upload.content_type,
         size_bytes=upload.size_bytes,
@@ -63,7 +65,7 @@ def upload_to_pb(upload: Upload) -> pb.Upload:
         state=enum_value(pb.Upload.State, "STATE", upload.state),
         create_time=timestamp(upload.create_time),
         expire_time=timestamp(upload.expire_time),
-        video=f"videos/{upload.video_id}" if upload.video_id else "",
+        video=video_name(upload.video_id) if upload.video_id else "",
     )
 
 
@@ -103,17 +105,17 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return upload_to_pb(upload)
 
     async def WriteUpload(self, request: pb.WriteUploadRequest, context: Context) -> pb.WriteUploadResponse:
-        upload_id = parse_name(request.name, "uploads")
+        upload_id = parse_upload_name(request.name)
         committed = await self._ingestor.write_upload(request_context.principal(), upload_id, request.offset,
                                                       request.data.data)
         return pb.WriteUploadResponse(committed_size=committed)
 
     async def GetUpload(self, request: pb.GetUploadRequest, context: Context) -> pb.Upload:
-        upload_id = parse_name(request.name, "uploads")
+        upload_id = parse_upload_name(request.name)
         return upload_to_pb(await self._ingestor.get_upload(request_context.principal(), upload_id))
 
     async def CompleteUpload(self, request: pb.CompleteUploadRequest, context: Context) -> pb.Video:
-        upload_id = parse_name(request.name, "uploads")
+        upload_id = parse_upload_name(request.name)
         sidecar = sidecar_from_pb(request.sidecar_subtitles, request.HasField("sidecar_subtitles"))
         video = await self._ingestor.complete_upload(request_context.principal(), upload_id, request.title,
                                                      request.description, sidecar)
@@ -144,7 +146,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         raise Unimplemented("importing from a URL or bucket is not implemented yet", reason="NOT_IMPLEMENTED")
 
     async def GetVideo(self, request: pb.GetVideoRequest, context: Context) -> pb.Video:
-        video_id = parse_name(request.name, "videos")
+        video_id = parse_video_name(request.name)
         return video_to_pb(await self._ingestor.get_video(request_context.principal(), video_id), self._blobs)
 
     async def ListVideos(self, request: pb.ListVideosRequest, context: Context) -> pb.ListVideosResponse:
@@ -170,7 +172,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         )
 
     async def UpdateVideo(self, request: pb.UpdateVideoRequest, context: Context) -> pb.Video:
-        video_id = parse_name(request.video.name, "videos", field="video.name")
+        video_id = parse_video_name(request.video.name, field="video.name")
         paths = list(request.update_mask.paths) or [
             f for f in MUTABLE_VIDEO_FIELDS if getattr(request.video, f)
         ]
@@ -183,7 +185,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return video_to_pb(video, self._blobs)
 
     async def DeleteVideo(self, request: pb.DeleteVideoRequest, context: Context) -> empty_pb2.Empty:
-        await self._ingestor.delete_video(request_context.principal(), parse_name(request.name, "videos"))
+        await self._ingestor.delete_video(request_context.principal(), parse_video_name(request.name))
         return empty_pb2.Empty()
 
 

@@ -28,6 +28,7 @@ from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 from services.common import outbox
 from services.common.db import Database
 from services.common.errors import Aborted, FailedPrecondition, NotFound
+from services.common.names import upload_name, user_name, video_name
 from services.common.rows import newest_first, to_record
 from services.ingest.records import Upload, Video
 
@@ -44,7 +45,7 @@ DELETE_INDEX_TOPIC = "search.delete_video_index"
 # Facts a processing update may set (IngestInternalService.UpdateVideoProcessing).
 PROCESSING_FACTS = frozenset({
     "duration_s", "width", "height", "frame_rate", "video_codec", "audio_codec", "has_audio", "thumbnail_key",
-    "scene_count", "transcript_source", "transcript_model", "visual_model",
+    "scene_count", "transcript_source", "transcript_model", "visual_model", "transcript_language",
 })
 _VIDEO_COLUMNS = [f.name for f in fields(Video)]
 _SET_BY_DATABASE = frozenset({"create_time", "update_time", "processing_fence", "revision"})
@@ -58,13 +59,13 @@ def _owned(n: int) -> str:
 
 def _not_found(video_id: uuid.UUID) -> NotFound:
     """The error of a missing video, and of another owner's: the same, so a caller learns nothing of it."""
-    return NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND", metadata={"name": f"videos/{video_id}"})
+    return NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND", metadata={"name": video_name(video_id)})
 
 
 def _upload_not_found(upload_id: uuid.UUID) -> NotFound:
     """The error of a missing upload, and of another owner's."""
     return NotFound(f"upload {upload_id} not found", reason="UPLOAD_NOT_FOUND",
-                    metadata={"name": f"uploads/{upload_id}"})
+                    metadata={"name": upload_name(upload_id)})
 
 
 async def _publish_facts(conn: asyncpg.Connection, video_id: uuid.UUID) -> int:
@@ -131,8 +132,8 @@ class VideoStore:
                 f"VALUES ({', '.join(f'${i + 1}' for i in range(len(cols)))})",
                 *[getattr(video, c) for c in cols],
             )
-            submit = pipeline_pb.SubmitVideoJobRequest(video=f"videos/{video.id}", generation=video.generation,
-                                                       owner=f"users/{video.owner_id}")
+            submit = pipeline_pb.SubmitVideoJobRequest(video=video_name(video.id), generation=video.generation,
+                                                       owner=user_name(video.owner_id))
             outbox_id = await outbox.add(conn, SUBMIT_JOB_TOPIC, submit.SerializeToString())
             await _publish_facts(conn, video.id)
             if upload_id is not None:
@@ -199,7 +200,7 @@ class VideoStore:
             row = await conn.fetchrow(f"DELETE FROM videos WHERE id = $1 AND {_owned(2)} RETURNING *", video_id, owner)
             if row is None:
                 raise _not_found(video_id)
-            name = f"videos/{video_id}"
+            name = video_name(video_id)
             jobs, index = pipeline_pb.DeleteVideoJobsRequest(video=name), search_pb.DeleteVideoIndexRequest(video=name)
             await outbox.add(conn, DELETE_JOBS_TOPIC, jobs.SerializeToString())
             await outbox.add(conn, DELETE_INDEX_TOPIC, index.SerializeToString())
@@ -281,7 +282,7 @@ class UploadStore:
             await self.get(upload_id, owner=owner)  # NOT_FOUND when there is no such upload of the owner
             raise Aborted(
                 "another request is writing or completing this upload; fetch it and resume",
-                reason="UPLOAD_BUSY", metadata={"name": f"uploads/{upload_id}"}, retry_delay_s=1.0,
+                reason="UPLOAD_BUSY", metadata={"name": upload_name(upload_id)}, retry_delay_s=1.0,
             )
         try:
             yield token

@@ -67,11 +67,34 @@ def _frame_times(at_s: float, duration_s: float) -> list[float]:
     return sorted({at, max(0.0, at - 1.0), 0.0}, reverse=True)
 
 
+QUIET_FRAME_S = 0.05
+"""Length of the frames whose loudness ``quiet_cut`` compares."""
+
+
+def quiet_cut(samples: np.ndarray, sample_rate: int, search_s: float) -> int:
+    """Where to end a window of ``samples``: the middle of its quietest ``QUIET_FRAME_S`` frame within the
+    last ``search_s`` seconds (the latest such frame on a tie), so a window boundary falls between words
+    rather than through one; ``len(samples)`` when the window is too short to search."""
+    frame = max(1, int(QUIET_FRAME_S * sample_rate))
+    begin = max(0, len(samples) - int(search_s * sample_rate))
+    count = (len(samples) - begin) // frame
+    if search_s <= 0 or count < 2:
+        return len(samples)
+    tail = samples[len(samples) - count * frame:].reshape(count, frame)
+    energy = np.einsum("ij,ij->i", tail, tail)
+    quietest = count - 1 - int(np.argmin(energy[::-1]))
+    return len(samples) - count * frame + quietest * frame + frame // 2
+
+
 async def audio_windows(
-    path: str | Path, sample_rate: int = 16_000, window_s: float = 30.0, *, stall_timeout_s: float = 300.0
+    path: str | Path, sample_rate: int = 16_000, window_s: float = 30.0, *, stall_timeout_s: float = 300.0,
+    cut_search_s: float = 0.0,
 ) -> AsyncGenerator[np.ndarray, None]:
-    """The first audio stream as mono float32 PCM at ``sample_rate``, in windows of ``window_s`` seconds
-    (the last one shorter), decoded as they are consumed: memory holds one window, not the whole track.
+    """The first audio stream as mono float32 PCM at ``sample_rate``, in consecutive windows of at most
+    ``window_s`` seconds (the last one shorter), decoded as they are consumed: memory holds one window, not
+    the whole track. With ``cut_search_s`` each window ends at its quietest moment within its last
+    ``cut_search_s`` seconds (``quiet_cut``) and the rest starts the next one: windows then vary in length,
+    and their lengths add up to the track's.
 
     ffmpeg waits on the pipe while the consumer works on a window; ``stall_timeout_s`` bounds how long
     one window may take to arrive. A decode error raises ``InvalidArgument`` (UNREADABLE_MEDIA) after the
@@ -87,20 +110,24 @@ async def audio_windows(
         raise FailedPrecondition("ffmpeg is not installed or not on PATH", reason="TOOL_NOT_FOUND") from exc
     assert proc.stdout is not None and proc.stderr is not None
     errors = asyncio.ensure_future(proc.stderr.read())  # drained alongside, so ffmpeg never blocks on it
-    size = int(window_s * sample_rate) * 4
+    window = int(window_s * sample_rate)
+    carried = np.empty(0, dtype=np.float32)
     try:
         while True:
             try:
-                chunk = await asyncio.wait_for(proc.stdout.readexactly(size), stall_timeout_s)
+                chunk = await asyncio.wait_for(proc.stdout.readexactly((window - len(carried)) * 4), stall_timeout_s)
             except asyncio.IncompleteReadError as end:
-                chunk = end.partial[: len(end.partial) // 4 * 4]
-                if chunk:
-                    yield np.frombuffer(chunk, dtype=np.float32).copy()
+                rest = np.concatenate([carried, np.frombuffer(end.partial[: len(end.partial) // 4 * 4], np.float32)])
+                if len(rest):
+                    yield rest
                 break
             except TimeoutError as exc:
                 raise DeadlineExceeded(f"ffmpeg produced no audio for {stall_timeout_s:.0f}s",
                                        reason="TOOL_TIMEOUT") from exc
-            yield np.frombuffer(chunk, dtype=np.float32).copy()
+            samples = np.concatenate([carried, np.frombuffer(chunk, dtype=np.float32)])
+            cut = quiet_cut(samples, sample_rate, cut_search_s)
+            carried = samples[cut:].copy()
+            yield samples[:cut].copy()
         if await proc.wait() != 0:
             stderr = (await errors).decode("utf-8", errors="replace")
             raise media_error(REASON_UNREADABLE_MEDIA, f"cannot decode audio: {stderr[-300:]}", "video")

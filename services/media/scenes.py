@@ -1,69 +1,59 @@
-"""Shot (scene) boundaries with PySceneDetect's ``ContentDetector`` on frames decoded by ffmpeg.
+"""Shot (scene) boundaries, keyframes and the poster thumbnail of a video from one ffmpeg decode.
 
-``ContentDetector`` compares consecutive frames in HSV and cuts where the change passes ``threshold``;
-its flash filter (MERGE mode) folds cuts closer than ``min_scene_s`` into one, so muzzle flashes and
-explosions do not explode the scene count while real hard cuts keep frame accuracy.
-(``AdaptiveDetector`` was tried on tears_of_steel: it missed about a third of the visible hard cuts.)
+Decoding (``frames.FrameSource``) is one ffmpeg process, with its own threads and the restricted input
+arguments of every tool run; it streams ~256 px frames to the cut detector (``cuts.CutDetector``:
+PySceneDetect's ``ContentDetector`` behind a flash gate) and, for ``analyse_video``, every few frames at keyframe
+size (<= 480 px wide). ``keyframes.KeyframePicker`` keeps a bounded number of those and writes each scene's
+middle frame and the thumbnail (the frame nearest ``thumbnail_at_s``) as JPEGs as soon as they are known.
+Memory stays constant whatever the video's length.
 
-Decoding is one ffmpeg subprocess with the same input restrictions as every other tool run
-(``media.restricted``: local files, allow-listed demuxers), never a library that opens the file itself.
-ffmpeg downscales to the size PySceneDetect's auto-downscale would use (larger side ~256 px), resamples to
-the stream's frame rate (frame *n* is at *n* / rate seconds), and writes raw BGR frames to a pipe; the
-detector reads them one by one. Decoding dominates the cost. (``fast_bilinear`` is the swscale filter
-whose frame scores come closest to the OpenCV decode + ``INTER_LINEAR`` resize used before: within ~0.5%
-on real footage, so only cuts scored within a hair of ``threshold`` can differ, by a frame or by one cut.)
-
-``detect_scenes`` is synchronous and CPU-bound (the CPU is mostly ffmpeg's): from async code use
-``detect_scenes_async``, which runs it in a worker thread and, when its task is cancelled, stops ffmpeg
-and the thread before re-raising. ``cancel`` (a ``threading.Event``) stops a running ``detect_scenes``
-within ~0.1 s; ``stall_timeout_s`` bounds how long ffmpeg may go without producing a frame.
+``detect_scenes`` / ``analyse_video`` are synchronous and CPU-bound (the CPU is mostly ffmpeg's): from async
+code use ``detect_scenes_async`` or ``MediaPass``, which run them in a worker thread and, when their task is
+cancelled, stop ffmpeg and the thread before re-raising. ``cancel`` (a ``threading.Event``) stops a running
+call within ~0.1 s; ``stall_timeout_s`` bounds how long ffmpeg may go without producing a frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import select
-import subprocess
-import tempfile
+import shutil
 import threading
-import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from fractions import Fraction
 from functools import partial
 from itertools import pairwise
-from typing import IO, Any
+from pathlib import Path
+from typing import Any, TypeVar
 
+import cv2
 import numpy as np
 
-from services.common.errors import DeadlineExceeded, FailedPrecondition
-from services.media.probe import (
-    PROBE_TIMEOUT_S,
-    REASON_UNREADABLE_MEDIA,
-    first_motion_video,
-    media_error,
-    restricted,
-    trim_stderr,
+from services.common.errors import Internal
+from services.media.cuts import DEFAULT_MIN_SCENE_S, DEFAULT_THRESHOLD, CutDetector
+from services.media.frames import (
+    STALL_TIMEOUT_S,
+    DecodeCancelled,
+    FrameSource,
+    VideoStream,
+    bgr,
+    probe_video_stream,
 )
+from services.media.keyframes import KeyframePicker
+from services.media.probe import REASON_UNREADABLE_MEDIA, media_error
 
-DEFAULT_THRESHOLD = 27.0
-DEFAULT_MIN_SCENE_S = 0.6
-ANALYSIS_WIDTH = 256
-"""Frames are compared at about this size on their larger side (PySceneDetect's auto-downscale)."""
-STALL_TIMEOUT_S = 120.0
-"""Longest ffmpeg may go without producing a frame before the detection fails (DEADLINE_EXCEEDED)."""
+CANDIDATES_PER_S = 3
+"""Keyframe candidates decoded at keyframe size per second of video: a keyframe is within 1/6 s of its
+scene's middle (farther, in proportion, only for scenes over ~5 s; see ``keyframes``)."""
+JPEG_QUALITY = 90
 CANCEL_WAIT_S = 1.5
-"""How long a cancelled ``detect_scenes_async`` waits for its worker thread to stop."""
-_POLL_S = 0.1
-_DEFAULT_RATE = Fraction(25)
+"""How long a cancelled ``detect_scenes_async`` / ``MediaPass`` waits for its worker thread to stop."""
 
+SceneDetectionCancelled = DecodeCancelled
+"""``detect_scenes`` / ``analyse_video`` stopped because their ``cancel`` event was set."""
 
-class SceneDetectionCancelled(Exception):
-    """``detect_scenes`` stopped because its ``cancel`` event was set."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -77,6 +67,19 @@ class Scene:
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
+
+
+@dataclass(frozen=True)
+class SceneAnalysis:
+    """What one pass over a video found: its scenes, the keyframe (JPEG file) of each, its thumbnail."""
+
+    scenes: list[Scene]
+    keyframes: list[Path]
+    thumbnail: Path
+    frames: int = 0
+    """Frames decoded (at the stream's rate)."""
+    peak_frames_held: int = 0
+    """Most keyframe candidates held at once (bounded whatever the video's length)."""
 
 
 def detect_scenes(
@@ -100,35 +103,6 @@ def detect_scenes(
     return scenes_from_cuts(cuts, duration_s, min_scene_s=min_scene_s)
 
 
-async def detect_scenes_async(
-    path: str | os.PathLike[str],
-    duration_s: float,
-    threshold: float = DEFAULT_THRESHOLD,
-    min_scene_s: float = DEFAULT_MIN_SCENE_S,
-    *,
-    field: str = "video",
-    executor: Executor | None = None,
-    stall_timeout_s: float = STALL_TIMEOUT_S,
-) -> list[Scene]:
-    """``detect_scenes`` off the event loop (in ``executor``, default: the loop's thread pool).
-
-    Cancelling the awaiting task stops the work too: ffmpeg is killed and the thread ends (waited for up
-    to ``CANCEL_WAIT_S``) before ``CancelledError`` propagates."""
-    loop = asyncio.get_running_loop()
-    cancel = threading.Event()
-    job = partial(detect_scenes, path, duration_s, threshold, min_scene_s, field=field, cancel=cancel,
-                  stall_timeout_s=stall_timeout_s)
-    future = loop.run_in_executor(executor, job)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        cancel.set()
-        # Whatever the thread ends with (SceneDetectionCancelled, as a rule) is nobody's business now.
-        future.add_done_callback(lambda done: done.cancelled() or done.exception())
-        await asyncio.wait([future], timeout=CANCEL_WAIT_S)
-        raise
-
-
 def detect_cuts(
     path: str | os.PathLike[str],
     threshold: float = DEFAULT_THRESHOLD,
@@ -139,24 +113,61 @@ def detect_cuts(
     stall_timeout_s: float = STALL_TIMEOUT_S,
 ) -> list[float]:
     """Times (seconds) of the first frame of every new shot after the first, ascending. Blocking."""
-    from scenedetect import ContentDetector, FrameTimecode
-
     cancel = cancel or threading.Event()
-    if cancel.is_set():  # cancelled while queued for a worker thread
-        raise SceneDetectionCancelled()
-    stream = _probe_video_stream(path, field, cancel)
-    min_scene_frames = max(1, round(min_scene_s * float(stream.rate)))
-    detector = ContentDetector(threshold=threshold, min_scene_len=min_scene_frames)
-    cuts: list[Any] = []
-    position = None
-    with contextlib.closing(_decode_frames(path, stream, cancel, stall_timeout_s, field)) as frames:
-        for index, frame in enumerate(frames):
-            position = FrameTimecode(index, fps=stream.rate)
-            cuts += detector.process_frame(position, frame)
-    if position is None:
-        raise media_error(REASON_UNREADABLE_MEDIA, "no video frame could be decoded", field)
-    cuts += detector.post_process(position)
-    return [cut.seconds for cut in sorted(set(cuts)) if cut.frame_num > 0]
+    stream = _stream(path, field, cancel)
+    cuts = CutDetector(stream.rate, threshold, min_scene_s)
+    with FrameSource(path, stream, cancel, stall_timeout_s=stall_timeout_s, field=field) as frames:
+        while (frame := frames.analysis()) is not None:
+            cuts.push(bgr(frame))
+        frames.finish()
+    return cuts.finish()
+
+
+def analyse_video(
+    path: str | os.PathLike[str],
+    duration_s: float,
+    out_dir: str | os.PathLike[str],
+    *,
+    thumbnail_at_s: float = 1.0,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_scene_s: float = DEFAULT_MIN_SCENE_S,
+    field: str = "video",
+    cancel: threading.Event | None = None,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+    on_thumbnail: Callable[[Path], None] | None = None,
+) -> SceneAnalysis:
+    """``detect_scenes`` plus, from the same decode, each scene's keyframe and the thumbnail (the frame
+    nearest ``thumbnail_at_s``, clamped into the video) as JPEGs in ``out_dir`` (at most 480 px wide).
+    ``on_thumbnail`` gets the thumbnail's path as soon as it is written, while the decode goes on. Blocking;
+    raises as ``detect_scenes`` does."""
+    cancel = cancel or threading.Event()
+    stream = _stream(path, field, cancel)
+    cuts = CutDetector(stream.rate, threshold, min_scene_s)
+    every = max(1, min(round(stream.rate / CANDIDATES_PER_S), cuts.min_scene_frames))
+    writer = _JpegWriter(Path(out_dir))
+    picker = KeyframePicker(writer.write, every=every, lag=cuts.lag,
+                            thumbnail_at=round(max(0.0, thumbnail_at_s) * stream.rate), on_thumbnail=on_thumbnail)
+    min_gap, boundary = max(min_scene_s, 0.001), 0.0  # a cut scenes_from_cuts keeps is a scene for the picker
+    with FrameSource(path, stream, cancel, stall_timeout_s=stall_timeout_s, field=field,
+                     candidates_every=every) as frames:
+        while (frame := frames.analysis()) is not None:
+            index = frames.analysis_frames - 1
+            if index % every == 0 and (candidate := frames.candidate()) is not None:
+                picker.offer(index, candidate)
+            for cut in cuts.push(bgr(frame)):
+                if float(cut / stream.rate) - boundary >= min_gap:
+                    picker.cut(cut)
+                    boundary = round(float(cut / stream.rate), 6)
+            picker.advance(index)
+        frames.finish()
+    scenes = scenes_from_cuts(cuts.finish(), duration_s, min_scene_s=min_scene_s)
+    try:
+        handles = picker.finish([(s.start_s * stream.rate, s.end_s * stream.rate) for s in scenes])
+    except LookupError:
+        raise media_error(REASON_UNREADABLE_MEDIA, "no video frame could be decoded", field) from None
+    assert picker.thumbnail is not None
+    return SceneAnalysis(scenes, writer.distinct(handles), picker.thumbnail, frames.analysis_frames,
+                         picker.peak_held)
 
 
 def scenes_from_cuts(cuts: Iterable[float], duration_s: float, min_scene_s: float = 0.0) -> list[Scene]:
@@ -178,155 +189,124 @@ def scenes_from_cuts(cuts: Iterable[float], duration_s: float, min_scene_s: floa
     return [Scene(n, start, end) for n, (start, end) in enumerate(pairwise(boundaries))]
 
 
-# --- decoding ---------------------------------------------------------------------------------------
+# --- async ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _VideoStream:
-    """The stream to decode: absolute ``index``, stored size, frame rate, and the analysis frame size."""
+async def detect_scenes_async(
+    path: str | os.PathLike[str],
+    duration_s: float,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_scene_s: float = DEFAULT_MIN_SCENE_S,
+    *,
+    field: str = "video",
+    executor: Executor | None = None,
+    stall_timeout_s: float = STALL_TIMEOUT_S,
+) -> list[Scene]:
+    """``detect_scenes`` off the event loop (in ``executor``, default: the loop's thread pool).
 
-    index: int
-    width: int
-    height: int
-    rate: Fraction
-
-    @property
-    def analysis_size(self) -> tuple[int, int]:
-        """PySceneDetect's auto-downscale: the larger side to ~``ANALYSIS_WIDTH``, never upscaled."""
-        largest = max(self.width, self.height)
-        if largest < ANALYSIS_WIDTH:
-            return self.width, self.height
-        factor = largest / ANALYSIS_WIDTH
-        return max(1, round(self.width / factor)), max(1, round(self.height / factor))
-
-
-def _probe_video_stream(path: str | os.PathLike[str], field: str, cancel: threading.Event) -> _VideoStream:
-    """ffprobe (restricted, like every tool run) for the first moving-picture stream."""
-    args = restricted(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", os.fspath(path)])
+    Cancelling the awaiting task stops the work too: ffmpeg is killed and the thread ends (waited for up
+    to ``CANCEL_WAIT_S``) before ``CancelledError`` propagates."""
+    cancel = threading.Event()
+    job = partial(detect_scenes, path, duration_s, threshold, min_scene_s, field=field, cancel=cancel,
+                  stall_timeout_s=stall_timeout_s)
+    future = asyncio.get_running_loop().run_in_executor(executor, job)
     try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except FileNotFoundError as exc:
-        raise FailedPrecondition("ffprobe is not installed or not on PATH", reason="TOOL_NOT_FOUND") from exc
-    deadline = time.monotonic() + PROBE_TIMEOUT_S
-    try:
-        while True:
-            try:
-                stdout, stderr = proc.communicate(timeout=_POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                if cancel.is_set():
-                    raise SceneDetectionCancelled() from None
-                if time.monotonic() >= deadline:
-                    raise DeadlineExceeded(f"ffprobe took longer than {PROBE_TIMEOUT_S:.0f}s",
-                                           reason="TOOL_TIMEOUT") from None
-    finally:
-        _stop(proc)
-    if proc.returncode != 0:
-        message = trim_stderr(stderr).replace(os.fspath(path), os.path.basename(path))
-        raise media_error(REASON_UNREADABLE_MEDIA, f"video cannot be decoded ({message})", field)
-    try:
-        streams = json.loads(stdout).get("streams") or []
-    except (json.JSONDecodeError, AttributeError):
-        streams = []
-    video = first_motion_video(streams)
-    width, height = (int(video.get("width") or 0), int(video.get("height") or 0)) if video else (0, 0)
-    if video is None or width <= 0 or height <= 0:
-        raise media_error(REASON_UNREADABLE_MEDIA, "no decodable video stream", field)
-    return _VideoStream(int(video.get("index", 0)), width, height, _guess_rate(video))
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await _stop_worker(future, cancel)
+        raise
 
 
-def _guess_rate(stream: dict[str, Any]) -> Fraction:
-    """The stream's frame rate as ffmpeg (and OpenCV) guess it: the base rate ``r_frame_rate``, unless it
-    is implausibly high next to a plausible average rate."""
-    rates = []
-    for key in ("r_frame_rate", "avg_frame_rate"):
-        try:
-            rate = Fraction(str(stream.get(key, "0/1")))
-        except (ValueError, ZeroDivisionError):
-            rate = Fraction(0)
-        rates.append(rate if 0 < rate < 1000 else Fraction(0))
-    base, average = rates
-    if base > 210 and 0 < average < 70:
-        return average
-    return base or average or _DEFAULT_RATE
+class MediaPass:
+    """``analyse_video`` in a worker thread, as an async context manager: ``thumbnail()`` answers as soon as
+    the poster frame is decoded (early in the pass), ``result()`` when the pass is over. Leaving the block
+    before the pass ends (an error, a cancelled task) stops ffmpeg and the thread, as ``detect_scenes_async``
+    does. Arguments as ``analyse_video``'s."""
+
+    def __init__(self, path: str | os.PathLike[str], duration_s: float, out_dir: str | os.PathLike[str], *,
+                 executor: Executor | None = None, **options: Any) -> None:
+        self._job = partial(analyse_video, path, duration_s, out_dir, **options)
+        self._executor = executor
+        self._cancel = threading.Event()
+
+    async def __aenter__(self) -> MediaPass:
+        loop = asyncio.get_running_loop()
+        self._thumbnail: asyncio.Future[Path] = loop.create_future()
+
+        def thumbnail_written(path: Path) -> None:  # in the worker thread
+            loop.call_soon_threadsafe(self._set_thumbnail, path)
+
+        self._work = loop.run_in_executor(
+            self._executor, partial(self._job, cancel=self._cancel, on_thumbnail=thumbnail_written))
+        return self
+
+    def _set_thumbnail(self, path: Path) -> None:
+        if not self._thumbnail.done():
+            self._thumbnail.set_result(path)
+
+    async def thumbnail(self) -> Path:
+        """The thumbnail JPEG; raises what the pass raised if it failed first."""
+        either: list[asyncio.Future[Any]] = [self._thumbnail, self._work]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if self._thumbnail.done():
+            return self._thumbnail.result()
+        return self._work.result().thumbnail
+
+    async def result(self) -> SceneAnalysis:
+        return await asyncio.shield(self._work)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self._work.done():
+            await _stop_worker(self._work, self._cancel)
+        elif not self._work.cancelled():
+            self._work.exception()  # retrieved: an error nobody awaited is not logged as lost
 
 
-def _decode_frames(
-    path: str | os.PathLike[str], stream: _VideoStream, cancel: threading.Event, stall_timeout_s: float,
-    field: str,
-) -> Generator[np.ndarray, None, None]:
-    """Frames of ``stream`` as ``(height, width, 3)`` BGR arrays at ``analysis_size``, one per 1/rate s.
+async def _stop_worker(future: asyncio.Future[T], cancel: threading.Event) -> None:
+    """Stop a ``detect_scenes`` / ``analyse_video`` thread: set its ``cancel``, wait up to ``CANCEL_WAIT_S``."""
+    cancel.set()
+    # Whatever the thread ends with (SceneDetectionCancelled, as a rule) is nobody's business now.
+    future.add_done_callback(lambda done: done.cancelled() or done.exception())
+    await asyncio.wait([future], timeout=CANCEL_WAIT_S)
 
-    ffmpeg is killed as soon as the caller stops iterating, ``cancel`` is set or the stall timeout passes.
-    A decode error ends the frames early (what decoded is used, as a player would show it); an error
-    before any frame raises ``InvalidArgument``."""
-    if cancel.is_set():
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _stream(path: str | os.PathLike[str], field: str, cancel: threading.Event) -> VideoStream:
+    if cancel.is_set():  # cancelled while queued for a worker thread
         raise SceneDetectionCancelled()
-    width, height = stream.analysis_size
-    args = restricted([
-        "ffmpeg", "-nostdin", "-v", "error", "-noautorotate", "-i", os.fspath(path),
-        "-map", f"0:{stream.index}", "-an", "-sn", "-dn",
-        "-vf", f"scale={width}:{height}:flags=fast_bilinear", "-fps_mode", "cfr", "-r", str(stream.rate),
-        "-pix_fmt", "bgr24", "-f", "rawvideo", "pipe:1",
-    ])  # fmt: skip
-    with tempfile.TemporaryFile() as errors:
-        try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
-        except FileNotFoundError as exc:
-            raise FailedPrecondition("ffmpeg is not installed or not on PATH", reason="TOOL_NOT_FOUND") from exc
-        assert proc.stdout is not None
-        frames = 0
-        try:
-            while (frame := _read_frame(proc.stdout, width * height * 3, cancel, stall_timeout_s)) is not None:
-                frames += 1
-                yield np.frombuffer(frame, dtype=np.uint8).reshape(height, width, 3)
-                if cancel.is_set():
-                    raise SceneDetectionCancelled()
-            try:
-                returncode = proc.wait(timeout=stall_timeout_s)
-            except subprocess.TimeoutExpired:
-                returncode = -1  # closed its output but hangs: what it sent is all there is
-            if returncode != 0 and frames == 0:
-                errors.seek(0)
-                stderr = trim_stderr(errors.read()).replace(os.fspath(path), os.path.basename(path))
-                raise media_error(REASON_UNREADABLE_MEDIA, f"video cannot be decoded ({stderr})", field)
-        finally:
-            _stop(proc)
+    return probe_video_stream(path, field, cancel)
 
 
-def _read_frame(pipe: IO[bytes], size: int, cancel: threading.Event, stall_timeout_s: float) -> bytearray | None:
-    """Exactly ``size`` bytes from ``pipe``, or None at its end (a partial last frame is dropped).
+class _JpegWriter:
+    """Writes frames as JPEG files in ``folder``, each under a new name."""
 
-    Waits in short polls so ``cancel`` is seen within ``_POLL_S`` even while ffmpeg produces nothing."""
-    frame = bytearray(size)
-    view = memoryview(frame)
-    got = 0
-    fd = pipe.fileno()
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    stalled_at = time.monotonic() + stall_timeout_s
-    while got < size:
-        if cancel.is_set():
-            raise SceneDetectionCancelled()
-        if not poller.poll(_POLL_S * 1000):
-            if time.monotonic() >= stalled_at:
-                raise DeadlineExceeded(f"ffmpeg produced nothing for {stall_timeout_s:.0f}s", reason="TOOL_TIMEOUT")
-            continue
-        count = os.readv(fd, [view[got:]])
-        if count == 0:
-            return None
-        got += count
-        stalled_at = time.monotonic() + stall_timeout_s
-    return frame
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._count = 0
+        folder.mkdir(parents=True, exist_ok=True)
 
+    def write(self, index: int, frame: np.ndarray) -> Path:
+        """Frame ``index`` (I420, as ``FrameSource`` gives it) as a JPEG file; its path."""
+        ok, data = cv2.imencode(".jpg", bgr(frame), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise Internal(f"could not encode frame {index} as JPEG", reason="FRAME_EXTRACT_FAILED")
+        path = self._folder / f"frame-{self._count:05d}-{index:08d}.jpg"
+        self._count += 1
+        path.write_bytes(data.tobytes())
+        return path
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Kill the tool if it still runs, reap it, close its pipes."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=5)
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    def distinct(self, paths: list[Path]) -> list[Path]:
+        """``paths`` with every repeat replaced by a copy (each scene's keyframe is its own file)."""
+        seen: set[Path] = set()
+        out = []
+        for path in paths:
+            if path in seen:
+                copy = self._folder / f"frame-{self._count:05d}-copy.jpg"
+                self._count += 1
+                shutil.copyfile(path, copy)
+                path = copy
+            seen.add(path)
+            out.append(path)
+        return out

@@ -24,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from services.inference import contract
 from services.models import onnx_text
 from services.models.weights import WeightsError, WeightsProblem, WeightsSpec, parse_weights, weights_version
 
 log = logging.getLogger(__name__)
 
-CLIP_SETTING = "CLIPMIND_CLIP_WEIGHTS"
+CLIP_SETTING = contract.CLIP_WEIGHTS_SETTING
 DEFAULT_ARCH = "ViT-B-32"
 DEFAULT_TAG = "laion2b_s34b_b79k"
 MAX_IMAGE_PIXELS = 40_000_000
@@ -197,7 +198,9 @@ class ClipModel:
                 ok.append(i)
             except Exception as exc:  # PIL raises many kinds for bad bytes
                 reason = str(exc).split(" <_io.")[0]  # PIL appends the buffer's repr
-                errors[i] = f"images[{i}] is not a decodable image: {type(exc).__name__}: {reason}"
+                errors[i] = contract.item_error(
+                    contract.MODEL_ITEM, i, f"is not a decodable image: {type(exc).__name__}: {reason}"
+                )
         size = getattr(self._model.visual, "image_size", (224, 224))
         if isinstance(size, int):
             size = (size, size)

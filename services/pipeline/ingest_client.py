@@ -17,8 +17,8 @@ from typing import Any
 from clipmind.ingest.internal.v1 import ingest_internal_service_pb2 as pb
 
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.names import parse_user_name, video_name
 from services.common.outbox import Handler
-from services.common.paging import parse_name
 from services.pipeline.records import VideoSource
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ _FACT_FIELDS = {
     "video_codec": "video_codec", "audio_codec": "audio_codec", "has_audio": "has_audio",
     "thumbnail_key": "thumbnail_key", "scene_count": "scene_count", "transcript_source": "transcript_source",
     "transcript_model": "transcript_model", "visual_model": "visual_model",
+    "transcript_language": "transcript_language",
 }
 
 
@@ -40,7 +41,7 @@ def processing_request(video_id: uuid.UUID, fence: int, state: str = "", failure
                        **facts: Any) -> pb.UpdateVideoProcessingRequest:
     """An UpdateVideoProcessing request: ``state`` PROCESSING, READY, FAILED, CANCELLED or "" (facts only)."""
     request = pb.UpdateVideoProcessingRequest(
-        video=f"videos/{video_id}", fence=fence, failure_reason=failure_reason,
+        video=video_name(video_id), fence=fence, failure_reason=failure_reason,
         state=pb.ProcessingState.Value(f"PROCESSING_STATE_{state or 'UNSPECIFIED'}"),
     )
     for name, value in facts.items():
@@ -58,8 +59,8 @@ class IngestClient:
         """Where the video's bytes are and whose video it is; NOT_FOUND once it was deleted, UNAVAILABLE while
         ingest is away. An ``owner`` that is not ``users/{uuid}`` is INVALID_ARGUMENT naming ``owner`` (ingest
         broke the contract: the run fails rather than guess whose index to write)."""
-        answer = await self._stub.GetVideoSource(pb.GetVideoSourceRequest(video=f"videos/{video_id}"))
-        owner_id = parse_name(answer.owner, "users", "owner") if answer.owner else None
+        answer = await self._stub.GetVideoSource(pb.GetVideoSourceRequest(video=video_name(video_id)))
+        owner_id = parse_user_name(answer.owner, "owner") if answer.owner else None
         return VideoSource(video_id, answer.blob_key, answer.sidecar_key, answer.sidecar_format,
                            answer.sidecar_language, answer.title, owner_id=owner_id)
 

@@ -25,6 +25,7 @@ import asyncpg
 from services.common import outbox
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.names import job_name
 from services.common.queue import queue_key
 from services.common.rows import newest_first, to_record
 from services.pipeline.ingest_client import VIDEO_PROCESSING_TOPIC, processing_request
@@ -37,7 +38,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 def _job_not_found(job_id: uuid.UUID) -> NotFound:
     """The one answer for a job that does not exist and for another user's job (the same code, reason, text and
     metadata), so a caller cannot tell them apart."""
-    return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"name": f"jobs/{job_id}"})
+    return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"name": job_name(job_id)})
 
 
 def _check_owner(job: asyncpg.Record, run_id: uuid.UUID) -> None:

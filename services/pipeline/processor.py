@@ -18,6 +18,7 @@ for this video, and the events name the setting that would turn it on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import tempfile
 import uuid
@@ -29,14 +30,15 @@ import numpy as np
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.ids import derived_id
-from services.common.inference_types import WHISPER_SAMPLE_RATE, Inference, ModelStatus
-from services.media.decode import audio_windows, extract_frame
+from services.inference.ports import Inference, ModelStatus
+from services.media.layout import keyframe_key, thumbnail_key
 from services.media.probe import MediaInfo, probe
-from services.media.scenes import Scene, detect_scenes_async
+from services.media.scenes import MediaPass, SceneAnalysis
 from services.media.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
 from services.pipeline.ports import SearchIndex, VideoCatalog
 from services.pipeline.records import UNOWNED, Clip, ProcessedVideo, Run, Segment, VideoSource
-from services.pipeline.reporter import JobCancelled, JobReporter, ride_out, superseded
+from services.pipeline.reporter import JobCancelled, JobReporter, StageReport, ride_out, superseded
+from services.pipeline.speech import recognise
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +46,6 @@ log = logging.getLogger(__name__)
 STAGE_WEIGHTS = {
     "PROBE": 0.05, "THUMBNAIL": 0.05, "SCENES": 0.35, "TRANSCRIPT": 0.15, "EMBED": 0.30, "INDEX": 0.10,
 }
-
-
-WHISPER_WINDOW_S = 30  # Whisper's own context; also bounds each inference call
 
 
 @dataclass(frozen=True)
@@ -128,26 +127,46 @@ class VideoProcessor:
         await report.done("PROBE", f"{info.duration_s:.1f} s, {info.width}x{info.height}, {info.video_codec}")
 
         await report.start("THUMBNAIL", "extracting poster frame")
-        thumb_key = f"videos/{video.video_id}/thumbnail.jpg"
-        await self._frame_to_blob(source, min(1.0, info.duration_s / 2), thumb_key, info.duration_s)
-        await self._update_video(run, thumbnail_key=thumb_key)
-        await report.done("THUMBNAIL", thumb_key)
+        # One decode gives the thumbnail (early in it), the scenes and their keyframes.
+        with tempfile.TemporaryDirectory(prefix="clipmind-frames-") as frames:
+            async with MediaPass(source, info.duration_s, frames, thumbnail_at_s=min(1.0, info.duration_s / 2),
+                                 threshold=self._config.scene_threshold, min_scene_s=self._config.min_scene_s) as media:
+                thumb_key = thumbnail_key(video.video_id)
+                await self._blobs.put_file(thumb_key, await media.thumbnail(), move=True)
+                await self._update_video(run, thumbnail_key=thumb_key)
+                await report.done("THUMBNAIL", thumb_key)
 
-        await report.start("SCENES", "detecting shot boundaries")
-        scenes = await detect_scenes_async(
-            source, info.duration_s, threshold=self._config.scene_threshold,
-            min_scene_s=self._config.min_scene_s,
-        )
-        clips = await self._scene_clips(video, source, scenes, info.duration_s)
+                await report.start("SCENES", "detecting shot boundaries")
+                clips = await self._scene_clips(video, await media.result())
         await report.done("SCENES", f"{len(clips)} scenes")
 
-        await report.start("TRANSCRIPT", "looking for subtitles")
-        cues, transcript_source, note = await self._transcript(video, source, info, models["whisper"])
-        if cues:
-            await report.done("TRANSCRIPT", f"{len(cues)} segments from {transcript_source.lower()}{note}")
-        else:
-            await report.skip("TRANSCRIPT", note)
-        segments = assign_segments(video.video_id, cues, clips, transcript_source)
+        # The keyframes are embedded while the transcript is found (speech recognition runs in its own
+        # model instance): CLIP's work overlaps Whisper's and the audio decode instead of following them.
+        clip_status = models["clip_image"]
+        visual = asyncio.create_task(self._visual_vectors(clips)) if clip_status.usable else None
+        try:
+            await report.start("TRANSCRIPT", "looking for subtitles")
+            cues, transcript_source, language, note = await self._transcript(
+                video, source, info, models["whisper"], report)
+            if cues:
+                await report.done("TRANSCRIPT", f"{len(cues)} segments from {transcript_source.lower()}{note}")
+            else:
+                await report.skip("TRANSCRIPT", note)
+            result = await self._embed(report, models, video.video_id, clips, cues, transcript_source, visual)
+        finally:
+            if visual is not None and not visual.done():
+                visual.cancel()
+                with contextlib.suppress(BaseException):
+                    await visual
+        await self._index_result(run, report, video.video_id, owner_id, result, language if cues else "")
+
+    async def _embed(
+        self, report: StageReport, models: dict[str, ModelStatus], video_id: uuid.UUID, clips: list[Clip],
+        cues: list[Cue], transcript_source: str, visual: asyncio.Task[list[tuple[uuid.UUID, np.ndarray]]] | None,
+    ) -> ProcessedVideo:
+        """EMBED: Sentence-BERT vectors of the transcript's segments, and the keyframes' CLIP vectors (``visual``,
+        started earlier) when CLIP is usable."""
+        segments = assign_segments(video_id, cues, clips, transcript_source)
 
         await report.start("EMBED", f"embedding {len(segments)} transcript segments and {len(clips)} keyframes")
         result = ProcessedVideo(clips, segments, transcript_source=transcript_source if cues else "NONE")
@@ -158,8 +177,8 @@ class VideoProcessor:
             result.transcript_model = models["sbert"].model_id
             notes.append(f"{len(result.vectors)} transcript vectors ({result.transcript_model})")
         clip_status = models["clip_image"]
-        if clip_status.usable:
-            result.visual_vectors = await self._visual_vectors(clips)
+        if visual is not None:
+            result.visual_vectors = await visual
             result.visual_model = clip_status.model_id
             notes.append(f"{len(result.visual_vectors)} visual vectors ({result.visual_model})")
         else:
@@ -168,10 +187,16 @@ class VideoProcessor:
             await report.done("EMBED", "; ".join(notes))
         else:
             await report.skip("EMBED", "; ".join(notes))
+        return result
 
+    async def _index_result(
+        self, run: Run, report: StageReport, video_id: uuid.UUID, owner_id: uuid.UUID, result: ProcessedVideo,
+        language: str,
+    ) -> None:
+        clips, segments = result.clips, result.segments
         await report.start("INDEX", "writing clips, segments and vectors")
         try:  # while the search service is away the run waits (its lease is kept), up to search_wait_s
-            await ride_out(lambda: self._index.replace(video.video_id, run.fence, result, owner_id=owner_id),
+            await ride_out(lambda: self._index.replace(video_id, run.fence, result, owner_id=owner_id),
                            within_s=self._config.search_wait_s)
         except FailedPrecondition as exc:
             if superseded(exc):
@@ -179,6 +204,7 @@ class VideoProcessor:
             raise
         await self._update_video(
             run, state="READY", scene_count=len(clips), transcript_source=result.transcript_source,
+            transcript_language=language,
             transcript_model=result.transcript_model if result.vectors else "",
             visual_model=result.visual_model if result.visual_vectors else "",
         )
@@ -193,19 +219,12 @@ class VideoProcessor:
                 raise JobCancelled(str(run.job_id)) from exc
             raise
 
-    async def _frame_to_blob(self, source: Path, at_s: float, key: str, duration_s: float) -> None:
-        with tempfile.TemporaryDirectory(prefix="clipmind-frame-") as tmp:
-            out = Path(tmp) / "frame.jpg"
-            await extract_frame(source, at_s, out, duration_s=duration_s)
-            await self._blobs.put_file(key, out, move=True)
-
-    async def _scene_clips(
-        self, video: VideoSource, source: Path, scenes: list[Scene], duration_s: float
-    ) -> list[Clip]:
+    async def _scene_clips(self, video: VideoSource, analysis: SceneAnalysis) -> list[Clip]:
+        """The scenes as clips, each with its keyframe stored under the scene's key."""
         clips = []
-        for scene in scenes:
-            key = f"videos/{video.video_id}/scenes/{scene.index:04d}.jpg"
-            await self._frame_to_blob(source, (scene.start_s + scene.end_s) / 2, key, duration_s)
+        for scene, keyframe in zip(analysis.scenes, analysis.keyframes, strict=True):
+            key = keyframe_key(video.video_id, scene.index)
+            await self._blobs.put_file(key, keyframe, move=True)
             clips.append(
                 Clip(derived_id(video.video_id, "clip", scene.index), video.video_id, scene.index, scene.start_s,
                      scene.end_s, key)
@@ -227,15 +246,15 @@ class VideoProcessor:
         return vectors
 
     async def _transcript(
-        self, video: VideoSource, source: Path, info: MediaInfo, whisper: ModelStatus
-    ) -> tuple[list[Cue], str, str]:
-        """(cues, source, note): sidecar first, then a text subtitle track, then speech recognition."""
+        self, video: VideoSource, source: Path, info: MediaInfo, whisper: ModelStatus, report: StageReport
+    ) -> tuple[list[Cue], str, str, str]:
+        """(cues, source, language, note): sidecar first, then a text subtitle track, then speech recognition."""
         if video.sidecar_key:
             data = await self._blobs.get_bytes(video.sidecar_key)
             cues = await asyncio.to_thread(
                 parse_subtitles, data, video.sidecar_format or None, filename=video.sidecar_key
             )
-            return clip_cues(cues, info.duration_s), "SIDECAR", ""
+            return clip_cues(cues, info.duration_s), "SIDECAR", video.sidecar_language, ""
         track = pick_text_track(info.subtitle_streams)
         track_note = ""
         if track is not None:
@@ -245,27 +264,23 @@ class VideoProcessor:
                 log.warning("video %s: subtitle track %d unusable: %s", video.video_id, track.index, exc.message)
                 track_note = f"; subtitle track {track.index} unusable ({exc.reason})"
             else:
-                return clip_cues(cues, info.duration_s), "SUBTITLE_TRACK", ""
+                return clip_cues(cues, info.duration_s), "SUBTITLE_TRACK", track.language, ""
         if not info.has_audio:
-            return [], "NONE", f"no subtitles and no audio track{track_note}"
+            return [], "NONE", "", f"no subtitles and no audio track{track_note}"
         if not whisper.usable:
-            return [], "NONE", f"no subtitles, and speech recognition is off: {_off_note(whisper)}{track_note}"
-        heard: list[Cue] = []
-        languages: list[str] = []
-        # One call per window, decoded as it is needed: each call fits its deadline, and memory holds one
-        # window instead of the whole track (2 h of 16 kHz float32 would be 460 MB).
-        windows = audio_windows(source, WHISPER_SAMPLE_RATE, WHISPER_WINDOW_S)
-        try:
-            async for samples in windows:
-                offset = len(languages) * WHISPER_WINDOW_S
-                transcript = await self._inference.transcribe(samples, WHISPER_SAMPLE_RATE)
-                languages.append(transcript.language)
-                heard += [Cue(offset + s.start_s, offset + s.end_s, s.text.strip())
-                          for s in transcript.segments if s.text.strip()]
-        finally:
-            await windows.aclose()
-        if not languages:
-            return [], "NONE", "no subtitles and the audio track is empty"
-        language = max(set(languages), key=languages.count)
-        return clip_cues(heard, info.duration_s), "SPEECH_RECOGNITION", f" (language {language})"
+            return [], "NONE", "", f"no subtitles, and speech recognition is off: {_off_note(whisper)}{track_note}"
+        await report.progress("TRANSCRIPT", 0.0, f"no subtitles: recognising speech with {whisper.model_id}")
 
+        async def heard_so_far(done_s: float, rtf: float) -> None:
+            fraction = min(1.0, done_s / info.duration_s) if info.duration_s > 0 else 0.0
+            await report.progress("TRANSCRIPT", fraction, f"speech recognition: {done_s:.0f} of "
+                                                          f"{info.duration_s:.0f} s, real-time factor {rtf:.2f}")
+
+        heard = await recognise(self._inference, source, heard_so_far)
+        if heard.audio_s <= 0:
+            return [], "NONE", "", "no subtitles and the audio track is empty"
+        note = (f" ({whisper.model_id}, real-time factor {heard.real_time_factor:.2f}"
+                + (f", language {heard.language})" if heard.language else ")"))
+        if not heard.cues:
+            return [], "NONE", "", f"no speech heard in {heard.audio_s:.0f} s of audio{note}"
+        return clip_cues(heard.cues, info.duration_s), "SPEECH_RECOGNITION", heard.language, note

@@ -120,6 +120,12 @@ class StageReport:
     async def _emit(self, **kwargs: object) -> None:
         await self._reporter.emit(self._run.job_id, self._run.run_id, **kwargs)
 
+    async def progress(self, stage: str, fraction: float, message: str) -> None:
+        """The running stage is ``fraction`` (0–1) done: the job's progress moves within the stage's share."""
+        within = self._weights.get(stage, 0.0) * min(1.0, max(0.0, fraction))
+        await self._emit(stage=stage, stage_state="PROGRESS", progress=min(1.0, self._done + within),
+                         message=message, job_state="RUNNING")
+
     async def done(self, stage: str, message: str) -> None:
         await self._end(stage, "COMPLETED", message)
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from services.common.blobstore import BlobStore
 from services.common.errors import ClipMindError, NotFound
 from services.common.queue import JobQueue, enqueue_or_leave_to_sweep, queue_key
+from services.media.layout import video_prefix
 from services.pipeline.ports import Jobs
 from services.pipeline.processor import VideoProcessor
 from services.pipeline.records import Run
@@ -152,7 +153,7 @@ class JobRunner:
             # The video was deleted (ingest deletes its jobs through the pipeline's DeleteVideoJobs; a job
             # submitted after that deletion arrived is removed here): drop the job and what the run wrote.
             await ride_out(lambda: self._jobs.delete_for_video(job.video_id))
-            await self._blobs.delete_prefix(f"videos/{job.video_id}")
+            await self._blobs.delete_prefix(video_prefix(job.video_id))
             return "video deleted while processing"
         except asyncio.CancelledError:
             current = asyncio.current_task()

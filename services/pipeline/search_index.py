@@ -7,6 +7,7 @@ from typing import Any
 
 from clipmind.search.internal.v1 import search_internal_service_pb2 as pb
 
+from services.common.names import user_name, video_name
 from services.pipeline.records import ProcessedVideo
 
 
@@ -18,7 +19,7 @@ def index_request(
     visual = {clip_id: vec for clip_id, vec in result.visual_vectors}
     transcript = {seg_id: vec for seg_id, vec in result.vectors}
     request = pb.ReplaceVideoIndexRequest(
-        video=f"videos/{video_id}", fence=fence, owner=f"users/{owner_id}",
+        video=video_name(video_id), fence=fence, owner=user_name(owner_id),
         transcript_model=result.transcript_model if transcript else "",
         visual_model=result.visual_model if visual else "",
     )

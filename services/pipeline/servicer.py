@@ -18,7 +18,8 @@ from services.common import request_context
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
 from services.common.grpc_server import Context
-from services.common.paging import bound_to, decode_token, encode_token, page_size, parse_name
+from services.common.names import dead_letter_name, job_name, parse_job_name, parse_video_name, video_name
+from services.common.paging import bound_to, decode_token, encode_token, page_size
 from services.pipeline.jobs import JobControl
 from services.pipeline.records import DeadLetter, Job, JobEvent
 from services.pipeline.watch import Heartbeat, JobWatcher
@@ -28,8 +29,8 @@ _FILTER_TERM = re.compile(r'^\s*(video|state)\s*=\s*"?([\w/-]+)"?\s*$')
 
 def job_to_pb(job: Job) -> pb.Job:
     return pb.Job(
-        name=f"jobs/{job.id}",
-        video=f"videos/{job.video_id}",
+        name=job_name(job.id),
+        video=video_name(job.video_id),
         state=enum_value(pb.Job.State, "STATE", job.state),
         stage=enum_value(pb.Stage, "STAGE", job.stage),
         progress=job.progress,
@@ -45,9 +46,9 @@ def job_to_pb(job: Job) -> pb.Job:
 
 def event_to_pb(event: JobEvent | Heartbeat) -> pb.JobEvent:
     if isinstance(event, Heartbeat):
-        return pb.JobEvent(job=f"jobs/{event.job_id}", sequence=event.sequence, heartbeat=True)
+        return pb.JobEvent(job=job_name(event.job_id), sequence=event.sequence, heartbeat=True)
     return pb.JobEvent(
-        job=f"jobs/{event.job_id}",
+        job=job_name(event.job_id),
         sequence=event.sequence,
         stage=enum_value(pb.Stage, "STAGE", event.stage),
         stage_state=enum_value(pb.StageState, "STAGE_STATE", event.stage_state),
@@ -60,7 +61,7 @@ def event_to_pb(event: JobEvent | Heartbeat) -> pb.JobEvent:
 
 def dead_letter_to_pb(letter: DeadLetter) -> pb.DeadLetter:
     return pb.DeadLetter(
-        name=f"deadLetters/{letter.id}", job=f"jobs/{letter.job_id}", video=f"videos/{letter.video_id}",
+        name=dead_letter_name(letter.id), job=job_name(letter.job_id), video=video_name(letter.video_id),
         failure_reason=letter.failure_reason, attempts=letter.attempts,
         create_time=timestamp(letter.create_time),
     )
@@ -76,7 +77,7 @@ def parse_job_filter(expr: str) -> tuple[uuid.UUID | None, str | None]:
                                           "and/or state = QUEUED|RUNNING|SUCCEEDED|FAILED|CANCELLED")
         key, value = match.groups()
         if key == "video":
-            video_id = parse_name(value, "videos", field="filter")
+            video_id = parse_video_name(value, field="filter")
         else:
             state = value.upper().removeprefix("STATE_")
             if state not in ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"):
@@ -90,7 +91,7 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         self._watcher = watcher
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
-        return job_to_pb(await self._control.get(request_context.principal(), parse_name(request.name, "jobs")))
+        return job_to_pb(await self._control.get(request_context.principal(), parse_job_name(request.name)))
 
     async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
         caller = request_context.principal()
@@ -110,16 +111,16 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         caller = request_context.principal()
         if request.after_sequence < 0:
             raise invalid_field("after_sequence", "must not be negative")
-        job_id = parse_name(request.name, "jobs")
+        job_id = parse_job_name(request.name)
         async with aclosing(self._watcher.watch(caller, job_id, request.after_sequence)) as events:
             async for event in events:
                 yield event_to_pb(event)
 
     async def CancelJob(self, request: pb.CancelJobRequest, context: Context) -> pb.Job:
-        return job_to_pb(await self._control.cancel(request_context.principal(), parse_name(request.name, "jobs")))
+        return job_to_pb(await self._control.cancel(request_context.principal(), parse_job_name(request.name)))
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.Job:
-        return job_to_pb(await self._control.retry(request_context.principal(), parse_name(request.name, "jobs")))
+        return job_to_pb(await self._control.retry(request_context.principal(), parse_job_name(request.name)))
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Context

@@ -32,11 +32,11 @@ from services.common.config import WorkerSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging
-from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, arq_redis, job_from_json, job_to_json
+from services.inference.factory import make_inference
 from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_handlers
 from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
 from services.pipeline.jobs import JobControl

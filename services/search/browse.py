@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from services.common.errors import NotFound, invalid_field
+from services.common.names import video_name
 from services.common.paging import bound_to, decode_offset, encode_offset
 from services.common.principal import Principal
 from services.search.ports import ClipCatalog
@@ -58,4 +59,4 @@ class Browser:
     async def _visible(self, video_id: uuid.UUID, caller: Principal) -> None:
         if not await self._catalog.has_video(video_id, owner=caller.scope):
             raise NotFound(f"video {video_id} not found", reason="VIDEO_NOT_FOUND",
-                           metadata={"name": f"videos/{video_id}"})
+                           metadata={"name": video_name(video_id)})

@@ -17,6 +17,7 @@ import asyncpg
 
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.names import clip_name
 from services.common.rows import to_record
 from services.search.ports import VectorItem
 from services.search.records import Clip, Segment, VideoFacts, VideoIndex
@@ -150,7 +151,7 @@ class ClipStore:
         row = await self._pool.fetchrow(f"{_CLIP_SELECT} WHERE {' AND '.join(where)}", *args)
         if row is None:
             raise NotFound(f"clip {clip_id} not found", reason="CLIP_NOT_FOUND",
-                           metadata={"name": f"clips/{clip_id}"})
+                           metadata={"name": clip_name(clip_id)})
         return to_record(Clip, row)
 
     async def has_video(self, video_id: uuid.UUID, *, owner: uuid.UUID | None) -> bool:

@@ -13,7 +13,7 @@ from clipmind.search.internal.v1 import search_internal_service_pb2_grpc as pb_g
 from services.common.convert import from_timestamp
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
-from services.common.paging import parse_name
+from services.common.names import parse_user_name, parse_video_name
 from services.search.clip_store import ClipStore
 from services.search.ports import QueryCache
 from services.search.records import Clip, Segment, VideoFacts, VideoIndex
@@ -39,8 +39,8 @@ def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, uuid
     """The video, its owner and its index from the request, every id, reference and vector size checked. The
     owner is required: an index without one could only be written as nobody's, invisible to the user whose
     video it is."""
-    video_id = parse_name(request.video, "videos", "video")
-    owner = parse_name(request.owner, "users", "owner")
+    video_id = parse_video_name(request.video, "video")
+    owner = parse_user_name(request.owner, "owner")
     clips, visual = [], []
     seen: set[object] = set()
 
@@ -85,7 +85,7 @@ def facts_from_pb(facts: pb.VideoFacts) -> VideoFacts:
     which still holds messages written before ownership (and an ingest not yet upgraded sends none); refusing
     them would block its outbox for good. Such facts keep the owner the row has (the index's, which the
     pipeline always sends), or none for a new row; they never clear one. A malformed owner is refused."""
-    video_id = parse_name(facts.video, "videos", "facts.video")
+    video_id = parse_video_name(facts.video, "facts.video")
     if facts.revision < 1:
         raise invalid_field("facts.revision", "must be 1 or more")
     if facts.state not in _FACT_STATES:
@@ -94,7 +94,7 @@ def facts_from_pb(facts: pb.VideoFacts) -> VideoFacts:
         raise invalid_field("facts.duration_seconds", "must not be negative")
     if len(facts.title) > MAX_TITLE_CHARS:
         raise invalid_field("facts.title", f"longer than {MAX_TITLE_CHARS} characters")
-    owner = parse_name(facts.owner, "users", "facts.owner") if facts.owner else None
+    owner = parse_user_name(facts.owner, "facts.owner") if facts.owner else None
     return VideoFacts(video_id, facts.revision, facts.title, facts.blob_key, facts.state, facts.duration_seconds,
                       from_timestamp(facts, "create_time"), owner)
 
@@ -125,7 +125,7 @@ class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
 
     async def DeleteVideoIndex(self, request: pb.DeleteVideoIndexRequest,
                                context: Context) -> pb.DeleteVideoIndexResponse:
-        video_id = parse_name(request.video, "videos", "video")
+        video_id = parse_video_name(request.video, "video")
         deleted = await self._clips.delete_index(video_id)
         await self._changed(video_id)
         return pb.DeleteVideoIndexResponse(deleted_clip_count=deleted)

@@ -22,6 +22,7 @@ from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as ana
 
 from services.common import outbox
 from services.common.db import Database
+from services.common.names import clip_name, user_name, video_name
 from services.search.records import SearchRecord
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,11 @@ def to_message(records: Sequence[SearchRecord]) -> analytics_pb.LogSearchesReque
     for r in records:
         item = request.searches.add(
             search_id=str(r.search_id), query=r.query, image_query=r.image_query, result_count=r.result_count,
-            latency_ms=r.latency_ms, page_offset=r.page_offset, user=f"users/{r.user_id}",
+            latency_ms=r.latency_ms, page_offset=r.page_offset, user=user_name(r.user_id),
         )
         item.search_time.FromDatetime(r.search_time)
         for res in r.results:
-            item.results.add(clip=f"clips/{res.clip_id}", video=f"videos/{res.video_id}", rank=res.rank,
+            item.results.add(clip=clip_name(res.clip_id), video=video_name(res.video_id), rank=res.rank,
                              score=res.score)
     return request
 

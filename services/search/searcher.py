@@ -35,9 +35,9 @@ from typing import TypeVar
 import numpy as np
 
 from services.common.errors import FailedPrecondition, invalid_field
-from services.common.inference_types import Inference, ModelStatus
 from services.common.paging import bound_to, decode_offset, encode_offset
 from services.common.principal import Principal
+from services.inference.ports import Inference, ModelStatus
 from services.search import fusion
 from services.search.ports import ClipCatalog, ClipFilter, Match, QueryCache, Retrieval, SearchLog, VectorIndex
 from services.search.records import Clip, RankedResult, SearchRecord, Segment

@@ -16,9 +16,9 @@ from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import INTERNAL_MAX_MESSAGE_BYTES, configure_logging, run_server
 from services.common.identity_client import media_signer, process_authenticator, process_request_limits
-from services.common.inference import make_inference
 from services.common.model_health import check_weight_settings, log_model_status, model_health
 from services.common.outbox import OutboxRelay
+from services.inference.factory import make_inference
 from services.search import internal_servicer, search_log
 from services.search.browse import Browser
 from services.search.clip_store import MIGRATIONS, SCHEMA, ClipStore

@@ -11,7 +11,7 @@ from services.common.blobstore import BlobStore
 from services.common.convert import from_timestamp
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
-from services.common.paging import parse_name
+from services.common.names import clip_name, parse_clip_name, parse_video_name, transcript_segment_name, video_name
 from services.common.request_context import principal
 from services.search.browse import Browser
 from services.search.records import Clip
@@ -21,8 +21,8 @@ from services.search.searcher import Searcher, SearchHit, SearchQuery
 def clip_to_pb(clip: Clip, blobs: BlobStore) -> pb.Clip:
     playback = blobs.url(clip.video_blob_key)
     return pb.Clip(
-        name=f"clips/{clip.id}",
-        video=f"videos/{clip.video_id}",
+        name=clip_name(clip.id),
+        video=video_name(clip.video_id),
         video_title=clip.video_title,
         start_seconds=clip.start_s,
         end_seconds=clip.end_s,
@@ -55,7 +55,7 @@ def query_from_pb(request: pb.SearchRequest) -> SearchQuery:
     return SearchQuery(
         text=request.query,
         image=request.image,
-        video_ids=tuple(parse_name(v, "videos", field=f"filter.videos[{i}]") for i, v in enumerate(f.videos)),
+        video_ids=tuple(parse_video_name(v, field=f"filter.videos[{i}]") for i, v in enumerate(f.videos)),
         min_duration_s=f.min_duration_seconds,
         max_duration_s=f.max_duration_seconds,
         created_after=from_timestamp(f, "created_after"),
@@ -96,10 +96,10 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
     async def FindSimilarClips(
         self, request: pb.FindSimilarClipsRequest, context: Context
     ) -> pb.FindSimilarClipsResponse:
-        clip_id = parse_name(request.name, "clips")
+        clip_id = parse_clip_name(request.name)
         f = request.filter
         query = SearchQuery(
-            video_ids=tuple(parse_name(v, "videos", field=f"filter.videos[{i}]") for i, v in enumerate(f.videos)),
+            video_ids=tuple(parse_video_name(v, field=f"filter.videos[{i}]") for i, v in enumerate(f.videos)),
             min_duration_s=f.min_duration_seconds, max_duration_s=f.max_duration_seconds,
             created_after=from_timestamp(f, "created_after"), created_before=from_timestamp(f, "created_before"),
             page_size=request.page_size, page_token=request.page_token,
@@ -110,18 +110,18 @@ class SearchServicer(search_service_pb2_grpc.SearchServiceServicer):
         )
 
     async def GetClip(self, request: pb.GetClipRequest, context: Context) -> pb.Clip:
-        clip = await self._searcher.get_clip(parse_name(request.name, "clips"), principal())
+        clip = await self._searcher.get_clip(parse_clip_name(request.name), principal())
         return clip_to_pb(clip, self._blobs)
 
     async def ListClips(self, request: pb.ListClipsRequest, context: Context) -> pb.ListClipsResponse:
-        video_id = parse_name(request.parent, "videos", "parent")
+        video_id = parse_video_name(request.parent, "parent")
         clips, token = await self._browser.clips(video_id, principal(), request.page_size, request.page_token)
         return pb.ListClipsResponse(clips=[clip_to_pb(c, self._blobs) for c in clips], next_page_token=token)
 
     async def ListTranscriptSegments(self, request: pb.ListTranscriptSegmentsRequest,
                                      context: Context) -> pb.ListTranscriptSegmentsResponse:
-        video_id = parse_name(request.parent, "videos", "parent")
+        video_id = parse_video_name(request.parent, "parent")
         cues, token = await self._browser.transcript(video_id, principal(), request.page_size, request.page_token)
         return pb.ListTranscriptSegmentsResponse(next_page_token=token, transcript_segments=[
-            pb.TranscriptSegment(name=f"videos/{c.video_id}/transcriptSegments/{c.idx}", clip=f"clips/{c.clip_id}",
+            pb.TranscriptSegment(name=transcript_segment_name(c.video_id, c.idx), clip=clip_name(c.clip_id),
                                  start_seconds=c.start_s, end_seconds=c.end_s, text=c.text) for c in cues])

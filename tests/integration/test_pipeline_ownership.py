@@ -24,10 +24,10 @@ from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 from services.common import request_context
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import ClipMindError, InvalidArgument, NotFound
-from services.common.inference_types import MODEL_NAMES, ModelStatus
 from services.common.principal import Principal
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
+from services.inference.ports import MODEL_NAMES, ModelStatus
 from services.pipeline.ingest_client import IngestClient
 from services.pipeline.internal_servicer import PipelineInternalServicer
 from services.pipeline.job_store import JobStore

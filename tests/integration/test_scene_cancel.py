@@ -1,4 +1,5 @@
-"""Scene detection stops when asked: a cancelled job gives its CPU back within 2 s, with no ffmpeg left.
+"""Scene detection (and the pipeline's one media pass) stops when asked: a cancelled job gives its CPU back
+within 2 s, with no ffmpeg left.
 
 The video is 10 minutes of testsrc2 (a 10 s clip looped by stream copy, so it takes a second to make);
 decoding all of it would take far longer than the test waits.
@@ -12,15 +13,17 @@ import shutil
 import subprocess
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import psutil
 import pytest
 
 from services.common.errors import DeadlineExceeded
+from services.media.frames import FrameSource, VideoStream
 from services.media.scenes import (
+    MediaPass,
     SceneDetectionCancelled,
-    _read_frame,
     detect_scenes,
     detect_scenes_async,
 )
@@ -109,14 +112,45 @@ async def test_cancel_event_stops_the_blocking_call(long_video: Path) -> None:
     assert _live_ffmpeg_children() == []
 
 
-def test_a_stalled_decoder_times_out() -> None:
-    read_end, write_end = os.pipe()  # a writer that never writes, like an ffmpeg stuck on its input
+async def test_cancelled_media_pass_stops_ffmpeg_and_the_thread(long_video: Path, tmp_path: Path) -> None:
+    """The pipeline's one pass (thumbnail, scenes, keyframes) stops like detect_scenes_async when its task is
+    cancelled after the thumbnail came, mid-decode."""
+    thumbnails: list[Path] = []
+
+    async def process() -> None:
+        async with MediaPass(long_video, LONG_S, tmp_path, thumbnail_at_s=1.0) as media:
+            thumbnails.append(await media.thumbnail())
+            await media.result()
+
+    task = asyncio.create_task(process())
     try:
-        with os.fdopen(read_end, "rb", buffering=0) as pipe:
-            started = time.monotonic()
-            with pytest.raises(DeadlineExceeded) as err:
-                _read_frame(pipe, 1000, threading.Event(), stall_timeout_s=0.5)
-            assert 0.4 < time.monotonic() - started < 2.0
-            assert err.value.reason == "TOOL_TIMEOUT"
+        deadline = time.monotonic() + 30
+        while not thumbnails:
+            assert time.monotonic() < deadline and not task.done(), "no thumbnail while decoding"
+            await asyncio.sleep(0.05)
+        assert thumbnails[0].stat().st_size > 0 and _live_ffmpeg_children()
+        cancelled_at = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - cancelled_at < 2.0
     finally:
-        os.close(write_end)
+        task.cancel()
+    assert _live_ffmpeg_children() == []
+
+
+def test_a_stalled_decoder_times_out(tmp_path: Path) -> None:
+    fifo = tmp_path / "stuck.mp4"  # an input that never delivers a byte, like a hung network mount
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # holds the FIFO open: ffmpeg's reads wait, no EOF
+    try:
+        stream = VideoStream(index=0, width=64, height=64, rate=Fraction(25))
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as err, \
+                FrameSource(fifo, stream, threading.Event(), stall_timeout_s=0.5) as frames:
+            frames.analysis()
+        assert 0.4 < time.monotonic() - started < 2.0
+        assert err.value.reason == "TOOL_TIMEOUT"
+    finally:
+        os.close(writer)
+    assert _live_ffmpeg_children() == []

@@ -18,8 +18,8 @@ from clipmind.search.internal.v1 import search_internal_service_pb2 as internal_
 
 from services.common.db import Database
 from services.common.ids import derived_id
-from services.common.inference_types import ModelStatus
 from services.common.principal import Principal
+from services.inference.ports import ModelStatus
 from services.search.clip_store import ClipStore
 from services.search.internal_servicer import SearchInternalServicer
 from services.search.retrieval import PgRetrieval

@@ -32,8 +32,8 @@ from services.common.config import SearchSettings
 from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound
 from services.common.ids import derived_id
-from services.common.inference_types import ModelStatus, Transcript
 from services.common.principal import Principal
+from services.inference.ports import ModelStatus, Transcript
 from services.search.browse import Browser
 from services.search.clip_store import NO_OWNER, ClipStore
 from services.search.internal_servicer import SearchInternalServicer

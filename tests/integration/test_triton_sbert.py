@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from services.common.errors import InvalidArgument, Unavailable
-from services.common.inference import SBERT_DIM, TextEmbedder, TritonTextEmbedder
+from services.inference.ports import SBERT_DIM
+from services.inference.triton import TritonInference
 from services.launcher import free_port
 
 pytestmark = pytest.mark.integration
@@ -16,47 +17,46 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 async def embedder(triton_url: str):
-    client = TritonTextEmbedder(triton_url, timeout_s=30)
+    client = TritonInference(triton_url, timeout_s=30)
     yield client
     await client.close()
 
 
-async def test_is_a_text_embedder_and_ready(embedder: TritonTextEmbedder) -> None:
-    assert isinstance(embedder, TextEmbedder)
-    assert await embedder.ready()
-    assert embedder.model_id == "sbert/all-MiniLM-L6-v2"
-    assert embedder.dim == SBERT_DIM
+async def test_sbert_is_ready_with_its_model_id(embedder: TritonInference) -> None:
+    status = await embedder.model_status("sbert")
+    assert (status.state, status.model_id, status.backend) == ("ready", "sbert/all-MiniLM-L6-v2", "triton")
+    assert embedder.known_model_id("sbert") == "sbert/all-MiniLM-L6-v2"
 
 
-async def test_paraphrase_ranks_above_unrelated(embedder: TritonTextEmbedder) -> None:
-    query, paraphrase, unrelated = await embedder.embed_texts(
+async def test_paraphrase_ranks_above_unrelated(embedder: TritonInference) -> None:
+    query, paraphrase, unrelated = await embedder.embed_sentences(
         ["the cat sat on the mat", "a kitten is resting on a rug", "quarterly revenue grew 5 percent"]
     )
     assert float(query @ paraphrase) > float(query @ unrelated) + 0.3
 
 
-async def test_vectors_are_384d_float32_unit_norm(embedder: TritonTextEmbedder) -> None:
-    vectors = await embedder.embed_texts(["hello world", "ünïcödé text ✓", "x" * 5000])
+async def test_vectors_are_384d_float32_unit_norm(embedder: TritonInference) -> None:
+    vectors = await embedder.embed_sentences(["hello world", "ünïcödé text ✓", "x" * 5000])
     assert vectors.shape == (3, SBERT_DIM)
     assert vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
-async def test_large_inputs_are_split_into_batches(embedder: TritonTextEmbedder) -> None:
+async def test_large_inputs_are_split_into_batches(embedder: TritonInference) -> None:
     texts = [f"sentence number {i} about topic {i % 7}" for i in range(150)]
-    vectors = await embedder.embed_texts(texts)
+    vectors = await embedder.embed_sentences(texts)
     assert vectors.shape == (150, SBERT_DIM)
-    single = await embedder.embed_texts([texts[100]])
+    single = await embedder.embed_sentences([texts[100]])
     np.testing.assert_allclose(vectors[100], single[0], atol=1e-5)
 
 
-async def test_empty_input_gives_empty_matrix(embedder: TritonTextEmbedder) -> None:
-    assert (await embedder.embed_texts([])).shape == (0, SBERT_DIM)
+async def test_empty_input_gives_empty_matrix(embedder: TritonInference) -> None:
+    assert (await embedder.embed_sentences([])).shape == (0, SBERT_DIM)
 
 
-async def test_empty_text_is_invalid_argument(embedder: TritonTextEmbedder) -> None:
+async def test_empty_text_is_invalid_argument(embedder: TritonInference) -> None:
     with pytest.raises(InvalidArgument) as info:
-        await embedder.embed_texts(["fine", "   ", "also fine"])
+        await embedder.embed_sentences(["fine", "   ", "also fine"])
     assert [v.field for v in info.value.field_violations] == ["texts[1]"]
 
 
@@ -86,11 +86,11 @@ async def test_model_rejects_empty_text_per_request(triton_url: str) -> None:
 
 
 async def test_unreachable_server_is_unavailable() -> None:
-    client = TritonTextEmbedder(f"127.0.0.1:{free_port()}", timeout_s=3)
+    client = TritonInference(f"127.0.0.1:{free_port()}", timeout_s=3)
     try:
-        assert not await client.ready()
+        assert not (await client.model_status("sbert")).usable
         with pytest.raises(Unavailable):
-            await client.embed_texts(["hello"])
+            await client.embed_sentences(["hello"])
     finally:
         await client.close()
 

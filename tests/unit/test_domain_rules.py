@@ -12,6 +12,7 @@ from google.rpc import code_pb2, error_details_pb2
 from services.common.errors import FieldViolation, InvalidArgument, NotFound
 from services.common.grpc_errors import to_rpc_status
 from services.common.ids import derived_id
+from services.common.names import parse_name
 from services.common.paging import (
     bound_to,
     decode_offset,
@@ -19,7 +20,6 @@ from services.common.paging import (
     encode_offset,
     encode_token,
     page_size,
-    parse_name,
 )
 from services.media.subtitles import Cue
 from services.pipeline.processor import assign_segments

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from services.common.config import CommonSettings
-from services.common.inference_types import ModelStatus
 from services.common.model_health import check_weight_settings, describe
+from services.inference.ports import ModelStatus
 
 
 def test_explicit_missing_checkpoint_is_a_startup_error(tmp_path: Path) -> None:

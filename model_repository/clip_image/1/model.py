@@ -20,6 +20,7 @@ prepare()
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from services.inference import contract  # noqa: E402
 from services.models import triton_backend  # noqa: E402
 
 
@@ -29,7 +30,7 @@ class TritonPythonModel:
         triton_backend.set_threads(config)
         self.server = triton_backend.Server(
             pb_utils,
-            "clip_image",
+            contract.CLIP_IMAGE,
             lambda: triton_backend.load_clip(config),
         )
 

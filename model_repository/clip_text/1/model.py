@@ -20,6 +20,7 @@ prepare()
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from services.inference import contract  # noqa: E402
 from services.models import triton_backend  # noqa: E402
 
 
@@ -27,13 +28,13 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         triton_backend.set_threads(config)
-        self.server = triton_backend.Server(pb_utils, "clip_text", lambda: self._load(config))
+        self.server = triton_backend.Server(pb_utils, contract.CLIP_TEXT, lambda: self._load(config))
 
     @staticmethod
     def _load(config: dict) -> object:
         model = triton_backend.load_clip(config)
         # On CPU the texts go through ONNX Runtime (services.models.onnx_text): prepared now, not on a query.
-        pb_utils.Logger.log_info(f"clip_text: texts encoded by {model.text_runtime}")
+        pb_utils.Logger.log_info(f"{contract.CLIP_TEXT}: texts encoded by {model.text_runtime}")
         return model
 
     def execute(self, requests: list) -> list:

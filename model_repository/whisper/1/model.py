@@ -1,4 +1,5 @@
-"""Triton python backend: Whisper speech recognition (services.models.whisper.WhisperModel) on CPU.
+"""Triton python backend: Whisper speech recognition on CPU, the model ``services.models.whisper.load_whisper``
+picks (faster-whisper for CTranslate2 weights, openai-whisper for ``.pt`` and random weights).
 
 Input ``AUDIO`` [samples] float32 mono at the ``sample_rate`` parameter (16 kHz); outputs ``SEGMENTS`` [1]
 (JSON list of {"start", "end", "text"}, seconds), ``LANGUAGE`` [1] and ``MODEL_ID`` [1]. Zero samples is a
@@ -20,8 +21,9 @@ prepare()
 
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
+from services.inference import contract  # noqa: E402
 from services.models import triton_backend  # noqa: E402
-from services.models.whisper import WhisperModel  # noqa: E402
+from services.models.whisper import load_whisper  # noqa: E402
 
 
 class TritonPythonModel:
@@ -32,11 +34,12 @@ class TritonPythonModel:
         sample_len = int(triton_backend.parameter(config, "sample_len", "0")) or None
         self.server = triton_backend.Server(
             pb_utils,
-            "whisper",
-            lambda: WhisperModel.load(
-                weights=triton_backend.setting(config, "CLIPMIND_WHISPER_WEIGHTS", "weights"),
+            contract.WHISPER,
+            lambda: load_whisper(
+                weights=triton_backend.setting(config, contract.WHISPER_WEIGHTS_SETTING, "weights"),
                 seed=triton_backend.seed(config),
                 sample_len=sample_len,
+                threads=int(triton_backend.setting(config, contract.WHISPER_THREADS_SETTING, "cpu_threads", "0")),
             ),
         )
 

@@ -278,6 +278,7 @@ class Video(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_LANGUAGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `videos/{video}`, assigned by the server."""
     title: _builtins.str
@@ -322,6 +323,11 @@ class Video(_message.Message):
     """Why processing failed, for people; set only in STATE_FAILED."""
     owner: _builtins.str
     """Resource name of the user who owns the video, `users/{user}`."""
+    transcript_language: _builtins.str
+    """Language of the transcript, as its source names it: detected by speech
+    recognition (`en`, `de`, ...), or the tag of the subtitle track or file;
+    empty when unknown or there is no transcript.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the video record was created."""
@@ -356,10 +362,11 @@ class Video(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         owner: _builtins.str = ...,
+        transcript_language: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_codec", b"audio_codec", "content_type", b"content_type", "create_time", b"create_time", "description", b"description", "duration_seconds", b"duration_seconds", "failure_reason", b"failure_reason", "filename", b"filename", "frame_rate", b"frame_rate", "has_audio", b"has_audio", "height", b"height", "job", b"job", "name", b"name", "owner", b"owner", "playback_uri", b"playback_uri", "scene_count", b"scene_count", "size_bytes", b"size_bytes", "state", b"state", "thumbnail_uri", b"thumbnail_uri", "title", b"title", "transcript_source", b"transcript_source", "update_time", b"update_time", "video_codec", b"video_codec", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audio_codec", b"audio_codec", "content_type", b"content_type", "create_time", b"create_time", "description", b"description", "duration_seconds", b"duration_seconds", "failure_reason", b"failure_reason", "filename", b"filename", "frame_rate", b"frame_rate", "has_audio", b"has_audio", "height", b"height", "job", b"job", "name", b"name", "owner", b"owner", "playback_uri", b"playback_uri", "scene_count", b"scene_count", "size_bytes", b"size_bytes", "state", b"state", "thumbnail_uri", b"thumbnail_uri", "title", b"title", "transcript_language", b"transcript_language", "transcript_source", b"transcript_source", "update_time", b"update_time", "video_codec", b"video_codec", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -144,6 +144,7 @@ class UpdateVideoProcessingRequest(_message.Message):
     TRANSCRIPT_SOURCE_FIELD_NUMBER: _builtins.int
     TRANSCRIPT_MODEL_FIELD_NUMBER: _builtins.int
     VISUAL_MODEL_FIELD_NUMBER: _builtins.int
+    TRANSCRIPT_LANGUAGE_FIELD_NUMBER: _builtins.int
     video: _builtins.str
     """The video, `videos/{video}`."""
     fence: _builtins.int
@@ -178,6 +179,10 @@ class UpdateVideoProcessingRequest(_message.Message):
     """Model id of the transcript vectors; empty when none."""
     visual_model: _builtins.str
     """Model id of the visual vectors; empty when none."""
+    transcript_language: _builtins.str
+    """Language of the transcript (detected by speech recognition, or the tag
+    of the subtitle track or file); empty when unknown.
+    """
     def __init__(
         self,
         *,
@@ -197,10 +202,11 @@ class UpdateVideoProcessingRequest(_message.Message):
         transcript_source: _builtins.str | None = ...,
         transcript_model: _builtins.str | None = ...,
         visual_model: _builtins.str | None = ...,
+        transcript_language: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_audio_codec", b"_audio_codec", "_duration_seconds", b"_duration_seconds", "_frame_rate", b"_frame_rate", "_has_audio", b"_has_audio", "_height", b"_height", "_scene_count", b"_scene_count", "_thumbnail_key", b"_thumbnail_key", "_transcript_model", b"_transcript_model", "_transcript_source", b"_transcript_source", "_video_codec", b"_video_codec", "_visual_model", b"_visual_model", "_width", b"_width", "audio_codec", b"audio_codec", "duration_seconds", b"duration_seconds", "frame_rate", b"frame_rate", "has_audio", b"has_audio", "height", b"height", "scene_count", b"scene_count", "thumbnail_key", b"thumbnail_key", "transcript_model", b"transcript_model", "transcript_source", b"transcript_source", "video_codec", b"video_codec", "visual_model", b"visual_model", "width", b"width"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_audio_codec", b"_audio_codec", "_duration_seconds", b"_duration_seconds", "_frame_rate", b"_frame_rate", "_has_audio", b"_has_audio", "_height", b"_height", "_scene_count", b"_scene_count", "_thumbnail_key", b"_thumbnail_key", "_transcript_language", b"_transcript_language", "_transcript_model", b"_transcript_model", "_transcript_source", b"_transcript_source", "_video_codec", b"_video_codec", "_visual_model", b"_visual_model", "_width", b"_width", "audio_codec", b"audio_codec", "duration_seconds", b"duration_seconds", "frame_rate", b"frame_rate", "has_audio", b"has_audio", "height", b"height", "scene_count", b"scene_count", "thumbnail_key", b"thumbnail_key", "transcript_language", b"transcript_language", "transcript_model", b"transcript_model", "transcript_source", b"transcript_source", "video_codec", b"video_codec", "visual_model", b"visual_model", "width", b"width"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_audio_codec", b"_audio_codec", "_duration_seconds", b"_duration_seconds", "_frame_rate", b"_frame_rate", "_has_audio", b"_has_audio", "_height", b"_height", "_scene_count", b"_scene_count", "_thumbnail_key", b"_thumbnail_key", "_transcript_model", b"_transcript_model", "_transcript_source", b"_transcript_source", "_video_codec", b"_video_codec", "_visual_model", b"_visual_model", "_width", b"_width", "audio_codec", b"audio_codec", "duration_seconds", b"duration_seconds", "failure_reason", b"failure_reason", "fence", b"fence", "frame_rate", b"frame_rate", "has_audio", b"has_audio", "height", b"height", "scene_count", b"scene_count", "state", b"state", "thumbnail_key", b"thumbnail_key", "transcript_model", b"transcript_model", "transcript_source", b"transcript_source", "video", b"video", "video_codec", b"video_codec", "visual_model", b"visual_model", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_audio_codec", b"_audio_codec", "_duration_seconds", b"_duration_seconds", "_frame_rate", b"_frame_rate", "_has_audio", b"_has_audio", "_height", b"_height", "_scene_count", b"_scene_count", "_thumbnail_key", b"_thumbnail_key", "_transcript_language", b"_transcript_language", "_transcript_model", b"_transcript_model", "_transcript_source", b"_transcript_source", "_video_codec", b"_video_codec", "_visual_model", b"_visual_model", "_width", b"_width", "audio_codec", b"audio_codec", "duration_seconds", b"duration_seconds", "failure_reason", b"failure_reason", "fence", b"fence", "frame_rate", b"frame_rate", "has_audio", b"has_audio", "height", b"height", "scene_count", b"scene_count", "state", b"state", "thumbnail_key", b"thumbnail_key", "transcript_language", b"transcript_language", "transcript_model", b"transcript_model", "transcript_source", b"transcript_source", "video", b"video", "video_codec", b"video_codec", "visual_model", b"visual_model", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__audio_codec: _TypeAlias = _typing.Literal["audio_codec"]  # noqa: Y015
     _WhichOneofArgType__audio_codec: _TypeAlias = _typing.Literal["_audio_codec", b"_audio_codec"]  # noqa: Y015
@@ -216,6 +222,8 @@ class UpdateVideoProcessingRequest(_message.Message):
     _WhichOneofArgType__scene_count: _TypeAlias = _typing.Literal["_scene_count", b"_scene_count"]  # noqa: Y015
     _WhichOneofReturnType__thumbnail_key: _TypeAlias = _typing.Literal["thumbnail_key"]  # noqa: Y015
     _WhichOneofArgType__thumbnail_key: _TypeAlias = _typing.Literal["_thumbnail_key", b"_thumbnail_key"]  # noqa: Y015
+    _WhichOneofReturnType__transcript_language: _TypeAlias = _typing.Literal["transcript_language"]  # noqa: Y015
+    _WhichOneofArgType__transcript_language: _TypeAlias = _typing.Literal["_transcript_language", b"_transcript_language"]  # noqa: Y015
     _WhichOneofReturnType__transcript_model: _TypeAlias = _typing.Literal["transcript_model"]  # noqa: Y015
     _WhichOneofArgType__transcript_model: _TypeAlias = _typing.Literal["_transcript_model", b"_transcript_model"]  # noqa: Y015
     _WhichOneofReturnType__transcript_source: _TypeAlias = _typing.Literal["transcript_source"]  # noqa: Y015
@@ -240,6 +248,8 @@ class UpdateVideoProcessingRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__scene_count) -> _WhichOneofReturnType__scene_count | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__thumbnail_key) -> _WhichOneofReturnType__thumbnail_key | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__transcript_language) -> _WhichOneofReturnType__transcript_language | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__transcript_model) -> _WhichOneofReturnType__transcript_model | None: ...
     @_typing.overload

@@ -11,6 +11,9 @@ Callers (pipeline stages, search) depend on :class:`Inference` only. Four models
 A model whose weights cannot be had is ``off`` (its modality is switched off, never faked); one with
 random weights (tests only) is ``degraded``. Every vector is stored with its ``model_id``, which names
 the architecture and the weights version, so a changed model is detected instead of mixed.
+
+Implementations: services.inference.triton (``TritonInference``), services.inference.torch_local
+(``TorchInference``), services.inference.auto (``AutoInference``); services.inference.factory picks one.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-ModelName = Literal["clip_image", "clip_text", "sbert", "whisper"]
-MODEL_NAMES: tuple[ModelName, ...] = ("clip_image", "clip_text", "sbert", "whisper")
+from services.inference import contract
+
+ModelName = Literal["clip_image", "clip_text", "sbert", "whisper"]  # the contract's model names
+MODEL_NAMES: tuple[ModelName, ...] = (contract.CLIP_IMAGE, contract.CLIP_TEXT, contract.SBERT, contract.WHISPER)
 ModelState = Literal["ready", "degraded", "off", "unavailable"]
 
 CLIP_DIM = 512

@@ -1,5 +1,8 @@
 """In-process torch backend: the model classes of services.models, run off the event loop.
 
+(Named ``torch_local``, not ``torch``: a module called ``torch`` inside this package would shadow the real
+torch for tools that put the package's folder on ``sys.path``, and make ``import torch`` read ambiguously.)
+
 ``TorchInference`` implements the ``Inference`` Protocol with the same classes Triton's python backend
 runs (``ClipModel``, ``SbertModel``, ``WhisperModel``), so both backends give the same vectors. Each
 model is loaded lazily, once (a lock per model; CLIP serves both ``clip_image`` and ``clip_text``), in a
@@ -8,6 +11,7 @@ dedicated ``ThreadPoolExecutor``; inference runs there too, under the same per-c
 Weights that cannot be had by default (``WeightsUnavailable``) switch the model ``off``: calls raise
 ``FailedPrecondition`` naming the setting. Explicit weights that are broken (``WeightsError``) are a
 startup error: :meth:`TorchInference.preload` raises it; later calls raise ``FailedPrecondition``.
+Built from settings by services.inference.factory.torch_inference.
 """
 
 from __future__ import annotations
@@ -19,22 +23,14 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from services.common.errors import ClipMindError, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
-from services.common.inference import (
-    WEIGHTS_SETTING,
-    empty_image_error,
-    image_error,
-    item_error_detail,
-    model_off,
-    transcript_from,
-    validate_audio,
-    validate_texts,
-)
-from services.common.inference_types import (
+from services.inference import contract
+from services.inference.contract import WEIGHTS_SETTING
+from services.inference.ports import (
     CLIP_DIM,
     MODEL_NAMES,
     SBERT_DIM,
@@ -43,16 +39,23 @@ from services.common.inference_types import (
     ModelStatus,
     Transcript,
 )
-
-if TYPE_CHECKING:
-    from services.common.config import CommonSettings
+from services.inference.validation import (
+    empty_image_error,
+    image_error,
+    model_off,
+    transcript_from,
+    validate_audio,
+    validate_texts,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 # Which loaded object serves which model name.
-_SLOT: dict[ModelName, str] = {"clip_image": "clip", "clip_text": "clip", "sbert": "sbert", "whisper": "whisper"}
+_SLOT: dict[ModelName, str] = {
+    contract.CLIP_IMAGE: "clip", contract.CLIP_TEXT: "clip", contract.SBERT: "sbert", contract.WHISPER: "whisper",
+}
 
 
 @dataclass
@@ -92,19 +95,6 @@ class TorchInference:
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="clipmind-torch")
         self._slots = {key: _Slot(threading.Lock()) for key in ("clip", "sbert", "whisper")}
 
-    @classmethod
-    def from_settings(cls, settings: CommonSettings, **overrides: Any) -> TorchInference:
-        options: dict[str, Any] = {
-            "clip_arch": settings.clip_arch,
-            "clip_weights": settings.clip_weights,
-            "sbert_weights": settings.sbert_weights,
-            "whisper_weights": settings.whisper_weights,
-            "seed": settings.model_seed,
-            "timeout_s": settings.inference_timeout_s,
-        }
-        options.update(overrides)
-        return cls(**options)
-
     # ---- Protocol -------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, ModelStatus]:
@@ -128,37 +118,37 @@ class TorchInference:
         validate_texts(texts)
         if not texts:
             return np.zeros((0, SBERT_DIM), np.float32)
-        model = await self._usable("sbert")
-        return await self._run("sbert", model.embed_texts, texts)
+        model = await self._usable(contract.SBERT)
+        return await self._run(contract.SBERT, model.embed_texts, texts)
 
     async def embed_clip_texts(self, texts: Sequence[str]) -> np.ndarray:
         texts = list(texts)
         validate_texts(texts)
         if not texts:
             return np.zeros((0, CLIP_DIM), np.float32)
-        model = await self._usable("clip_text")
-        return await self._run("clip_text", model.embed_texts, texts)
+        model = await self._usable(contract.CLIP_TEXT)
+        return await self._run(contract.CLIP_TEXT, model.embed_texts, texts)
 
     async def embed_images(self, images: Sequence[bytes]) -> list[np.ndarray | Exception]:
         images = list(images)
         if not images:
             return []
-        model = await self._usable("clip_image")
+        model = await self._usable(contract.CLIP_IMAGE)
         todo = [i for i, image in enumerate(images) if image]
         results: list[np.ndarray | Exception] = [empty_image_error(i) for i in range(len(images))]
         if todo:
-            outcomes = await self._run("clip_image", model.embed_images, [bytes(images[i]) for i in todo])
+            outcomes = await self._run(contract.CLIP_IMAGE, model.embed_images, [bytes(images[i]) for i in todo])
             for index, outcome in zip(todo, outcomes, strict=True):
                 if isinstance(outcome, np.ndarray):
                     results[index] = np.asarray(outcome, dtype=np.float32)
                 else:
-                    results[index] = image_error(index, item_error_detail(str(outcome)))
+                    results[index] = image_error(index, contract.item_error_detail(str(outcome)))
         return results
 
     async def transcribe(self, audio: np.ndarray, sample_rate: int = WHISPER_SAMPLE_RATE) -> Transcript:
         samples = validate_audio(audio, sample_rate)
-        model = await self._usable("whisper")
-        language, segments = await self._run("whisper", model.transcribe, samples)
+        model = await self._usable(contract.WHISPER)
+        language, segments = await self._run(contract.WHISPER, model.transcribe, samples)
         return transcript_from(language, segments)
 
     async def close(self) -> None:
@@ -217,9 +207,9 @@ class TorchInference:
             return SbertModel.load(self.sbert_weights, self.device)
 
         def whisper() -> Any:
-            from services.models.whisper import WhisperModel
+            from services.models.whisper import load_whisper
 
-            return WhisperModel.load(self.whisper_weights, self.seed, self.device)
+            return load_whisper(self.whisper_weights, self.seed, self.device)
 
         return {"clip": clip, "sbert": sbert, "whisper": whisper}
 
