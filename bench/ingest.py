@@ -16,6 +16,13 @@ It prints wall seconds (median and best of the rounds), the ratio stage / floor 
 system, children included: less sensitive to a shared machine than wall time), the per-stage times and the
 scene count. Files: a generated 60 s 1280x720 30 fps H.264 + AAC (x264 veryfast, made once in ``--work``),
 ../shared/data's tears_of_steel WebM (VP8 + Vorbis) and popeye_p1 (1440x1074 HEVC). Figures, not a test.
+
+``--whole``: the whole ingest through a mesh started for it (CLIP on random weights, Whisper base real):
+each file uploaded over gRPC through Envoy and timed from the end of the upload to READY (every stage: media,
+transcript, CLIP and SBERT embedding through Triton, index), as a real-time multiple (video seconds per wall
+second), with each stage's time from the job's events. The generated file and the WebM go with a subtitle
+sidecar (no speech recognition: "without ASR"); the espeak-ng three-topic video of tests/e2e/test_speech.py
+goes without one (speech recognition on; the TRANSCRIPT stage reports Whisper's real-time factor).
 """
 
 from __future__ import annotations
@@ -126,6 +133,67 @@ def machine() -> str:
             f"{platform.python_version()}, {version}; load average {os.getloadavg()[0]:.1f} at start")
 
 
+def whole(files: list[tuple[Path, Path | None]], rounds: int) -> None:
+    """Upload → READY through a mesh (see the module doc)."""
+    from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
+
+    from services.launcher import Mesh, MeshConfig, MeshPorts
+    from services.launcher.credentials import admin_api_key, user_api_key
+    from tests.e2e.clients import authenticated_channel, grpc_upload, wait_ready, watch_job
+
+    env = {"CLIPMIND_CLIP_WEIGHTS": "random", "CLIPMIND_WHISPER_WEIGHTS": "base", "CLIPMIND_MODEL_SEED": "0",
+           "CLIPMIND_RATE_LIMIT_UPLOADS_PER_HOUR": "100000", "CLIPMIND_RATE_LIMIT_REQUESTS_PER_HOUR": "1000000"}
+    os.environ.update(env)  # Triton takes the model settings from the launcher's environment
+    with tempfile.TemporaryDirectory(prefix="clipmind-bench-whole-") as state:
+        mesh = Mesh(MeshConfig(state_dir=Path(state), ports=MeshPorts.free(), extra_env=env))
+        endpoints = mesh.start()
+        try:
+            url = endpoints.envoy_url
+            assert url is not None
+            admin = admin_api_key(url, mesh.admin_password_path)
+            channel = authenticated_channel(url.removeprefix("http://"), user_api_key(url, admin, "bench@x.dev"))
+            print(f"{'file':<34} {'video s':>7} {'wall s':>7} {'x real time':>11}  stages (s, median)")
+            for path, sidecar in files:
+                walls: list[float] = []
+                stages: dict[str, list[float]] = {}
+                duration = 0.0
+                note = ""
+                for _ in range(rounds):
+                    video = grpc_upload(channel, path, sidecar=sidecar)
+                    started = time.perf_counter()
+                    events = watch_job(channel, video.job, timeout=1800)
+                    done = wait_ready(channel, video.name)
+                    walls.append(time.perf_counter() - started)
+                    duration = done.duration_seconds
+                    opened: dict[str, float] = {}
+                    for event in events:
+                        name = pipeline_pb.Stage.Name(event.stage).removeprefix("STAGE_").lower()
+                        at = event.create_time.ToDatetime().timestamp()
+                        state_name = pipeline_pb.StageState.Name(event.stage_state)
+                        if state_name == "STAGE_STATE_STARTED":
+                            opened[name] = at
+                        elif state_name in ("STAGE_STATE_COMPLETED", "STAGE_STATE_SKIPPED") and name in opened:
+                            stages.setdefault(name, []).append(at - opened[name])
+                            if name == "transcript":
+                                note = event.message
+                wall = statistics.median(walls)
+                parts = ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in stages.items())
+                label = path.name[:26] + (" +srt" if sidecar else " asr")
+                print(f"{label:<34} {duration:7.1f} {wall:7.2f} {duration / wall:10.1f}x  {parts}")
+                print(f"{'':<36}transcript: {note[:150]}")
+            channel.close()
+        finally:
+            mesh.stop()
+
+
+def sidecar_for(path: Path, folder: Path) -> Path:
+    """A short SRT next to the copy of ``path`` (so the upload carries a sidecar and skips speech recognition)."""
+    srt = folder / f"{path.stem}.srt"
+    srt.write_text("1\n00:00:01,000 --> 00:00:04,000\nthe harbour at dawn\n\n"
+                   "2\n00:00:10,000 --> 00:00:14,000\na ship sails past the lighthouse\n")
+    return srt
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -133,7 +201,18 @@ def main() -> None:
                         help="where the generated file is made (once)")
     parser.add_argument("--files", type=Path, nargs="*", help="instead of the three default files")
     parser.add_argument("--stage", type=Path, help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--whole", action="store_true", help="whole ingest through a mesh (see above)")
     args = parser.parse_args()
+    if args.whole:
+        from tests.e2e.test_speech import make_spoken_video
+
+        args.work.mkdir(parents=True, exist_ok=True)
+        print(f"# {machine()}")
+        base = args.files or [generated_720p(args.work), *[p for p in REAL[:1] if p.exists()]]
+        spoken = args.work / "spoken"
+        spoken.mkdir(exist_ok=True)
+        whole([*[(p, sidecar_for(p, args.work)) for p in base], (make_spoken_video(spoken)[0], None)], args.rounds)
+        return
     if args.stage:
         import services.media.scenes  # noqa: F401  (imports before the clock: a worker has them loaded)
 
