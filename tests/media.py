@@ -13,7 +13,20 @@ from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
+import pytest
+
 from services.media.subtitles import Cue
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+"""The real test media beside the checkout (../shared/data)."""
+
+
+def real_media(relative: str) -> Path:
+    """``SHARED_DATA / relative``; the test is skipped when it is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"real test media {path} is absent (see ../shared/data/README.md)")
+    return path
 
 
 @dataclass(frozen=True)

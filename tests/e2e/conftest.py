@@ -3,10 +3,12 @@ Envoy), once per test session on free ports in a temporary state directory."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -30,19 +32,26 @@ MODEL_ENV = {"CLIPMIND_CLIP_WEIGHTS": "random", "CLIPMIND_WHISPER_WEIGHTS": "ran
 LIMITS_ENV = {"CLIPMIND_RATE_LIMIT_REQUESTS_PER_HOUR": "1000000", "CLIPMIND_RATE_LIMIT_UPLOADS_PER_HOUR": "100000"}
 
 
-@pytest.fixture(scope="session")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+@contextlib.contextmanager
+def running_mesh(state_dir: Path, model_env: dict[str, str], **config: Any) -> Iterator[Mesh]:
+    """A mesh on free ports with these model settings (and the suite's raised limits), stopped on exit."""
     patch = pytest.MonkeyPatch()
-    for key, value in MODEL_ENV.items():
+    for key, value in model_env.items():
         patch.setenv(key, value)  # the launcher hands CLIPMIND_* to Triton from its own environment
-    launched = Mesh(MeshConfig(state_dir=tmp_path_factory.mktemp("mesh"), ports=MeshPorts.free(),
-                               extra_env={**MODEL_ENV, **LIMITS_ENV}, edge=EDGE))
+    launched = Mesh(MeshConfig(state_dir=state_dir, ports=MeshPorts.free(), extra_env={**model_env, **LIMITS_ENV},
+                               **config))
     launched.start()
     try:
         yield launched
     finally:
         launched.stop()
         patch.undo()
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    with running_mesh(tmp_path_factory.mktemp("mesh"), MODEL_ENV, edge=EDGE) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="session")

@@ -25,10 +25,10 @@ from clipmind.pipeline.v1 import pipeline_service_pb2 as pipeline_pb
 from clipmind.search.v1 import search_service_pb2 as search_pb
 from clipmind.search.v1 import search_service_pb2_grpc as search_grpc
 
-from services.launcher import Mesh, MeshConfig, MeshPorts
+from services.launcher import Mesh
 from services.launcher.credentials import admin_api_key, user_api_key
 from tests.e2e.clients import authenticated_channel, grpc_search, grpc_upload, wait_ready, watch_job
-from tests.e2e.conftest import LIMITS_ENV
+from tests.e2e.conftest import running_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -131,17 +131,8 @@ def make_noise_and_music(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def speech_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
-    patch = pytest.MonkeyPatch()
-    for key, value in SPEECH_ENV.items():
-        patch.setenv(key, value)  # Triton takes the CLIPMIND_* model settings from the launcher's environment
-    launched = Mesh(MeshConfig(state_dir=tmp_path_factory.mktemp("speech-mesh"), ports=MeshPorts.free(),
-                               extra_env={**SPEECH_ENV, **LIMITS_ENV}))
-    launched.start()
-    try:
+    with running_mesh(tmp_path_factory.mktemp("speech-mesh"), SPEECH_ENV) as launched:
         yield launched
-    finally:
-        launched.stop()
-        patch.undo()
 
 
 @pytest.fixture(scope="module")

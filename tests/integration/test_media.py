@@ -29,6 +29,7 @@ from tests.media import (
     make_still_image,
     make_text_file,
     make_truncated_mp4,
+    real_media,
 )
 
 pytestmark = [
@@ -36,15 +37,7 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg/ffprobe not installed"),
 ]
 
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
 FPS = 25
-
-
-def real_media(relative: str) -> Path:
-    path = DATA / relative
-    if not path.exists():
-        pytest.skip(f"real test media {path} is absent (see ../shared/data/README.md)")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from services.media.keyframes import DEFAULT_CAPACITY
 from services.media.scenes import SceneAnalysis, analyse_video
-from tests.media import SceneSpec, cut_times, make_scene_video
+from tests.media import SceneSpec, cut_times, make_scene_video, real_media
 
 pytestmark = [
     pytest.mark.integration,
@@ -26,7 +26,6 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).parents[2]
-DATA = ROOT.parent / "shared" / "data"
 FPS = 25
 
 # Visible shots, counted by eye on contact sheets (ffmpeg ``fps=4,scale=192:-2,drawtext=%{pts},tile=8x10``,
@@ -51,13 +50,6 @@ FLASHES = ((3.0, 1), (5.0, 3), (10.0, 2), (12.2, 3), (18.0, 3), (26.0, 1), (33.0
 """(start in seconds, frames) of each full-frame white flash; none within a second of a cut."""
 KEYFRAME_COLOURS = {1: (0, 0, 255), 4: (255, 64, 16)}
 """BGR of the keyframes of the plain-colour shots (red, blue)."""
-
-
-def real_media(relative: str) -> Path:
-    path = DATA / relative
-    if not path.exists():
-        pytest.skip(f"real test media {path} is absent (see ../shared/data/README.md)")
-    return path
 
 
 @pytest.fixture(scope="module")
