@@ -407,24 +407,26 @@ async def test_small_owners_find_their_best_match_among_100000_vectors(
 
             async def check(index: PgRetrieval, user: uuid.UUID, label: str) -> None:
                 """Ten queries near ten of ``user``'s clips, each asking the candidates a search asks for: the
-                page (the first 10) is full and theirs, that clip is on it — first in at least 9 of the 10 (HNSW is
-                approximate: a large owner is served by it) — and the page recalls ≥ 0.8 of the exact top 10; the
-                latency goes into the report."""
+                page (the first 10) is full and theirs, that clip is first on it and the page recalls ≥ 0.8 of the
+                exact top 10; the latency goes into the report. HNSW is approximate (the planner serves a large
+                owner through it, a small one exactly through the btree index): one query in ten may miss. On this
+                collection about 1 query in 150 misses entirely at the deployed ``hnsw.ef_search`` of 100
+                (measured on a large owner's 300 queries: 298 found first, mean recall 0.992; at 200: 299,
+                0.995, 16 ms p50 against 10), so a test allowing no miss failed about one run in fifteen."""
                 theirs = [c for c, o in owner_of.items() if o == user]
                 matrix = np.stack([vectors[c] for c in theirs])
-                times, first = [], 0
+                times, misses = [], []
                 for target in rng.choice(len(theirs), 10, replace=False):
                     query = matrix[target] + 0.05 * _unit(rng, DIMS)  # near the clip, not equal to it
                     t0 = time.perf_counter()
                     hits = (await index.visual(models.visual_model, query, CANDIDATES, ClipFilter(user)))[:10]
                     times.append(time.perf_counter() - t0)
                     assert len(hits) == 10 and {owner_of[h.clip_id] for h in hits} == {user}, label
-                    assert theirs[target] in {h.clip_id for h in hits}, label
-                    first += hits[0].clip_id == theirs[target]
                     exact = [theirs[i] for i in np.argsort(-(matrix @ query))[:10]]
                     recall = len({h.clip_id for h in hits} & set(exact)) / 10
-                    assert recall >= 0.8, (label, recall)
-                assert first >= 9, (label, first)
+                    if hits[0].clip_id != theirs[target] or recall < 0.8:
+                        misses.append(recall)
+                assert len(misses) <= 1, (label, misses)
                 paths = ", ".join(f"{k} {v}" for k, v in sorted(index.path_counts.items()))
                 report.append(f"  {label:<46} p50 {_p50_ms(times):6.1f} ms  ({paths})")
                 index.path_counts.clear()
