@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from services.inference import contract
-from services.models.weights import WeightsError, WeightsProblem, WeightsSpec, parse_weights
+from services.models.weights import (
+    PACKAGE_PREFIX,
+    RANDOM,
+    WeightsError,
+    WeightsProblem,
+    WeightsSpec,
+    looks_like_path,
+    parse_weights,
+)
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,13 @@ def pull(name: str, env: Mapping[str, str] | None = None) -> str:
     raise PullError(f"unknown model {name!r}; one of clip, sbert, whisper")
 
 
+def _names_downloadable(setting: str) -> bool:
+    """Whether a weights setting names weights a hub holds (a tag or model name), as ``weights.parse_weights``
+    reads it: not ``random``, a ``package:`` or a path (a checkpoint file such as ``base.pt`` included)."""
+    text = setting.strip()
+    return not (text.lower() == RANDOM or text.startswith(PACKAGE_PREFIX) or looks_like_path(text))
+
+
 def _pull_clip(env: Mapping[str, str]) -> str:
     import open_clip
     from open_clip.pretrained import download_pretrained
@@ -168,7 +183,7 @@ def _pull_clip(env: Mapping[str, str]) -> str:
 
     arch = _setting(env, contract.CLIP_ARCH_SETTING) or DEFAULT_ARCH
     tag = _setting(env, contract.CLIP_WEIGHTS_SETTING) or DEFAULT_TAG
-    if tag == "random" or "/" in tag or tag.startswith(("~", ".")):
+    if not _names_downloadable(tag):
         raise PullError(f"clip: {contract.CLIP_WEIGHTS_SETTING}={tag!r} is not an open_clip tag; nothing to pull")
     cfg = open_clip.get_pretrained_cfg(arch, tag)
     if not cfg:
@@ -188,7 +203,7 @@ def _pull_whisper(env: Mapping[str, str]) -> str:
     from services.models.whisper import DEFAULT_NAME
 
     raw = _setting(env, contract.WHISPER_WEIGHTS_SETTING) or DEFAULT_NAME
-    if raw == "random" or "/" in raw or raw.startswith(("~", ".")):
+    if not _names_downloadable(raw):
         raise PullError(f"whisper: {contract.WHISPER_WEIGHTS_SETTING}={raw!r} is not a model name; nothing to pull")
     if not whisper_ct2.runtime_available():
         raise PullError("whisper: faster-whisper is not installed (setup installs it)")

