@@ -73,7 +73,7 @@ async def load(dsn: str, owner: uuid.UUID, clips: int, models: dict[str, str]) -
         for first in range(0, clips, 10_000):
             n = min(10_000, clips - first)
             visual, spoken = _units(rng, n, 512), _units(rng, n, 384)
-            videos, rows, cues, tvecs, vvecs = [], [], [], [], []
+            videos, rows, frames, cues, tvecs, vvecs = [], [], [], [], [], []
             for i in range(n):
                 k = first + i
                 if k % CLIPS_PER_VIDEO == 0:
@@ -84,19 +84,22 @@ async def load(dsn: str, owner: uuid.UUID, clips: int, models: dict[str, str]) -
                 start = (k % CLIPS_PER_VIDEO) * 10.0
                 text = " ".join(rng.choice(WORDS, 8))
                 rows.append((clip, video, owner, k % CLIPS_PER_VIDEO, start, start + 10.0, ""))
+                frames.append((clip, video, owner, clip, 0, start + 5.0, start, start + 10.0))  # one per clip
                 cues.append((seg, video, owner, clip, k % CLIPS_PER_VIDEO, start + 1, start + 4, text, "SIDECAR"))
                 tvecs.append((seg, video, owner, models["sbert"], spoken[i]))
-                vvecs.append((clip, video, owner, models["clip"], visual[i]))
+                vvecs.append((clip, video, owner, models["clip"], visual[i], clip))
             await conn.copy_records_to_table("videos", records=videos, columns=[
                 "id", "owner_id", "revision", "state", "duration_s", "title", "blob_key"])
             await conn.copy_records_to_table("clips", records=rows, columns=[
                 "id", "video_id", "owner_id", "idx", "start_s", "end_s", "thumbnail_key"])
+            await conn.copy_records_to_table("keyframes", records=frames, columns=[
+                "id", "video_id", "owner_id", "clip_id", "idx", "time_s", "start_s", "end_s"])
             await conn.copy_records_to_table("transcript_segments", records=cues, columns=[
                 "id", "video_id", "owner_id", "clip_id", "idx", "start_s", "end_s", "text", "source"])
             await conn.copy_records_to_table("transcript_vectors", records=tvecs, columns=[
                 "id", "video_id", "owner_id", "model", "embedding"])
             await conn.copy_records_to_table("visual_vectors", records=vvecs, columns=[
-                "id", "video_id", "owner_id", "model", "embedding"])
+                "id", "video_id", "owner_id", "model", "embedding", "clip_id"])
         await conn.execute("UPDATE transcript_segments SET tsv = to_tsvector('english'::regconfig, text) "
                            "WHERE tsv IS NULL")
         await conn.execute("SET maintenance_work_mem = '2GB'; SET max_parallel_maintenance_workers = 2")

@@ -256,3 +256,7 @@ class WorkerSettings(CommonSettings):
     )
     scene_threshold: float = Field(27.0, description="PySceneDetect ContentDetector threshold.")
     min_scene_s: float = Field(0.6, description="Shortest scene kept by scene detection.")
+    keyframe_interval_s: float = Field(
+        4.0, ge=0.5, le=60.0, description="A scene gets one keyframe (embedded by CLIP) per this many seconds, at "
+        "least one: a search matches the best of a scene's frames and shows that frame.",
+    )

@@ -4,7 +4,7 @@ and the deleter agree. Everything of a video is under ``video_prefix``:
     videos/{id}/source{ext}          the uploaded file (``ext`` from ``media_types.container_extension``)
     videos/{id}/subtitles{ext}       a sidecar subtitle file sent with the upload
     videos/{id}/thumbnail.jpg        the poster frame
-    videos/{id}/scenes/{index:04d}.jpg   the keyframe of scene ``index`` (from 0)
+    videos/{id}/scenes/{scene:04d}-{frame:02d}.jpg   keyframe ``frame`` of scene ``scene`` (both from 0)
 
 These are blob keys, not resource names: a gRPC message names the video ``videos/{id}`` (services.common.names).
 """
@@ -34,8 +34,8 @@ def thumbnail_key(video_id: uuid.UUID) -> str:
     return f"{video_prefix(video_id)}thumbnail.jpg"
 
 
-def keyframe_key(video_id: uuid.UUID, scene_index: int) -> str:
-    """The keyframe (JPEG) of scene ``scene_index`` of the video."""
-    if scene_index < 0:
-        raise ValueError(f"scene index must not be negative, got {scene_index}")
-    return f"{video_prefix(video_id)}scenes/{scene_index:04d}.jpg"
+def keyframe_key(video_id: uuid.UUID, scene_index: int, frame_index: int) -> str:
+    """Keyframe ``frame_index`` (JPEG; a scene has one per few seconds) of scene ``scene_index`` of the video."""
+    if scene_index < 0 or frame_index < 0:
+        raise ValueError(f"scene and frame indices must not be negative, got {scene_index}, {frame_index}")
+    return f"{video_prefix(video_id)}scenes/{scene_index:04d}-{frame_index:02d}.jpg"

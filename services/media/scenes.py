@@ -3,9 +3,11 @@
 Decoding (``frames.FrameSource``) is one ffmpeg process, with its own threads and the restricted input
 arguments of every tool run; it streams ~256 px frames to the cut detector (``cuts.CutDetector``:
 PySceneDetect's ``ContentDetector`` behind a flash gate) and, for ``analyse_video``, every few frames at keyframe
-size (<= 480 px wide). ``keyframes.KeyframePicker`` keeps a bounded number of those and writes each scene's
-middle frame and the thumbnail (the frame nearest ``thumbnail_at_s``) as JPEGs as soon as they are known.
-Memory stays constant whatever the video's length.
+size (<= 480 px wide). A scene gets one keyframe per block of at most ``keyframe_interval_s`` seconds (at least
+one; a long scene is not judged by one frame), each standing for its stretch of the scene
+(``SceneFrame.start_s``/``end_s``); ``keyframes.KeyframePicker`` chooses them (the frame nearest each block's
+middle) and the thumbnail (the frame nearest ``thumbnail_at_s``) and has each written as a JPEG as soon as it is
+known, holding a bounded number of frames. Memory stays constant whatever the video's length.
 
 ``detect_scenes`` / ``analyse_video`` are synchronous and CPU-bound (the CPU is mostly ffmpeg's): from async
 code use ``detect_scenes_async`` or ``MediaPass``, which run them in a worker thread and, when their task is
@@ -19,7 +21,7 @@ import asyncio
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -40,12 +42,19 @@ from services.media.frames import (
     bgr,
     probe_video_stream,
 )
-from services.media.keyframes import KeyframePicker
+from services.media.keyframes import Keyframe, KeyframePicker
 from services.media.probe import REASON_UNREADABLE_MEDIA, media_error
 
 CANDIDATES_PER_S = 3
-"""Keyframe candidates decoded at keyframe size per second of video: a keyframe is within 1/6 s of its
-scene's middle (farther, in proportion, only for scenes over ~5 s; see ``keyframes``)."""
+"""Keyframe candidates decoded at keyframe size per second of video: a keyframe is within 1/6 s of the middle
+of the block of its scene it was chosen for (see ``keyframes``)."""
+DEFAULT_KEYFRAME_INTERVAL_S = 4.0
+"""A scene gets a keyframe per block of at most this many seconds (a last block under half of it joins the one
+before): enough frames to judge a long scene by, few enough to embed."""
+MIN_KEYFRAME_INTERVAL_S = 0.5
+MAX_KEYFRAME_INTERVAL_S = 60.0
+"""Bounds of ``keyframe_interval_s``: the picker holds about half a block of candidates, so the block must stay
+bounded; under half a second, consecutive keyframes would be near copies."""
 JPEG_QUALITY = 90
 CANCEL_WAIT_S = 1.5
 """How long a cancelled ``detect_scenes_async`` / ``MediaPass`` waits for its worker thread to stop."""
@@ -70,16 +79,38 @@ class Scene:
 
 
 @dataclass(frozen=True)
+class SceneFrame:
+    """One keyframe of a scene: the JPEG, when it is shown, and the stretch of its scene it stands for."""
+
+    path: Path
+    time_s: float
+    """The frame's own time."""
+    start_s: float
+    end_s: float
+    """``[start_s, end_s)``: the part of the scene this frame stands for (the frame lies inside, within 1/6 s of
+    the middle of its block: the span but for a short last block it absorbed)."""
+
+
+@dataclass(frozen=True)
 class SceneAnalysis:
-    """What one pass over a video found: its scenes, the keyframe (JPEG file) of each, its thumbnail."""
+    """What one pass over a video found: its scenes, the keyframes (JPEG files) of each, its thumbnail."""
 
     scenes: list[Scene]
-    keyframes: list[Path]
+    keyframes: list[list[SceneFrame]]
+    """Per scene, at least one, in time order; their spans tile the scene exactly (the first starts at
+    ``start_s``, each ends where the next starts, the last ends at ``end_s``). Every path is a distinct file."""
     thumbnail: Path
     frames: int = 0
     """Frames decoded (at the stream's rate)."""
     peak_frames_held: int = 0
     """Most keyframe candidates held at once (bounded whatever the video's length)."""
+
+    def middle(self, scene_index: int) -> SceneFrame:
+        """The scene's representative keyframe: the one whose span holds the scene's middle."""
+        scene = self.scenes[scene_index]
+        frames = self.keyframes[scene_index]
+        at = (scene.start_s + scene.end_s) / 2
+        return next((frame for frame in frames if frame.start_s <= at < frame.end_s), frames[-1])
 
 
 def detect_scenes(
@@ -135,17 +166,24 @@ def analyse_video(
     cancel: threading.Event | None = None,
     stall_timeout_s: float = STALL_TIMEOUT_S,
     on_thumbnail: Callable[[Path], None] | None = None,
+    keyframe_interval_s: float = DEFAULT_KEYFRAME_INTERVAL_S,
 ) -> SceneAnalysis:
-    """``detect_scenes`` plus, from the same decode, each scene's keyframe and the thumbnail (the frame
-    nearest ``thumbnail_at_s``, clamped into the video) as JPEGs in ``out_dir`` (at most 480 px wide).
-    ``on_thumbnail`` gets the thumbnail's path as soon as it is written, while the decode goes on. Blocking;
-    raises as ``detect_scenes`` does."""
+    """``detect_scenes`` plus, from the same decode, the keyframes of each scene (one per block of at most
+    ``keyframe_interval_s`` seconds, see ``SceneAnalysis.keyframes``) and the thumbnail (the frame nearest
+    ``thumbnail_at_s``, clamped into the video) as JPEGs in ``out_dir`` (at most 480 px wide). ``on_thumbnail``
+    gets the thumbnail's path as soon as it is written, while the decode goes on. Blocking; raises as
+    ``detect_scenes`` does, and ``ValueError`` when ``keyframe_interval_s`` is outside
+    ``[MIN_KEYFRAME_INTERVAL_S, MAX_KEYFRAME_INTERVAL_S]``."""
+    if not MIN_KEYFRAME_INTERVAL_S <= keyframe_interval_s <= MAX_KEYFRAME_INTERVAL_S:
+        raise ValueError(f"keyframe_interval_s must be within [{MIN_KEYFRAME_INTERVAL_S}, "
+                         f"{MAX_KEYFRAME_INTERVAL_S}] s, got {keyframe_interval_s}")
     cancel = cancel or threading.Event()
     stream = _stream(path, field, cancel)
     cuts = CutDetector(stream.rate, threshold, min_scene_s)
     every = max(1, min(round(stream.rate / CANDIDATES_PER_S), cuts.min_scene_frames))
     writer = _JpegWriter(Path(out_dir))
     picker = KeyframePicker(writer.write, every=every, lag=cuts.lag,
+                            block=max(1, round(keyframe_interval_s * stream.rate)),
                             thumbnail_at=round(max(0.0, thumbnail_at_s) * stream.rate), on_thumbnail=on_thumbnail)
     min_gap, boundary = max(min_scene_s, 0.001), 0.0  # a cut scenes_from_cuts keeps is a scene for the picker
     with FrameSource(path, stream, cancel, stall_timeout_s=stall_timeout_s, field=field,
@@ -162,12 +200,22 @@ def analyse_video(
         frames.finish()
     scenes = scenes_from_cuts(cuts.finish(), duration_s, min_scene_s=min_scene_s)
     try:
-        handles = picker.finish([(s.start_s * stream.rate, s.end_s * stream.rate) for s in scenes])
+        picked = picker.finish([(s.start_s * stream.rate, s.end_s * stream.rate) for s in scenes])
     except LookupError:
         raise media_error(REASON_UNREADABLE_MEDIA, "no video frame could be decoded", field) from None
     assert picker.thumbnail is not None
-    return SceneAnalysis(scenes, writer.distinct(handles), picker.thumbnail, frames.analysis_frames,
-                         picker.peak_held)
+    paths = iter(writer.distinct([frame.handle for frames in picked for frame in frames]))
+    rate = float(stream.rate)
+    keyframes = [_scene_frames(scene, frames, paths, rate) for scene, frames in zip(scenes, picked, strict=True)]
+    return SceneAnalysis(scenes, keyframes, picker.thumbnail, frames.analysis_frames, picker.peak_held)
+
+
+def _scene_frames(scene: Scene, picked: list[Keyframe[Path]], paths: Iterator[Path], rate: float) -> list[SceneFrame]:
+    """``picked`` (spans in frames, tiling the scene) in seconds, taking their distinct paths from ``paths``: the
+    first span starts and the last ends exactly at the scene's bounds (frames to seconds and back need not)."""
+    bounds = [scene.start_s, *(round(frame.start / rate, 6) for frame in picked[1:]), scene.end_s]
+    return [SceneFrame(next(paths), round(frame.index / rate, 6), start, end)
+            for frame, (start, end) in zip(picked, pairwise(bounds), strict=True)]
 
 
 def scenes_from_cuts(cuts: Iterable[float], duration_s: float, min_scene_s: float = 0.0) -> list[Scene]:
@@ -298,7 +346,8 @@ class _JpegWriter:
         return path
 
     def distinct(self, paths: list[Path]) -> list[Path]:
-        """``paths`` with every repeat replaced by a copy (each scene's keyframe is its own file)."""
+        """``paths`` with every repeat replaced by a copy (every keyframe of every scene is its own file: the
+        pipeline moves each into blob storage)."""
         seen: set[Path] = set()
         out = []
         for path in paths:

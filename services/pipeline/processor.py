@@ -29,14 +29,14 @@ import numpy as np
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument
-from services.common.ids import derived_id
+from services.common.ids import derived_id, keyframe_id
 from services.inference.ports import Inference, ModelStatus
 from services.media.layout import keyframe_key, thumbnail_key
 from services.media.probe import MediaInfo, probe
-from services.media.scenes import MediaPass, SceneAnalysis
+from services.media.scenes import DEFAULT_KEYFRAME_INTERVAL_S, MediaPass, SceneAnalysis
 from services.media.subtitles import Cue, clip_cues, extract_text_track, parse_subtitles, pick_text_track
 from services.pipeline.ports import SearchIndex, VideoCatalog
-from services.pipeline.records import UNOWNED, Clip, ProcessedVideo, Run, Segment, VideoSource
+from services.pipeline.records import UNOWNED, Clip, Keyframe, ProcessedVideo, Run, Segment, VideoSource
 from services.pipeline.reporter import JobCancelled, JobReporter, StageReport, ride_out, superseded
 from services.pipeline.speech import recognise
 
@@ -55,6 +55,7 @@ class ProcessorConfig:
     clip_batch_size: int = 8
     search_wait_s: float = 600.0  # how long INDEX waits for a search service that is away
     ingest_wait_s: float = 600.0  # how long a run waits for an ingest service that is away
+    keyframe_interval_s: float = DEFAULT_KEYFRAME_INTERVAL_S  # one keyframe per this much of a scene, at least one
 
 
 def assign_segments(video_id: uuid.UUID, cues: list[Cue], clips: list[Clip], source: str) -> list[Segment]:
@@ -130,7 +131,8 @@ class VideoProcessor:
         # One decode gives the thumbnail (early in it), the scenes and their keyframes.
         with tempfile.TemporaryDirectory(prefix="clipmind-frames-") as frames:
             async with MediaPass(source, info.duration_s, frames, thumbnail_at_s=min(1.0, info.duration_s / 2),
-                                 threshold=self._config.scene_threshold, min_scene_s=self._config.min_scene_s) as media:
+                                 threshold=self._config.scene_threshold, min_scene_s=self._config.min_scene_s,
+                                 keyframe_interval_s=self._config.keyframe_interval_s) as media:
                 thumb_key = thumbnail_key(video.video_id)
                 await self._blobs.put_file(thumb_key, await media.thumbnail(), move=True)
                 await self._update_video(run, thumbnail_key=thumb_key)
@@ -138,7 +140,7 @@ class VideoProcessor:
 
                 await report.start("SCENES", "detecting shot boundaries")
                 clips = await self._scene_clips(video, await media.result())
-        await report.done("SCENES", f"{len(clips)} scenes")
+        await report.done("SCENES", f"{len(clips)} scenes, {sum(len(c.keyframes) for c in clips)} keyframes")
 
         # The keyframes are embedded while the transcript is found (speech recognition runs in its own
         # model instance): CLIP's work overlaps Whisper's and the audio decode instead of following them.
@@ -168,7 +170,8 @@ class VideoProcessor:
         started earlier) when CLIP is usable."""
         segments = assign_segments(video_id, cues, clips, transcript_source)
 
-        await report.start("EMBED", f"embedding {len(segments)} transcript segments and {len(clips)} keyframes")
+        frames = sum(len(c.keyframes) for c in clips)
+        await report.start("EMBED", f"embedding {len(segments)} transcript segments and {frames} keyframes")
         result = ProcessedVideo(clips, segments, transcript_source=transcript_source if cues else "NONE")
         notes = []
         if segments:
@@ -220,29 +223,36 @@ class VideoProcessor:
             raise
 
     async def _scene_clips(self, video: VideoSource, analysis: SceneAnalysis) -> list[Clip]:
-        """The scenes as clips, each with its keyframe stored under the scene's key."""
+        """The scenes as clips, each with its keyframes stored under the scene's keys; the clip's own thumbnail
+        is the keyframe at its middle."""
         clips = []
-        for scene, keyframe in zip(analysis.scenes, analysis.keyframes, strict=True):
-            key = keyframe_key(video.video_id, scene.index)
-            await self._blobs.put_file(key, keyframe, move=True)
+        for scene, frames in zip(analysis.scenes, analysis.keyframes, strict=True):
+            keyframes = []
+            for n, frame in enumerate(frames):
+                key = keyframe_key(video.video_id, scene.index, n)
+                await self._blobs.put_file(key, frame.path, move=True)
+                keyframes.append(Keyframe(keyframe_id(video.video_id, scene.index, n), n, frame.time_s,
+                                          frame.start_s, frame.end_s, key))
+            middle = frames.index(analysis.middle(scene.index))
             clips.append(
                 Clip(derived_id(video.video_id, "clip", scene.index), video.video_id, scene.index, scene.start_s,
-                     scene.end_s, key)
+                     scene.end_s, keyframes[middle].blob_key, keyframes)
             )
         return clips
 
     async def _visual_vectors(self, clips: list[Clip]) -> list[tuple[uuid.UUID, np.ndarray]]:
-        """CLIP vectors of the clips' keyframes, in batches; a keyframe the model rejects is left out."""
+        """CLIP vectors of every keyframe of the clips, in batches; a keyframe the model rejects is left out."""
         vectors: list[tuple[uuid.UUID, np.ndarray]] = []
+        frames = [k for c in clips for k in c.keyframes]
         size = max(1, self._config.clip_batch_size)
-        for start in range(0, len(clips), size):
-            batch = clips[start:start + size]
-            images = [await self._blobs.get_bytes(c.thumbnail_key) for c in batch]
-            for clip, result in zip(batch, await self._inference.embed_images(images), strict=True):
+        for start in range(0, len(frames), size):
+            batch = frames[start:start + size]
+            images = [await self._blobs.get_bytes(k.blob_key) for k in batch]
+            for frame, result in zip(batch, await self._inference.embed_images(images), strict=True):
                 if isinstance(result, Exception):
-                    log.warning("keyframe of clip %s rejected by CLIP: %s", clip.id, result)
+                    log.warning("keyframe %s (%s) rejected by CLIP: %s", frame.id, frame.blob_key, result)
                     continue
-                vectors.append((clip.id, np.asarray(result, dtype=np.float32)))
+                vectors.append((frame.id, np.asarray(result, dtype=np.float32)))
         return vectors
 
     async def _transcript(

@@ -100,6 +100,18 @@ class VideoSource:
     owner_id: uuid.UUID | None = None  # the video's owner as ingest records it (None: ingest did not say)
 
 
+@dataclass(frozen=True)
+class Keyframe:
+    """One frame of a scene (one per few seconds of it), standing for ``[start_s, end_s)`` of the scene."""
+
+    id: uuid.UUID
+    idx: int
+    time_s: float
+    start_s: float
+    end_s: float
+    blob_key: str
+
+
 @dataclass
 class Clip:
     id: uuid.UUID
@@ -107,7 +119,8 @@ class Clip:
     idx: int
     start_s: float
     end_s: float
-    thumbnail_key: str = ""
+    thumbnail_key: str = ""  # the representative keyframe's (the one at the scene's middle)
+    keyframes: list[Keyframe] = field(default_factory=list)
 
 
 @dataclass
@@ -132,5 +145,5 @@ class ProcessedVideo:
     vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (segment id, vector)
     transcript_source: str = "NONE"
     transcript_model: str = ""
-    visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (clip id, vector)
+    visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (keyframe id, vector)
     visual_model: str = ""

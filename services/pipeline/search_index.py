@@ -26,8 +26,11 @@ def index_request(
     for c in result.clips:
         clip = request.clips.add(id=str(c.id), index=c.idx, start_seconds=c.start_s, end_seconds=c.end_s,
                                  thumbnail_key=c.thumbnail_key)
-        if c.id in visual:
-            clip.visual_embedding.extend(visual[c.id].tolist())
+        for k in c.keyframes:
+            frame = clip.keyframes.add(id=str(k.id), index=k.idx, time_seconds=k.time_s, start_seconds=k.start_s,
+                                       end_seconds=k.end_s, thumbnail_key=k.blob_key)
+            if k.id in visual:
+                frame.visual_embedding.extend(visual[k.id].tolist())
     for g in result.segments:
         segment = request.segments.add(id=str(g.id), clip_id=str(g.clip_id), index=g.idx, start_seconds=g.start_s,
                                        end_seconds=g.end_s, text=g.text, source=g.source)

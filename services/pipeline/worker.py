@@ -77,7 +77,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     processor = VideoProcessor(
         videos, index, reporter, blobs, inference,
         ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size,
-                        settings.search_wait_s, settings.ingest_wait_s),
+                        settings.search_wait_s, settings.ingest_wait_s, settings.keyframe_interval_s),
     )
     ctx.update(
         pool=pool, bus=bus, inference=inference, channels=channels, relay=relay,

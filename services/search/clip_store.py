@@ -1,5 +1,6 @@
 """asyncpg repository of the search service's index (schema ``search``, migrations beside this file): clips
-(scenes), their transcript segments and vectors, and the service's copy of the video facts that ingest
+(scenes) with their keyframes (one per few seconds of a scene, each with its CLIP vector), their transcript
+segments and vectors, and the service's copy of the video facts that ingest
 publishes (table ``videos``: filters and display, the index fence, and the tombstone of a deleted video).
 
 Every row carries the user who owns its video (``owner_id``). Reads take the caller's scope (``owner``: a user
@@ -68,6 +69,7 @@ class ClipStore:
         ``RUN_SUPERSEDED``: nothing is written) or the video was deleted (NOT_FOUND). The same fence again
         rewrites the same rows (ids derive from video and index). The video's facts may arrive before or after;
         the read model takes the owner too (a video's owner never changes, so either source may set it)."""
+        clip_of = {k.id: k.clip_id for k in result.keyframes}
         async with self._pool.acquire() as conn, conn.transaction():
             video = await _lock_video(conn, video_id, owner)
             if video["deleted"]:
@@ -84,6 +86,12 @@ class ClipStore:
                 [(c.id, video_id, owner, c.idx, c.start_s, c.end_s, c.thumbnail_key) for c in result.clips],
             )
             await conn.executemany(
+                "INSERT INTO keyframes (id, video_id, owner_id, clip_id, idx, time_s, start_s, end_s, thumbnail_key) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                [(k.id, video_id, owner, k.clip_id, k.idx, k.time_s, k.start_s, k.end_s, k.thumbnail_key)
+                 for k in result.keyframes],
+            )
+            await conn.executemany(
                 "INSERT INTO transcript_segments (id, video_id, owner_id, clip_id, idx, start_s, end_s, text, "
                 "source, tsv) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, to_tsvector($10::regconfig, $8))",
                 [(g.id, video_id, owner, g.clip_id, g.idx, g.start_s, g.end_s, g.text, g.source, self._text_config)
@@ -95,7 +103,8 @@ class ClipStore:
             )
             await self._vectors.upsert(
                 "visual", result.visual_model,
-                [VectorItem(clip_id, video_id, owner, vec) for clip_id, vec in result.visual_vectors], conn=conn,
+                [VectorItem(frame_id, video_id, owner, vec, clip_of.get(frame_id))
+                 for frame_id, vec in result.visual_vectors], conn=conn,
             )
 
     async def delete_index(self, video_id: uuid.UUID) -> int:

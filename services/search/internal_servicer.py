@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Any
 
@@ -16,7 +17,7 @@ from services.common.grpc_server import Context
 from services.common.names import parse_user_name, parse_video_name
 from services.search.clip_store import ClipStore
 from services.search.ports import QueryCache
-from services.search.records import Clip, Segment, VideoFacts, VideoIndex
+from services.search.records import Clip, Keyframe, Segment, VideoFacts, VideoIndex, scene_keyframe
 
 # Vector sizes of the collections (CLIP ViT-B-32 image vectors, all-MiniLM-L6-v2 sentence vectors).
 VISUAL_DIMS, TRANSCRIPT_DIMS = 512, 384
@@ -35,6 +36,29 @@ def _vector(values: Any, dims: int, field: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
+# How far (seconds) a keyframe's stretch may reach past its scene's bounds: times are rounded on the way.
+SPAN_SLACK_S = 1e-3
+
+
+def _keyframe(clip: Clip, k: pb.IndexedKeyframe, field: str) -> tuple[Keyframe, np.ndarray | None]:
+    """One keyframe of ``clip`` and its vector (None without one), checked: its stretch of the scene lies
+    within the scene."""
+    keyframe_id = _uuid(k.id, f"{field}.id")
+    if k.index < 0:
+        raise invalid_field(f"{field}.index", "must not be negative")
+    if not math.isfinite(k.time_seconds) or k.time_seconds < 0:
+        raise invalid_field(f"{field}.time_seconds", "must be a time in the video")
+    if k.end_seconds <= k.start_seconds:
+        raise invalid_field(f"{field}.end_seconds", "must be after start_seconds")
+    if (k.start_seconds < clip.start_s - SPAN_SLACK_S or k.start_seconds >= clip.end_s
+            or k.end_seconds > clip.end_s + SPAN_SLACK_S or k.end_seconds <= clip.start_s):
+        raise invalid_field(f"{field}.start_seconds", f"the stretch {k.start_seconds:.3f}-{k.end_seconds:.3f} s "
+                            f"is not within its scene ({clip.start_s:.3f}-{clip.end_s:.3f} s)")
+    vector = _vector(k.visual_embedding, VISUAL_DIMS, f"{field}.visual_embedding") if k.visual_embedding else None
+    return Keyframe(keyframe_id, clip.id, k.index, k.time_seconds, max(k.start_seconds, clip.start_s),
+                    min(k.end_seconds, clip.end_s), k.thumbnail_key), vector
+
+
 def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, uuid.UUID, VideoIndex]:
     """The video, its owner and its index from the request, every id, reference and vector size checked. The
     owner is required: an index without one could only be written as nobody's, invisible to the user whose
@@ -49,15 +73,29 @@ def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, uuid
             raise invalid_field(field, "repeated in this request")
         seen.add(key)
 
+    keyframes: list[Keyframe] = []
     for i, c in enumerate(request.clips):
         clip_id = _uuid(c.id, f"clips[{i}].id")
         once(("clip", clip_id), f"clips[{i}].id")
         once(("clip index", c.index), f"clips[{i}].index")
         if c.end_seconds <= c.start_seconds:
             raise invalid_field(f"clips[{i}].end_seconds", "must be after start_seconds")
-        clips.append(Clip(clip_id, video_id, c.index, c.start_seconds, c.end_seconds, c.thumbnail_key))
-        if c.visual_embedding:
-            visual.append((clip_id, _vector(c.visual_embedding, VISUAL_DIMS, f"clips[{i}].visual_embedding")))
+        clip = Clip(clip_id, video_id, c.index, c.start_seconds, c.end_seconds, c.thumbnail_key)
+        clips.append(clip)
+        if c.keyframes and c.visual_embedding:
+            raise invalid_field(f"clips[{i}].visual_embedding", "not set together with keyframes")
+        if not c.keyframes:  # one keyframe standing for the whole scene, under the clip's id
+            keyframes.append(scene_keyframe(clip))
+            once(("keyframe", clip_id), f"clips[{i}].id")
+            if c.visual_embedding:
+                visual.append((clip_id, _vector(c.visual_embedding, VISUAL_DIMS, f"clips[{i}].visual_embedding")))
+        for j, k in enumerate(c.keyframes):
+            keyframe, vector = _keyframe(clip, k, f"clips[{i}].keyframes[{j}]")
+            once(("keyframe", keyframe.id), f"clips[{i}].keyframes[{j}].id")
+            once(("keyframe index", clip_id, k.index), f"clips[{i}].keyframes[{j}].index")
+            keyframes.append(keyframe)
+            if vector is not None:
+                visual.append((keyframe.id, vector))
     clip_ids = {c.id for c in clips}
     segments, vectors = [], []
     for i, g in enumerate(request.segments):
@@ -73,7 +111,7 @@ def index_from_pb(request: pb.ReplaceVideoIndexRequest) -> tuple[uuid.UUID, uuid
         raise invalid_field("transcript_model" if vectors and not request.transcript_model else "visual_model",
                             "required with embeddings", reason="REQUIRED_FIELD")
     return video_id, owner, VideoIndex(clips, segments, vectors, transcript_model=request.transcript_model,
-                                visual_vectors=visual, visual_model=request.visual_model)
+                                visual_vectors=visual, visual_model=request.visual_model, keyframes=keyframes)
 
 
 _FACT_STATES = frozenset({"PENDING", "PROCESSING", "READY", "FAILED"})

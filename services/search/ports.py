@@ -22,6 +22,7 @@ class VectorItem:
     video_id: uuid.UUID
     owner_id: uuid.UUID  # the user who owns the video: queries filter by it
     vector: np.ndarray
+    clip_id: uuid.UUID | None = None  # a visual vector's clip (its id is its keyframe's); unused for transcripts
 
 
 class VectorIndex(Protocol):
@@ -33,6 +34,9 @@ class VectorIndex(Protocol):
     ) -> None: ...
 
     async def get(self, collection: str, item_id: uuid.UUID) -> tuple[str, np.ndarray] | None: ...
+
+    async def clip_visual(self, clip_id: uuid.UUID) -> tuple[str, np.ndarray] | None:
+        """(model, vector) of what the clip looks like over all its keyframes; None without visual vectors."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,9 @@ class ClipFilter:
 
 @dataclass(frozen=True)
 class Match:
-    """A clip one signal proposes: its score in that signal and, for the transcript signals, the cue that
-    matched (``text``, ``start_s``, ``end_s``; empty text and the clip's bounds for a visual match)."""
+    """A clip one signal proposes: its score in that signal and the moment that matched: for the transcript
+    signals the cue (``text``, ``start_s``, ``end_s``, ``cue_id``), for the visual signal the best keyframe (the
+    stretch of the scene it stands for in ``start_s``/``end_s``, its image in ``thumbnail_key``; no text)."""
 
     clip_id: uuid.UUID
     video_id: uuid.UUID
@@ -63,6 +68,7 @@ class Match:
     start_s: float = 0.0
     end_s: float = 0.0
     cue_id: uuid.UUID | None = None
+    thumbnail_key: str = ""
 
 
 class Retrieval(Protocol):
@@ -72,7 +78,7 @@ class Retrieval(Protocol):
     Each returns at most ``limit`` matches, one per clip, best first."""
 
     async def visual(self, model: str, vector: np.ndarray, limit: int, where: ClipFilter) -> list[Match]:
-        """Clips by CLIP similarity of their keyframe vector (of ``model``) to ``vector``."""
+        """Clips by the CLIP similarity of their best keyframe's vector (of ``model``) to ``vector``."""
 
     async def transcript(self, model: str, vector: np.ndarray, limit: int, where: ClipFilter) -> list[Match]:
         """Clips by the Sentence-BERT similarity of their best cue (vectors of ``model``) to ``vector``."""

@@ -26,6 +26,20 @@ class Clip:
     transcript: str = ""
 
 
+@dataclass(frozen=True)
+class Keyframe:
+    """One frame of a clip's scene (a scene has one per few seconds), standing for ``[start_s, end_s)`` of it; its
+    CLIP vector, if any, is ``VideoIndex.visual_vectors``' entry under ``id``."""
+
+    id: uuid.UUID
+    clip_id: uuid.UUID
+    idx: int
+    time_s: float
+    start_s: float
+    end_s: float
+    thumbnail_key: str = ""
+
+
 @dataclass
 class Segment:
     """One transcript cue, in the clip that holds its midpoint."""
@@ -48,8 +62,21 @@ class VideoIndex:
     segments: list[Segment]
     vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (segment id, vector)
     transcript_model: str = ""
-    visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (clip id, vector)
+    visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (keyframe id, vector)
     visual_model: str = ""
+    keyframes: list[Keyframe] = field(default_factory=list)
+    """Every clip's keyframes; a clip given none has one standing for its whole scene (``scene_keyframe``)."""
+
+    def __post_init__(self) -> None:
+        framed = {k.clip_id for k in self.keyframes}
+        self.keyframes = [*self.keyframes, *(scene_keyframe(c) for c in self.clips if c.id not in framed)]
+
+
+def scene_keyframe(clip: Clip) -> Keyframe:
+    """A clip's one keyframe when it has no others (indexed before scenes had several, or sent so): its
+    thumbnail, standing for the whole scene, under the clip's own id (a vector for it is under that id too)."""
+    return Keyframe(clip.id, clip.id, 0, (clip.start_s + clip.end_s) / 2, clip.start_s, clip.end_s,
+                    clip.thumbnail_key)
 
 
 @dataclass(frozen=True)

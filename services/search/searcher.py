@@ -1,13 +1,15 @@
 """Search: embed the query, retrieve per signal, fuse, page, enrich and log the search.
 
-Results are moments: scenes (clips) and, inside them, the transcript cue that matched. Three signals propose
-clips, each through one query of ``ports.Retrieval`` that applies the filters itself: **visual** (CLIP text
-embedding of the query against the clips' keyframe vectors), **transcript** (Sentence-BERT against the cues) and
-**lexical** (full-text match of the query's words and quoted phrases in the cues: names, rare words, exact
-phrases). Their ranked lists are fused per request (``fusion``: weighted, the default, or reciprocal rank
-fusion) with the request's weights (default visual 0.6, transcript 0.4, lexical 0.5). A model that is off in this
-deployment, or runs on random weights (tests), drops out and the remaining weights are renormalized; lexical
-needs no model. An image query searches the visual signal only.
+Results are moments: scenes (clips) and, inside them, the transcript cue or the keyframe that matched. Three
+signals propose clips, each through one query of ``ports.Retrieval`` that applies the filters itself: **visual**
+(CLIP text embedding of the query against the clips' keyframe vectors, one keyframe per few seconds of a scene: a
+clip scores its best frame's similarity, and that frame is the result's thumbnail and, when no transcript passage
+matched, its moment), **transcript** (Sentence-BERT against the cues) and **lexical** (full-text match of the
+query's words and quoted phrases in the cues: names, rare words, exact phrases). Their ranked lists are fused per
+request (``fusion``: weighted, the default, or reciprocal rank fusion) with the request's weights (default visual
+0.6, transcript 0.4, lexical 0.5). A model that is off in this deployment, or runs on random weights (tests), drops
+out and the remaining weights are renormalized; lexical needs no model. An image query searches the visual signal
+only.
 
 The lexical query and both query encoders start at once; each vector query starts as soon as its own encoder has
 answered.
@@ -90,6 +92,7 @@ class SearchHit:
     match_end_s: float
     lexical_score: float = 0.0
     signals: tuple[str, ...] = ()  # the signals that proposed the clip, largest contribution first
+    match_thumbnail_key: str = ""  # the best-matching keyframe's image, else the clip's
 
 
 @dataclass(frozen=True)
@@ -109,25 +112,34 @@ class Ranked:
     score: float
     signals: tuple[str, ...]  # largest contribution first
     scores: dict[str, float]  # each proposing signal's own score
-    text: str = ""  # the matching cue ("" for none: the moment is the whole clip)
+    text: str = ""  # the matching cue ("" for none: the moment is the best keyframe's stretch, else the clip)
     start_s: float = 0.0
     end_s: float = 0.0
     cue_id: uuid.UUID | None = None
+    frame_key: str = ""  # the best-matching keyframe's image ("" when the visual signal did not propose the clip)
+    frame_start_s: float = 0.0  # the stretch of the scene that keyframe stands for
+    frame_end_s: float = 0.0
 
 
 def rank(fused: list[fusion.Fused], lists: dict[str, list[Match]]) -> list[Ranked]:
     """The fused order with each clip's signal scores and its moment: the cue of the transcript signal that
-    contributed most (transcript or lexical), else none."""
+    contributed most (transcript or lexical), else none; and the keyframe the visual signal matched, if it did."""
     by_signal = {signal: {m.clip_id: m for m in found} for signal, found in lists.items()}
     ranked = []
     for f in fused:
         found = {signal: by_signal[signal][f.clip_id] for signal in f.signals}
         cue = next((found[s] for s in f.signals if s != "visual" and found[s].text), None)
+        frame = found.get("visual")
         video_id = next(iter(found.values())).video_id
         ranked.append(Ranked(f.clip_id, video_id, f.score, f.signals, {s: m.score for s, m in found.items()},
                              cue.text if cue else "", cue.start_s if cue else 0.0, cue.end_s if cue else 0.0,
-                             cue.cue_id if cue else None))
+                             cue.cue_id if cue else None, *_frame(frame)))
     return ranked
+
+
+def _frame(match: Match | None) -> tuple[str, float, float]:
+    """(image, start, end) of the keyframe a visual match found; empty when none."""
+    return (match.thumbnail_key, match.start_s, match.end_s) if match is not None else ("", 0.0, 0.0)
 
 
 def best_per_video(ranked: list[Ranked]) -> list[Ranked]:
@@ -141,14 +153,20 @@ def best_per_video(ranked: list[Ranked]) -> list[Ranked]:
     return kept
 
 
+# The layout of an encoded ranking; part of every cache key, so a ranking cached in an older layout is never read.
+RANKING_FORMAT = 2
+
+
 def encode_ranking(ranked: list[Ranked]) -> bytes:
     return json.dumps([[str(r.clip_id), str(r.video_id), r.score, r.signals, r.scores, r.text, r.start_s, r.end_s,
-                        str(r.cue_id) if r.cue_id else ""] for r in ranked], separators=(",", ":")).encode()
+                        str(r.cue_id) if r.cue_id else "", r.frame_key, r.frame_start_s, r.frame_end_s]
+                       for r in ranked], separators=(",", ":")).encode()
 
 
 def decode_ranking(data: bytes) -> list[Ranked]:
-    return [Ranked(uuid.UUID(c), uuid.UUID(v), s, tuple(sig), dict(sc), t, a, b, uuid.UUID(q) if q else None)
-            for c, v, s, sig, sc, t, a, b, q in json.loads(data)]
+    return [Ranked(uuid.UUID(c), uuid.UUID(v), s, tuple(sig), dict(sc), t, a, b, uuid.UUID(q) if q else None,
+                   k, fa, fb)
+            for c, v, s, sig, sc, t, a, b, q, k, fa, fb in json.loads(data)]
 
 
 # A moment widens over neighbouring cues while a sentence runs across them: up to this many cues each way,
@@ -313,10 +331,11 @@ class Searcher:
             text, start, end = r.text, r.start_s, r.end_s
             if r.cue_id is not None and around.get(r.cue_id):
                 text, start, end = sentence_window(around[r.cue_id], r.cue_id)
+            if not text:  # no passage: the stretch the matching keyframe stands for, else the whole clip
+                start, end = (r.frame_start_s, r.frame_end_s) if r.frame_key else (clip.start_s, clip.end_s)
             hits.append(SearchHit(
-                clip, r.score, r.scores.get("visual", 0.0), r.scores.get("transcript", 0.0), text,
-                start if text else clip.start_s, end if text else clip.end_s,
-                r.scores.get("lexical", 0.0), r.signals,
+                clip, r.score, r.scores.get("visual", 0.0), r.scores.get("transcript", 0.0), text, start, end,
+                r.scores.get("lexical", 0.0), r.signals, r.frame_key or clip.thumbnail_key,
             ))
         return hits
 
@@ -324,7 +343,8 @@ class Searcher:
                    models: dict[str, ModelStatus]) -> str:
         """What makes a ranking: the normalized query, the filters, the weights, the fusion, the number of
         candidates and the models (a new model never meets an old ranking); not paging, not min_score."""
-        body = json.dumps([normalized_text(q.text), hashlib.sha256(q.image).hexdigest() if q.image else "",
+        body = json.dumps([RANKING_FORMAT, normalized_text(q.text),
+                           hashlib.sha256(q.image).hexdigest() if q.image else "",
                            sorted(str(v) for v in q.video_ids), q.min_duration_s, q.max_duration_s,
                            str(q.created_after), str(q.created_before), sorted(weights.items()), method,
                            self._candidates, sorted((n, m.state, m.model_id) for n, m in models.items())])
@@ -396,7 +416,8 @@ class Searcher:
         await asyncio.gather(*(encode(signal) for signal in wanted))
 
     async def similar(self, clip_id: uuid.UUID, q: SearchQuery, caller: Principal) -> SearchPage:
-        """``caller``'s clips that look like ``clip_id`` (visual vectors), best first, the clip itself excluded;
+        """``caller``'s clips that look like ``clip_id`` (the mean of its keyframes' vectors, against every
+        keyframe), best first, the clip itself excluded;
         NOT_FOUND when ``clip_id`` is not theirs (nor anyone's, for administrators)."""
         if q.page_size < 0 or q.page_size > self._max_page_size:
             raise invalid_field("page_size", f"must be between 0 and {self._max_page_size}")
@@ -405,13 +426,14 @@ class Searcher:
         size = q.page_size or 10
         owner = caller.scope
         await self._clips.get(clip_id, owner=owner)  # before its vector is read: NOT_FOUND for another's clip
-        found = await self._vectors.get("visual", clip_id)
+        found = await self._vectors.clip_visual(clip_id)
         if found is None:
             raise FailedPrecondition("this clip has no visual vector (CLIP was off when it was indexed)",
                                      reason="NO_VISUAL_VECTOR")
         model, vec = found
         matches = await self._retrieval.visual(model, vec, self._candidates, q.where(owner, exclude=clip_id))
-        ranked = [Ranked(m.clip_id, m.video_id, m.score, ("visual",), {"visual": m.score}) for m in matches]
+        ranked = [Ranked(m.clip_id, m.video_id, m.score, ("visual",), {"visual": m.score}, frame_key=m.thumbnail_key,
+                         frame_start_s=m.start_s, frame_end_s=m.end_s) for m in matches]
         page = await self._hits(ranked[offset:offset + size], owner)
         more = offset + size < len(ranked)
         token = encode_offset(offset + size, binding) if more else ""

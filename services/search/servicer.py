@@ -42,6 +42,7 @@ def hit_to_pb(hit: SearchHit, blobs: BlobStore) -> pb.SearchResult:
         transcript_score=hit.transcript_score, matched_text=hit.matched_text,
         match_start_seconds=hit.match_start_s, match_end_seconds=hit.match_end_s,
         lexical_score=hit.lexical_score, matched_signals=[_SIGNALS[s] for s in hit.signals],
+        match_thumbnail_uri=blobs.url(hit.match_thumbnail_key or hit.clip.thumbnail_key),
     )
 
 

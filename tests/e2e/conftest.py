@@ -48,6 +48,12 @@ def running_mesh(state_dir: Path, model_env: dict[str, str], **config: Any) -> I
         patch.undo()
 
 
+def mesh_user_key(mesh: Mesh, email: str) -> str:
+    """An API key of the user ``email`` on ``mesh`` (made by its first administrator), for a module's own mesh."""
+    url = mesh.endpoints.envoy_url
+    return user_api_key(url, admin_api_key(url, mesh.admin_password_path), email)
+
+
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with running_mesh(tmp_path_factory.mktemp("mesh"), MODEL_ENV, edge=EDGE) as launched:

@@ -21,9 +21,8 @@ from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pipeline_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.launcher import Mesh, MeshConfig, MeshPorts
-from services.launcher.credentials import admin_api_key, user_api_key
 from tests.e2e.clients import authenticated_channel, bearer, rest_upload
-from tests.e2e.conftest import LIMITS_ENV, MODEL_ENV
+from tests.e2e.conftest import LIMITS_ENV, MODEL_ENV, mesh_user_key
 from tests.media import SceneSpec, make_scene_video
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos]
@@ -58,8 +57,7 @@ def chaos_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
 @pytest.fixture(scope="module")
 def user_key(chaos_mesh: Mesh) -> str:
-    url = chaos_mesh.endpoints.envoy_url
-    return user_api_key(url, admin_api_key(url, chaos_mesh.admin_password_path), "chaos@example.com")
+    return mesh_user_key(chaos_mesh, "chaos@example.com")
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +165,13 @@ def _assert_no_duplicates(db, video_id: uuid.UUID) -> None:  # type: ignore[no-u
         "SELECT (SELECT count(*) FROM search.clips WHERE video_id = $1) AS clips, "
         "(SELECT count(DISTINCT idx) FROM search.clips WHERE video_id = $1) AS distinct_clips, "
         "(SELECT count(*) FROM search.visual_vectors WHERE video_id = $1) AS visual, "
+        "(SELECT count(*) FROM search.keyframes WHERE video_id = $1) AS keyframes, "
+        "(SELECT count(DISTINCT k.clip_id) FROM search.keyframes k JOIN search.visual_vectors x ON x.id = k.id "
+        " WHERE k.video_id = $1) AS embedded_clips, "
         "(SELECT scene_count FROM ingest.videos WHERE id = $1) AS scenes", video_id,
     )
     assert row["clips"] == row["distinct_clips"] == row["scenes"] > 1, dict(row)
-    assert row["visual"] == row["clips"], dict(row)
+    assert row["visual"] == row["keyframes"] and row["embedded_clips"] == row["clips"], dict(row)
 
 
 def _restarts(mesh: Mesh) -> dict[str, int]:

@@ -196,6 +196,9 @@ def test_the_worker_waits_for_a_stopped_search_service_and_indexes_once_when_it_
                 "SELECT (SELECT count(*) FROM search.clips WHERE video_id = $1) AS clips, "
                 "(SELECT count(DISTINCT idx) FROM search.clips WHERE video_id = $1) AS distinct_clips, "
                 "(SELECT count(*) FROM search.visual_vectors WHERE video_id = $1) AS visual, "
+                "(SELECT count(*) FROM search.keyframes WHERE video_id = $1) AS keyframes, "
+                "(SELECT count(DISTINCT k.clip_id) FROM search.keyframes k JOIN search.visual_vectors x ON x.id = k.id "
+                " WHERE k.video_id = $1) AS embedded_clips, "
                 "(SELECT scene_count FROM ingest.videos WHERE id = $1) AS scenes, "
                 "(SELECT count(*) FROM pipeline.job_events e JOIN pipeline.jobs j ON j.id = e.job_id "
                 " WHERE j.video_id = $1 AND e.message LIKE 'attempt %') AS attempts",
@@ -206,7 +209,9 @@ def test_the_worker_waits_for_a_stopped_search_service_and_indexes_once_when_it_
             await conn.close()
     row = asyncio.run(counts())
     assert row["clips"] == row["distinct_clips"] == row["scenes"] > 1, dict(row)  # no duplicates
-    assert row["visual"] == row["clips"] and row["attempts"] == 1, dict(row)
+    # every keyframe embedded once, every clip with its keyframes
+    assert row["visual"] == row["keyframes"] and row["embedded_clips"] == row["clips"], dict(row)
+    assert row["attempts"] == 1, dict(row)
 
 
 def _leftovers(database_url: str, video_id: uuid.UUID) -> dict[str, int]:

@@ -86,8 +86,9 @@ def test_keyframes_get_visual_vectors_with_their_model(processed_video: dict, en
     video_id = processed_video["video"]["name"].removeprefix("videos/")
     rows = _query(endpoints.database_url,
                   "SELECT v.model, vector_dims(v.embedding) AS dims, c.idx FROM search.visual_vectors v "
-                  "JOIN search.clips c ON c.id = v.id WHERE v.video_id = $1 ORDER BY c.idx", video_id)
-    assert [r["idx"] for r in rows] == list(range(processed_video["final"].scene_count))
+                  "JOIN search.keyframes k ON k.id = v.id JOIN search.clips c ON c.id = k.clip_id "
+                  "WHERE v.video_id = $1 ORDER BY c.idx, k.idx", video_id)
+    assert sorted({r["idx"] for r in rows}) == list(range(processed_video["final"].scene_count))  # every scene's
     assert {r["dims"] for r in rows} == {512}
     assert {r["model"] for r in rows} == {"clip/ViT-B-32@random-seed0"}
     models = _query(endpoints.database_url, "SELECT transcript_model, visual_model FROM ingest.videos WHERE id = $1",

@@ -26,9 +26,9 @@ from clipmind.search.v1 import search_service_pb2 as search_pb
 from clipmind.search.v1 import search_service_pb2_grpc as search_grpc
 
 from services.launcher import Mesh
-from services.launcher.credentials import admin_api_key, user_api_key
+from services.launcher.credentials import admin_api_key
 from tests.e2e.clients import authenticated_channel, grpc_search, grpc_upload, wait_ready, watch_job
-from tests.e2e.conftest import running_mesh
+from tests.e2e.conftest import mesh_user_key, running_mesh
 
 pytestmark = pytest.mark.e2e
 
@@ -138,8 +138,7 @@ def speech_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 @pytest.fixture(scope="module")
 def speech_channel(speech_mesh: Mesh) -> Iterator[grpc.Channel]:
     url = speech_mesh.endpoints.envoy_url
-    admin = admin_api_key(url, speech_mesh.admin_password_path)
-    channel = authenticated_channel(url.removeprefix("http://"), user_api_key(url, admin, "listener@example.com"))
+    channel = authenticated_channel(url.removeprefix("http://"), mesh_user_key(speech_mesh, "listener@example.com"))
     yield channel
     channel.close()
 

@@ -50,8 +50,8 @@ async def test_each_service_migrates_its_own_schema_under_its_own_role(provision
             list(SERVICES))}
         assert all(owner == role_name(schema) for (schema, _), owner in tables.items())  # every table its own
         expected = {"ingest": {"videos", "uploads", "outbox"}, "pipeline": {"jobs", "job_events", "dead_letters",
-                    "outbox"}, "search": {"clips", "transcript_segments", "transcript_vectors", "visual_vectors",
-                    "videos", "outbox"}, "analytics": {"searches", "search_results"},
+                    "outbox"}, "search": {"clips", "keyframes", "transcript_segments", "transcript_vectors",
+                    "visual_vectors", "videos", "outbox"}, "analytics": {"searches", "search_results"},
                     "identity": {"users", "refresh_tokens", "api_keys", "revoked_access_tokens"}}
         for schema, names in expected.items():
             assert names | {"schema_migrations"} <= {t for s, t in tables if s == schema}

@@ -1,6 +1,7 @@
 """Scene detection as the pipeline runs it (``analyse_video``: one decode for scenes, keyframes, thumbnail) on
-generated media with known cuts and flashes, on real footage against shot counts taken by eye, and on a long
-1080p file whose memory must stay bounded. Real ffmpeg throughout."""
+generated media with known cuts and flashes, on a long single shot whose colour changes late (several keyframes,
+each showing its stretch), on real footage against shot counts taken by eye, and on a long 1080p file whose memory
+must stay bounded. Real ffmpeg throughout."""
 
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.media.keyframes import DEFAULT_CAPACITY
-from services.media.scenes import SceneAnalysis, analyse_video
+from services.media.scenes import DEFAULT_KEYFRAME_INTERVAL_S, SceneAnalysis, analyse_video
 from tests.media import SceneSpec, cut_times, make_scene_video, real_media
 
 pytestmark = [
@@ -49,7 +49,7 @@ SHOTS = (
 FLASHES = ((3.0, 1), (5.0, 3), (10.0, 2), (12.2, 3), (18.0, 3), (26.0, 1), (33.0, 2))
 """(start in seconds, frames) of each full-frame white flash; none within a second of a cut."""
 KEYFRAME_COLOURS = {1: (0, 0, 255), 4: (255, 64, 16)}
-"""BGR of the keyframes of the plain-colour shots (red, blue)."""
+"""BGR of every keyframe of the plain-colour shots (red, blue)."""
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +74,24 @@ def _analyse(path: Path, duration_s: float, out: Path) -> SceneAnalysis:
 
 
 def _assert_contiguous(analysis: SceneAnalysis, duration_s: float) -> None:
+    """Scenes tile the video; each has keyframes whose spans tile it, each frame inside its own span (to a frame),
+    a block (4 s at most, a merged last one 6 s) long; every JPEG is its own readable file, at most 480 px wide."""
     scenes = analysis.scenes
     assert scenes and scenes[0].start_s == 0.0 and scenes[-1].end_s == pytest.approx(duration_s)
     assert [s.index for s in scenes] == list(range(len(scenes)))
     assert all(before.end_s == after.start_s for before, after in pairwise(scenes))
-    assert len(analysis.keyframes) == len(scenes) == len(set(analysis.keyframes))
-    for jpeg in [*analysis.keyframes, analysis.thumbnail]:
+    assert len(analysis.keyframes) == len(scenes)
+    for scene, frames in zip(scenes, analysis.keyframes, strict=True):
+        assert frames and frames[0].start_s == scene.start_s and frames[-1].end_s == scene.end_s, (scene, frames)
+        assert all(before.end_s == after.start_s for before, after in pairwise(frames)), (scene, frames)
+        for frame in frames:
+            assert frame.start_s - 1 / FPS <= frame.time_s < frame.end_s, (scene, frame)
+            assert 0 < frame.end_s - frame.start_s <= 1.5 * DEFAULT_KEYFRAME_INTERVAL_S + 1e-6, (scene, frame)
+        middle = analysis.middle(scene.index)
+        assert middle in frames and middle.start_s <= (scene.start_s + scene.end_s) / 2 < middle.end_s
+    paths = [frame.path for frames in analysis.keyframes for frame in frames]
+    assert len(paths) == len(set(paths))
+    for jpeg in [*paths, analysis.thumbnail]:
         image = cv2.imread(str(jpeg))
         assert image is not None and image.shape[1] <= 480, jpeg
 
@@ -91,11 +103,16 @@ def test_cuts_are_found_within_two_frames_and_flashes_are_not_cuts(flashes_video
     assert len(found) == len(expected), found
     for got, want in zip(found, expected, strict=True):
         assert abs(got - want) <= 2 / FPS + 1e-6, (found, expected)
-    for index, colour in KEYFRAME_COLOURS.items():  # each keyframe is its own shot's middle, not a flash
-        mean = cv2.imread(str(analysis.keyframes[index])).reshape(-1, 3).mean(axis=0)
-        assert np.abs(mean - colour).max() < 24, (index, mean)
-    for scene, jpeg in zip(analysis.scenes, analysis.keyframes, strict=True):
-        assert cv2.imread(str(jpeg)).mean() < 230, (scene, "a white flash was chosen as keyframe")
+    for scene, frames in zip(analysis.scenes, analysis.keyframes, strict=True):  # 4 s blocks; a last under 2 s joins
+        full, tail = divmod(round(scene.duration_s * FPS), round(DEFAULT_KEYFRAME_INTERVAL_S * FPS))
+        assert len(frames) == full + (tail >= DEFAULT_KEYFRAME_INTERVAL_S * FPS / 2), (scene, frames)
+    for index, colour in KEYFRAME_COLOURS.items():  # each keyframe is of its own shot, not of a neighbour
+        for frame in analysis.keyframes[index]:
+            mean = cv2.imread(str(frame.path)).reshape(-1, 3).mean(axis=0)
+            assert np.abs(mean - colour).max() < 24, (index, frame, mean)
+    for scene, frames in zip(analysis.scenes, analysis.keyframes, strict=True):
+        for frame in frames:
+            assert cv2.imread(str(frame.path)).mean() < 230, (scene, frame, "a white flash was chosen as keyframe")
     thumbnail = cv2.imread(str(analysis.thumbnail))
     assert thumbnail.shape[:2] == (240, 320)
 
@@ -109,15 +126,40 @@ def test_keyframes_of_a_phone_video_are_upright(tmp_path: Path) -> None:
                     "-metadata:s:v:0", "rotate=90", str(turned)], check=True)
     analysis = _analyse(turned, 2.0, tmp_path / "frames")
     assert len(analysis.scenes) == 1
-    assert cv2.imread(str(analysis.thumbnail)).shape[:2] == cv2.imread(str(analysis.keyframes[0])).shape[:2] == (
+    assert cv2.imread(str(analysis.thumbnail)).shape[:2] == cv2.imread(str(analysis.middle(0).path)).shape[:2] == (
         320, 180)
+
+
+GREEN, BLUE = (0, 192, 0), (192, 0, 0)
+"""BGR of the fading shot's early and late colour."""
+
+
+def test_a_long_shot_gets_a_keyframe_per_block_each_showing_its_stretch(tmp_path: Path) -> None:
+    """40 s of one shot: green, crossfading to blue over 30-36 s (gradual: about 0.4 of OpenCV's 180 hue steps a
+    frame, so no cut), blue to the end. One scene, ten 4 s blocks: the early frames are green, the last blue."""
+    green = make_scene_video(tmp_path / "green.mp4", [SceneSpec(36.0, "color=c=0x00c000")], fps=FPS, audio=False)
+    blue = make_scene_video(tmp_path / "blue.mp4", [SceneSpec(10.0, "color=c=0x0000c0")], fps=FPS, audio=False)
+    fading = tmp_path / "fading.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(green), "-i", str(blue), "-filter_complex",
+                    "[0:v][1:v]xfade=transition=fade:duration=6:offset=30,format=yuv420p", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-g", str(FPS), str(fading)], check=True)  # fmt: skip
+    analysis = _analyse(fading, 40.0, tmp_path / "frames")
+    assert len(analysis.scenes) == 1, analysis.scenes
+    [frames] = analysis.keyframes
+    assert len(frames) >= 8, frames
+    assert [round(f.start_s, 6) for f in frames] == [4.0 * n for n in range(len(frames))]  # blocks from the start
+    colours = [cv2.imread(str(f.path)).reshape(-1, 3).mean(axis=0) for f in frames]
+    assert np.abs(colours[0] - GREEN).max() < 24, (frames[0], colours[0])
+    assert np.abs(colours[-1] - BLUE).max() < 24, (frames[-1], colours[-1])
+    assert all(np.abs(colour - GREEN).max() < 24 for colour, f in zip(colours, frames, strict=True) if f.end_s <= 30)
+    assert analysis.middle(0).start_s <= 20.0 < analysis.middle(0).end_s
 
 
 def test_popeye_scene_count_matches_the_visible_shots(tmp_path: Path) -> None:
     video = real_media("popeye/popeye_p1.mkv")
     analysis = _analyse(video, 60.0, tmp_path)
     assert abs(len(analysis.scenes) - POPEYE_P1_SHOTS) <= 0.2 * POPEYE_P1_SHOTS, analysis.scenes
-    assert cv2.imread(str(analysis.keyframes[0])).shape[:2] == (358, 480)  # 1440x1074 scaled to 480 wide
+    assert cv2.imread(str(analysis.middle(0).path)).shape[:2] == (358, 480)  # 1440x1074 scaled to 480 wide
 
 
 def test_tears_of_steel_scene_count_matches_the_visible_shots(tmp_path: Path) -> None:
@@ -158,6 +200,7 @@ def test_memory_of_a_ten_minute_1080p_video_stays_bounded(tmp_path: Path) -> Non
     figures = json.loads(result.stdout.strip().splitlines()[-1])
     print(f"\n{LONG_S} s of 1080p: {figures}")
     assert figures["frames"] == LONG_S * 25
-    # the picker's bound: its capacity + the detector's lag (15 + 3 + 1 frames at 25 fps) / candidate step (8) + 2
-    assert figures["held"] <= DEFAULT_CAPACITY + 19 // 8 + 2
+    # the picker's bound, (block / 2 + lag) / every + 3: half a 4 s block (50 frames at 25 fps) and the detector's
+    # lag (15 + 3 + 1 frames) over the candidate step (8), plus 3
+    assert figures["held"] <= (50 + 19) // 8 + 3
     assert figures["python_mb"] + figures["ffmpeg_mb"] < PEAK_RSS_LIMIT_MB, figures

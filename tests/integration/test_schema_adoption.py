@@ -40,8 +40,8 @@ SERVICES = ("ingest", "pipeline", "search")
 OWNED_TABLES = {
     "ingest": {"videos", "uploads", "outbox", "schema_migrations"},
     "pipeline": {"jobs", "job_events", "dead_letters", "outbox", "schema_migrations"},
-    "search": {"clips", "transcript_segments", "transcript_vectors", "visual_vectors", "videos", "outbox",
-               "schema_migrations"},
+    "search": {"clips", "keyframes", "transcript_segments", "transcript_vectors", "visual_vectors", "videos",
+               "outbox", "schema_migrations"},
 }
 # The foreign keys that stay: those within one service's tables.
 KEPT_FOREIGN_KEYS = {
@@ -50,7 +50,8 @@ KEPT_FOREIGN_KEYS = {
     ("pipeline", "dead_letters", "pipeline", "jobs"),
     ("search", "transcript_segments", "search", "clips"),
     ("search", "transcript_vectors", "search", "transcript_segments"),
-    ("search", "visual_vectors", "search", "clips"),
+    ("search", "keyframes", "search", "clips"),  # made by migration 0005, which gives each old clip its keyframe
+    ("search", "visual_vectors", "search", "keyframes"),
 }
 
 
@@ -250,7 +251,8 @@ async def test_a_shared_schema_is_adopted_by_its_services(fresh_database: str) -
             lexical = await retrieval.lexical("words", 2, ClipFilter(None))  # adopted cues are indexed for words
             assert {h.clip_id for h in lexical} == set(ids["clips"])
             # Rows from before ownership are nobody's (the nil UUID): administrators find them, users do not.
-            for table in ("videos", "clips", "transcript_segments", "transcript_vectors", "visual_vectors"):
+            for table in ("videos", "clips", "keyframes", "transcript_segments", "transcript_vectors",
+                          "visual_vectors"):
                 assert await search.fetchval(f"SELECT count(DISTINCT owner_id) FROM {table} "
                                              "WHERE owner_id <> '00000000-0000-0000-0000-000000000000'") == 0, table
             assert await clips.get_many(ids["clips"], owner=uuid.uuid4()) == {}

@@ -297,3 +297,54 @@ async def test_bad_facts_are_refused_naming_the_field(
     if request_.facts.video.startswith("videos/") and len(request_.facts.video) == len("videos/") + 36:
         video_id = uuid.UUID(request_.facts.video.removeprefix("videos/"))
         assert await db.fetchval("SELECT count(*) FROM videos WHERE id = $1", video_id) == 0  # nothing written
+
+
+async def test_a_clip_matches_by_its_best_keyframe_and_shows_that_frame(db: Database) -> None:
+    """A 20 s scene with five keyframes (4 s each) and a 10 s scene with one: a query near the first scene's last
+    frame finds that scene once (not once per frame), scored by that frame, with its stretch and image as the
+    moment; a similar-clips search starts from the mean of the scene's frames. A later run with fewer frames
+    replaces them all, and deleting the video deletes them."""
+    store, retrieval = ClipStore(db), PgRetrieval(db)
+    stub = ServicerStub(SearchInternalServicer(store))
+    video_id, rng, model = uuid.uuid4(), np.random.default_rng(5), f"clip/frames-{uuid.uuid4()}"
+    scenes = [(0.0, 20.0, 5), (20.0, 30.0, 1)]
+    vectors = {}
+    request = pb.ReplaceVideoIndexRequest(video=f"videos/{video_id}", owner=f"users/{OWNER}", fence=1,
+                                          visual_model=model)
+    for i, (start, end, frames) in enumerate(scenes):
+        clip = request.clips.add(id=str(derived_id(video_id, "clip", i)), index=i, start_seconds=start,
+                                 end_seconds=end, thumbnail_key=f"k/{i}-middle.jpg")
+        step = (end - start) / frames
+        for n in range(frames):
+            frame_id = uuid.uuid5(video_id, f"frame/{i}/{n}")
+            vectors[frame_id] = _unit(rng, 512)
+            clip.keyframes.add(id=str(frame_id), index=n, time_seconds=start + (n + 0.5) * step,
+                               start_seconds=start + n * step, end_seconds=start + (n + 1) * step,
+                               thumbnail_key=f"k/{i}-{n:02d}.jpg", visual_embedding=vectors[frame_id].tolist())
+    answer = await stub.ReplaceVideoIndex(request)
+    assert (answer.clip_count, answer.vector_count) == (2, 6)
+    assert await store.upsert_facts(_facts(video_id, 1))
+    last = uuid.uuid5(video_id, "frame/0/4")
+    query = vectors[last] + 0.1 * _unit(rng, 512)
+    found = await retrieval.visual(model, query / np.linalg.norm(query), 10, ClipFilter(OWNER, (video_id,)))
+    assert [m.clip_id for m in found] == [derived_id(video_id, "clip", 0), derived_id(video_id, "clip", 1)]
+    best = found[0]
+    assert (best.start_s, best.end_s, best.thumbnail_key) == (16.0, 20.0, "k/0-04.jpg")
+    assert best.score == pytest.approx(float(vectors[last] @ query / np.linalg.norm(query)), abs=1e-5)
+
+    model_of, mean = await store._vectors.clip_visual(derived_id(video_id, "clip", 0)) or ("", None)
+    expected = np.mean([vectors[uuid.uuid5(video_id, f"frame/0/{n}")] for n in range(5)], axis=0)
+    assert model_of == model
+    np.testing.assert_allclose(mean, expected / np.linalg.norm(expected), atol=1e-5)
+
+    del request.clips[0].keyframes[1:]  # a later run: one frame for the whole first scene
+    request.clips[0].keyframes[0].end_seconds = 20.0
+    request.fence = 2
+    await stub.ReplaceVideoIndex(request)
+    assert await db.fetchval("SELECT count(*) FROM keyframes WHERE video_id = $1", video_id) == 2
+    assert await db.fetchval("SELECT count(*) FROM visual_vectors WHERE video_id = $1", video_id) == 2
+    found = await retrieval.visual(model, query / np.linalg.norm(query), 10, ClipFilter(OWNER, (video_id,)))
+    assert {(m.start_s, m.end_s) for m in found} == {(0.0, 20.0), (20.0, 30.0)}
+    await stub.DeleteVideoIndex(pb.DeleteVideoIndexRequest(video=f"videos/{video_id}"))
+    assert await db.fetchval("SELECT count(*) FROM keyframes WHERE video_id = $1", video_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM visual_vectors WHERE video_id = $1", video_id) == 0

@@ -360,14 +360,15 @@ async def load_collection(db: Database, model: str, owners: dict[str, int], *, s
     vectors = np.repeat(centroids, CLIPS_PER_VIDEO, axis=0)
     vectors += rng.standard_normal((n, DIMS), dtype=np.float32) / np.sqrt(DIMS)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    videos, clips, rows, by_clip = [], [], [], {}
+    videos, clips, frames, rows, by_clip = [], [], [], [], {}
     for v, owner in enumerate(video_owners):
         video_id = uuid.uuid4()
         videos.append((video_id, owner, 1, "READY", 1000.0, f"video {v}"))
         for i in range(CLIPS_PER_VIDEO):
             clip_id, k = uuid.uuid4(), v * CLIPS_PER_VIDEO + i
             clips.append((clip_id, video_id, owner, i, i * 10.0, i * 10.0 + 10))
-            rows.append((clip_id, video_id, owner, model, vectors[k]))
+            frames.append((clip_id, video_id, owner, clip_id, 0, i * 10.0 + 5, i * 10.0, i * 10.0 + 10))
+            rows.append((clip_id, video_id, owner, model, vectors[k], clip_id))
             by_clip[clip_id] = vectors[k]
     async with db.acquire() as conn:
         await conn.execute("DROP INDEX IF EXISTS visual_vectors_hnsw")
@@ -375,13 +376,16 @@ async def load_collection(db: Database, model: str, owners: dict[str, int], *, s
             "id", "owner_id", "revision", "state", "duration_s", "title"])
         await conn.copy_records_to_table("clips", records=clips, columns=[
             "id", "video_id", "owner_id", "idx", "start_s", "end_s"])
+        await conn.copy_records_to_table("keyframes", records=frames, columns=[
+            "id", "video_id", "owner_id", "clip_id", "idx", "time_s", "start_s", "end_s"])
         await conn.copy_records_to_table("visual_vectors", records=rows, columns=[
-            "id", "video_id", "owner_id", "model", "embedding"])
+            "id", "video_id", "owner_id", "model", "embedding", "clip_id"])
         await conn.execute("SET maintenance_work_mem = '1GB'")  # the graph fits in memory: an in-memory build
         await conn.execute("SET max_parallel_maintenance_workers = 2")
         await conn.execute("CREATE INDEX visual_vectors_hnsw ON visual_vectors "
                            "USING hnsw (embedding vector_cosine_ops)", timeout=600)  # ~40 s on 2 cores
-        await conn.execute("VACUUM ANALYZE videos, clips, visual_vectors", timeout=600)  # statistics, visibility
+        # statistics, visibility
+        await conn.execute("VACUUM ANALYZE videos, clips, keyframes, visual_vectors", timeout=600)
     return users, by_clip
 
 

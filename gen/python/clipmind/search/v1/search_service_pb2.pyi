@@ -233,14 +233,16 @@ class SearchResult(_message.Message):
     MATCH_END_SECONDS_FIELD_NUMBER: _builtins.int
     LEXICAL_SCORE_FIELD_NUMBER: _builtins.int
     MATCHED_SIGNALS_FIELD_NUMBER: _builtins.int
+    MATCH_THUMBNAIL_URI_FIELD_NUMBER: _builtins.int
     score: _builtins.float
     """Fused relevance score; higher is better, comparable within one search
     (0..1 with FUSION_WEIGHTED; the sum of weight / (60 + rank) with
     FUSION_RRF).
     """
     visual_score: _builtins.float
-    """Visual (CLIP cosine) similarity of the clip's keyframe; 0 when the
-    visual signal did not propose this clip.
+    """Visual (CLIP cosine) similarity of the clip's best-matching keyframe (a
+    scene has one per few seconds); 0 when the visual signal did not propose
+    this clip.
     """
     transcript_score: _builtins.float
     """Transcript (Sentence-BERT cosine) similarity of the best cue; 0 when the
@@ -252,7 +254,9 @@ class SearchResult(_message.Message):
     """
     match_start_seconds: _builtins.float
     """Start of the best-matching moment in seconds from the beginning of the
-    video; may lie inside the clip.
+    video; may lie inside the clip: the matched transcript passage, else the
+    stretch of the scene the best-matching keyframe stands for, else the
+    whole clip.
     """
     match_end_seconds: _builtins.float
     """End of the best-matching moment in seconds from the beginning of the
@@ -263,6 +267,11 @@ class SearchResult(_message.Message):
     contains all of the query's words and quoted phrases, rare ones counting
     more, falling steeply (the cube of the share) for partial matches; 0
     when no cue of the clip contains any.
+    """
+    match_thumbnail_uri: _builtins.str
+    """URL of the frame to show for this result (may be signed and expire): the
+    keyframe that matched the query best when the visual signal proposed the
+    clip, else the clip's own keyframe (`clip.thumbnail_uri`).
     """
     @_builtins.property
     def clip(self) -> Global___Clip:
@@ -284,10 +293,11 @@ class SearchResult(_message.Message):
         match_end_seconds: _builtins.float = ...,
         lexical_score: _builtins.float = ...,
         matched_signals: _abc.Iterable[Global___Signal.ValueType] | None = ...,
+        match_thumbnail_uri: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "lexical_score", b"lexical_score", "match_end_seconds", b"match_end_seconds", "match_start_seconds", b"match_start_seconds", "matched_signals", b"matched_signals", "matched_text", b"matched_text", "score", b"score", "transcript_score", b"transcript_score", "visual_score", b"visual_score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "lexical_score", b"lexical_score", "match_end_seconds", b"match_end_seconds", "match_start_seconds", b"match_start_seconds", "match_thumbnail_uri", b"match_thumbnail_uri", "matched_signals", b"matched_signals", "matched_text", b"matched_text", "score", b"score", "transcript_score", b"transcript_score", "visual_score", b"visual_score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

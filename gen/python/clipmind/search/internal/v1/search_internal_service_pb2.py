@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n9clipmind/search/internal/v1/search_internal_service.proto\x12\x1b\x63lipmind.search.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x01\n\x0bIndexedClip\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x15\n\rstart_seconds\x18\x03 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x04 \x01(\x01\x12\x15\n\rthumbnail_key\x18\x05 \x01(\t\x12\x18\n\x10visual_embedding\x18\x06 \x03(\x02\"\x99\x01\n\x0eIndexedSegment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lip_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x15\n\rstart_seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x05 \x01(\x01\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x11\n\tembedding\x18\x08 \x03(\x02\"\xef\x01\n\x18ReplaceVideoIndexRequest\x12\r\n\x05video\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\x12\x37\n\x05\x63lips\x18\x03 \x03(\x0b\x32(.clipmind.search.internal.v1.IndexedClip\x12=\n\x08segments\x18\x04 \x03(\x0b\x32+.clipmind.search.internal.v1.IndexedSegment\x12\x18\n\x10transcript_model\x18\x05 \x01(\t\x12\x14\n\x0cvisual_model\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\"\\\n\x19ReplaceVideoIndexResponse\x12\x12\n\nclip_count\x18\x01 \x01(\x05\x12\x15\n\rsegment_count\x18\x02 \x01(\x05\x12\x14\n\x0cvector_count\x18\x03 \x01(\x05\"(\n\x17\x44\x65leteVideoIndexRequest\x12\r\n\x05video\x18\x01 \x01(\t\"6\n\x18\x44\x65leteVideoIndexResponse\x12\x1a\n\x12\x64\x65leted_clip_count\x18\x01 \x01(\x05\"\xb7\x01\n\nVideoFacts\x12\r\n\x05video\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\r\n\x05title\x18\x03 \x01(\t\x12\x10\n\x08\x62lob_key\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x08 \x01(\t\"Q\n\x17UpsertVideoFactsRequest\x12\x36\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\'.clipmind.search.internal.v1.VideoFacts\"+\n\x18UpsertVideoFactsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x32\x9e\x03\n\x15SearchInternalService\x12\x82\x01\n\x11ReplaceVideoIndex\x12\x35.clipmind.search.internal.v1.ReplaceVideoIndexRequest\x1a\x36.clipmind.search.internal.v1.ReplaceVideoIndexResponse\x12\x7f\n\x10\x44\x65leteVideoIndex\x12\x34.clipmind.search.internal.v1.DeleteVideoIndexRequest\x1a\x35.clipmind.search.internal.v1.DeleteVideoIndexResponse\x12\x7f\n\x10UpsertVideoFacts\x12\x34.clipmind.search.internal.v1.UpsertVideoFactsRequest\x1a\x35.clipmind.search.internal.v1.UpsertVideoFactsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n9clipmind/search/internal/v1/search_internal_service.proto\x12\x1b\x63lipmind.search.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x01\n\x0bIndexedClip\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x15\n\rstart_seconds\x18\x03 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x04 \x01(\x01\x12\x15\n\rthumbnail_key\x18\x05 \x01(\t\x12\x18\n\x10visual_embedding\x18\x06 \x03(\x02\x12?\n\tkeyframes\x18\x07 \x03(\x0b\x32,.clipmind.search.internal.v1.IndexedKeyframe\"\x9f\x01\n\x0fIndexedKeyframe\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x14\n\x0ctime_seconds\x18\x03 \x01(\x01\x12\x15\n\rstart_seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x05 \x01(\x01\x12\x15\n\rthumbnail_key\x18\x06 \x01(\t\x12\x18\n\x10visual_embedding\x18\x07 \x03(\x02\"\x99\x01\n\x0eIndexedSegment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x63lip_id\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\x05\x12\x15\n\rstart_seconds\x18\x04 \x01(\x01\x12\x13\n\x0b\x65nd_seconds\x18\x05 \x01(\x01\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x11\n\tembedding\x18\x08 \x03(\x02\"\xef\x01\n\x18ReplaceVideoIndexRequest\x12\r\n\x05video\x18\x01 \x01(\t\x12\r\n\x05\x66\x65nce\x18\x02 \x01(\x03\x12\x37\n\x05\x63lips\x18\x03 \x03(\x0b\x32(.clipmind.search.internal.v1.IndexedClip\x12=\n\x08segments\x18\x04 \x03(\x0b\x32+.clipmind.search.internal.v1.IndexedSegment\x12\x18\n\x10transcript_model\x18\x05 \x01(\t\x12\x14\n\x0cvisual_model\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\"\\\n\x19ReplaceVideoIndexResponse\x12\x12\n\nclip_count\x18\x01 \x01(\x05\x12\x15\n\rsegment_count\x18\x02 \x01(\x05\x12\x14\n\x0cvector_count\x18\x03 \x01(\x05\"(\n\x17\x44\x65leteVideoIndexRequest\x12\r\n\x05video\x18\x01 \x01(\t\"6\n\x18\x44\x65leteVideoIndexResponse\x12\x1a\n\x12\x64\x65leted_clip_count\x18\x01 \x01(\x05\"\xb7\x01\n\nVideoFacts\x12\r\n\x05video\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\r\n\x05title\x18\x03 \x01(\t\x12\x10\n\x08\x62lob_key\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x06 \x01(\x01\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x08 \x01(\t\"Q\n\x17UpsertVideoFactsRequest\x12\x36\n\x05\x66\x61\x63ts\x18\x01 \x01(\x0b\x32\'.clipmind.search.internal.v1.VideoFacts\"+\n\x18UpsertVideoFactsResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x32\x9e\x03\n\x15SearchInternalService\x12\x82\x01\n\x11ReplaceVideoIndex\x12\x35.clipmind.search.internal.v1.ReplaceVideoIndexRequest\x1a\x36.clipmind.search.internal.v1.ReplaceVideoIndexResponse\x12\x7f\n\x10\x44\x65leteVideoIndex\x12\x34.clipmind.search.internal.v1.DeleteVideoIndexRequest\x1a\x35.clipmind.search.internal.v1.DeleteVideoIndexResponse\x12\x7f\n\x10UpsertVideoFacts\x12\x34.clipmind.search.internal.v1.UpsertVideoFactsRequest\x1a\x35.clipmind.search.internal.v1.UpsertVideoFactsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipmind.search.internal.v1
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_INDEXEDCLIP']._serialized_start=124
-  _globals['_INDEXEDCLIP']._serialized_end=257
-  _globals['_INDEXEDSEGMENT']._serialized_start=260
-  _globals['_INDEXEDSEGMENT']._serialized_end=413
-  _globals['_REPLACEVIDEOINDEXREQUEST']._serialized_start=416
-  _globals['_REPLACEVIDEOINDEXREQUEST']._serialized_end=655
-  _globals['_REPLACEVIDEOINDEXRESPONSE']._serialized_start=657
-  _globals['_REPLACEVIDEOINDEXRESPONSE']._serialized_end=749
-  _globals['_DELETEVIDEOINDEXREQUEST']._serialized_start=751
-  _globals['_DELETEVIDEOINDEXREQUEST']._serialized_end=791
-  _globals['_DELETEVIDEOINDEXRESPONSE']._serialized_start=793
-  _globals['_DELETEVIDEOINDEXRESPONSE']._serialized_end=847
-  _globals['_VIDEOFACTS']._serialized_start=850
-  _globals['_VIDEOFACTS']._serialized_end=1033
-  _globals['_UPSERTVIDEOFACTSREQUEST']._serialized_start=1035
-  _globals['_UPSERTVIDEOFACTSREQUEST']._serialized_end=1116
-  _globals['_UPSERTVIDEOFACTSRESPONSE']._serialized_start=1118
-  _globals['_UPSERTVIDEOFACTSRESPONSE']._serialized_end=1161
-  _globals['_SEARCHINTERNALSERVICE']._serialized_start=1164
-  _globals['_SEARCHINTERNALSERVICE']._serialized_end=1578
+  _globals['_INDEXEDCLIP']._serialized_end=322
+  _globals['_INDEXEDKEYFRAME']._serialized_start=325
+  _globals['_INDEXEDKEYFRAME']._serialized_end=484
+  _globals['_INDEXEDSEGMENT']._serialized_start=487
+  _globals['_INDEXEDSEGMENT']._serialized_end=640
+  _globals['_REPLACEVIDEOINDEXREQUEST']._serialized_start=643
+  _globals['_REPLACEVIDEOINDEXREQUEST']._serialized_end=882
+  _globals['_REPLACEVIDEOINDEXRESPONSE']._serialized_start=884
+  _globals['_REPLACEVIDEOINDEXRESPONSE']._serialized_end=976
+  _globals['_DELETEVIDEOINDEXREQUEST']._serialized_start=978
+  _globals['_DELETEVIDEOINDEXREQUEST']._serialized_end=1018
+  _globals['_DELETEVIDEOINDEXRESPONSE']._serialized_start=1020
+  _globals['_DELETEVIDEOINDEXRESPONSE']._serialized_end=1074
+  _globals['_VIDEOFACTS']._serialized_start=1077
+  _globals['_VIDEOFACTS']._serialized_end=1260
+  _globals['_UPSERTVIDEOFACTSREQUEST']._serialized_start=1262
+  _globals['_UPSERTVIDEOFACTSREQUEST']._serialized_end=1343
+  _globals['_UPSERTVIDEOFACTSRESPONSE']._serialized_start=1345
+  _globals['_UPSERTVIDEOFACTSRESPONSE']._serialized_end=1388
+  _globals['_SEARCHINTERNALSERVICE']._serialized_start=1391
+  _globals['_SEARCHINTERNALSERVICE']._serialized_end=1805
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,9 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class IndexedClip(_message.Message):
-    """One scene of a video with the CLIP vector of its keyframe."""
+    """One scene of a video with its keyframes (one per few seconds of the scene,
+    each with its CLIP vector).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -34,6 +36,7 @@ class IndexedClip(_message.Message):
     END_SECONDS_FIELD_NUMBER: _builtins.int
     THUMBNAIL_KEY_FIELD_NUMBER: _builtins.int
     VISUAL_EMBEDDING_FIELD_NUMBER: _builtins.int
+    KEYFRAMES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Clip id (a UUID derived from the video and the index)."""
     index: _builtins.int
@@ -43,10 +46,24 @@ class IndexedClip(_message.Message):
     end_seconds: _builtins.float
     """End of the scene, seconds."""
     thumbnail_key: _builtins.str
-    """Blob key of the keyframe."""
+    """Blob key of the scene's representative keyframe (the one at its middle):
+    what the clip shows where no search matched a frame of it.
+    """
     @_builtins.property
     def visual_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
-        """CLIP image embedding of the keyframe (normalized); empty when none."""
+        """From a pipeline that sent one vector per scene: the CLIP image embedding
+        (normalized) of the representative keyframe, stored as one keyframe that
+        stands for the whole scene (its id the clip's). Not set together with
+        `keyframes`.
+        """
+
+    @_builtins.property
+    def keyframes(self) -> _containers.RepeatedCompositeFieldContainer[Global___IndexedKeyframe]:
+        """The scene's keyframes in time order; their spans lie within the scene
+        (a search's visual score of the clip is its best frame's, and that frame
+        becomes the result's thumbnail and match time). Empty: the clip has one
+        keyframe, `thumbnail_key`, standing for the whole scene.
+        """
 
     def __init__(
         self,
@@ -57,14 +74,63 @@ class IndexedClip(_message.Message):
         end_seconds: _builtins.float = ...,
         thumbnail_key: _builtins.str = ...,
         visual_embedding: _abc.Iterable[_builtins.float] | None = ...,
+        keyframes: _abc.Iterable[Global___IndexedKeyframe] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_seconds", b"end_seconds", "id", b"id", "index", b"index", "start_seconds", b"start_seconds", "thumbnail_key", b"thumbnail_key", "visual_embedding", b"visual_embedding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_seconds", b"end_seconds", "id", b"id", "index", b"index", "keyframes", b"keyframes", "start_seconds", b"start_seconds", "thumbnail_key", b"thumbnail_key", "visual_embedding", b"visual_embedding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___IndexedClip: _TypeAlias = IndexedClip  # noqa: Y015
+
+@_typing.final
+class IndexedKeyframe(_message.Message):
+    """One keyframe of a scene with the CLIP vector of the frame."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    TIME_SECONDS_FIELD_NUMBER: _builtins.int
+    START_SECONDS_FIELD_NUMBER: _builtins.int
+    END_SECONDS_FIELD_NUMBER: _builtins.int
+    THUMBNAIL_KEY_FIELD_NUMBER: _builtins.int
+    VISUAL_EMBEDDING_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Keyframe id (a UUID derived from the video, the scene and the position)."""
+    index: _builtins.int
+    """Position of the frame in its scene, from 0."""
+    time_seconds: _builtins.float
+    """When the frame is shown, seconds from the start of the video."""
+    start_seconds: _builtins.float
+    """Start of the stretch of the scene the frame stands for, seconds."""
+    end_seconds: _builtins.float
+    """End of that stretch, seconds."""
+    thumbnail_key: _builtins.str
+    """Blob key of the frame (JPEG)."""
+    @_builtins.property
+    def visual_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """CLIP image embedding of the frame (normalized); empty when none."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        time_seconds: _builtins.float = ...,
+        start_seconds: _builtins.float = ...,
+        end_seconds: _builtins.float = ...,
+        thumbnail_key: _builtins.str = ...,
+        visual_embedding: _abc.Iterable[_builtins.float] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_seconds", b"end_seconds", "id", b"id", "index", b"index", "start_seconds", b"start_seconds", "thumbnail_key", b"thumbnail_key", "time_seconds", b"time_seconds", "visual_embedding", b"visual_embedding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexedKeyframe: _TypeAlias = IndexedKeyframe  # noqa: Y015
 
 @_typing.final
 class IndexedSegment(_message.Message):
