@@ -127,6 +127,7 @@ def describe(endpoints: Endpoints, state_dir: Path) -> str:
         f"  REST + gRPC (Envoy)  {endpoints.envoy_url}",
         f"  media                {endpoints.media_base_url}/",
         *(f"  gRPC {name:<15} {address}" for name, address in endpoints.grpc.items()),
+        *(f"  metrics {name:<12} {url}" for name, url in endpoints.metrics.items()),
         f"  PostgreSQL           {redact(endpoints.database_url)}",
         f"  Redis                {redact(endpoints.redis_url)}",
         f"  Triton (gRPC)        {endpoints.triton_url}",

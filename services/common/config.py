@@ -61,6 +61,14 @@ class CommonSettings(BaseSettings):
         False, description="Let modalities with random weights affect search ranking (tests only)."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of this process's Prometheus metrics (`GET /metrics`, "
+        "services/common/metrics.py); 0 turns the exposition off. `clipmind up` gives every process one.",
+    )
+    metrics_host: str = Field(
+        "", description="Address the metrics port binds; empty: the gRPC server's grpc_host (127.0.0.1 for the "
+        "worker, which has none).",
+    )
     db_pool_min_size: int = Field(1, ge=0, description="Connections the process keeps open to PostgreSQL.")
     db_pool_max_size: int = Field(10, ge=1, description="Most connections the process opens to PostgreSQL.")
     db_acquire_timeout_s: float = Field(
@@ -212,6 +220,10 @@ class AnalyticsSettings(ServerSettings):
     service_name: str = "analytics"
 
     grpc_port: int = 50054
+    interaction_search_wait_s: float = Field(
+        2.0, ge=0, le=30, description="How long RecordInteraction waits for its search to reach the search log "
+        "(it comes through the search service's outbox, a moment after the search answered) before NOT_FOUND.",
+    )
 
 
 class WorkerSettings(CommonSettings):

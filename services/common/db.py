@@ -26,6 +26,7 @@ from pgvector.asyncpg import register_vector
 
 from services.common.config import CommonSettings
 from services.common.errors import Unavailable
+from services.common.metrics import POOL_ACQUIRE_TIMEOUTS, track_pool
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +141,13 @@ class Database:
     RetryInfo (``retry_delay_s``) naming when to try again; the pool replaces dropped connections itself.
     It offers the subset of ``asyncpg.Pool`` that the repositories use."""
 
-    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout_s: float = 5.0) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, acquire_timeout_s: float = 5.0, name: str = "") -> None:
+        """``name`` labels the pool's metrics (``clipmind_db_pool_*{pool}``: the service's schema), read from
+        asyncpg's own counts at each scrape."""
         self._pool = pool
         self.acquire_timeout_s = acquire_timeout_s
+        self.name = name or "default"
+        track_pool(self, self.name, lambda db: db.raw)
 
     @property
     def raw(self) -> asyncpg.Pool:
@@ -153,6 +158,7 @@ class Database:
         try:
             conn = await self._pool.acquire(timeout=self.acquire_timeout_s)
         except TimeoutError as exc:
+            POOL_ACQUIRE_TIMEOUTS.labels(self.name).inc()
             raise Unavailable(
                 f"the database is busy: no connection free within {self.acquire_timeout_s:g} s; retry shortly",
                 reason="DATABASE_BUSY", retry_delay_s=RETRY_AFTER_S,
@@ -225,7 +231,7 @@ async def create_pool(
         timeout=connect_timeout_s, server_settings={**search_path(schema), **(settings or {})},
     )
     assert pool is not None
-    return Database(pool, acquire_timeout_s=acquire_timeout_s)
+    return Database(pool, acquire_timeout_s=acquire_timeout_s, name=schema)
 
 
 async def open_database(

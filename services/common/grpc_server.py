@@ -18,7 +18,10 @@ from grpc_reflection.v1alpha import reflection as grpc_reflection
 
 from services.common.auth import Authenticator
 from services.common.auth_interceptor import AuthInterceptor
+from services.common.config import CommonSettings
 from services.common.grpc_errors import ErrorInterceptor
+from services.common.grpc_metrics import MetricsInterceptor
+from services.common.metrics import start_metrics_server
 from services.common.request_limits import RequestLimiter
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,8 @@ async def run_server(
     request_limits: RequestLimiter | None = None,
     reflection: bool = False,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
+    metrics_port: int | None = None,
+    metrics_host: str = "",
 ) -> None:
     """Serve until SIGTERM/SIGINT. ``register`` adds the servicers and returns their full names.
 
@@ -79,6 +84,12 @@ async def run_server(
     (``services.common.auth_interceptor``); ``optional_auth_methods`` (full method paths) may also be called
     without one; ``request_limits`` counts each user's calls against their rate limits. ``reflection``
     registers gRPC server reflection (open, like health), for grpcurl and the like.
+
+    Metrics: every call is counted and timed (``services.common.grpc_metrics``, the outermost interceptor) and
+    the process's metrics are served on ``metrics_host:metrics_port`` (``GET /metrics``; host empty: ``host``;
+    port 0: not served) from the start of serving to the end of the ``on_stop`` hooks. A composition root that
+    passes no ``metrics_port`` gets its process settings' (``CLIPMIND_METRICS_PORT``/``_HOST``), so no service
+    is left without.
 
     ``component_health`` (optional) reports parts the process depends on, e.g. ``{"clipmind.model.clip_image":
     False}``; each becomes a health-check service name, SERVING or NOT_SERVING, refreshed periodically.
@@ -91,11 +102,13 @@ async def run_server(
        cancels the rest (a second signal cancels them at once);
     4. the ``on_stop`` callbacks close pools and clients.
     """
-    # Authentication first (internal methods want the system identity); every call gets its request context
-    # (request id, trace, principal) bound for the servicer and for onward calls.
+    # Metrics outermost (they count refusals too); then authentication (internal methods want the system
+    # identity); every call gets its request context (request id, trace, principal) bound for the servicer and
+    # for onward calls.
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator, optional_methods=optional_auth_methods,
-                                      limits=request_limits), ErrorInterceptor()],
+        interceptors=[MetricsInterceptor(),
+                      AuthInterceptor(authenticator, optional_methods=optional_auth_methods, limits=request_limits),
+                      ErrorInterceptor()],
         options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)])
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()
@@ -109,6 +122,10 @@ async def run_server(
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise RuntimeError(f"{name}: cannot bind {host}:{port}")
+    if metrics_port is None:
+        process = CommonSettings()
+        metrics_port, metrics_host = process.metrics_port, metrics_host or process.metrics_host
+    stop_metrics = start_metrics_server(metrics_port, metrics_host or host)
     await server.start()
     for svc in ["", *service_names]:
         await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
@@ -153,6 +170,8 @@ async def run_server(
     hurried.cancel()
     log.info("%s stopped serving", name)
     await _run_hooks(name, "closing", on_stop)
+    if stop_metrics is not None:
+        stop_metrics()
 
 
 async def _run_hooks(name: str, stage: str, hooks: Sequence[DrainHook]) -> None:

@@ -110,7 +110,8 @@ async def serve(settings: IdentitySettings) -> None:
     await run_server(name="identity", host=settings.grpc_host, port=settings.grpc_port, register=register,
                      on_stop=[stop_purge, limiter.close, windows.close, revocations.close, pool.close],
                      grace_s=settings.shutdown_grace_s, authenticator=authenticator, request_limits=request_limits,
-                     optional_auth_methods=servicer.ANONYMOUS_METHODS, reflection=settings.grpc_reflection)
+                     optional_auth_methods=servicer.ANONYMOUS_METHODS, reflection=settings.grpc_reflection,
+                     metrics_port=settings.metrics_port, metrics_host=settings.metrics_host)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from services.common.errors import (
     InvalidArgument,
     Unavailable,
 )
+from services.common.metrics import TRITON_LATENCY, track_circuit
 from services.inference import contract
 from services.inference.contract import WEIGHTS_SETTING
 from services.inference.ports import (
@@ -116,6 +118,7 @@ class TritonInference:
         self.status_timeout_s = status_timeout_s
         self.retry = retry or RetryPolicy()
         self.breaker = CircuitBreaker(failure_threshold, reset_timeout_s)
+        track_circuit(self, url, lambda client: client.breaker)  # clipmind_triton_circuit_state, read on scrape
         self._max_batch_override = max_batch
         self._parallel = max_parallel_requests
         self._grpc: Any = grpcclient
@@ -275,10 +278,15 @@ class TritonInference:
         """One inference request under the call's deadline and retry policy; notes the model id it reports."""
         inputs = [self._input(input_name, array, datatype)]
         requested = [self._grpc.InferRequestedOutput(n) for n in outputs]
-        result = await self._call(
-            name, deadline,
-            lambda timeout: self._client.infer(name, inputs, outputs=requested, client_timeout=timeout),
-        )
+        started, outcome = time.perf_counter(), "error"
+        try:
+            result = await self._call(
+                name, deadline,
+                lambda timeout: self._client.infer(name, inputs, outputs=requested, client_timeout=timeout),
+            )
+            outcome = "ok"
+        finally:  # clipmind_triton_request_duration_seconds: the request with its retries, as the caller waits
+            TRITON_LATENCY.labels(name, outcome).observe(time.perf_counter() - started)
         self._note_model_id(name, result)
         return result
 

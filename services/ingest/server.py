@@ -62,6 +62,8 @@ async def serve(settings: IngestSettings) -> None:
         on_stop=[stop_sweeper, media.cleanup, relay.stop, windows.close, revocations.close, channels.close, pool.close],
         grace_s=settings.shutdown_grace_s, authenticator=authenticator, request_limits=request_limits,
         reflection=settings.grpc_reflection,
+        metrics_port=settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
 
 

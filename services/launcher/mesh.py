@@ -61,6 +61,17 @@ class MeshPorts:
     redis: int = 6390
     triton_grpc: int = 8001
     triton_http: int = 8000
+    # Prometheus metrics (GET /metrics) of each mesh process: CLIPMIND_METRICS_PORT
+    ingest_metrics: int = 9111
+    pipeline_metrics: int = 9112
+    search_metrics: int = 9113
+    analytics_metrics: int = 9114
+    identity_metrics: int = 9115
+    worker_metrics: int = 9116
+
+    def metrics(self, process: str) -> int:
+        """The metrics port of ``process`` (a server's name, or "worker")."""
+        return int(getattr(self, f"{process}_metrics"))
 
     @classmethod
     def free(cls) -> MeshPorts:
@@ -104,6 +115,8 @@ class Endpoints:
     blob_dir: Path
     embedded: tuple[str, ...]  # parts this mesh launched
     external: tuple[str, ...]  # parts given by URL
+    # process ("ingest" … "identity", "worker") -> its Prometheus metrics URL, http://host:port/metrics
+    metrics: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ingest(self) -> str:
@@ -202,6 +215,7 @@ class Mesh:
                 f"{envoy_url}/media" if envoy_url else f"http://{HOST}:{ports.media}/media"
             )
             grpc = {name: f"{HOST}:{getattr(ports, name)}" for name in SERVERS}
+            metrics = {name: f"http://{HOST}:{ports.metrics(name)}/metrics" for name in (*SERVERS, "worker")}
 
             if cfg.with_services:
                 # Each service that owns a schema gets its own role on it (grants keep the others out).
@@ -223,7 +237,8 @@ class Mesh:
                 }
                 services: dict[str, _Part] = {}
                 for name, module in SERVERS.items():
-                    env = {**common, "CLIPMIND_GRPC_PORT": str(getattr(ports, name))}
+                    env = {**common, "CLIPMIND_GRPC_PORT": str(getattr(ports, name)),
+                           "CLIPMIND_METRICS_PORT": str(ports.metrics(name))}
                     if name in OWNED_SCHEMAS and "CLIPMIND_DATABASE_URL" not in cfg.extra_env:
                         env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, name, passwords[name])
                     if name == "ingest":
@@ -231,7 +246,7 @@ class Mesh:
                     if name == "identity":
                         env.setdefault("CLIPMIND_ADMIN_PASSWORD_FILE", str(self.admin_password_path))
                     services[name] = ServiceProcess(name, module, env, self._log(name), grpc_address=grpc[name])
-                worker_env = dict(common)
+                worker_env = {**common, "CLIPMIND_METRICS_PORT": str(ports.metrics("worker"))}
                 if "CLIPMIND_DATABASE_URL" not in cfg.extra_env:  # the worker is the pipeline's: its role
                     worker_env["CLIPMIND_DATABASE_URL"] = service_dsn(database_url, "pipeline", passwords["pipeline"])
                 services["worker"] = ServiceProcess("worker", WORKER_MODULE, worker_env, self._log("worker"))
@@ -284,6 +299,7 @@ class Mesh:
             blob_dir=blob_dir,
             embedded=embedded,
             external=external,
+            metrics=metrics if cfg.with_services else {},
         )
         self._supervisor = Supervisor(
             list(self._started), self.config.restart_policy, status_path=self.status_path

@@ -25,6 +25,7 @@ import asyncpg
 from services.common import outbox
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
+from services.common.metrics import DEAD_LETTERS
 from services.common.names import job_name
 from services.common.queue import queue_key
 from services.common.rows import newest_first, to_record
@@ -210,6 +211,8 @@ class JobStore:
                 return None
             event, fact = await self._end(conn, job, outcome=outcome, message=message, code=code,
                                           new_key=new_key, event_message=event_message)
+        if outcome == "fail":  # committed: a dead letter was written
+            DEAD_LETTERS.labels(code or "UNKNOWN").inc()
         await self._told(fact)
         return event
 
@@ -247,6 +250,8 @@ class JobStore:
                 new_key=new_key,
                 event_message=None if final else f"WORKER_LOST: {message}; taken over as attempt {row['attempt'] + 1}",
             )
+        if final:
+            DEAD_LETTERS.labels("WORKER_LOST").inc()
         await self._told(fact)
         return event, final
 
@@ -290,6 +295,12 @@ class JobStore:
             conn, job, stage=None, stage_state="FAILED", progress=None, message=event_message or reason,
             job_state="QUEUED", failure_reason=reason,
         ), None
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (the worker's ``clipmind_worker_jobs`` gauge); states with none are
+        left out."""
+        rows = await self._pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+        return {row["state"]: int(row["n"]) for row in rows}
 
     async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]:
         """Queued jobs whose row has not changed for ``idle_s`` seconds, the longest idle first."""

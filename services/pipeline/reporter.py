@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from services.common.errors import FailedPrecondition, Unavailable
+from services.common.metrics import STAGE_DURATION
 from services.common.progress import ProgressBus
 from services.pipeline.ports import Jobs
 from services.pipeline.records import JobEvent, Run
@@ -96,6 +97,7 @@ class StageReport:
         self._stopping = stopping
         self._done = 0.0
         self._stage = "STAGE_UNSPECIFIED"
+        self._stage_started = time.monotonic()
 
     @property
     def stage(self) -> str:
@@ -107,10 +109,16 @@ class StageReport:
         if self._stopping is not None and self._stopping.is_set():
             raise StopRequested(stage)
         self._stage = stage
+        self._stage_started = time.monotonic()
         await self._emit(stage=stage, stage_state="STARTED", progress=self._done, message=message,
                          job_state="RUNNING")
 
     async def _end(self, stage: str, stage_state: str, message: str, job_state: str = "RUNNING") -> None:
+        # The stage's time (``clipmind_worker_stage_duration_seconds``), from its start (a stage skipped without
+        # starting took none); observed before the event is written, so a run cancelled at this very event
+        # still shows the work it did.
+        took = time.monotonic() - self._stage_started if stage == self._stage else 0.0
+        STAGE_DURATION.labels(stage, stage_state.lower()).observe(took)
         self._done = min(1.0, self._done + self._weights.get(stage, 0.0))
         await self._emit(
             stage=stage, stage_state=stage_state, progress=self._done, message=message, job_state=job_state,

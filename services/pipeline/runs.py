@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from services.common.blobstore import BlobStore
 from services.common.errors import ClipMindError, NotFound
+from services.common.metrics import ATTEMPT_DURATION, ATTEMPTS
 from services.common.queue import JobQueue, enqueue_or_leave_to_sweep, queue_key
 from services.media.layout import video_prefix
 from services.pipeline.ports import Jobs
@@ -45,6 +46,12 @@ log = logging.getLogger(__name__)
 # Errors that re-running cannot fix: fail at once instead of retrying.
 PERMANENT_CODES = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "NOT_FOUND", "OUT_OF_RANGE"})
 MAX_MESSAGE_CHARS = 300
+# What ``JobRunner.run`` says of an attempt → the ``outcome`` label of clipmind_worker_attempts_total (any other
+# answer is a run that stopped because it lost its job: cancelled or taken over).
+ATTEMPT_OUTCOMES = {
+    "succeeded": "succeeded", "failed": "failed", "will retry": "retry", "handed back": "handed_back",
+    "video deleted while processing": "deleted",
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +145,18 @@ class JobRunner:
         started = time.monotonic()
         work = asyncio.create_task(self._processor.run(run, stopping), name=f"job {job.id} attempt {job.attempt}")
         guard = _Guard(self._jobs, run, self._policy, work)
+        outcome = "interrupted"  # the worker's task was cancelled (shutdown, arq's job timeout)
+        try:
+            said = await self._attempt(run, work, guard, started)
+            outcome = ATTEMPT_OUTCOMES.get(said, "stopped")
+            return said
+        finally:
+            await guard.close()
+            ATTEMPTS.labels(outcome).inc()
+            ATTEMPT_DURATION.labels(outcome).observe(time.monotonic() - started)
+
+    async def _attempt(self, run: Run, work: asyncio.Task[None], guard: _Guard, started: float) -> str:
+        """Wait for the attempt's work and end the run as its outcome says; returns what happened."""
         try:
             await work
             return "succeeded"
@@ -152,8 +171,8 @@ class JobRunner:
                 return "failed"
             # The video was deleted (ingest deletes its jobs through the pipeline's DeleteVideoJobs; a job
             # submitted after that deletion arrived is removed here): drop the job and what the run wrote.
-            await ride_out(lambda: self._jobs.delete_for_video(job.video_id))
-            await self._blobs.delete_prefix(video_prefix(job.video_id))
+            await ride_out(lambda: self._jobs.delete_for_video(run.video_id))
+            await self._blobs.delete_prefix(video_prefix(run.video_id))
             return "video deleted while processing"
         except asyncio.CancelledError:
             current = asyncio.current_task()
@@ -170,12 +189,10 @@ class JobRunner:
             code, message = failure_of(exc, "processing")
             permanent = isinstance(exc, ClipMindError) and exc.code in PERMANENT_CODES
             final = permanent or run.attempt >= run.max_attempts
-            log.warning("job %s attempt %d/%d failed (%s): %s: %s", job.id, run.attempt, run.max_attempts,
+            log.warning("job %s attempt %d/%d failed (%s): %s: %s", run.job_id, run.attempt, run.max_attempts,
                         "final" if final else "will retry", code, message)
             await self._end_failed(run, code, message, final=final)
             return "failed" if final else "will retry"
-        finally:
-            await guard.close()
 
     async def _end_failed(self, run: Run, code: str, message: str, *, final: bool) -> None:
         if final:

@@ -52,7 +52,8 @@ async def serve(settings: PipelineSettings) -> None:
                      on_stop=[relay.stop, windows.close, revocations.close, channels.close, queue.close, bus.close,
                               pool.close],
                      grace_s=settings.shutdown_grace_s, authenticator=authenticator, request_limits=request_limits,
-                     reflection=settings.grpc_reflection)
+                     reflection=settings.grpc_reflection, metrics_port=settings.metrics_port,
+                     metrics_host=settings.metrics_host)
 
 
 def main() -> None:

@@ -9,6 +9,12 @@ client, the processor and the ``JobRunner`` (``services.pipeline.runs``: claim, 
 connection error, so its poll iteration is retried with capped backoff instead, and running jobs go on
 (their state lives in PostgreSQL). On SIGTERM the worker stops taking jobs; running jobs hand their job
 back at the next stage boundary, or when ``shutdown_grace_s`` runs out, without using an attempt.
+
+Metrics: the worker is no gRPC server, so it serves its own ``GET /metrics`` (``CLIPMIND_METRICS_PORT``) from
+``startup`` to ``shutdown``. Stage durations, attempts and dead letters are counted where they happen; jobs by
+state and queue depth are counts of shared stores (PostgreSQL, Redis), which ``refresh_gauges`` reads every
+``GAUGE_REFRESH_S`` on the event loop into plain gauges. Not read at scrape time: the exposition runs in its
+own thread, and a collector that waited there on the loop's connections could hang a scrape, or the loop.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from services.common.config import WorkerSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging
+from services.common.metrics import JOBS, QUEUE_DEPTH, start_metrics_server
 from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
@@ -41,6 +48,7 @@ from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_han
 from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import ProcessorConfig, VideoProcessor
+from services.pipeline.records import TERMINAL_JOB_STATES
 from services.pipeline.reporter import JobReporter
 from services.pipeline.runs import JobRunner, RunPolicy
 from services.pipeline.search_index import SearchIndexClient
@@ -49,6 +57,9 @@ log = logging.getLogger("clipmind.worker")
 
 # Errors of Redis being away; the worker waits them out instead of exiting.
 REDIS_ERRORS = (RedisError, OSError, ConnectionError, TimeoutError)
+# How often the worker re-reads jobs by state and the queue's depth for its gauges.
+GAUGE_REFRESH_S = 5.0
+JOB_STATES = ("QUEUED", "RUNNING", *sorted(TERMINAL_JOB_STATES))
 
 
 def run_policy(settings: WorkerSettings) -> RunPolicy:
@@ -58,8 +69,26 @@ def run_policy(settings: WorkerSettings) -> RunPolicy:
     )
 
 
+async def refresh_gauges(jobs: JobStore, redis: Any, *, every_s: float = GAUGE_REFRESH_S) -> None:
+    """Keep ``clipmind_worker_jobs{state}`` and ``clipmind_worker_queue_depth{queue}`` current (until cancelled);
+    a store that is away leaves the last values and is asked again next time."""
+    while True:
+        try:
+            counts = await jobs.count_by_state()
+            for state in JOB_STATES:
+                JOBS.labels(state).set(counts.get(state, 0))
+        except Exception as exc:
+            log.debug("job counts not refreshed: %s", exc)
+        try:
+            QUEUE_DEPTH.labels(QUEUE_NAME).set(await redis.zcard(QUEUE_NAME))
+        except Exception as exc:
+            log.debug("queue depth not refreshed: %s", exc)
+        await asyncio.sleep(every_s)
+
+
 async def startup(ctx: dict[str, Any]) -> None:
     settings: WorkerSettings = ctx["settings"]
+    ctx["stop_metrics"] = start_metrics_server(settings.metrics_port, settings.metrics_host or "127.0.0.1")
     pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA)
     bus = ProgressBus.connect(settings.redis_url)
     channels = InternalChannels(settings)
@@ -81,6 +110,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx.update(
         pool=pool, bus=bus, inference=inference, channels=channels, relay=relay,
+        gauges=asyncio.create_task(refresh_gauges(jobs, ctx["redis"]), name="worker-gauges"),
         control=JobControl(jobs, bus, queue),
         runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
                          worker=f"{socket.gethostname()}:{os.getpid()}"),
@@ -88,6 +118,8 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "gauges" in ctx:
+        ctx["gauges"].cancel()
     if "relay" in ctx:
         await ctx["relay"].stop()
     for name in ("inference", "bus", "channels"):
@@ -95,6 +127,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
             await ctx[name].close()
     if "pool" in ctx:
         await ctx["pool"].close()
+    if ctx.get("stop_metrics") is not None:
+        ctx["stop_metrics"]()
 
 
 async def sweep(ctx: dict[str, Any]) -> str:

@@ -42,6 +42,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.common.circuit import CircuitBreaker
+from services.common.metrics import CACHE_LOOKUPS
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +103,12 @@ class QueryCache:
         scope = _scope(owner)
         slot, now, local = (scope, key), time.time(), self._gens.get(scope, 0)
         if not self._usable():
-            self.counts["miss"] += 1
+            self._count("miss")
             return Lookup(None, (local, None))
         held = self._l1.get(slot)
         if held is not None and now - held[0] <= self._ttl_s:
             self._l1.move_to_end(slot)
-            self.counts["l1"] += 1
+            self._count("l1")
             return Lookup(held[1])
 
         async def read(client: aioredis.Redis) -> list[Any]:
@@ -125,9 +126,9 @@ class QueryCache:
                 decoded = self._decode(body)
                 if self._gens.get(scope, 0) == local:
                     self._remember(slot, stored, decoded)
-                self.counts["l2"] += 1
+                self._count("l2")
                 return Lookup(decoded)
-        self.counts["miss"] += 1
+        self._count("miss")
         return Lookup(None, (local, gen if isinstance(gen, bytes) else None))
 
     async def put(self, owner: uuid.UUID | None, key: str, value: Any, seen: tuple[int, bytes | None]) -> None:
@@ -145,6 +146,11 @@ class QueryCache:
                 args=[(seen[1] or b"").decode(), key, f"{now!r} ".encode() + self._encode(value), int(self._ttl_s)]))
             if stored == 0:  # another process invalidated meanwhile: not in L1 either
                 self._l1.pop((scope, key), None)
+
+    def _count(self, result: str) -> None:
+        """One lookup's result (l1, l2, miss): here and in ``clipmind_search_cache_lookups_total{result}``."""
+        self.counts[result] += 1
+        CACHE_LOOKUPS.labels(result).inc()
 
     def _remember(self, slot: tuple[str, str], stored: float, value: Any) -> None:
         self._l1[slot] = (stored, value)

@@ -78,7 +78,8 @@ async def serve(settings: SearchSettings) -> None:
                               inference.close, pool.close],
                      component_health=model_health(inference), grace_s=settings.shutdown_grace_s,
                      authenticator=authenticator, request_limits=request_limits, reflection=settings.grpc_reflection,
-                     max_message_bytes=INTERNAL_MAX_MESSAGE_BYTES)
+                     max_message_bytes=INTERNAL_MAX_MESSAGE_BYTES, metrics_port=settings.metrics_port,
+                     metrics_host=settings.metrics_host)
 
 
 def main() -> None:
