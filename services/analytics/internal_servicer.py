@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC as _UTC
+from typing import Any
 
 import grpc.aio
 from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as pb
@@ -36,7 +37,23 @@ def _search(i: int, s: pb.LoggedSearch) -> LoggedSearch:
         for j, r in enumerate(s.results)
     )
     return LoggedSearch(search_id, s.query, s.image_query, s.result_count, s.latency_ms,
-                        s.search_time.ToDatetime().replace(tzinfo=_UTC), s.page_offset, results, user)
+                        s.search_time.ToDatetime().replace(tzinfo=_UTC), s.page_offset, results, user, s.fusion,
+                        _filters(s.filter, f"{where}.filter") if s.HasField("filter") else {})
+
+
+def _filters(f: pb.LoggedFilter, where: str) -> dict[str, Any]:
+    """A search's filters as the log keeps them (JSON), the unset ones left out."""
+    out: dict[str, Any] = {}
+    if f.videos:
+        out["videos"] = [str(parse_video_name(v, f"{where}.videos[{i}]")) for i, v in enumerate(f.videos)]
+    if f.min_duration_seconds:
+        out["min_duration_seconds"] = f.min_duration_seconds
+    if f.max_duration_seconds:
+        out["max_duration_seconds"] = f.max_duration_seconds
+    for name in ("created_after", "created_before"):
+        if f.HasField(name):
+            out[name] = getattr(f, name).ToDatetime().replace(tzinfo=_UTC).isoformat()
+    return out
 
 
 class AnalyticsInternalServicer(pb_grpc.AnalyticsInternalServiceServicer):

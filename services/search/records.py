@@ -116,3 +116,9 @@ class SearchRecord:
     user_id: uuid.UUID  # who searched: the search log is theirs
     page_offset: int = 0
     results: Sequence[RankedResult] = field(default_factory=tuple)
+    fusion: str = ""  # how the signals were fused ("weighted", "rrf")
+    video_ids: tuple[uuid.UUID, ...] = ()  # the filters (empty: not restricted)
+    min_duration_s: float = 0.0
+    max_duration_s: float = 0.0
+    created_after: datetime | None = None
+    created_before: datetime | None = None

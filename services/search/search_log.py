@@ -36,9 +36,17 @@ def to_message(records: Sequence[SearchRecord]) -> analytics_pb.LogSearchesReque
     for r in records:
         item = request.searches.add(
             search_id=str(r.search_id), query=r.query, image_query=r.image_query, result_count=r.result_count,
-            latency_ms=r.latency_ms, page_offset=r.page_offset, user=user_name(r.user_id),
+            latency_ms=r.latency_ms, page_offset=r.page_offset, user=user_name(r.user_id), fusion=r.fusion,
         )
         item.search_time.FromDatetime(r.search_time)
+        if r.video_ids or r.min_duration_s or r.max_duration_s or r.created_after or r.created_before:
+            item.filter.videos.extend(video_name(v) for v in r.video_ids)
+            item.filter.min_duration_seconds = r.min_duration_s
+            item.filter.max_duration_seconds = r.max_duration_s
+            if r.created_after is not None:
+                item.filter.created_after.FromDatetime(r.created_after)
+            if r.created_before is not None:
+                item.filter.created_before.FromDatetime(r.created_before)
         for res in r.results:
             item.results.add(clip=clip_name(res.clip_id), video=video_name(res.video_id), rank=res.rank,
                              score=res.score)

@@ -39,6 +39,7 @@ import numpy as np
 from services.common.errors import FailedPrecondition, invalid_field
 from services.common.paging import bound_to, decode_offset, encode_offset
 from services.common.principal import Principal
+from services.common.query_text import normalized_query
 from services.inference.ports import Inference, ModelStatus
 from services.search import fusion
 from services.search.ports import ClipCatalog, ClipFilter, Match, QueryCache, Retrieval, SearchLog, VectorIndex
@@ -208,12 +209,6 @@ def sentence_window(cues: list[Segment], center: uuid.UUID) -> tuple[str, float,
     return " ".join(c.text.strip() for c in span), span[0].start_s, span[-1].end_s
 
 
-def normalized_text(text: str) -> str:
-    """The query as the cache keys it: case and runs of white space do not change what the encoders (uncased
-    tokenizers) or full-text search make of it."""
-    return " ".join(text.split()).casefold()
-
-
 async def _nothing() -> dict[uuid.UUID, list[Segment]]:
     return {}
 
@@ -309,6 +304,7 @@ class Searcher:
             search_id, q.text, bool(q.image), len(ranked), (time.perf_counter() - started) * 1000,
             datetime.now(UTC), caller.user_id, offset,
             tuple(RankedResult(h.clip.id, h.clip.video_id, offset + i + 1, h.score) for i, h in enumerate(page)),
+            method, q.video_ids, q.min_duration_s, q.max_duration_s, q.created_after, q.created_before,
         ))
         timings["log"] = (time.perf_counter() - t0) * 1000
         timings["total"] = (time.perf_counter() - started) * 1000
@@ -343,7 +339,7 @@ class Searcher:
                    models: dict[str, ModelStatus]) -> str:
         """What makes a ranking: the normalized query, the filters, the weights, the fusion, the number of
         candidates and the models (a new model never meets an old ranking); not paging, not min_score."""
-        body = json.dumps([RANKING_FORMAT, normalized_text(q.text),
+        body = json.dumps([RANKING_FORMAT, normalized_query(q.text),
                            hashlib.sha256(q.image).hexdigest() if q.image else "",
                            sorted(str(v) for v in q.video_ids), q.min_duration_s, q.max_duration_s,
                            str(q.created_after), str(q.created_before), sorted(weights.items()), method,

@@ -30,7 +30,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-clipmind/analytics/v1/analytics_service.proto\x12\x15\x63lipmind.analytics.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x03\n\x0bInteraction\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x17\n\tsearch_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x30\n\x04\x63lip\x18\x03 \x01(\tB\"\xe2\x41\x02\x02\x05\xfa\x41\x1a\n\x18search.clipmind.dev/Clip\x12<\n\x04type\x18\x04 \x01(\x0e\x32\'.clipmind.analytics.v1.Interaction.TypeB\x05\xe2\x41\x02\x02\x05\x12\x12\n\x04rank\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x05\x12\x31\n\x04user\x18\x06 \x01(\tB#\xe2\x41\x01\x03\xfa\x41\x1c\n\x1aidentity.clipmind.dev/User\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"`\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTYPE_IMPRESSION\x10\x01\x12\x0e\n\nTYPE_CLICK\x10\x02\x12\r\n\tTYPE_PLAY\x10\x03\x12\x0e\n\nTYPE_SHARE\x10\x04:^\xea\x41[\n\"analytics.clipmind.dev/Interaction\x12\x1ainteractions/{interaction}*\x0cinteractions2\x0binteraction\"\xe9\x01\n\x0bSearchStats\x12\x14\n\x0csearch_count\x18\x01 \x01(\x03\x12\x1a\n\x12\x63lick_through_rate\x18\x02 \x01(\x01\x12\x18\n\x10zero_result_rate\x18\x03 \x01(\x01\x12.\n\x0blatency_p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p99\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"H\n\x0cPopularQuery\x12\r\n\x05query\x18\x01 \x01(\t\x12\x14\n\x0csearch_count\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lick_count\x18\x03 \x01(\x03\"i\n\x0bPopularClip\x12+\n\x04\x63lip\x18\x01 \x01(\tB\x1d\xfa\x41\x1a\n\x18search.clipmind.dev/Clip\x12\x13\n\x0b\x63lick_count\x18\x02 \x01(\x03\x12\x18\n\x10impression_count\x18\x03 \x01(\x03\"\xd9\x01\n\x05Usage\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0csearch_count\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cupload_count\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0euploaded_bytes\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12 \n\x12processing_seconds\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03:D\xea\x41\x41\n\x1c\x61nalytics.clipmind.dev/Usage\x12\x12users/{user}/usage*\x06usages2\x05usage\"Y\n\x18RecordInteractionRequest\x12=\n\x0binteraction\x18\x01 \x01(\x0b\x32\".clipmind.analytics.v1.InteractionB\x04\xe2\x41\x01\x02\"u\n\x15GetSearchStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x01\n\x19ListPopularQueriesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"s\n\x1aListPopularQueriesResponse\x12<\n\x0fpopular_queries\x18\x01 \x03(\x0b\x32#.clipmind.analytics.v1.PopularQuery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9e\x01\n\x17ListPopularClipsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"n\n\x18ListPopularClipsResponse\x12\x39\n\rpopular_clips\x18\x01 \x03(\x0b\x32\".clipmind.analytics.v1.PopularClip\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x01\n\x0fGetUsageRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1c\x61nalytics.clipmind.dev/Usage\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xd2\x05\n\x10\x41nalyticsService\x12\x9d\x01\n\x11RecordInteraction\x12/.clipmind.analytics.v1.RecordInteractionRequest\x1a\".clipmind.analytics.v1.Interaction\"3\xda\x41\x0binteraction\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/interactions:\x0binteraction\x12{\n\x0eGetSearchStats\x12,.clipmind.analytics.v1.GetSearchStatsRequest\x1a\".clipmind.analytics.v1.SearchStats\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/searchStats\x12\x95\x01\n\x12ListPopularQueries\x12\x30.clipmind.analytics.v1.ListPopularQueriesRequest\x1a\x31.clipmind.analytics.v1.ListPopularQueriesResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/popularQueries\x12\x8d\x01\n\x10ListPopularClips\x12..clipmind.analytics.v1.ListPopularClipsRequest\x1a/.clipmind.analytics.v1.ListPopularClipsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/popularClips\x12y\n\x08GetUsage\x12&.clipmind.analytics.v1.GetUsageRequest\x1a\x1c.clipmind.analytics.v1.Usage\"\'\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=users/*/usage}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-clipmind/analytics/v1/analytics_service.proto\x12\x15\x63lipmind.analytics.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x04\n\x0bInteraction\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x17\n\tsearch_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x30\n\x04\x63lip\x18\x03 \x01(\tB\"\xe2\x41\x02\x02\x05\xfa\x41\x1a\n\x18search.clipmind.dev/Clip\x12<\n\x04type\x18\x04 \x01(\x0e\x32\'.clipmind.analytics.v1.Interaction.TypeB\x05\xe2\x41\x02\x02\x05\x12\x12\n\x04rank\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x05\x12\x31\n\x04user\x18\x06 \x01(\tB#\xe2\x41\x01\x03\xfa\x41\x1c\n\x1aidentity.clipmind.dev/User\x12\x35\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1d\n\x0fwatched_seconds\x18\x08 \x01(\x01\x42\x04\xe2\x41\x01\x05\"`\n\x04Type\x12\x14\n\x10TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0fTYPE_IMPRESSION\x10\x01\x12\x0e\n\nTYPE_CLICK\x10\x02\x12\r\n\tTYPE_PLAY\x10\x03\x12\x0e\n\nTYPE_SHARE\x10\x04:^\xea\x41[\n\"analytics.clipmind.dev/Interaction\x12\x1ainteractions/{interaction}*\x0cinteractions2\x0binteraction\"\xc0\x02\n\x0bSearchStats\x12\x14\n\x0csearch_count\x18\x01 \x01(\x03\x12\x1a\n\x12\x63lick_through_rate\x18\x02 \x01(\x01\x12\x18\n\x10zero_result_rate\x18\x03 \x01(\x01\x12.\n\x0blatency_p50\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p95\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0blatency_p99\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11unique_user_count\x18\x07 \x01(\x03\x12\x1c\n\x14mean_reciprocal_rank\x18\x08 \x01(\x01\x12\x1c\n\x14\x63licked_search_count\x18\t \x01(\x03\"~\n\x0cPopularQuery\x12\r\n\x05query\x18\x01 \x01(\t\x12\x14\n\x0csearch_count\x18\x02 \x01(\x03\x12\x13\n\x0b\x63lick_count\x18\x03 \x01(\x03\x12\x1a\n\x12\x63lick_through_rate\x18\x04 \x01(\x01\x12\x18\n\x10zero_result_rate\x18\x05 \x01(\x01\"\x96\x01\n\x0bPopularClip\x12+\n\x04\x63lip\x18\x01 \x01(\tB\x1d\xfa\x41\x1a\n\x18search.clipmind.dev/Clip\x12\x13\n\x0b\x63lick_count\x18\x02 \x01(\x03\x12\x18\n\x10impression_count\x18\x03 \x01(\x03\x12\x12\n\nplay_count\x18\x04 \x01(\x03\x12\x17\n\x0fwatched_seconds\x18\x05 \x01(\x01\"\xd9\x01\n\x05Usage\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1a\n\x0csearch_count\x18\x02 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cupload_count\x18\x03 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0euploaded_bytes\x18\x04 \x01(\x03\x42\x04\xe2\x41\x01\x03\x12 \n\x12processing_seconds\x18\x05 \x01(\x01\x42\x04\xe2\x41\x01\x03:D\xea\x41\x41\n\x1c\x61nalytics.clipmind.dev/Usage\x12\x12users/{user}/usage*\x06usages2\x05usage\"m\n\x18RecordInteractionRequest\x12=\n\x0binteraction\x18\x01 \x01(\x0b\x32\".clipmind.analytics.v1.InteractionB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\xa4\x01\n\x15GetSearchStatsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x04user\x18\x03 \x01(\tB\x1f\xfa\x41\x1c\n\x1aidentity.clipmind.dev/User\"\xcf\x01\n\x19ListPopularQueriesRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12-\n\x04user\x18\x05 \x01(\tB\x1f\xfa\x41\x1c\n\x1aidentity.clipmind.dev/User\"s\n\x1aListPopularQueriesResponse\x12<\n\x0fpopular_queries\x18\x01 \x03(\x0b\x32#.clipmind.analytics.v1.PopularQuery\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xcd\x01\n\x17ListPopularClipsRequest\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12-\n\x04user\x18\x05 \x01(\tB\x1f\xfa\x41\x1c\n\x1aidentity.clipmind.dev/User\"n\n\x18ListPopularClipsResponse\x12\x39\n\rpopular_clips\x18\x01 \x03(\x0b\x32\".clipmind.analytics.v1.PopularClip\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x01\n\x0fGetUsageRequest\x12\x33\n\x04name\x18\x01 \x01(\tB%\xe2\x41\x01\x02\xfa\x41\x1e\n\x1c\x61nalytics.clipmind.dev/Usage\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp2\xd2\x05\n\x10\x41nalyticsService\x12\x9d\x01\n\x11RecordInteraction\x12/.clipmind.analytics.v1.RecordInteractionRequest\x1a\".clipmind.analytics.v1.Interaction\"3\xda\x41\x0binteraction\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/interactions:\x0binteraction\x12{\n\x0eGetSearchStats\x12,.clipmind.analytics.v1.GetSearchStatsRequest\x1a\".clipmind.analytics.v1.SearchStats\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/searchStats\x12\x95\x01\n\x12ListPopularQueries\x12\x30.clipmind.analytics.v1.ListPopularQueriesRequest\x1a\x31.clipmind.analytics.v1.ListPopularQueriesResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/popularQueries\x12\x8d\x01\n\x10ListPopularClips\x12..clipmind.analytics.v1.ListPopularClipsRequest\x1a/.clipmind.analytics.v1.ListPopularClipsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/popularClips\x12y\n\x08GetUsage\x12&.clipmind.analytics.v1.GetUsageRequest\x1a\x1c.clipmind.analytics.v1.Usage\"\'\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/{name=users/*/usage}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +51,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTERACTION'].fields_by_name['user']._serialized_options = b'\342A\001\003\372A\034\n\032identity.clipmind.dev/User'
   _globals['_INTERACTION'].fields_by_name['create_time']._loaded_options = None
   _globals['_INTERACTION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_INTERACTION'].fields_by_name['watched_seconds']._loaded_options = None
+  _globals['_INTERACTION'].fields_by_name['watched_seconds']._serialized_options = b'\342A\001\005'
   _globals['_INTERACTION']._loaded_options = None
   _globals['_INTERACTION']._serialized_options = b'\352A[\n\"analytics.clipmind.dev/Interaction\022\032interactions/{interaction}*\014interactions2\013interaction'
   _globals['_POPULARCLIP'].fields_by_name['clip']._loaded_options = None
@@ -69,6 +71,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_options = b'\352AA\n\034analytics.clipmind.dev/Usage\022\022users/{user}/usage*\006usages2\005usage'
   _globals['_RECORDINTERACTIONREQUEST'].fields_by_name['interaction']._loaded_options = None
   _globals['_RECORDINTERACTIONREQUEST'].fields_by_name['interaction']._serialized_options = b'\342A\001\002'
+  _globals['_GETSEARCHSTATSREQUEST'].fields_by_name['user']._loaded_options = None
+  _globals['_GETSEARCHSTATSREQUEST'].fields_by_name['user']._serialized_options = b'\372A\034\n\032identity.clipmind.dev/User'
+  _globals['_LISTPOPULARQUERIESREQUEST'].fields_by_name['user']._loaded_options = None
+  _globals['_LISTPOPULARQUERIESREQUEST'].fields_by_name['user']._serialized_options = b'\372A\034\n\032identity.clipmind.dev/User'
+  _globals['_LISTPOPULARCLIPSREQUEST'].fields_by_name['user']._loaded_options = None
+  _globals['_LISTPOPULARCLIPSREQUEST'].fields_by_name['user']._serialized_options = b'\372A\034\n\032identity.clipmind.dev/User'
   _globals['_GETUSAGEREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETUSAGEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\036\n\034analytics.clipmind.dev/Usage'
   _globals['_ANALYTICSSERVICE'].methods_by_name['RecordInteraction']._loaded_options = None
@@ -82,31 +90,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetUsage']._loaded_options = None
   _globals['_ANALYTICSSERVICE'].methods_by_name['GetUsage']._serialized_options = b'\332A\004name\202\323\344\223\002\032\022\030/v1/{name=users/*/usage}'
   _globals['_INTERACTION']._serialized_start=253
-  _globals['_INTERACTION']._serialized_end=743
-  _globals['_INTERACTION_TYPE']._serialized_start=551
-  _globals['_INTERACTION_TYPE']._serialized_end=647
-  _globals['_SEARCHSTATS']._serialized_start=746
-  _globals['_SEARCHSTATS']._serialized_end=979
-  _globals['_POPULARQUERY']._serialized_start=981
-  _globals['_POPULARQUERY']._serialized_end=1053
-  _globals['_POPULARCLIP']._serialized_start=1055
-  _globals['_POPULARCLIP']._serialized_end=1160
-  _globals['_USAGE']._serialized_start=1163
-  _globals['_USAGE']._serialized_end=1380
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=1382
-  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=1471
-  _globals['_GETSEARCHSTATSREQUEST']._serialized_start=1473
-  _globals['_GETSEARCHSTATSREQUEST']._serialized_end=1590
-  _globals['_LISTPOPULARQUERIESREQUEST']._serialized_start=1593
-  _globals['_LISTPOPULARQUERIESREQUEST']._serialized_end=1753
-  _globals['_LISTPOPULARQUERIESRESPONSE']._serialized_start=1755
-  _globals['_LISTPOPULARQUERIESRESPONSE']._serialized_end=1870
-  _globals['_LISTPOPULARCLIPSREQUEST']._serialized_start=1873
-  _globals['_LISTPOPULARCLIPSREQUEST']._serialized_end=2031
-  _globals['_LISTPOPULARCLIPSRESPONSE']._serialized_start=2033
-  _globals['_LISTPOPULARCLIPSRESPONSE']._serialized_end=2143
-  _globals['_GETUSAGEREQUEST']._serialized_start=2146
-  _globals['_GETUSAGEREQUEST']._serialized_end=2310
-  _globals['_ANALYTICSSERVICE']._serialized_start=2313
-  _globals['_ANALYTICSSERVICE']._serialized_end=3035
+  _globals['_INTERACTION']._serialized_end=774
+  _globals['_INTERACTION_TYPE']._serialized_start=582
+  _globals['_INTERACTION_TYPE']._serialized_end=678
+  _globals['_SEARCHSTATS']._serialized_start=777
+  _globals['_SEARCHSTATS']._serialized_end=1097
+  _globals['_POPULARQUERY']._serialized_start=1099
+  _globals['_POPULARQUERY']._serialized_end=1225
+  _globals['_POPULARCLIP']._serialized_start=1228
+  _globals['_POPULARCLIP']._serialized_end=1378
+  _globals['_USAGE']._serialized_start=1381
+  _globals['_USAGE']._serialized_end=1598
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_start=1600
+  _globals['_RECORDINTERACTIONREQUEST']._serialized_end=1709
+  _globals['_GETSEARCHSTATSREQUEST']._serialized_start=1712
+  _globals['_GETSEARCHSTATSREQUEST']._serialized_end=1876
+  _globals['_LISTPOPULARQUERIESREQUEST']._serialized_start=1879
+  _globals['_LISTPOPULARQUERIESREQUEST']._serialized_end=2086
+  _globals['_LISTPOPULARQUERIESRESPONSE']._serialized_start=2088
+  _globals['_LISTPOPULARQUERIESRESPONSE']._serialized_end=2203
+  _globals['_LISTPOPULARCLIPSREQUEST']._serialized_start=2206
+  _globals['_LISTPOPULARCLIPSREQUEST']._serialized_end=2411
+  _globals['_LISTPOPULARCLIPSRESPONSE']._serialized_start=2413
+  _globals['_LISTPOPULARCLIPSRESPONSE']._serialized_end=2523
+  _globals['_GETUSAGEREQUEST']._serialized_start=2526
+  _globals['_GETUSAGEREQUEST']._serialized_end=2690
+  _globals['_ANALYTICSSERVICE']._serialized_start=2693
+  _globals['_ANALYTICSSERVICE']._serialized_end=3415
 # @@protoc_insertion_point(module_scope)

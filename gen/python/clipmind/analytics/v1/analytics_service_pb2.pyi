@@ -67,6 +67,7 @@ class Interaction(_message.Message):
     RANK_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    WATCHED_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `interactions/{interaction}`, assigned by the server."""
     search_id: _builtins.str
@@ -79,12 +80,15 @@ class Interaction(_message.Message):
     """Kind of interaction."""
     rank: _builtins.int
     """1-based position of the result in the search results, across pages; 0
-    when not from a search.
+    when not from a search. When set for a search's result it must be the
+    rank the search gave the clip; 0 takes that rank.
     """
     user: _builtins.str
     """Resource name of the user, `users/{user}`; set by the server from the
     caller's credentials.
     """
+    watched_seconds: _builtins.float
+    """For TYPE_PLAY: how many seconds of the clip were watched."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the interaction was recorded."""
@@ -99,10 +103,11 @@ class Interaction(_message.Message):
         rank: _builtins.int = ...,
         user: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        watched_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "create_time", b"create_time", "name", b"name", "rank", b"rank", "search_id", b"search_id", "type", b"type", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "create_time", b"create_time", "name", b"name", "rank", b"rank", "search_id", b"search_id", "type", b"type", "user", b"user", "watched_seconds", b"watched_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -120,12 +125,23 @@ class SearchStats(_message.Message):
     LATENCY_P50_FIELD_NUMBER: _builtins.int
     LATENCY_P95_FIELD_NUMBER: _builtins.int
     LATENCY_P99_FIELD_NUMBER: _builtins.int
+    UNIQUE_USER_COUNT_FIELD_NUMBER: _builtins.int
+    MEAN_RECIPROCAL_RANK_FIELD_NUMBER: _builtins.int
+    CLICKED_SEARCH_COUNT_FIELD_NUMBER: _builtins.int
     search_count: _builtins.int
     """Number of searches."""
     click_through_rate: _builtins.float
     """Fraction of searches with at least one click, from 0 to 1."""
     zero_result_rate: _builtins.float
     """Fraction of searches that returned no results, from 0 to 1."""
+    unique_user_count: _builtins.int
+    """Number of distinct users who searched."""
+    mean_reciprocal_rank: _builtins.float
+    """Mean over searches of 1 / the rank of the search's first clicked
+    result (0 for a search without a click).
+    """
+    clicked_search_count: _builtins.int
+    """Number of searches with at least one click."""
     @_builtins.property
     def latency_p50(self) -> _duration_pb2.Duration:
         """Median server-side search latency."""
@@ -147,10 +163,13 @@ class SearchStats(_message.Message):
         latency_p50: _duration_pb2.Duration | None = ...,
         latency_p95: _duration_pb2.Duration | None = ...,
         latency_p99: _duration_pb2.Duration | None = ...,
+        unique_user_count: _builtins.int = ...,
+        mean_reciprocal_rank: _builtins.float = ...,
+        clicked_search_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "latency_p99", b"latency_p99"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_through_rate", b"click_through_rate", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "latency_p99", b"latency_p99", "search_count", b"search_count", "zero_result_rate", b"zero_result_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_through_rate", b"click_through_rate", "clicked_search_count", b"clicked_search_count", "latency_p50", b"latency_p50", "latency_p95", b"latency_p95", "latency_p99", b"latency_p99", "mean_reciprocal_rank", b"mean_reciprocal_rank", "search_count", b"search_count", "unique_user_count", b"unique_user_count", "zero_result_rate", b"zero_result_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -165,22 +184,30 @@ class PopularQuery(_message.Message):
     QUERY_FIELD_NUMBER: _builtins.int
     SEARCH_COUNT_FIELD_NUMBER: _builtins.int
     CLICK_COUNT_FIELD_NUMBER: _builtins.int
+    CLICK_THROUGH_RATE_FIELD_NUMBER: _builtins.int
+    ZERO_RESULT_RATE_FIELD_NUMBER: _builtins.int
     query: _builtins.str
     """The query text, normalised (trimmed, case-folded)."""
     search_count: _builtins.int
     """Number of searches with this query."""
     click_count: _builtins.int
     """Number of clicks on results of those searches."""
+    click_through_rate: _builtins.float
+    """Fraction of those searches with at least one click, from 0 to 1."""
+    zero_result_rate: _builtins.float
+    """Fraction of those searches that found nothing, from 0 to 1."""
     def __init__(
         self,
         *,
         query: _builtins.str = ...,
         search_count: _builtins.int = ...,
         click_count: _builtins.int = ...,
+        click_through_rate: _builtins.float = ...,
+        zero_result_rate: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_count", b"click_count", "query", b"query", "search_count", b"search_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_count", b"click_count", "click_through_rate", b"click_through_rate", "query", b"query", "search_count", b"search_count", "zero_result_rate", b"zero_result_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,22 +222,30 @@ class PopularClip(_message.Message):
     CLIP_FIELD_NUMBER: _builtins.int
     CLICK_COUNT_FIELD_NUMBER: _builtins.int
     IMPRESSION_COUNT_FIELD_NUMBER: _builtins.int
+    PLAY_COUNT_FIELD_NUMBER: _builtins.int
+    WATCHED_SECONDS_FIELD_NUMBER: _builtins.int
     clip: _builtins.str
     """Resource name of the clip, `clips/{clip}`."""
     click_count: _builtins.int
     """Number of clicks on the clip."""
     impression_count: _builtins.int
     """Number of times the clip was shown in results."""
+    play_count: _builtins.int
+    """Number of times the clip was played."""
+    watched_seconds: _builtins.float
+    """Seconds of the clip watched over those plays."""
     def __init__(
         self,
         *,
         clip: _builtins.str = ...,
         click_count: _builtins.int = ...,
         impression_count: _builtins.int = ...,
+        play_count: _builtins.int = ...,
+        watched_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_count", b"click_count", "clip", b"clip", "impression_count", b"impression_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_count", b"click_count", "clip", b"clip", "impression_count", b"impression_count", "play_count", b"play_count", "watched_seconds", b"watched_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -261,6 +296,12 @@ class RecordInteractionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INTERACTION_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """A client-chosen id (e.g. a UUID, at most 64 characters) that makes the
+    call idempotent: the same id from the same user again returns the
+    interaction recorded the first time and records nothing.
+    """
     @_builtins.property
     def interaction(self) -> Global___Interaction:
         """The interaction to record; `name`, `user` and `create_time` are set by
@@ -271,10 +312,11 @@ class RecordInteractionRequest(_message.Message):
         self,
         *,
         interaction: Global___Interaction | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["interaction", b"interaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction", b"interaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interaction", b"interaction", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -288,6 +330,11 @@ class GetSearchStatsRequest(_message.Message):
 
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    user: _builtins.str
+    """Administrators only: one user's figures, `users/{user}`; empty for
+    everyone's. A user always gets their own.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the window (inclusive)."""
@@ -301,10 +348,11 @@ class GetSearchStatsRequest(_message.Message):
         *,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -320,6 +368,7 @@ class ListPopularQueriesRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of queries to return; the server picks a default when 0
     and caps large values.
@@ -327,6 +376,10 @@ class ListPopularQueriesRequest(_message.Message):
     page_token: _builtins.str
     """`next_page_token` from a previous call, to fetch the next page; the
     other request fields must not change between pages.
+    """
+    user: _builtins.str
+    """Administrators only: one user's, `users/{user}`; empty for everyone's.
+    A user always gets their own.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -343,10 +396,11 @@ class ListPopularQueriesRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -390,6 +444,7 @@ class ListPopularClipsRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum number of clips to return; the server picks a default when 0
     and caps large values.
@@ -397,6 +452,10 @@ class ListPopularClipsRequest(_message.Message):
     page_token: _builtins.str
     """`next_page_token` from a previous call, to fetch the next page; the
     other request fields must not change between pages.
+    """
+    user: _builtins.str
+    """Administrators only: one user's, `users/{user}`; empty for everyone's.
+    A user always gets their own.
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -413,10 +472,11 @@ class ListPopularClipsRequest(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "start_time", b"start_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

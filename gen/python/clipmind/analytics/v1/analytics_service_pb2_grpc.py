@@ -29,6 +29,8 @@ class AnalyticsServiceStub:
     """Records what people do with search results and reports on searches,
     clicks and usage. Time windows are half-open, [start_time, end_time); an
     unset start means the beginning of the records, an unset end means now.
+    A user's reports cover their own searches and interactions only;
+    administrators see everyone's, or one user's.
     """
 
     def __init__(self, channel):
@@ -68,6 +70,8 @@ class AnalyticsServiceServicer:
     """Records what people do with search results and reports on searches,
     clicks and usage. Time windows are half-open, [start_time, end_time); an
     unset start means the beginning of the records, an unset end means now.
+    A user's reports cover their own searches and interactions only;
+    administrators see everyone's, or one user's.
     """
 
     def RecordInteraction(self, request, context):
@@ -148,6 +152,8 @@ class AnalyticsService:
     """Records what people do with search results and reports on searches,
     clicks and usage. Time windows are half-open, [start_time, end_time); an
     unset start means the beginning of the records, an unset end means now.
+    A user's reports cover their own searches and interactions only;
+    administrators see everyone's, or one user's.
     """
 
     @staticmethod

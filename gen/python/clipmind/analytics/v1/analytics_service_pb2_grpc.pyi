@@ -32,6 +32,8 @@ class AnalyticsServiceStub:
     """Records what people do with search results and reports on searches,
     clicks and usage. Time windows are half-open, [start_time, end_time); an
     unset start means the beginning of the records, an unset end means now.
+    A user's reports cover their own searches and interactions only;
+    administrators see everyone's, or one user's.
     """
 
     @_typing.overload
@@ -60,6 +62,8 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Records what people do with search results and reports on searches,
     clicks and usage. Time windows are half-open, [start_time, end_time); an
     unset start means the beginning of the records, an unset end means now.
+    A user's reports cover their own searches and interactions only;
+    administrators see everyone's, or one user's.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -84,6 +88,8 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Records what people do with search results and reports on searches,
     clicks and usage. Time windows are half-open, [start_time, end_time); an
     unset start means the beginning of the records, an unset end means now.
+    A user's reports cover their own searches and interactions only;
+    administrators see everyone's, or one user's.
     """
 
     @_abc_1.abstractmethod

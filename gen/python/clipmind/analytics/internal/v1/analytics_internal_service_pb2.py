@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n?clipmind/analytics/internal/v1/analytics_internal_service.proto\x12\x1e\x63lipmind.analytics.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n\x0cLoggedResult\x12\x0c\n\x04\x63lip\x18\x01 \x01(\t\x12\r\n\x05video\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x01\"\x82\x02\n\x0cLoggedSearch\x12\x11\n\tsearch_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x13\n\x0bimage_query\x18\x03 \x01(\x08\x12\x14\n\x0cresult_count\x18\x04 \x01(\x05\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12/\n\x0bsearch_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpage_offset\x18\x07 \x01(\x05\x12=\n\x07results\x18\x08 \x03(\x0b\x32,.clipmind.analytics.internal.v1.LoggedResult\x12\x0c\n\x04user\x18\t \x01(\t\"T\n\x12LogSearchesRequest\x12>\n\x08searches\x18\x01 \x03(\x0b\x32,.clipmind.analytics.internal.v1.LoggedSearch\"+\n\x13LogSearchesResponse\x12\x14\n\x0clogged_count\x18\x01 \x01(\x05\x32\x92\x01\n\x18\x41nalyticsInternalService\x12v\n\x0bLogSearches\x12\x32.clipmind.analytics.internal.v1.LogSearchesRequest\x1a\x33.clipmind.analytics.internal.v1.LogSearchesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n?clipmind/analytics/internal/v1/analytics_internal_service.proto\x12\x1e\x63lipmind.analytics.internal.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"H\n\x0cLoggedResult\x12\x0c\n\x04\x63lip\x18\x01 \x01(\t\x12\r\n\x05video\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\x05\x12\r\n\x05score\x18\x04 \x01(\x01\"\xd0\x02\n\x0cLoggedSearch\x12\x11\n\tsearch_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x13\n\x0bimage_query\x18\x03 \x01(\x08\x12\x14\n\x0cresult_count\x18\x04 \x01(\x05\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12/\n\x0bsearch_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bpage_offset\x18\x07 \x01(\x05\x12=\n\x07results\x18\x08 \x03(\x0b\x32,.clipmind.analytics.internal.v1.LoggedResult\x12\x0c\n\x04user\x18\t \x01(\t\x12\x0e\n\x06\x66usion\x18\n \x01(\t\x12<\n\x06\x66ilter\x18\x0b \x01(\x0b\x32,.clipmind.analytics.internal.v1.LoggedFilter\"\xc1\x01\n\x0cLoggedFilter\x12\x0e\n\x06videos\x18\x01 \x03(\t\x12\x1c\n\x14min_duration_seconds\x18\x02 \x01(\x01\x12\x1c\n\x14max_duration_seconds\x18\x03 \x01(\x01\x12\x31\n\rcreated_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63reated_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x12LogSearchesRequest\x12>\n\x08searches\x18\x01 \x03(\x0b\x32,.clipmind.analytics.internal.v1.LoggedSearch\"+\n\x13LogSearchesResponse\x12\x14\n\x0clogged_count\x18\x01 \x01(\x05\x32\x92\x01\n\x18\x41nalyticsInternalService\x12v\n\x0bLogSearches\x12\x32.clipmind.analytics.internal.v1.LogSearchesRequest\x1a\x33.clipmind.analytics.internal.v1.LogSearchesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,11 +35,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGGEDRESULT']._serialized_start=132
   _globals['_LOGGEDRESULT']._serialized_end=204
   _globals['_LOGGEDSEARCH']._serialized_start=207
-  _globals['_LOGGEDSEARCH']._serialized_end=465
-  _globals['_LOGSEARCHESREQUEST']._serialized_start=467
-  _globals['_LOGSEARCHESREQUEST']._serialized_end=551
-  _globals['_LOGSEARCHESRESPONSE']._serialized_start=553
-  _globals['_LOGSEARCHESRESPONSE']._serialized_end=596
-  _globals['_ANALYTICSINTERNALSERVICE']._serialized_start=599
-  _globals['_ANALYTICSINTERNALSERVICE']._serialized_end=745
+  _globals['_LOGGEDSEARCH']._serialized_end=543
+  _globals['_LOGGEDFILTER']._serialized_start=546
+  _globals['_LOGGEDFILTER']._serialized_end=739
+  _globals['_LOGSEARCHESREQUEST']._serialized_start=741
+  _globals['_LOGSEARCHESREQUEST']._serialized_end=825
+  _globals['_LOGSEARCHESRESPONSE']._serialized_start=827
+  _globals['_LOGSEARCHESRESPONSE']._serialized_end=870
+  _globals['_ANALYTICSINTERNALSERVICE']._serialized_start=873
+  _globals['_ANALYTICSINTERNALSERVICE']._serialized_end=1019
 # @@protoc_insertion_point(module_scope)

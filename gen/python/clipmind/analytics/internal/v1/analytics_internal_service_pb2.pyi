@@ -71,6 +71,8 @@ class LoggedSearch(_message.Message):
     PAGE_OFFSET_FIELD_NUMBER: _builtins.int
     RESULTS_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
+    FUSION_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
     search_id: _builtins.str
     """Id of the search (a UUID), as returned to the caller."""
     query: _builtins.str
@@ -85,6 +87,10 @@ class LoggedSearch(_message.Message):
     """Offset of the returned page in the ranking."""
     user: _builtins.str
     """Who searched, `users/{user}`: the search log is theirs."""
+    fusion: _builtins.str
+    """How the signals were fused: `weighted` or `rrf`; empty when not known
+    (a search logged before this was recorded).
+    """
     @_builtins.property
     def search_time(self) -> _timestamp_pb2.Timestamp:
         """When the search was answered."""
@@ -92,6 +98,10 @@ class LoggedSearch(_message.Message):
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedResult]:
         """The results of the returned page, in rank order."""
+
+    @_builtins.property
+    def filter(self) -> Global___LoggedFilter:
+        """The filters the search applied; unset when it had none."""
 
     def __init__(
         self,
@@ -105,14 +115,60 @@ class LoggedSearch(_message.Message):
         page_offset: _builtins.int = ...,
         results: _abc.Iterable[Global___LoggedResult] | None = ...,
         user: _builtins.str = ...,
+        fusion: _builtins.str = ...,
+        filter: Global___LoggedFilter | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["search_time", b"search_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "search_time", b"search_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image_query", b"image_query", "latency_ms", b"latency_ms", "page_offset", b"page_offset", "query", b"query", "result_count", b"result_count", "results", b"results", "search_id", b"search_id", "search_time", b"search_time", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "fusion", b"fusion", "image_query", b"image_query", "latency_ms", b"latency_ms", "page_offset", b"page_offset", "query", b"query", "result_count", b"result_count", "results", b"results", "search_id", b"search_id", "search_time", b"search_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LoggedSearch: _TypeAlias = LoggedSearch  # noqa: Y015
+
+@_typing.final
+class LoggedFilter(_message.Message):
+    """The filters of a logged search (empty fields did not restrict)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VIDEOS_FIELD_NUMBER: _builtins.int
+    MIN_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    CREATED_AFTER_FIELD_NUMBER: _builtins.int
+    CREATED_BEFORE_FIELD_NUMBER: _builtins.int
+    min_duration_seconds: _builtins.float
+    """Shortest clip, seconds; 0 for no bound."""
+    max_duration_seconds: _builtins.float
+    """Longest clip, seconds; 0 for no bound."""
+    @_builtins.property
+    def videos(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only clips of these videos, `videos/{video}`."""
+
+    @_builtins.property
+    def created_after(self) -> _timestamp_pb2.Timestamp:
+        """Only videos created at or after this time."""
+
+    @_builtins.property
+    def created_before(self) -> _timestamp_pb2.Timestamp:
+        """Only videos created before this time."""
+
+    def __init__(
+        self,
+        *,
+        videos: _abc.Iterable[_builtins.str] | None = ...,
+        min_duration_seconds: _builtins.float = ...,
+        max_duration_seconds: _builtins.float = ...,
+        created_after: _timestamp_pb2.Timestamp | None = ...,
+        created_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_after", b"created_after", "created_before", b"created_before", "max_duration_seconds", b"max_duration_seconds", "min_duration_seconds", b"min_duration_seconds", "videos", b"videos"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoggedFilter: _TypeAlias = LoggedFilter  # noqa: Y015
 
 @_typing.final
 class LogSearchesRequest(_message.Message):
