@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,9 +76,32 @@ def _floor_hour(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _ceil_hour(at: datetime) -> datetime:
-    floor = _floor_hour(at)
-    return floor if floor == at else floor + timedelta(hours=1)
+def _floor_day(at: datetime) -> datetime:
+    return _floor_hour(at).replace(hour=0)
+
+
+def _split(start: datetime | None, end: datetime | None, user: uuid.UUID | None, column: str,
+           floor: Callable[[datetime], datetime], step: timedelta) -> tuple[list[Any], str, str]:
+    """A window cut at whole rollup periods (``floor``, ``step``: hours or days): (arguments — $1..$4 its start,
+    end, first and last whole period, then the user's id if any —, the condition of its partial first and last
+    periods on the raw rows' ``column``, the user condition ("" for everyone's))."""
+    start = start or EARLIEST
+    end = end or datetime.now(UTC)
+    first, last = floor(start), floor(end)
+    if first != start:
+        first += step
+    if last <= first:  # no whole period inside: all of it from the raw rows
+        first = last = start
+    args: list[Any] = [start, end, first, last]
+    mine = ""
+    if user is not None:
+        args.append(user)
+        mine = f"AND user_id = ${len(args)}"
+    return args, f"(({column} >= $1 AND {column} < $3) OR ({column} >= $4 AND {column} < $2))", mine
+
+
+# The whole days of a ``_split`` by days, on a daily rollup's ``day``.
+_DAYS = "day >= ($3::timestamptz AT TIME ZONE 'UTC')::date AND day < ($4::timestamptz AT TIME ZONE 'UTC')::date"
 
 
 def _quantile(histogram: list[tuple[int, int]], q: float) -> float:
@@ -94,34 +118,6 @@ def _quantile(histogram: list[tuple[int, int]], q: float) -> float:
     return float(LATENCY_RATIO ** (histogram[-1][0] + 0.5))
 
 
-def _day_window(start: datetime | None, end: datetime | None, user: uuid.UUID | None,
-                column: str) -> tuple[list[Any], str, str, str]:
-    """(arguments, the whole days' condition on a daily rollup's ``day``, the partial days' condition on the raw
-    rows' ``column``, the user condition) of a window: $1..$4 are its start, end, first and last whole day."""
-    start = start or EARLIEST
-    end = end or datetime.now(UTC)
-    first, last = _ceil_day(start), _floor_day(end)
-    if last <= first:  # no whole day inside: all of it from the raw rows
-        first = last = start
-    args: list[Any] = [start, end, first, last]
-    mine = ""
-    if user is not None:
-        args.append(user)
-        mine = f"AND user_id = ${len(args)}"
-    days = "day >= ($3::timestamptz AT TIME ZONE 'UTC')::date AND day < ($4::timestamptz AT TIME ZONE 'UTC')::date"
-    edges = f"(({column} >= $1 AND {column} < $3) OR ({column} >= $4 AND {column} < $2))"
-    return args, days, edges, mine
-
-
-def _floor_day(at: datetime) -> datetime:
-    return _floor_hour(at).replace(hour=0)
-
-
-def _ceil_day(at: datetime) -> datetime:
-    floor = _floor_day(at)
-    return floor if floor == at else floor + timedelta(days=1)
-
-
 class Reports:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -129,18 +125,8 @@ class Reports:
     async def search_stats(self, start: datetime | None, end: datetime | None,
                            user: uuid.UUID | None) -> SearchStats:
         """The window's whole hours from the rollups, its partial first and last hours from the raw rows."""
-        start = start or EARLIEST
-        end = end or datetime.now(UTC)
-        first, last = _ceil_hour(start), _floor_hour(end)
-        if last <= first:  # no whole hour inside: all of it from the raw rows
-            first = last = start
-        args: list[Any] = [start, end, first, last]
-        mine = ""
-        if user is not None:
-            args.append(user)
-            mine = f"AND user_id = ${len(args)}"
-        edges = ("((search_time >= $1 AND search_time < $3) OR (search_time >= $4 AND search_time < $2)) "
-                 f"{mine}")
+        args, edges, mine = _split(start, end, user, "search_time", _floor_hour, timedelta(hours=1))
+        edges = f"{edges} {mine}"
         hours = f"hour >= $3 AND hour < $4 {mine}"
         row = await self._db.fetchrow(
             f"""WITH roll AS (
@@ -174,13 +160,13 @@ class Reports:
                               *, offset: int, limit: int) -> list[PopularQuery]:
         """Text queries by how often they were searched (normalized form), most first; image queries are not
         queries here. Whole days from the daily rollups, the window's partial days from the raw rows."""
-        args, days, edges, mine = _day_window(start, end, user, "search_time")
+        args, edges, mine = _split(start, end, user, "search_time", _floor_day, timedelta(days=1))
         args += [limit, offset]
         rows = await self._db.fetch(
             f"""SELECT q, sum(s)::bigint AS searches, sum(c)::bigint AS clicks, sum(cl)::bigint AS clicked,
                        sum(z)::bigint AS zero FROM (
                     SELECT normalized_query AS q, searches AS s, clicks AS c, clicked AS cl, zero_results AS z
-                      FROM {"query_days" if user is not None else "query_days_all"} WHERE {days} {mine}
+                      FROM {"query_days" if user is not None else "query_days_all"} WHERE {_DAYS} {mine}
                     UNION ALL
                     SELECT normalized_query, 1, click_count, (click_count > 0)::int, (result_count = 0)::int
                       FROM searches WHERE {edges} {mine} AND normalized_query <> '') x
@@ -191,13 +177,13 @@ class Reports:
     async def popular_clips(self, start: datetime | None, end: datetime | None, user: uuid.UUID | None,
                             *, offset: int, limit: int) -> list[PopularClip]:
         """Clips by clicks, then impressions, most first; whole days from the daily rollups."""
-        args, days, edges, mine = _day_window(start, end, user, "create_time")
+        args, edges, mine = _split(start, end, user, "create_time", _floor_day, timedelta(days=1))
         args += [limit, offset]
         rows = await self._db.fetch(
             f"""SELECT clip_id, sum(c)::bigint AS clicks, sum(i)::bigint AS impressions, sum(p)::bigint AS plays,
                        sum(w)::float8 AS watched FROM (
                     SELECT clip_id, clicks AS c, impressions AS i, plays AS p, watched_seconds AS w
-                      FROM {"clip_days" if user is not None else "clip_days_all"} WHERE {days} {mine}
+                      FROM {"clip_days" if user is not None else "clip_days_all"} WHERE {_DAYS} {mine}
                     UNION ALL
                     SELECT clip_id, (type = 'CLICK')::int, (type = 'IMPRESSION')::int, (type = 'PLAY')::int,
                            watched_seconds

@@ -8,6 +8,7 @@ administrator reads everyone's, or one user's (``user``). GetUsage needs what in
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +58,32 @@ def _scope(caller: Principal, requested: str) -> uuid.UUID | None:
     return caller.user_id
 
 
+@dataclass(frozen=True)
+class _Page:
+    """A report list's request: whose records, the window, and the page (an offset token bound to the caller and
+    the request)."""
+
+    user: uuid.UUID | None
+    start: datetime | None
+    end: datetime | None
+    size: int
+    offset: int
+    binding: str
+
+    @classmethod
+    def of(cls, request: Any, method: str) -> _Page:
+        caller = principal()
+        user = _scope(caller, request.user)
+        start, end = _window(request)
+        binding = bound_to(caller.user_id, method, user, start, end)
+        return cls(user, start, end, page_size(request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE),
+                   decode_offset(request.page_token, binding), binding)
+
+    def next_token(self, found: int) -> str:
+        """The next page's token when more than a page (``size + 1`` asked) was found."""
+        return encode_offset(self.offset + self.size, self.binding) if found > self.size else ""
+
+
 def _ms(value: float) -> Duration:
     duration = Duration()
     duration.FromNanoseconds(round(value * 1_000_000))
@@ -97,35 +124,27 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
 
     async def ListPopularQueries(self, request: pb.ListPopularQueriesRequest,
                                  context: Context) -> pb.ListPopularQueriesResponse:
-        caller = principal()
-        user = _scope(caller, request.user)
-        start, end = _window(request)
-        size = page_size(request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE)
-        binding = bound_to(caller.user_id, "ListPopularQueries", user, start, end)
-        offset = decode_offset(request.page_token, binding)
-        found = await self._reports.popular_queries(start, end, user, offset=offset, limit=size + 1)
+        page = _Page.of(request, "ListPopularQueries")
+        found = await self._reports.popular_queries(page.start, page.end, page.user, offset=page.offset,
+                                                    limit=page.size + 1)
         return pb.ListPopularQueriesResponse(
             popular_queries=[pb.PopularQuery(
                 query=q.query, search_count=q.searches, click_count=q.clicks,
                 click_through_rate=q.clicked_searches / q.searches,
                 zero_result_rate=q.zero_result_searches / q.searches,
-            ) for q in found[:size]],
-            next_page_token=encode_offset(offset + size, binding) if len(found) > size else "")
+            ) for q in found[:page.size]],
+            next_page_token=page.next_token(len(found)))
 
     async def ListPopularClips(self, request: pb.ListPopularClipsRequest,
                                context: Context) -> pb.ListPopularClipsResponse:
-        caller = principal()
-        user = _scope(caller, request.user)
-        start, end = _window(request)
-        size = page_size(request.page_size, default=DEFAULT_PAGE, maximum=MAX_PAGE)
-        binding = bound_to(caller.user_id, "ListPopularClips", user, start, end)
-        offset = decode_offset(request.page_token, binding)
-        found = await self._reports.popular_clips(start, end, user, offset=offset, limit=size + 1)
+        page = _Page.of(request, "ListPopularClips")
+        found = await self._reports.popular_clips(page.start, page.end, page.user, offset=page.offset,
+                                                  limit=page.size + 1)
         return pb.ListPopularClipsResponse(
             popular_clips=[pb.PopularClip(clip=clip_name(c.clip_id), click_count=c.clicks,
                                           impression_count=c.impressions, play_count=c.plays,
-                                          watched_seconds=c.watched_seconds) for c in found[:size]],
-            next_page_token=encode_offset(offset + size, binding) if len(found) > size else "")
+                                          watched_seconds=c.watched_seconds) for c in found[:page.size]],
+            next_page_token=page.next_token(len(found)))
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.Usage:
         raise Unimplemented("GetUsage needs uploads and processing time, which analytics does not receive yet",

@@ -42,6 +42,7 @@ from services.common import request_context
 from services.common.auth import Authenticator, Caller, parse_authorization
 from services.common.errors import ClipMindError, Unauthenticated
 from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
+from services.common.grpc_handlers import stream_results
 from services.common.request_context import RequestContext
 from services.common.request_limits import RequestLimiter
 from services.common.revocations import NOTHING_KNOWN, verdict_of
@@ -188,15 +189,8 @@ def _bind_stream(behavior: Callable[..., Any], ctx: RequestContext) -> Callable[
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         token = request_context.set_context(ctx)
         try:
-            result = behavior(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            elif inspect.isawaitable(result):  # a handler that writes with context.write()
-                await result
-            else:  # a plain iterator
-                for item in result:
-                    yield item
+            async for item in stream_results(behavior(request, context)):
+                yield item
         finally:
             # An abandoned generator may be closed later from another context; the RPC's task ends anyway.
             with contextlib.suppress(ValueError):

@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from services.common.grpc_handlers import stream_results
 from services.common.metrics import GRPC_LATENCY, GRPC_REQUESTS, GRPC_STREAMS
 
 
@@ -111,15 +112,8 @@ def _streaming(behavior: Callable[..., Any], service: str, method: str,
     async def wrapper(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
         call, failure = _Call(service, method, arrived, stream=True), None
         try:
-            result = behavior(request, context)
-            if hasattr(result, "__aiter__"):
-                async for item in result:
-                    yield item
-            elif inspect.isawaitable(result):  # a handler that writes with context.write()
-                await result
-            else:  # a plain iterator
-                for item in result:
-                    yield item
+            async for item in stream_results(behavior(request, context)):
+                yield item
         except BaseException as exc:
             failure = exc
             raise
