@@ -1,8 +1,9 @@
 """``clipmind.analytics.v1.AnalyticsService``: interactions in, reports out, each scoped to the caller.
 
-A user records interactions with their own searches' results and reads reports of their own records; an
-administrator reads everyone's, or one user's (``user``). GetUsage needs what ingest and the pipeline know
-(videos, bytes, processing time), which analytics does not receive yet: it answers UNIMPLEMENTED, saying so.
+A user records interactions with their own searches' results and reads reports of their own records (naming another
+user is NOT_FOUND); an administrator reads everyone's, or one user's (``user``). GetUsage needs what ingest and the
+pipeline know (videos, bytes, processing time), which analytics does not receive yet: it answers UNIMPLEMENTED,
+saying so.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf.duration_pb2 import Duration
 from services.analytics.interactions import Interaction, InteractionStore, NewInteraction
 from services.analytics.reports import Reports
 from services.common.convert import from_timestamp, timestamp
-from services.common.errors import PermissionDenied, Unimplemented, invalid_field
+from services.common.errors import NotFound, Unimplemented, invalid_field
 from services.common.grpc_server import Context
 from services.common.names import clip_name, parse_clip_name, parse_user_name, user_name
 from services.common.paging import bound_to, decode_offset, encode_offset, page_size
@@ -47,14 +48,14 @@ def _window(request: Any) -> tuple[datetime | None, datetime | None]:
 
 
 def _scope(caller: Principal, requested: str) -> uuid.UUID | None:
-    """Whose records a report covers: a user's own (naming another user is PERMISSION_DENIED); for
-    administrators the named user's, or everyone's (None)."""
+    """Whose records a report covers: a user's own (naming another user is NOT_FOUND, as for any other user's
+    resource: whether that user exists is not theirs to learn); for administrators the named user's, or
+    everyone's (None)."""
     named = parse_user_name(requested, "user") if requested else None
     if caller.is_admin:
         return named
     if named is not None and named != caller.user_id:
-        raise PermissionDenied("a user reads only their own analytics", reason="NOT_YOURS",
-                               metadata={"user": requested})
+        raise NotFound(f"{requested} not found", reason="USER_NOT_FOUND", metadata={"user": requested})
     return caller.user_id
 
 

@@ -3,6 +3,7 @@ nothing is stored for it; unknown resources are NOT_FOUND (HTTP 404)."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import grpc
@@ -102,5 +103,5 @@ def test_malformed_name_and_empty_query_are_invalid(rest: httpx.Client, channel:
 
 
 def test_unimplemented_rpcs_say_so(rest: httpx.Client) -> None:
-    response = rest.get("/v1/searchStats")
-    assert response.status_code == 501
+    response = rest.get(f"/v1/users/{uuid.uuid4()}/usage")  # GetUsage: analytics does not receive uploads yet
+    assert response.status_code == 501 and error_reason(response) == "NOT_IMPLEMENTED"

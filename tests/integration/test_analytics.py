@@ -23,7 +23,7 @@ from services.analytics.reports import Reports
 from services.analytics.search_log import SearchLogStore
 from services.analytics.servicer import AnalyticsServicer
 from services.common.db import Database
-from services.common.errors import InvalidArgument, NotFound, PermissionDenied
+from services.common.errors import InvalidArgument, NotFound
 from services.common.principal import Principal
 from services.common.query_text import normalized_query
 from tests.db_setup import ServicerStub, service_db
@@ -120,7 +120,7 @@ async def test_stats_count_exactly_and_each_user_sees_their_own(db: Database) ->
     only_bob = await analytics.as_(admin).GetSearchStats(
         pb.GetSearchStatsRequest(user=bob.name, **window))  # type: ignore[arg-type]
     assert (only_bob.search_count, only_bob.click_through_rate) == (1, 1.0)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(NotFound):  # another user's figures: as if that user did not exist
         await as_alice.GetSearchStats(pb.GetSearchStatsRequest(user=bob.name, **window))  # type: ignore[arg-type]
 
     # Popular queries group normalized forms; alice never sees bob's query, an administrator sees both.

@@ -333,7 +333,8 @@ class GetSearchStatsRequest(_message.Message):
     USER_FIELD_NUMBER: _builtins.int
     user: _builtins.str
     """Administrators only: one user's figures, `users/{user}`; empty for
-    everyone's. A user always gets their own.
+    everyone's. A user always gets their own (another user's name is
+    NOT_FOUND).
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -379,7 +380,7 @@ class ListPopularQueriesRequest(_message.Message):
     """
     user: _builtins.str
     """Administrators only: one user's, `users/{user}`; empty for everyone's.
-    A user always gets their own.
+    A user always gets their own (another user's name is NOT_FOUND).
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
@@ -455,7 +456,7 @@ class ListPopularClipsRequest(_message.Message):
     """
     user: _builtins.str
     """Administrators only: one user's, `users/{user}`; empty for everyone's.
-    A user always gets their own.
+    A user always gets their own (another user's name is NOT_FOUND).
     """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
