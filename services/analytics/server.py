@@ -47,5 +47,5 @@ async def serve(settings: AnalyticsSettings) -> None:
 
 def main() -> None:
     settings = AnalyticsSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.service_name, settings.log_format)
     asyncio.run(serve(settings))

@@ -21,7 +21,10 @@ A refused request is not even deserialized. For every call the interceptor binds
 (``services.common.request_context``): request id, W3C trace context, the calling service (trusted only from a
 ``system`` caller) and the authenticated ``Principal`` with the token's claims, for as long as the handler
 runs. Servicers read the principal from there and hand it to domain code as a plain value. It is bound inside
-the wrapped handler behaviour, which runs in the RPC's own task, so it cannot leak into other calls.
+the wrapped handler behaviour, which runs in the RPC's own task, so it cannot leak into other calls. The request
+id and trace are bound while authenticating too (an API key's lookup at identity carries them). When the
+handler ends, one INFO line on the ``clipmind.access`` logger gives the method, status code and duration (health
+checks and reflection excepted), with the request context in its fields (``services.common.logs``).
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from services.common.auth import Authenticator, Caller, parse_authorization
 from services.common.errors import ClipMindError, Unauthenticated
 from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
 from services.common.grpc_handlers import stream_results
+from services.common.grpc_metrics import status_name
 from services.common.request_context import RequestContext
 from services.common.request_limits import RequestLimiter
 from services.common.revocations import NOTHING_KNOWN, verdict_of
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("clipmind.access")  # one INFO line per call (not health, not reflection)
 
 AUTHORIZATION_KEY = "authorization"
 RETRY_AFTER_KEY = "retry-after"
@@ -86,17 +91,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         metadata: Sequence[tuple[str, str | bytes]] = handler_call_details.invocation_metadata or ()
         caller: Caller | None = None
         started = time.perf_counter()
+        ctx = request_context.from_metadata(metadata, trust_caller=True)
         if _service_of(method) not in OPEN_SERVICES:
+            # The request id and trace are bound while authenticating, so a call it makes (an API key asked of
+            # identity) and its log lines carry them too; the claimed caller is not, until it is proven.
+            token = request_context.set_context(dataclasses.replace(ctx, caller=""))
             try:
                 caller = await self.authenticate(metadata, method)
             except ClipMindError as refusal:
                 return _refusing(handler, refusal, method)
+            finally:
+                request_context.reset(token)
         auth_ms = (time.perf_counter() - started) * 1000
-        system = caller is not None and caller.principal.role == "system"
-        ctx = request_context.from_metadata(metadata, trust_caller=system)
+        if caller is None or caller.principal.role != "system":
+            ctx = dataclasses.replace(ctx, caller="")
         if caller is not None:
             ctx = dataclasses.replace(ctx, principal=caller.principal, claims=caller.claims, auth_ms=auth_ms)
-        return _binding(handler, ctx)
+        return _binding(handler, ctx, method, started)
 
     async def authenticate(self, metadata: Sequence[tuple[str, str | bytes]], method: str) -> Caller | None:
         """The caller of a call with this metadata (None for an optional method called without credential);
@@ -163,35 +174,58 @@ def _refusing(handler: grpc.RpcMethodHandler, refusal: ClipMindError, method: st
     return make(refuse, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
-def _binding(handler: grpc.RpcMethodHandler, ctx: RequestContext) -> grpc.RpcMethodHandler:
-    """The same handler, with ``ctx`` bound while its behaviour runs."""
+def _binding(handler: grpc.RpcMethodHandler, ctx: RequestContext, method: str,
+             started: float) -> grpc.RpcMethodHandler:
+    """The same handler, with ``ctx`` bound while its behaviour runs (and one access-log line when it ends)."""
     make, behavior, streams = _handler_kind(handler)
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
+    logged = _service_of(method) not in OPEN_SERVICES  # health checks and reflection would drown the log
     if streams:
-        return make(_bind_stream(behavior, ctx), **kwargs)
-    return make(_bind_unary(behavior, ctx), **kwargs)
+        return make(_bind_stream(behavior, ctx, method, started, logged), **kwargs)
+    return make(_bind_unary(behavior, ctx, method, started, logged), **kwargs)
 
 
-def _bind_unary(behavior: Callable[..., Any], ctx: RequestContext) -> Callable[..., Awaitable[Any]]:
+def _access_log(context: grpc.aio.ServicerContext, method: str, started: float,
+                failure: BaseException | None) -> None:
+    """The one line per call: method, status code, duration (with the request context still bound)."""
+    code = status_name(context, failure)
+    duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    access_log.info("%s %s %.1f ms", method, code, duration_ms,
+                    extra={"method": method, "code": code, "duration_ms": duration_ms})
+
+
+def _bind_unary(behavior: Callable[..., Any], ctx: RequestContext, method: str, started: float,
+                logged: bool) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = request_context.set_context(ctx)
+        token, failure = request_context.set_context(ctx), None
         try:
             result = behavior(request, context)
             return await result if inspect.isawaitable(result) else result
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            if logged:
+                _access_log(context, method, started, failure)
             request_context.reset(token)
 
     return wrapper
 
 
-def _bind_stream(behavior: Callable[..., Any], ctx: RequestContext) -> Callable[..., AsyncIterator[Any]]:
+def _bind_stream(behavior: Callable[..., Any], ctx: RequestContext, method: str, started: float,
+                 logged: bool) -> Callable[..., AsyncIterator[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        token = request_context.set_context(ctx)
+        token, failure = request_context.set_context(ctx), None
         try:
             async for item in stream_results(behavior(request, context)):
                 yield item
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
+            if logged:
+                _access_log(context, method, started, failure)
             # An abandoned generator may be closed later from another context; the RPC's task ends anyway.
             with contextlib.suppress(ValueError):
                 request_context.reset(token)

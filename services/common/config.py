@@ -61,6 +61,10 @@ class CommonSettings(BaseSettings):
         False, description="Let modalities with random weights affect search ranking (tests only)."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines: one JSON object each (time, level, service, request and trace ids; "
+        "services/common/logs.py), or `text` for plain lines a person reads at a terminal.",
+    )
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of this process's Prometheus metrics (`GET /metrics`, "
         "services/common/metrics.py); 0 turns the exposition off. `clipmind up` gives every process one.",

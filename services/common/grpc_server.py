@@ -16,6 +16,7 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection as grpc_reflection
 
+from services.common import logs
 from services.common.auth import Authenticator
 from services.common.auth_interceptor import AuthInterceptor
 from services.common.config import CommonSettings
@@ -48,11 +49,10 @@ SERVER_OPTIONS = [  # and the largest message received: run_server's max_message
 ]
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def configure_logging(level: str, service: str = "", log_format: str = "json") -> None:
+    """The process's logging: JSON lines naming ``service`` and the bound request (``services.common.logs``),
+    or plain text when ``log_format`` is ``text`` (``CLIPMIND_LOG_FORMAT``)."""
+    logs.configure_logging(level, service, log_format)
 
 
 #: One shutdown hook: a plain function or a coroutine function, called with no arguments.

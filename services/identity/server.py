@@ -116,5 +116,5 @@ async def serve(settings: IdentitySettings) -> None:
 
 def main() -> None:
     settings = IdentitySettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.service_name, settings.log_format)
     asyncio.run(serve(settings))

@@ -81,5 +81,5 @@ async def _sweep_staging_forever(ingestor: VideoIngestor, interval_s: float = ST
 
 def main() -> None:
     settings = IngestSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.service_name, settings.log_format)
     asyncio.run(serve(settings))

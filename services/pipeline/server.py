@@ -58,5 +58,5 @@ async def serve(settings: PipelineSettings) -> None:
 
 def main() -> None:
     settings = PipelineSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.service_name, settings.log_format)
     asyncio.run(serve(settings))

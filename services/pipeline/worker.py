@@ -33,6 +33,7 @@ from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestI
 from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchInternalServiceStub
 from redis.exceptions import RedisError
 
+from services.common import request_context
 from services.common.blobstore import LocalBlobStore
 from services.common.config import WorkerSettings
 from services.common.db import open_database
@@ -141,8 +142,10 @@ async def sweep(ctx: dict[str, Any]) -> str:
 
 
 async def process_video(ctx: dict[str, Any], job_id: str) -> str:
-    """One queue entry (arq job id ``ctx["job_id"]``, our queue key) of job ``job_id``."""
-    return await ctx["runner"].run(uuid.UUID(job_id), ctx["job_id"], stopping=ctx["stopping"])
+    """One queue entry (arq job id ``ctx["job_id"]``, our queue key) of job ``job_id``. Its queue key
+    (``<job>:<generation>``) is the request id of the run: in its log lines and on its calls to ingest and search."""
+    with request_context.bind(request_id=ctx["job_id"]):
+        return await ctx["runner"].run(uuid.UUID(job_id), ctx["job_id"], stopping=ctx["stopping"])
 
 
 class ResilientWorker(Worker):
@@ -192,7 +195,7 @@ def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
 
 def main() -> None:
     settings = WorkerSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.service_name, settings.log_format)
     check_weight_settings(settings)
     ResilientWorker(**arq_settings(settings)).run()
 

@@ -84,6 +84,6 @@ async def serve(settings: SearchSettings) -> None:
 
 def main() -> None:
     settings = SearchSettings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.service_name, settings.log_format)
     check_weight_settings(settings)
     asyncio.run(serve(settings))

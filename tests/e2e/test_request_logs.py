@@ -1,0 +1,81 @@
+"""Log lines of one request share its request id across processes (services/common/logs.py).
+
+A REST call through Envoy with the client's own ``x-request-id`` and ``traceparent``, made with a brand-new API
+key: ingest serves ListVideos, and authenticating the key makes it ask identity (AuthenticateApiKey, an internal
+call) first. Both processes' log files (``<state>/logs/<name>.log``) must hold JSON lines with that request id
+and trace id, each naming its own process as ``service``."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from services.launcher import Mesh
+from services.launcher.credentials import user_api_key
+from tests.e2e.clients import bearer
+
+pytestmark = pytest.mark.e2e
+
+PROCESSES = ("ingest", "identity", "pipeline", "search", "analytics", "worker")
+
+
+def json_lines(mesh: Mesh, process: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``process`` (other lines, e.g. the supervisor's or a native library's, skipped)."""
+    lines = []
+    for text in mesh.log_path(process).read_text(errors="replace").splitlines():
+        if text.startswith("{"):
+            try:
+                lines.append(json.loads(text))
+            except json.JSONDecodeError:
+                continue  # a line cut short while being written
+    return lines
+
+
+def test_log_lines_of_one_request_share_its_request_id_across_processes(mesh: Mesh, endpoints, credentials) -> None:  # type: ignore[no-untyped-def]
+    # A key nobody used yet: no process has its owner cached, so ingest has to ask identity.
+    key = user_api_key(endpoints.envoy_url, credentials.admin, f"logs-{uuid.uuid4().hex[:12]}@example.com")
+    request_id = f"logs-{uuid.uuid4().hex}"
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {**bearer(key), "x-request-id": request_id, "traceparent": f"00-{trace_id}-{span_id}-01"}
+    with httpx.Client(base_url=endpoints.envoy_url, timeout=60) as client:
+        response = client.get("/v1/videos", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers.get("x-request-id") == request_id  # Envoy kept the client's id and echoes it
+
+    def lines_of_the_request() -> dict[str, list[dict[str, Any]]]:
+        return {p: [line for line in json_lines(mesh, p) if line.get("request_id") == request_id] for p in PROCESSES}
+
+    deadline = time.monotonic() + 10
+    found = lines_of_the_request()
+    while not (found["ingest"] and found["identity"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        found = lines_of_the_request()
+    assert found["ingest"] and found["identity"], {p: len(lines) for p, lines in found.items()}
+    for process, lines in found.items():
+        for line in lines:
+            assert line["service"] == process, line
+            assert line["trace_id"] == trace_id, line
+            assert line["time"].endswith("Z") and line["level"], line
+
+    # One access line per call, in the process that served it.
+    [served] = [line for line in found["ingest"]
+                if line.get("method") == "/clipmind.ingest.v1.IngestService/ListVideos"]
+    assert served["code"] == "OK" and served["duration_ms"] >= 0 and served["logger"] == "clipmind.access"
+    assert served["span_id"] == span_id and served["principal"].startswith("users/")
+    [asked] = [line for line in found["identity"]
+               if line.get("method") == "/clipmind.identity.internal.v1.IdentityInternalService/AuthenticateApiKey"]
+    assert asked["code"] == "OK" and asked["caller"] == "ingest"
+    assert asked["principal"] == f"users/{uuid.UUID(int=0)}"  # the system identity
+
+
+def test_every_service_process_logs_json_lines_naming_itself(mesh: Mesh) -> None:
+    for process in PROCESSES:
+        lines = json_lines(mesh, process)
+        assert lines, f"no JSON lines in {mesh.log_path(process)}"
+        assert {line["service"] for line in lines} == {process}
