@@ -41,7 +41,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from services.common import request_context
+from services.common import request_context, tracing
 from services.common.auth import Authenticator, Caller, parse_authorization
 from services.common.errors import ClipMindError, Unauthenticated
 from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
@@ -95,9 +95,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if _service_of(method) not in OPEN_SERVICES:
             # The request id and trace are bound while authenticating, so a call it makes (an API key asked of
             # identity) and its log lines carry them too; the claimed caller is not, until it is proven.
+            # Tracing: the caller's span is the parent meanwhile (this server's span starts with the handler).
             token = request_context.set_context(dataclasses.replace(ctx, caller=""))
             try:
-                caller = await self.authenticate(metadata, method)
+                with tracing.within_remote(ctx.traceparent, ctx.tracestate):
+                    caller = await self.authenticate(metadata, method)
             except ClipMindError as refusal:
                 return _refusing(handler, refusal, method)
             finally:

@@ -70,6 +70,7 @@ from services.common.circuit import CircuitBreaker
 from services.common.config import CommonSettings
 from services.common.errors import Unavailable
 from services.common.grpc_errors import from_rpc_error
+from services.common.grpc_tracing import client_interceptors as tracing_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +298,10 @@ class InternalChannels:
         if self._caller:
             headers.append((request_context.CALLER_KEY, self._caller))
         timeout = settings.internal_deadline_s
+        # Tracing first (off: none): its CLIENT span's traceparent is on the call before the stamping, which
+        # then leaves it (services.common.grpc_tracing).
         self._interceptors: list[grpc.aio.ClientInterceptor] = [
+            *tracing_interceptors(),
             _StampUnaryUnary(headers, timeout, authorization),
             _StampUnaryStream(headers, timeout, authorization),
             _StampStreamUnary(headers, timeout, authorization),

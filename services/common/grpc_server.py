@@ -22,8 +22,10 @@ from services.common.auth_interceptor import AuthInterceptor
 from services.common.config import CommonSettings
 from services.common.grpc_errors import ErrorInterceptor
 from services.common.grpc_metrics import MetricsInterceptor
+from services.common.grpc_tracing import server_interceptors as tracing_interceptors
 from services.common.metrics import start_metrics_server
 from services.common.request_limits import RequestLimiter
+from services.common.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +53,10 @@ SERVER_OPTIONS = [  # and the largest message received: run_server's max_message
 
 def configure_logging(level: str, service: str = "", log_format: str = "json") -> None:
     """The process's logging: JSON lines naming ``service`` and the bound request (``services.common.logs``),
-    or plain text when ``log_format`` is ``text`` (``CLIPMIND_LOG_FORMAT``)."""
+    or plain text when ``log_format`` is ``text`` (``CLIPMIND_LOG_FORMAT``). Also the process's tracing, when the
+    ``OTEL_*`` variables turn it on (``services.common.tracing``; off by default)."""
     logs.configure_logging(level, service, log_format)
+    configure_tracing(service)
 
 
 #: One shutdown hook: a plain function or a coroutine function, called with no arguments.
@@ -102,13 +106,15 @@ async def run_server(
        cancels the rest (a second signal cancels them at once);
     4. the ``on_stop`` callbacks close pools and clients.
     """
-    # Metrics outermost (they count refusals too); then authentication (internal methods want the system
-    # identity); every call gets its request context (request id, trace, principal) bound for the servicer and
-    # for onward calls.
+    # Metrics outermost (they count refusals too); then, when tracing is on, the OpenTelemetry server span (child
+    # of the incoming ``traceparent`` metadata; refusals traced too); then authentication (internal methods want
+    # the system identity); every call gets its request context (request id, trace, principal) bound for the
+    # servicer and for onward calls, its traceparent re-bound to the server span (services.common.grpc_tracing).
+    spans, span_binding = tracing_interceptors()
     server = grpc.aio.server(
-        interceptors=[MetricsInterceptor(),
+        interceptors=[MetricsInterceptor(), *spans,
                       AuthInterceptor(authenticator, optional_methods=optional_auth_methods, limits=request_limits),
-                      ErrorInterceptor()],
+                      *span_binding, ErrorInterceptor()],
         options=[*SERVER_OPTIONS, ("grpc.max_receive_message_length", max_message_bytes)])
     service_names = list(register(server))
     health_servicer = health.aio.HealthServicer()

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -67,6 +68,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
+from services.common import tracing
 from services.common.db import Database
 from services.common.errors import ClipMindError
 
@@ -80,7 +82,8 @@ CREATE TABLE outbox (
     create_time       timestamptz NOT NULL DEFAULT now(),
     attempts          integer NOT NULL DEFAULT 0,
     next_attempt_time timestamptz NOT NULL DEFAULT now(),
-    last_error        text NOT NULL DEFAULT ''
+    last_error        text NOT NULL DEFAULT '',
+    trace_context     text NOT NULL DEFAULT ''
 );
 CREATE INDEX outbox_due_idx ON outbox (next_attempt_time, id);
 """
@@ -102,8 +105,21 @@ async def add(conn: asyncpg.Connection, topic: str, payload: bytes) -> int:
         raise RuntimeError("outbox.add must run inside the transaction that commits the fact")
     if not topic:
         raise ValueError("outbox topic must not be empty")
-    return int(await conn.fetchval("INSERT INTO outbox (topic, payload) VALUES ($1, $2) RETURNING id",
-                                   topic, payload))
+    # The trace context of the request adding the fact goes with it, so that its delivery (an ``outbox.deliver``
+    # span and the handler's calls) continues that request's trace: an upload → SubmitVideoJob → the worker's job.
+    carried = tracing.carrier()
+    return int(await conn.fetchval(
+        "INSERT INTO outbox (topic, payload, trace_context) VALUES ($1, $2, $3) RETURNING id",
+        topic, payload, json.dumps(carried) if carried else ""))
+
+
+def _trace_of(row: asyncpg.Record) -> dict[str, str] | None:
+    """The carried trace context of a claimed row (None for none, or an unreadable one: a new trace)."""
+    try:
+        carried = json.loads(row["trace_context"]) if row["trace_context"] else None
+    except ValueError:
+        return None
+    return carried if isinstance(carried, dict) else None
 
 
 class OutboxRelay:
@@ -243,7 +259,8 @@ class OutboxRelay:
                     return True, 0.0
                 async with conn.transaction():
                     row = await conn.fetchrow(
-                        "SELECT id, topic, payload, attempts FROM outbox WHERE id > $1 AND next_attempt_time <= now() "
+                        "SELECT id, topic, payload, attempts, trace_context FROM outbox "
+                        "WHERE id > $1 AND next_attempt_time <= now() "
                         "AND topic = ANY($2::text[]) ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
                         self._cursor, self._topics)
                     if row is None:
@@ -268,8 +285,11 @@ class OutboxRelay:
         outbox_id, topic, attempts = row["id"], row["topic"], row["attempts"]
         handler = self._handlers[topic]  # only rows of handled topics are claimed
         try:
-            async with asyncio.timeout(self._handler_timeout_s):
-                await handler(bytes(row["payload"]))
+            with tracing.continued_span("outbox.deliver", _trace_of(row), attributes={
+                    "clipmind.outbox.topic": topic, "clipmind.outbox.id": outbox_id,
+                    "clipmind.outbox.attempt": attempts + 1, "clipmind.outbox.relay": self.name}):
+                async with asyncio.timeout(self._handler_timeout_s):
+                    await handler(bytes(row["payload"]))
         except Exception as exc:
             await self._failed(conn, outbox_id, topic, attempts, exc)
             return False

@@ -12,7 +12,10 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.jobs import Job as ArqJob
 from redis.exceptions import RedisError
 
-__all__ = ["PENDING_STATES", "ArqJobQueue", "JobQueue", "enqueue_or_leave_to_sweep", "queue_key"]
+from services.common import tracing
+
+__all__ = ["PENDING_STATES", "TRACE_KWARG", "ArqJobQueue", "JobQueue", "enqueue_or_leave_to_sweep", "queue_key",
+           "trace_kwargs"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,8 @@ class ArqJobQueue:
         return cls(arq_redis(redis_url))
 
     async def enqueue(self, job_id: uuid.UUID, key: str, *, defer_s: float = 0.0) -> None:
-        await self._pool.enqueue_job(PROCESS_VIDEO, str(job_id), _job_id=key, _defer_by=defer_s or None)
+        await self._pool.enqueue_job(PROCESS_VIDEO, str(job_id), _job_id=key, _defer_by=defer_s or None,
+                                     **trace_kwargs())
 
     async def state(self, key: str) -> str:
         """``queued``, ``deferred`` (waiting for a retry), ``in_progress``, ``complete`` or ``not_found``."""
@@ -62,6 +66,18 @@ class ArqJobQueue:
 
     async def close(self) -> None:
         await self._pool.aclose()
+
+
+#: The job payload's keyword argument with the W3C trace context of the enqueuer (``{"traceparent": ...,
+#: "tracestate": ...}``): the worker's ``job.run`` span continues that trace (``services.common.tracing``).
+TRACE_KWARG = "trace"
+
+
+def trace_kwargs() -> dict[str, Any]:
+    """``{"trace": <the current W3C context>}`` for a job payload, or nothing when there is no context (the
+    payload is then what it was before tracing: a worker that takes no ``trace`` runs it)."""
+    carried = tracing.carrier()
+    return {TRACE_KWARG: carried} if carried else {}
 
 
 def job_to_json(data: Any) -> bytes:

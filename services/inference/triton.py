@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+from opentelemetry.trace import SpanKind
 
 from services.common.circuit import CircuitBreaker
 from services.common.errors import (
@@ -33,6 +34,8 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.metrics import TRITON_LATENCY, track_circuit
+from services.common.tracing import carrier as trace_carrier
+from services.common.tracing import tracer
 from services.inference import contract
 from services.inference.contract import WEIGHTS_SETTING
 from services.inference.ports import (
@@ -279,14 +282,22 @@ class TritonInference:
         inputs = [self._input(input_name, array, datatype)]
         requested = [self._grpc.InferRequestedOutput(n) for n in outputs]
         started, outcome = time.perf_counter(), "error"
-        try:
-            result = await self._call(
-                name, deadline,
-                lambda timeout: self._client.infer(name, inputs, outputs=requested, client_timeout=timeout),
-            )
-            outcome = "ok"
-        finally:  # clipmind_triton_request_duration_seconds: the request with its retries, as the caller waits
-            TRITON_LATENCY.labels(name, outcome).observe(time.perf_counter() - started)
+        # One CLIENT span per request, retries included (a no-op while tracing is off); its W3C context goes as
+        # request headers (gRPC metadata), for a Triton that traces.
+        with tracer().start_as_current_span("triton.infer", kind=SpanKind.CLIENT, attributes={
+            "clipmind.model": name, "rpc.system": "grpc", "rpc.service": "inference.GRPCInferenceService",
+            "rpc.method": "ModelInfer", "server.address": self.url,
+        }):
+            headers = trace_carrier() or None
+            try:
+                result = await self._call(
+                    name, deadline,
+                    lambda timeout: self._client.infer(name, inputs, outputs=requested, client_timeout=timeout,
+                                                       headers=headers),
+                )
+                outcome = "ok"
+            finally:  # clipmind_triton_request_duration_seconds: the request with its retries, as the caller waits
+                TRITON_LATENCY.labels(name, outcome).observe(time.perf_counter() - started)
         self._note_model_id(name, result)
         return result
 

@@ -33,7 +33,7 @@ from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestI
 from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchInternalServiceStub
 from redis.exceptions import RedisError
 
-from services.common import request_context
+from services.common import request_context, tracing
 from services.common.blobstore import LocalBlobStore
 from services.common.config import WorkerSettings
 from services.common.db import open_database
@@ -141,10 +141,15 @@ async def sweep(ctx: dict[str, Any]) -> str:
     return f"took over {len(taken)} run(s), re-queued {len(requeued)} job(s)"
 
 
-async def process_video(ctx: dict[str, Any], job_id: str) -> str:
+async def process_video(ctx: dict[str, Any], job_id: str, trace: dict[str, str] | None = None) -> str:
     """One queue entry (arq job id ``ctx["job_id"]``, our queue key) of job ``job_id``. Its queue key
-    (``<job>:<generation>``) is the request id of the run: in its log lines and on its calls to ingest and search."""
-    with request_context.bind(request_id=ctx["job_id"]):
+    (``<job>:<generation>``) is the request id of the run: in its log lines and on its calls to ingest and search.
+    ``trace``: the W3C context of whoever enqueued it (``services.common.queue.trace_kwargs``; absent in older
+    payloads): the run is a ``job.run`` span in that trace (``services.common.tracing.continued_span``)."""
+    with request_context.bind(request_id=ctx["job_id"]), tracing.continued_span(
+        "job.run", trace, attributes={"clipmind.job_id": job_id, "clipmind.queue_key": ctx["job_id"],
+                                      "messaging.system": "arq", "messaging.operation": "process"},
+    ):
         return await ctx["runner"].run(uuid.UUID(job_id), ctx["job_id"], stopping=ctx["stopping"])
 
 

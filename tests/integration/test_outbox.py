@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from services.common import outbox
+from services.common import outbox, request_context
 from services.common.db import Database
 from services.common.errors import NotFound, Unavailable
 from services.common.outbox import OUTBOX_DDL, OutboxRelay
@@ -379,3 +379,30 @@ async def test_two_producers_sharing_one_table_never_touch_each_others_rows(open
     finally:
         await search.stop()
         await ingest.stop()
+
+
+async def test_a_delivery_continues_the_trace_of_the_request_that_added_the_fact(open_db: OpenDb) -> None:
+    """The trace context goes into the row with the fact, so whichever relay delivers it (here a new one, as after
+    a restart) runs the handler in that trace: the request context it binds names the same trace id."""
+    db = await open_db()
+    traceparent = "00-" + uuid.uuid4().hex + "-" + uuid.uuid4().hex[:16] + "-01"
+    with request_context.bind(traceparent=traceparent):
+        await add_committed(db, ("traced", b"1"))
+    await add_committed(db, ("traced", b"2"))  # outside any request: a trace of its own
+    seen: dict[bytes, str] = {}
+
+    async def handler(payload: bytes) -> None:
+        seen[payload] = request_context.current().traceparent
+
+    relay = OutboxRelay(db, {"traced": handler}, name="t", **Fast)
+    relay.start()
+    try:
+        await eventually(lambda: _done(seen, 2))
+    finally:
+        await relay.stop()
+    assert seen[b"1"].split("-")[1] == traceparent.split("-")[1]
+    assert traceparent.split("-")[1] not in seen[b"2"]
+
+
+async def _done(seen: dict[bytes, str], count: int) -> bool:
+    return len(seen) == count
