@@ -45,7 +45,7 @@ from services.common import request_context, tracing
 from services.common.auth import Authenticator, Caller, parse_authorization
 from services.common.errors import ClipMindError, Unauthenticated
 from services.common.grpc_errors import STATUS_DETAILS_KEY, to_rpc_status
-from services.common.grpc_handlers import stream_results
+from services.common.grpc_handlers import handler_kind, stream_results
 from services.common.grpc_metrics import status_name
 from services.common.request_context import RequestContext
 from services.common.request_limits import RequestLimiter
@@ -150,20 +150,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return caller
 
 
-def _handler_kind(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., grpc.RpcMethodHandler], Any, bool]:
-    """(constructor of the same kind of handler, its behaviour, whether it streams responses)."""
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler, handler.unary_unary, False
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler, handler.stream_unary, False
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler, handler.unary_stream, True
-    return grpc.stream_stream_rpc_method_handler, handler.stream_stream, True
-
-
 def _refusing(handler: grpc.RpcMethodHandler, refusal: ClipMindError, method: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind that aborts with ``refusal`` (the request is left as raw bytes)."""
-    make, _behavior, _streams = _handler_kind(handler)
+    make, _behavior, _streams = handler_kind(handler)
     status = to_rpc_status(refusal)
     trailer: tuple[tuple[str, str | bytes], ...] = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
     if refusal.retry_delay_s:  # HTTP clients (through Envoy's 429) read this rather than the RetryInfo
@@ -179,7 +168,7 @@ def _refusing(handler: grpc.RpcMethodHandler, refusal: ClipMindError, method: st
 def _binding(handler: grpc.RpcMethodHandler, ctx: RequestContext, method: str,
              started: float) -> grpc.RpcMethodHandler:
     """The same handler, with ``ctx`` bound while its behaviour runs (and one access-log line when it ends)."""
-    make, behavior, streams = _handler_kind(handler)
+    make, behavior, streams = handler_kind(handler)
     kwargs = {"request_deserializer": handler.request_deserializer,
               "response_serializer": handler.response_serializer}
     logged = _service_of(method) not in OPEN_SERVICES  # health checks and reflection would drown the log

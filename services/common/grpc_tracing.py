@@ -27,7 +27,7 @@ import grpc.aio
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 
 from services.common import tracing
-from services.common.grpc_handlers import stream_results
+from services.common.grpc_handlers import handler_kind, stream_results
 
 __all__ = ["BindSpanInterceptor", "client_interceptors", "server_interceptors"]
 
@@ -52,16 +52,6 @@ def client_interceptors(provider: Any = None) -> list[grpc.aio.ClientInterceptor
     return list(aio_client_interceptors(tracer_provider=provider))
 
 
-def _handler_kind(handler: grpc.RpcMethodHandler) -> tuple[Callable[..., grpc.RpcMethodHandler], Any, bool]:
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler, handler.unary_unary, False
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler, handler.stream_unary, False
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler, handler.unary_stream, True
-    return grpc.stream_stream_rpc_method_handler, handler.stream_stream, True
-
-
 class BindSpanInterceptor(grpc.aio.ServerInterceptor):
     """Binds the request context's ``traceparent`` to the active (server) span while the handler runs."""
 
@@ -72,7 +62,7 @@ class BindSpanInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        make, behavior, streams = _handler_kind(handler)
+        make, behavior, streams = handler_kind(handler)
         kwargs = {"request_deserializer": handler.request_deserializer,
                   "response_serializer": handler.response_serializer}
         if streams:
