@@ -1,7 +1,9 @@
-"""``clipmind.analytics.internal.v1.AnalyticsInternalService``: thin conversion to the search log."""
+"""``clipmind.analytics.internal.v1.AnalyticsInternalService``: thin conversion to the search log and the usage
+record."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import UTC as _UTC
 from typing import Any
@@ -11,12 +13,15 @@ from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as pb
 from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc as pb_grpc
 
 from services.analytics.search_log import NO_USER, LoggedResult, LoggedSearch, SearchLogStore
+from services.analytics.usage import KINDS, UsageEvent, UsageStore
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
 from services.common.names import parse_clip_name, parse_user_name, parse_video_name
 from services.common.request_context import current
 
 MAX_SEARCHES_PER_CALL = 1000
+MAX_EVENTS_PER_CALL = 1000
+_KINDS = {pb.UsageEvent.Kind.Value(f"KIND_{k}"): k for k in KINDS}
 
 
 def _search(i: int, s: pb.LoggedSearch) -> LoggedSearch:
@@ -56,9 +61,30 @@ def _filters(f: pb.LoggedFilter, where: str) -> dict[str, Any]:
     return out
 
 
+def _usage_event(i: int, e: pb.UsageEvent) -> UsageEvent:
+    """One usage fact, checked, each bad field named."""
+    where = f"events[{i}]"
+    try:
+        event_id = uuid.UUID(e.event_id)
+    except ValueError:
+        raise invalid_field(f"{where}.event_id", "not a UUID") from None
+    if e.kind not in _KINDS:
+        raise invalid_field(f"{where}.kind", "required: one of " + ", ".join(KINDS))
+    if not e.HasField("event_time"):
+        raise invalid_field(f"{where}.event_time", "required", reason="REQUIRED_FIELD")
+    if e.bytes < 0:
+        raise invalid_field(f"{where}.bytes", "must not be negative")
+    if not math.isfinite(e.seconds) or e.seconds < 0:
+        raise invalid_field(f"{where}.seconds", "must be a finite number, not negative")
+    return UsageEvent(event_id, parse_user_name(e.user, f"{where}.user"), _KINDS[e.kind],
+                      e.event_time.ToDatetime().replace(tzinfo=_UTC),
+                      parse_video_name(e.video, f"{where}.video") if e.video else None, e.bytes, e.seconds)
+
+
 class AnalyticsInternalServicer(pb_grpc.AnalyticsInternalServiceServicer):
-    def __init__(self, log: SearchLogStore) -> None:
+    def __init__(self, log: SearchLogStore, usage: UsageStore) -> None:
         self._log = log
+        self._usage = usage
 
     async def LogSearches(self, request: pb.LogSearchesRequest, context: Context) -> pb.LogSearchesResponse:
         if len(request.searches) > MAX_SEARCHES_PER_CALL:
@@ -66,6 +92,13 @@ class AnalyticsInternalServicer(pb_grpc.AnalyticsInternalServiceServicer):
         searches = [_search(i, s) for i, s in enumerate(request.searches)]
         logged = await self._log.record(searches, caller=current().caller)
         return pb.LogSearchesResponse(logged_count=logged)
+
+    async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
+        if len(request.events) > MAX_EVENTS_PER_CALL:
+            raise invalid_field("events", f"at most {MAX_EVENTS_PER_CALL} per call")
+        events = [_usage_event(i, e) for i, e in enumerate(request.events)]
+        recorded = await self._usage.record(events, caller=current().caller) if events else 0
+        return pb.RecordUsageResponse(recorded_count=recorded)
 
 
 def register(server: grpc.aio.Server, servicer: AnalyticsInternalServicer) -> str:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
+from services.analytics.windows import WHOLE_DAYS, floor_day, floor_hour, split_window
 from services.common.db import Database
 
 
@@ -69,39 +68,6 @@ class PopularClip:
 
 # The latency histogram's buckets (migration 0003's ``latency_bucket``): bucket k holds [R^k, R^(k+1)) ms.
 LATENCY_RATIO = 1.15
-EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _floor_hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _floor_day(at: datetime) -> datetime:
-    return _floor_hour(at).replace(hour=0)
-
-
-def _split(start: datetime | None, end: datetime | None, user: uuid.UUID | None, column: str,
-           floor: Callable[[datetime], datetime], step: timedelta) -> tuple[list[Any], str, str]:
-    """A window cut at whole rollup periods (``floor``, ``step``: hours or days): (arguments — $1..$4 its start,
-    end, first and last whole period, then the user's id if any —, the condition of its partial first and last
-    periods on the raw rows' ``column``, the user condition ("" for everyone's))."""
-    start = start or EARLIEST
-    end = end or datetime.now(UTC)
-    first, last = floor(start), floor(end)
-    if first != start:
-        first += step
-    if last <= first:  # no whole period inside: all of it from the raw rows
-        first = last = start
-    args: list[Any] = [start, end, first, last]
-    mine = ""
-    if user is not None:
-        args.append(user)
-        mine = f"AND user_id = ${len(args)}"
-    return args, f"(({column} >= $1 AND {column} < $3) OR ({column} >= $4 AND {column} < $2))", mine
-
-
-# The whole days of a ``_split`` by days, on a daily rollup's ``day``.
-_DAYS = "day >= ($3::timestamptz AT TIME ZONE 'UTC')::date AND day < ($4::timestamptz AT TIME ZONE 'UTC')::date"
 
 
 def _quantile(histogram: list[tuple[int, int]], q: float) -> float:
@@ -125,7 +91,7 @@ class Reports:
     async def search_stats(self, start: datetime | None, end: datetime | None,
                            user: uuid.UUID | None) -> SearchStats:
         """The window's whole hours from the rollups, its partial first and last hours from the raw rows."""
-        args, edges, mine = _split(start, end, user, "search_time", _floor_hour, timedelta(hours=1))
+        args, edges, mine = split_window(start, end, user, "search_time", floor_hour, timedelta(hours=1))
         edges = f"{edges} {mine}"
         hours = f"hour >= $3 AND hour < $4 {mine}"
         row = await self._db.fetchrow(
@@ -160,13 +126,13 @@ class Reports:
                               *, offset: int, limit: int) -> list[PopularQuery]:
         """Text queries by how often they were searched (normalized form), most first; image queries are not
         queries here. Whole days from the daily rollups, the window's partial days from the raw rows."""
-        args, edges, mine = _split(start, end, user, "search_time", _floor_day, timedelta(days=1))
+        args, edges, mine = split_window(start, end, user, "search_time", floor_day, timedelta(days=1))
         args += [limit, offset]
         rows = await self._db.fetch(
             f"""SELECT q, sum(s)::bigint AS searches, sum(c)::bigint AS clicks, sum(cl)::bigint AS clicked,
                        sum(z)::bigint AS zero FROM (
                     SELECT normalized_query AS q, searches AS s, clicks AS c, clicked AS cl, zero_results AS z
-                      FROM {"query_days" if user is not None else "query_days_all"} WHERE {_DAYS} {mine}
+                      FROM {"query_days" if user is not None else "query_days_all"} WHERE {WHOLE_DAYS} {mine}
                     UNION ALL
                     SELECT normalized_query, 1, click_count, (click_count > 0)::int, (result_count = 0)::int
                       FROM searches WHERE {edges} {mine} AND normalized_query <> '') x
@@ -177,13 +143,13 @@ class Reports:
     async def popular_clips(self, start: datetime | None, end: datetime | None, user: uuid.UUID | None,
                             *, offset: int, limit: int) -> list[PopularClip]:
         """Clips by clicks, then impressions, most first; whole days from the daily rollups."""
-        args, edges, mine = _split(start, end, user, "create_time", _floor_day, timedelta(days=1))
+        args, edges, mine = split_window(start, end, user, "create_time", floor_day, timedelta(days=1))
         args += [limit, offset]
         rows = await self._db.fetch(
             f"""SELECT clip_id, sum(c)::bigint AS clicks, sum(i)::bigint AS impressions, sum(p)::bigint AS plays,
                        sum(w)::float8 AS watched FROM (
                     SELECT clip_id, clicks AS c, impressions AS i, plays AS p, watched_seconds AS w
-                      FROM {"clip_days" if user is not None else "clip_days_all"} WHERE {_DAYS} {mine}
+                      FROM {"clip_days" if user is not None else "clip_days_all"} WHERE {WHOLE_DAYS} {mine}
                     UNION ALL
                     SELECT clip_id, (type = 'CLICK')::int, (type = 'IMPRESSION')::int, (type = 'PLAY')::int,
                            watched_seconds

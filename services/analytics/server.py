@@ -1,8 +1,9 @@
 """Composition root of the analytics process.
 
-It owns the search log (schema ``analytics``, its own migrations in ``services/analytics/migrations``) and
-takes searches from the search service over ``AnalyticsInternalService.LogSearches``; the public AnalyticsService
-(``servicer``) records interactions against that log and reports on both.
+It owns the search log and the usage record (schema ``analytics``, its own migrations in
+``services/analytics/migrations``): searches come from the search service over
+``AnalyticsInternalService.LogSearches``, usage facts from ingest and the pipeline over ``RecordUsage``; the public
+AnalyticsService (``servicer``) records interactions against that log and reports on all of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from services.analytics.interactions import InteractionStore
 from services.analytics.reports import Reports
 from services.analytics.search_log import MIGRATIONS, SCHEMA, SearchLogStore
 from services.analytics.servicer import AnalyticsServicer
+from services.analytics.usage import UsageStore
 from services.common.config import AnalyticsSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
@@ -29,9 +31,10 @@ async def serve(settings: AnalyticsSettings) -> None:
     channels = InternalChannels(settings)
     authenticator, revocations = process_authenticator(settings, channels)
     request_limits, windows = process_request_limits(settings)
-    log_servicer = internal_servicer.AnalyticsInternalServicer(SearchLogStore(pool))
+    usage = UsageStore(pool)
+    log_servicer = internal_servicer.AnalyticsInternalServicer(SearchLogStore(pool), usage)
     servicer = AnalyticsServicer(InteractionStore(pool, search_wait_s=settings.interaction_search_wait_s),
-                                 Reports(pool))
+                                 Reports(pool), usage)
 
     def register(server: grpc.aio.Server) -> list[str]:
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(servicer, server)

@@ -1,9 +1,8 @@
 """``clipmind.analytics.v1.AnalyticsService``: interactions in, reports out, each scoped to the caller.
 
 A user records interactions with their own searches' results and reads reports of their own records (naming another
-user is NOT_FOUND); an administrator reads everyone's, or one user's (``user``). GetUsage needs what ingest and the
-pipeline know (videos, bytes, processing time), which analytics does not receive yet: it answers UNIMPLEMENTED,
-saying so.
+user is NOT_FOUND); an administrator reads everyone's, or one user's (``user``). GetUsage names whose usage it
+reads: ``users/{user}/usage``, ``users/me/usage``, or for administrators everyone's, ``users/-/usage``.
 """
 
 from __future__ import annotations
@@ -19,8 +18,9 @@ from google.protobuf.duration_pb2 import Duration
 
 from services.analytics.interactions import Interaction, InteractionStore, NewInteraction
 from services.analytics.reports import Reports
+from services.analytics.usage import TooManyPeriods, UsageFigures, UsageStore
 from services.common.convert import from_timestamp, timestamp
-from services.common.errors import NotFound, Unimplemented, invalid_field
+from services.common.errors import NotFound, PermissionDenied, invalid_field
 from services.common.grpc_server import Context
 from services.common.names import clip_name, parse_clip_name, parse_user_name, user_name
 from services.common.paging import bound_to, decode_offset, encode_offset, page_size
@@ -31,6 +31,8 @@ _TYPES = {pb.Interaction.TYPE_IMPRESSION: "IMPRESSION", pb.Interaction.TYPE_CLIC
           pb.Interaction.TYPE_PLAY: "PLAY", pb.Interaction.TYPE_SHARE: "SHARE"}
 _TYPE_VALUES = {name: value for value, name in _TYPES.items()}
 DEFAULT_PAGE, MAX_PAGE = 20, 500
+_PERIODS = {pb.USAGE_PERIOD_LENGTH_DAY: "day", pb.USAGE_PERIOD_LENGTH_WEEK: "week",
+            pb.USAGE_PERIOD_LENGTH_MONTH: "month"}
 
 
 def _interaction_to_pb(i: Interaction) -> pb.Interaction:
@@ -57,6 +59,28 @@ def _scope(caller: Principal, requested: str) -> uuid.UUID | None:
     if named is not None and named != caller.user_id:
         raise NotFound(f"{requested} not found", reason="USER_NOT_FOUND", metadata={"user": requested})
     return caller.user_id
+
+
+def _usage_owner(caller: Principal, name: str) -> uuid.UUID | None:
+    """Whose usage ``users/{user}/usage`` names (None: everyone's, ``users/-/usage``, administrators only)."""
+    user = name.removesuffix("/usage")
+    if not name.endswith("/usage") or not user.startswith("users/"):
+        raise invalid_field("name", f"must look like users/{{user}}/usage, got {name!r}", reason="INVALID_NAME")
+    if user == "users/-":
+        if not caller.is_admin:
+            raise PermissionDenied("only administrators read everyone's usage", reason="ADMIN_ONLY",
+                                   metadata={"name": name})
+        return None
+    return _scope(caller, user) if user != "users/me" else caller.user_id
+
+
+def _usage_fields(f: UsageFigures) -> dict[str, Any]:
+    """The figures as the fields Usage and UsagePeriod share."""
+    return dict(search_count=f.searches, upload_count=f.uploads, uploaded_bytes=f.uploaded_bytes,
+                processing_seconds=f.processing_seconds, processed_video_count=f.processed,
+                processed_video_seconds=f.processed_seconds, deleted_video_count=f.deletions,
+                deleted_bytes=f.deleted_bytes, stored_video_count=f.stored_videos, stored_bytes=f.stored_bytes,
+                compilation_count=f.compilations)
 
 
 @dataclass(frozen=True)
@@ -92,9 +116,10 @@ def _ms(value: float) -> Duration:
 
 
 class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
-    def __init__(self, interactions: InteractionStore, reports: Reports) -> None:
+    def __init__(self, interactions: InteractionStore, reports: Reports, usage: UsageStore) -> None:
         self._interactions = interactions
         self._reports = reports
+        self._usage = usage
 
     async def RecordInteraction(self, request: pb.RecordInteractionRequest, context: Context) -> pb.Interaction:
         caller = principal()
@@ -148,5 +173,18 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
             next_page_token=page.next_token(len(found)))
 
     async def GetUsage(self, request: pb.GetUsageRequest, context: Context) -> pb.Usage:
-        raise Unimplemented("GetUsage needs uploads and processing time, which analytics does not receive yet",
-                            reason="NOT_IMPLEMENTED")
+        caller = principal()
+        user = _usage_owner(caller, request.name)
+        start, end = _window(request)
+        if request.period and request.period not in _PERIODS:
+            raise invalid_field("period", f"unknown period {request.period}")
+        try:
+            report = await self._usage.report(start, end, user, _PERIODS.get(request.period))
+        except TooManyPeriods as e:
+            raise invalid_field("period", f"{e}: narrow the window (start_time, end_time) or take a longer period",
+                                reason="TOO_MANY_PERIODS") from None
+        return pb.Usage(
+            name=f"{user_name(user) if user is not None else 'users/-'}/usage", start_time=timestamp(report.start),
+            end_time=timestamp(report.end), **_usage_fields(report.totals),
+            periods=[pb.UsagePeriod(start_time=timestamp(p.start), end_time=timestamp(p.end),
+                                    **_usage_fields(p.figures)) for p in report.periods])

@@ -46,7 +46,7 @@ SHARED_SCHEMA_TABLES: dict[str, tuple[str, ...]] = {
 }
 SHARED_SCHEMA_VERSION = 6  # the last shared migration (0006_index_fences)
 # Outbox topics the search service wrote into the shared outbox (ingest's topics stay with the table).
-_SEARCH_TOPICS = "analytics.%"
+_SEARCH_TOPICS = "analytics.log_searches"
 
 
 def role_name(service: str) -> str:

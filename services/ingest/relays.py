@@ -5,7 +5,8 @@
 - ``pipeline.delete_video_jobs`` → PipelineInternalService.DeleteVideoJobs (a deleted video's jobs);
 - ``search.video_facts`` → SearchInternalService.UpsertVideoFacts (the video as it is at delivery time, with
   its revision and owner; a deleted video has nothing to send);
-- ``search.delete_video_index`` → SearchInternalService.DeleteVideoIndex.
+- ``search.delete_video_index`` → SearchInternalService.DeleteVideoIndex;
+- ``analytics.record_usage`` → AnalyticsInternalService.RecordUsage (``services.common.usage_events``).
 
 Answers that mean "done already" or "nothing to do any more" are swallowed (see ``services.common.outbox``).
 """
@@ -19,6 +20,7 @@ from typing import Any
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipeline_pb
 from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 
+from services.common import usage_events
 from services.common.convert import timestamp
 from services.common.errors import NotFound
 from services.common.names import parse_video_name, user_name, video_name
@@ -34,8 +36,8 @@ from services.ingest.store import (
 log = logging.getLogger(__name__)
 
 
-def handlers(videos: VideoStore, pipeline: Any, search: Any) -> dict[str, Handler]:
-    """The outbox handlers of ingest, calling the pipeline and search stubs (``InternalChannels.stub``)."""
+def handlers(videos: VideoStore, pipeline: Any, search: Any, analytics: Any) -> dict[str, Handler]:
+    """The outbox handlers of ingest, calling the pipeline, search and analytics stubs (``InternalChannels.stub``)."""
 
     async def submit_job(payload: bytes) -> None:
         request = pipeline_pb.SubmitVideoJobRequest.FromString(payload)
@@ -66,4 +68,4 @@ def handlers(videos: VideoStore, pipeline: Any, search: Any) -> dict[str, Handle
         await search.DeleteVideoIndex(search_pb.DeleteVideoIndexRequest.FromString(payload))
 
     return {SUBMIT_JOB_TOPIC: submit_job, DELETE_JOBS_TOPIC: delete_jobs, FACTS_TOPIC: publish_facts,
-            DELETE_INDEX_TOPIC: delete_index}
+            DELETE_INDEX_TOPIC: delete_index, **usage_events.handler(analytics)}

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 import grpc.aio
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2_grpc as analytics_grpc
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2_grpc as pipeline_grpc
 from clipmind.search.internal.v1 import search_internal_service_pb2_grpc as search_grpc
 
@@ -36,7 +37,8 @@ async def serve(settings: IngestSettings) -> None:
     request_limits, windows = process_request_limits(settings)
     pipeline = channels.stub(pipeline_grpc.PipelineInternalServiceStub, settings.pipeline_url)
     search = channels.stub(search_grpc.SearchInternalServiceStub, settings.search_url)
-    relay = OutboxRelay(pool, relays.handlers(videos, pipeline, search), name="ingest")
+    analytics = channels.stub(analytics_grpc.AnalyticsInternalServiceStub, settings.analytics_url)
+    relay = OutboxRelay(pool, relays.handlers(videos, pipeline, search, analytics), name="ingest")
     relay.start()
     ingestor = VideoIngestor(
         videos, UploadStore(pool), blobs, relay, settings.blob_dir.parent / "staging",

@@ -2,7 +2,8 @@
 
 Every change of a video commits, in the same transaction, the outbox rows other services act on
 (``services.common.outbox``): the processing job to submit (pipeline), the video's facts to publish (search's
-read model), and on deletion the job and index deletions. SQL lives here and nowhere else; the repositories
+read model), on deletion the job and index deletions, and the owner's usage (analytics: a video stored, ready,
+deleted; ``services.common.usage_events``). SQL lives here and nowhere else; the repositories
 hand out the plain records of ``services.ingest.records``.
 
 Ownership is filtered inside every query a public RPC reaches: those methods take ``owner``, the caller's
@@ -25,7 +26,7 @@ import asyncpg
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipeline_pb
 from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 
-from services.common import outbox
+from services.common import outbox, usage_events
 from services.common.db import Database
 from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.names import upload_name, user_name, video_name
@@ -136,6 +137,8 @@ class VideoStore:
                                                        owner=user_name(video.owner_id))
             outbox_id = await outbox.add(conn, SUBMIT_JOB_TOPIC, submit.SerializeToString())
             await _publish_facts(conn, video.id)
+            await usage_events.add(conn, usage_events.VIDEO_UPLOADED, video.owner_id, video_id=video.id,
+                                   size_bytes=video.size_bytes)
             if upload_id is not None:
                 status = await conn.execute(
                     "UPDATE uploads SET state = 'COMPLETED', video_id = $2 WHERE id = $1 AND state = 'ACTIVE' "
@@ -191,6 +194,9 @@ class VideoStore:
                     await conn.execute("UPDATE videos SET processing_fence = $2 WHERE id = $1", video_id, fence)
                 return row["state"], None
             fact = await _changed(conn, video_id, {**changes, "processing_fence": fence})
+            if changes.get("state") == "READY":  # processed (again): the owner's usage, the video's length
+                await usage_events.add(conn, usage_events.VIDEO_PROCESSED, row["owner_id"], video_id=video_id,
+                                       seconds=changes.get("duration_s", row["duration_s"]))
             return changes.get("state", row["state"]), fact
 
     async def delete(self, video_id: uuid.UUID, *, owner: uuid.UUID | None) -> Video:
@@ -204,6 +210,8 @@ class VideoStore:
             jobs, index = pipeline_pb.DeleteVideoJobsRequest(video=name), search_pb.DeleteVideoIndexRequest(video=name)
             await outbox.add(conn, DELETE_JOBS_TOPIC, jobs.SerializeToString())
             await outbox.add(conn, DELETE_INDEX_TOPIC, index.SerializeToString())
+            await usage_events.add(conn, usage_events.VIDEO_DELETED, row["owner_id"], video_id=video_id,
+                                   size_bytes=row["size_bytes"])
         return to_record(Video, row)
 
 

@@ -4,7 +4,8 @@ pipeline's schema (migrations beside this file).
 A job change that ingest must learn of without a run to tell it (the job failed for good, or was cancelled)
 commits its ``UpdateVideoProcessing`` request to the pipeline's outbox in the same transaction
 (``services.pipeline.ingest_client``); ``on_fact`` is awaited with the outbox row's id after such a commit
-(the composition root wakes the relay and waits briefly for the delivery).
+(the composition root wakes the relay and waits briefly for the delivery). Every run's end, however it ends,
+commits the worker time it took as the owner's usage (``services.common.usage_events``, delivered to analytics).
 
 Ownership: every method that serves a caller's request takes ``scope``, the ``Principal.scope`` of that caller
 (a user's id, or None for administrators and the system), and filters by it inside its SQL, so a user's query
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import asyncpg
 
-from services.common import outbox
+from services.common import outbox, usage_events
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.metrics import DEAD_LETTERS
@@ -167,7 +168,7 @@ class JobStore:
             attempt = job["attempt"] + 1
             await conn.execute(
                 "UPDATE jobs SET run_id = $2, worker = $3, lease_expire_time = now() + make_interval(secs => $4), "
-                "fence = fence + 1 WHERE id = $1",
+                "fence = fence + 1, run_start_time = now() WHERE id = $1",
                 job_id, run_id, worker, lease_s,
             )
             event = await self._append_event(
@@ -302,6 +303,13 @@ class JobStore:
         rows = await self._pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
         return {row["state"]: int(row["n"]) for row in rows}
 
+    async def oldest_run_age_s(self) -> float:
+        """Seconds since the oldest running attempt was claimed (0 when none runs): the worker's
+        ``clipmind_worker_oldest_run_seconds`` gauge."""
+        return float(await self._pool.fetchval(
+            "SELECT coalesce(extract(epoch FROM now() - min(run_start_time)), 0)::float8 FROM jobs "
+            "WHERE state = 'RUNNING'"))
+
     async def pending(self, *, idle_s: float, limit: int = 500) -> list[Job]:
         """Queued jobs whose row has not changed for ``idle_s`` seconds, the longest idle first."""
         rows = await self._pool.fetch(
@@ -363,7 +371,18 @@ class JobStore:
                WHERE id = $1""",
             job_id, state, stage, progress, attempt, failure_reason,
         )
+        if job["state"] == "RUNNING" and state != "RUNNING" and job["run_start_time"] is not None:
+            await JobStore._run_ended(conn, job)
         return to_record(JobEvent, row)
+
+    @staticmethod
+    async def _run_ended(conn: asyncpg.Connection, job: asyncpg.Record) -> None:
+        """The run of ``job`` (its row while it ran) ended: its worker time is its owner's usage. A run whose worker
+        was lost counts up to its lease's end (at most one lease more than it worked)."""
+        took = await conn.fetchval("SELECT extract(epoch FROM least(now(), coalesce($2, now())) - $1)::float8",
+                                   job["run_start_time"], job["lease_expire_time"])
+        await usage_events.add(conn, usage_events.PROCESSING_RUN, job["owner_id"], video_id=job["video_id"],
+                               seconds=took)
 
     async def reset_for_retry(self, job_id: uuid.UUID, new_key: str, *, scope: uuid.UUID | None) -> Job:
         """A failed or cancelled job that ``scope`` owns back to QUEUED under the queue entry ``new_key``

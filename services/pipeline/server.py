@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import grpc.aio
+from clipmind.analytics.internal.v1.analytics_internal_service_pb2_grpc import AnalyticsInternalServiceStub
 from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestInternalServiceStub
 from clipmind.pipeline.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 
+from services.common import usage_events
 from services.common.config import PipelineSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
@@ -32,8 +34,9 @@ async def serve(settings: PipelineSettings) -> None:
     channels = InternalChannels(settings)
     authenticator, revocations = process_authenticator(settings, channels)
     request_limits, windows = process_request_limits(settings)
-    relay = OutboxRelay(pool, relay_handlers(channels.stub(IngestInternalServiceStub, settings.ingest_url)),
-                        name="pipeline")
+    analytics = channels.stub(AnalyticsInternalServiceStub, settings.analytics_url)
+    relay = OutboxRelay(pool, {**relay_handlers(channels.stub(IngestInternalServiceStub, settings.ingest_url)),
+                               **usage_events.handler(analytics)}, name="pipeline")
     relay.start()
     jobs = JobStore(pool, on_fact=lambda fact: relay.deliver_soon(fact, FACT_WAIT_S))
     watcher = JobWatcher(jobs, bus, heartbeat_s=settings.watch_heartbeat_s, poll_s=settings.watch_poll_s,

@@ -2,7 +2,8 @@
 impressions and a click on a known rank; GetSearchStats shows the exact counts, zero-result rate, CTR and mean
 reciprocal rank of each user's own searches; one user never sees the other's queries; an administrator sees
 both. The searches reach analytics through the search service's outbox, so reports are read until they have
-arrived (a few hundred milliseconds)."""
+arrived (a few hundred milliseconds). GetUsage: a new user's upload, processing, searches and deletion, as ingest's
+and the pipeline's outboxes report them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,8 +19,9 @@ import pytest
 
 from services.launcher import Mesh
 from services.launcher.credentials import user_api_key
-from tests.e2e.clients import bearer
+from tests.e2e.clients import bearer, rest_upload
 from tests.e2e.conftest import Credentials
+from tests.media import SceneSpec, make_scene_video
 
 pytestmark = pytest.mark.e2e
 
@@ -106,3 +109,47 @@ def test_two_users_stats_clicks_and_popular_queries(processed_video: dict, rest:
     assert queries(other) == [("quarterly revenue", 1)]
     assert sorted(queries(admin)) == [("dog jumping into the water", 2), ("quarterly revenue", 1)]
     assert other.get("/v1/searchStats", params={"user": "users/" + str(uuid.uuid4())}).status_code == 404
+
+
+def test_usage_follows_a_users_upload_processing_searches_and_deletion(
+        mesh: Mesh, credentials: Credentials, admin: httpx.Client, other: httpx.Client, tmp_path: Path) -> None:
+    key = user_api_key(mesh.endpoints.envoy_url, credentials.admin, f"usage-{uuid.uuid4().hex[:8]}@example.com")
+    with httpx.Client(base_url=mesh.endpoints.envoy_url, timeout=60, headers=bearer(key)) as client:
+        me = client.get("/v1/users:me").json()["name"]
+        path = make_scene_video(tmp_path / "usage.mp4", (SceneSpec(2.0, "testsrc2"), SceneSpec(2.0, "smptebars")))
+        size = path.stat().st_size
+        uploaded = rest_upload(client, path, title="usage")
+        assert uploaded.status_code == 200, uploaded.text
+        video = uploaded.json()["name"]
+        ready = _eventually(lambda: client.get(f"/v1/{video}").json(), lambda v: v["state"] != "STATE_PENDING"
+                            and v["state"] != "STATE_PROCESSING")
+        assert ready["state"] == "STATE_READY", ready
+        for query in ("test pattern", "colour bars"):
+            _search(client, query)
+
+        def usage(**params: str) -> dict[str, Any]:
+            response = client.get("/v1/users/me/usage", params=params)
+            assert response.status_code == 200, response.text
+            return dict(response.json())
+
+        got = _eventually(usage, lambda u: int(u.get("processedVideoCount", 0)) == 1
+                          and int(u.get("searchCount", 0)) == 2 and float(u.get("processingSeconds", 0)) > 0)
+        assert got["name"] == f"{me}/usage"
+        assert (int(got["uploadCount"]), int(got["uploadedBytes"])) == (1, size)
+        assert (int(got["storedVideoCount"]), int(got["storedBytes"])) == (1, size)
+        assert int(got["processedVideoCount"]) == 1 and int(got["searchCount"]) == 2
+        assert float(got["processedVideoSeconds"]) == pytest.approx(float(ready["durationSeconds"]))
+        assert 0 < float(got["processingSeconds"]) < 300
+        daily = usage(period="USAGE_PERIOD_LENGTH_DAY")
+        assert daily["periods"] and sum(int(p.get("uploadCount", 0)) for p in daily["periods"]) == 1
+
+        assert other.get(f"/v1/{me}/usage").status_code == 404  # another user's usage: as if there were none
+        assert other.get("/v1/users/-/usage").status_code == 403
+        everyone = admin.get("/v1/users/-/usage")
+        assert everyone.status_code == 200 and int(everyone.json()["uploadCount"]) >= 1
+        assert int(admin.get(f"/v1/{me}/usage").json()["uploadedBytes"]) == size
+
+        assert client.delete(f"/v1/{video}").status_code == 200
+        gone = _eventually(usage, lambda u: int(u.get("deletedVideoCount", 0)) == 1)
+        assert (int(gone["deletedBytes"]), int(gone.get("storedVideoCount", 0)), int(gone.get("storedBytes", 0))) \
+            == (size, 0, 0)

@@ -103,5 +103,5 @@ def test_malformed_name_and_empty_query_are_invalid(rest: httpx.Client, channel:
 
 
 def test_unimplemented_rpcs_say_so(rest: httpx.Client) -> None:
-    response = rest.get(f"/v1/users/{uuid.uuid4()}/usage")  # GetUsage: analytics does not receive uploads yet
+    response = rest.get(f"/v1/compilations/{uuid.uuid4()}")  # GetCompilation: compilations come with issue 13
     assert response.status_code == 501 and error_reason(response) == "NOT_IMPLEMENTED"

@@ -22,6 +22,7 @@ from services.analytics.internal_servicer import AnalyticsInternalServicer
 from services.analytics.reports import Reports
 from services.analytics.search_log import SearchLogStore
 from services.analytics.servicer import AnalyticsServicer
+from services.analytics.usage import UsageStore
 from services.common.db import Database
 from services.common.errors import InvalidArgument, NotFound
 from services.common.principal import Principal
@@ -47,8 +48,9 @@ class Analytics:
     as any caller."""
 
     def __init__(self, db: Database, *, search_wait_s: float = 2.0) -> None:
-        self.log = ServicerStub(AnalyticsInternalServicer(SearchLogStore(db)))
-        self._servicer = AnalyticsServicer(InteractionStore(db, search_wait_s=search_wait_s), Reports(db))
+        usage = UsageStore(db)
+        self.log = ServicerStub(AnalyticsInternalServicer(SearchLogStore(db), usage))
+        self._servicer = AnalyticsServicer(InteractionStore(db, search_wait_s=search_wait_s), Reports(db), usage)
 
     def as_(self, caller: Principal) -> ServicerStub:
         return ServicerStub(self._servicer, principal=caller)

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as analytics_pb
 
+from services.common import usage_events
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import Unavailable
 from services.common.outbox import OutboxRelay
@@ -108,6 +110,42 @@ async def test_a_queue_entry_runs_only_the_attempt_it_stands_for(parts) -> None:
     assert len(stages.runs) == 1
     done = await jobs.get(job.id, scope=None)
     assert (done.state, done.attempt, done.run_id) == ("SUCCEEDED", 1, None)
+
+
+async def test_every_run_commits_its_worker_time_as_the_owners_usage(parts) -> None:  # type: ignore[no-untyped-def]
+    """However a run ends — failed and retried, succeeded, or its worker lost — its time from the claim is a
+    PROCESSING_RUN usage fact of the job's owner (a lost worker's counts up to its lease's end)."""
+    pool, jobs, videos, control, runner = parts
+    owner = uuid.uuid4()
+    job = await _new_job(jobs, videos)
+    await pool.execute("UPDATE jobs SET owner_id = $2 WHERE id = $1", job.id, owner)
+
+    async def slow_then_fail_once(attempt: int) -> None:
+        await asyncio.sleep(0.3 if attempt == 1 else 0.6)
+        if attempt == 1:
+            raise Unavailable("triton blip", reason="MODEL_UNAVAILABLE")
+
+    run, _ = runner(slow_then_fail_once)
+    assert await run.run(job.id, job.queue_key) == "will retry"
+    assert await run.run(job.id, (await jobs.get(job.id, scope=None)).queue_key) == "succeeded"
+    lost = await _new_job(jobs, videos)
+    claimed = await jobs.claim(lost.id, queue_key=lost.queue_key, run_id=uuid.uuid4(), worker="dead:1", lease_s=0.2)
+    assert claimed is not None
+    await asyncio.sleep(0.6)
+    assert await jobs.oldest_run_age_s() >= 0.6  # the worker's gauge of the oldest running attempt
+    assert await control.take_over_expired(idle_s=60) == [lost.id]
+
+    async def usage(video_id: uuid.UUID) -> list[analytics_pb.UsageEvent]:
+        rows = await pool.fetch("SELECT payload FROM outbox WHERE topic = $1 AND position($2::bytea IN payload) > 0 "
+                                "ORDER BY id", usage_events.TOPIC, str(video_id).encode())
+        return [analytics_pb.UsageEvent.FromString(bytes(r["payload"])) for r in rows]
+
+    runs = await usage(job.video_id)
+    assert [e.kind for e in runs] == [analytics_pb.UsageEvent.KIND_PROCESSING_RUN] * 2
+    assert {e.user for e in runs} == {f"users/{owner}"}
+    assert 0.3 <= runs[0].seconds < 3 and 0.6 <= runs[1].seconds < 3
+    [taken_over] = await usage(lost.video_id)
+    assert 0.15 <= taken_over.seconds < 0.45  # to the lease's end, not to the take-over
 
 
 async def test_failed_attempts_back_off_exponentially_then_dead_letter(parts) -> None:  # type: ignore[no-untyped-def]

@@ -27,6 +27,7 @@ from clipmind.search.v1 import search_service_pb2 as pb
 
 from services.analytics.internal_servicer import AnalyticsInternalServicer
 from services.analytics.search_log import SearchLogStore
+from services.analytics.usage import UsageStore
 from services.common.blobstore import LocalBlobStore
 from services.common.config import SearchSettings
 from services.common.db import Database
@@ -312,7 +313,7 @@ async def test_facts_keep_their_owner_when_a_later_one_has_none(db: Database) ->
 async def test_analytics_stores_who_searched(pg_dsn: str) -> None:
     db = await service_db(pg_dsn, "analytics")
     try:
-        stub = ServicerStub(AnalyticsInternalServicer(SearchLogStore(db)))
+        stub = ServicerStub(AnalyticsInternalServicer(SearchLogStore(db), UsageStore(db)))
         ids = [uuid.uuid4() for _ in range(3)]
         request = analytics_pb.LogSearchesRequest()
         for search_id, user in zip(ids, (ALICE.name, BOB.name, ""), strict=True):  # "": logged before users

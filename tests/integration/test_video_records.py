@@ -14,10 +14,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as analytics_pb
 from clipmind.ingest.internal.v1 import ingest_internal_service_pb2 as pb
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipeline_pb
 from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 
+from services.common import usage_events
 from services.common.convert import timestamp
 from services.common.db import Database
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
@@ -359,7 +361,7 @@ class Recorder:
 
 async def test_the_facts_handler_sends_the_video_as_it_is_at_delivery(ingest: Ingest) -> None:
     pipeline, search = Recorder(), Recorder()
-    handlers = relays.handlers(ingest.videos, pipeline, search)
+    handlers = relays.handlers(ingest.videos, pipeline, search, Recorder())
     video = await ingest.new_video(title="before")
     [created_payload] = await ingest.rows(FACTS_TOPIC, video.id)
     await ingest.update(video, 1, READY, duration_seconds=9.5)
@@ -383,7 +385,7 @@ async def test_the_facts_handler_sends_the_video_as_it_is_at_delivery(ingest: In
 
 async def test_the_other_handlers_forward_their_requests(ingest: Ingest) -> None:
     pipeline, search = Recorder(), Recorder()
-    handlers = relays.handlers(ingest.videos, pipeline, search)
+    handlers = relays.handlers(ingest.videos, pipeline, search, Recorder())
     video = await ingest.new_video()
     [submit] = await ingest.rows(SUBMIT_JOB_TOPIC, video.id)
     await ingest.videos.delete(video.id, owner=None)
@@ -401,9 +403,33 @@ async def test_the_other_handlers_forward_their_requests(ingest: Ingest) -> None
     assert search.calls == [("DeleteVideoIndex", search_pb.DeleteVideoIndexRequest(video=name))]
 
 
+async def test_a_videos_life_is_its_owners_usage(ingest: Ingest) -> None:
+    """Stored, ready (twice: processed again), deleted: each a usage fact in the transaction of the change, for
+    analytics, with its own event id; the handler forwards them as RecordUsage."""
+    analytics = Recorder()
+    handlers = relays.handlers(ingest.videos, Recorder(), Recorder(), analytics)
+    video = await ingest.new_video(size_bytes=1234)
+    await ingest.update(video, 1, READY, duration_seconds=9.5)
+    await ingest.update(video, 1, READY, duration_seconds=9.5)  # the same update again: no new fact
+    await ingest.update(video, 2, FAILED, failure_reason="reprocessing failed")
+    await ingest.update(video, 3, READY)
+    await ingest.videos.delete(video.id, owner=None)
+    payloads = await ingest.rows(usage_events.TOPIC, video.id)
+    events = [analytics_pb.UsageEvent.FromString(p) for p in payloads]
+    K = analytics_pb.UsageEvent
+    assert [(e.kind, e.bytes, e.seconds) for e in events] == [
+        (K.KIND_VIDEO_UPLOADED, 1234, 0), (K.KIND_VIDEO_PROCESSED, 0, 9.5), (K.KIND_VIDEO_PROCESSED, 0, 9.5),
+        (K.KIND_VIDEO_DELETED, 1234, 0)]
+    assert {(e.user, e.video) for e in events} == {(f"users/{OWNER}", f"videos/{video.id}")}
+    assert len({e.event_id for e in events}) == 4 and all(e.HasField("event_time") for e in events)
+    for payload in payloads:
+        await handlers[usage_events.TOPIC](payload)
+    assert analytics.calls == [("RecordUsage", analytics_pb.RecordUsageRequest(events=[e])) for e in events]
+
+
 async def test_a_submission_queued_before_ownership_gets_the_videos_owner(ingest: Ingest) -> None:
     pipeline, search = Recorder(), Recorder()
-    handlers = relays.handlers(ingest.videos, pipeline, search)
+    handlers = relays.handlers(ingest.videos, pipeline, search, Recorder())
     video = await ingest.new_video()
     name = f"videos/{video.id}"
     queued_before = pipeline_pb.SubmitVideoJobRequest(video=name, generation=1).SerializeToString()
@@ -419,7 +445,7 @@ async def test_a_submission_queued_before_ownership_gets_the_videos_owner(ingest
 
 async def test_the_submit_handler_swallows_not_found_and_retries_the_rest(ingest: Ingest) -> None:
     pipeline, search = Recorder(), Recorder()
-    handlers = relays.handlers(ingest.videos, pipeline, search)
+    handlers = relays.handlers(ingest.videos, pipeline, search, Recorder())
     video = await ingest.new_video()
     [submit] = await ingest.rows(SUBMIT_JOB_TOPIC, video.id)
 

@@ -23,6 +23,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _UsagePeriodLength:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsagePeriodLengthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsagePeriodLength.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_PERIOD_LENGTH_UNSPECIFIED: _UsagePeriodLength.ValueType  # 0
+    """No breakdown: the window's totals only."""
+    USAGE_PERIOD_LENGTH_DAY: _UsagePeriodLength.ValueType  # 1
+    """Calendar days."""
+    USAGE_PERIOD_LENGTH_WEEK: _UsagePeriodLength.ValueType  # 2
+    """ISO weeks, from Monday."""
+    USAGE_PERIOD_LENGTH_MONTH: _UsagePeriodLength.ValueType  # 3
+    """Calendar months."""
+
+class UsagePeriodLength(_UsagePeriodLength, metaclass=_UsagePeriodLengthEnumTypeWrapper):
+    """A length of calendar time that usage is broken down by (UTC)."""
+
+USAGE_PERIOD_LENGTH_UNSPECIFIED: UsagePeriodLength.ValueType  # 0
+"""No breakdown: the window's totals only."""
+USAGE_PERIOD_LENGTH_DAY: UsagePeriodLength.ValueType  # 1
+"""Calendar days."""
+USAGE_PERIOD_LENGTH_WEEK: UsagePeriodLength.ValueType  # 2
+"""ISO weeks, from Monday."""
+USAGE_PERIOD_LENGTH_MONTH: UsagePeriodLength.ValueType  # 3
+"""Calendar months."""
+Global___UsagePeriodLength: _TypeAlias = UsagePeriodLength  # noqa: Y015
+
 @_typing.final
 class Interaction(_message.Message):
     """One interaction of a person with a search result."""
@@ -253,7 +281,9 @@ Global___PopularClip: _TypeAlias = PopularClip  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
-    """What one user consumed over a time window."""
+    """What one user (or, for `users/-/usage`, everyone) consumed over a time
+    window, in all and per period.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -262,8 +292,18 @@ class Usage(_message.Message):
     UPLOAD_COUNT_FIELD_NUMBER: _builtins.int
     UPLOADED_BYTES_FIELD_NUMBER: _builtins.int
     PROCESSING_SECONDS_FIELD_NUMBER: _builtins.int
+    PROCESSED_VIDEO_COUNT_FIELD_NUMBER: _builtins.int
+    PROCESSED_VIDEO_SECONDS_FIELD_NUMBER: _builtins.int
+    DELETED_VIDEO_COUNT_FIELD_NUMBER: _builtins.int
+    DELETED_BYTES_FIELD_NUMBER: _builtins.int
+    STORED_VIDEO_COUNT_FIELD_NUMBER: _builtins.int
+    STORED_BYTES_FIELD_NUMBER: _builtins.int
+    COMPILATION_COUNT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PERIODS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Resource name, `users/{user}/usage`."""
+    """Resource name, `users/{user}/usage` (`users/-/usage`: everyone's)."""
     search_count: _builtins.int
     """Number of searches the user ran."""
     upload_count: _builtins.int
@@ -271,7 +311,44 @@ class Usage(_message.Message):
     uploaded_bytes: _builtins.int
     """Total size of those videos in bytes."""
     processing_seconds: _builtins.float
-    """Worker time spent processing the user's videos, in seconds."""
+    """Worker time spent processing the user's videos, in seconds (every
+    attempt, failed ones included).
+    """
+    processed_video_count: _builtins.int
+    """Number of times a video of the user's finished processing (became
+    ready); a video processed again counts again.
+    """
+    processed_video_seconds: _builtins.float
+    """Length of those videos, in seconds of video."""
+    deleted_video_count: _builtins.int
+    """Number of the user's videos deleted."""
+    deleted_bytes: _builtins.int
+    """Total size of those videos in bytes."""
+    stored_video_count: _builtins.int
+    """Videos the user has stored at the end of the window (all uploads before
+    it, less all deletions).
+    """
+    stored_bytes: _builtins.int
+    """Bytes of those videos."""
+    compilation_count: _builtins.int
+    """Number of compilations rendered for the user."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window answered: the request's, or when unset the first
+        record of the user's.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the window answered (exclusive): the request's, or now."""
+
+    @_builtins.property
+    def periods(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsagePeriod]:
+        """The same figures per period of the request's `period` (UTC calendar
+        days, ISO weeks or months, the first and last cut at the window), oldest
+        first; empty when no period was asked for.
+        """
+
     def __init__(
         self,
         *,
@@ -280,14 +357,98 @@ class Usage(_message.Message):
         upload_count: _builtins.int = ...,
         uploaded_bytes: _builtins.int = ...,
         processing_seconds: _builtins.float = ...,
+        processed_video_count: _builtins.int = ...,
+        processed_video_seconds: _builtins.float = ...,
+        deleted_video_count: _builtins.int = ...,
+        deleted_bytes: _builtins.int = ...,
+        stored_video_count: _builtins.int = ...,
+        stored_bytes: _builtins.int = ...,
+        compilation_count: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        periods: _abc.Iterable[Global___UsagePeriod] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "processing_seconds", b"processing_seconds", "search_count", b"search_count", "upload_count", b"upload_count", "uploaded_bytes", b"uploaded_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compilation_count", b"compilation_count", "deleted_bytes", b"deleted_bytes", "deleted_video_count", b"deleted_video_count", "end_time", b"end_time", "name", b"name", "periods", b"periods", "processed_video_count", b"processed_video_count", "processed_video_seconds", b"processed_video_seconds", "processing_seconds", b"processing_seconds", "search_count", b"search_count", "start_time", b"start_time", "stored_bytes", b"stored_bytes", "stored_video_count", b"stored_video_count", "upload_count", b"upload_count", "uploaded_bytes", b"uploaded_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class UsagePeriod(_message.Message):
+    """Usage within one period of a window (fields as in Usage)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    SEARCH_COUNT_FIELD_NUMBER: _builtins.int
+    UPLOAD_COUNT_FIELD_NUMBER: _builtins.int
+    UPLOADED_BYTES_FIELD_NUMBER: _builtins.int
+    PROCESSING_SECONDS_FIELD_NUMBER: _builtins.int
+    PROCESSED_VIDEO_COUNT_FIELD_NUMBER: _builtins.int
+    PROCESSED_VIDEO_SECONDS_FIELD_NUMBER: _builtins.int
+    DELETED_VIDEO_COUNT_FIELD_NUMBER: _builtins.int
+    DELETED_BYTES_FIELD_NUMBER: _builtins.int
+    STORED_VIDEO_COUNT_FIELD_NUMBER: _builtins.int
+    STORED_BYTES_FIELD_NUMBER: _builtins.int
+    COMPILATION_COUNT_FIELD_NUMBER: _builtins.int
+    search_count: _builtins.int
+    """Searches run."""
+    upload_count: _builtins.int
+    """Videos uploaded or imported."""
+    uploaded_bytes: _builtins.int
+    """Bytes of those videos."""
+    processing_seconds: _builtins.float
+    """Worker seconds spent processing."""
+    processed_video_count: _builtins.int
+    """Videos that finished processing."""
+    processed_video_seconds: _builtins.float
+    """Their length, seconds of video."""
+    deleted_video_count: _builtins.int
+    """Videos deleted."""
+    deleted_bytes: _builtins.int
+    """Bytes of those videos."""
+    stored_video_count: _builtins.int
+    """Videos stored at the end of the period."""
+    stored_bytes: _builtins.int
+    """Bytes stored at the end of the period."""
+    compilation_count: _builtins.int
+    """Compilations rendered."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Start of the period (inclusive)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """End of the period (exclusive)."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        search_count: _builtins.int = ...,
+        upload_count: _builtins.int = ...,
+        uploaded_bytes: _builtins.int = ...,
+        processing_seconds: _builtins.float = ...,
+        processed_video_count: _builtins.int = ...,
+        processed_video_seconds: _builtins.float = ...,
+        deleted_video_count: _builtins.int = ...,
+        deleted_bytes: _builtins.int = ...,
+        stored_video_count: _builtins.int = ...,
+        stored_bytes: _builtins.int = ...,
+        compilation_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compilation_count", b"compilation_count", "deleted_bytes", b"deleted_bytes", "deleted_video_count", b"deleted_video_count", "end_time", b"end_time", "processed_video_count", b"processed_video_count", "processed_video_seconds", b"processed_video_seconds", "processing_seconds", b"processing_seconds", "search_count", b"search_count", "start_time", b"start_time", "stored_bytes", b"stored_bytes", "stored_video_count", b"stored_video_count", "upload_count", b"upload_count", "uploaded_bytes", b"uploaded_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsagePeriod: _TypeAlias = UsagePeriod  # noqa: Y015
 
 @_typing.final
 class RecordInteractionRequest(_message.Message):
@@ -520,10 +681,13 @@ class GetUsageRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name of the usage, `users/{user}/usage`; users may read only
     their own unless they are administrators.
     """
+    period: Global___UsagePeriodLength.ValueType
+    """Break the window down by this period as well (at most 1,000 periods)."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the window (inclusive)."""
@@ -538,10 +702,11 @@ class GetUsageRequest(_message.Message):
         name: _builtins.str = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        period: Global___UsagePeriodLength.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "name", b"name", "start_time", b"start_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "name", b"name", "period", b"period", "start_time", b"start_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

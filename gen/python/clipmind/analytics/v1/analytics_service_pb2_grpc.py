@@ -105,8 +105,9 @@ class AnalyticsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUsage(self, request, context):
-        """Returns how much one user searched, uploaded and processed in a time
-        window.
+        """Returns how much one user searched, uploaded, stored and processed in a
+        time window, in all and per day, week or month; administrators may ask
+        for anyone's, or for everyone's as `users/-/usage`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,8 +53,9 @@ class AnalyticsServiceStub:
     ListPopularClips: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.ListPopularClipsRequest, _analytics_service_pb2.ListPopularClipsResponse]
     """Lists the most clicked clips in a time window, most clicked first."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetUsageRequest, _analytics_service_pb2.Usage]
-    """Returns how much one user searched, uploaded and processed in a time
-    window.
+    """Returns how much one user searched, uploaded, stored and processed in a
+    time window, in all and per day, week or month; administrators may ask
+    for anyone's, or for everyone's as `users/-/usage`.
     """
 
 @_typing.type_check_only
@@ -80,8 +81,9 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     ListPopularClips: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.ListPopularClipsRequest, _analytics_service_pb2.ListPopularClipsResponse]  # type: ignore[assignment]
     """Lists the most clicked clips in a time window, most clicked first."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetUsageRequest, _analytics_service_pb2.Usage]  # type: ignore[assignment]
-    """Returns how much one user searched, uploaded and processed in a time
-    window.
+    """Returns how much one user searched, uploaded, stored and processed in a
+    time window, in all and per day, week or month; administrators may ask
+    for anyone's, or for everyone's as `users/-/usage`.
     """
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -134,8 +136,9 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _analytics_service_pb2.GetUsageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_service_pb2.Usage, _abc.Awaitable[_analytics_service_pb2.Usage]]:
-        """Returns how much one user searched, uploaded and processed in a time
-        window.
+        """Returns how much one user searched, uploaded, stored and processed in a
+        time window, in all and per day, week or month; administrators may ask
+        for anyone's, or for everyone's as `users/-/usage`.
         """
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

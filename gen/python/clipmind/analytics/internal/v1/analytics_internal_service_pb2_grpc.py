@@ -40,6 +40,11 @@ class AnalyticsInternalServiceStub:
                 request_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.LogSearchesRequest.SerializeToString,
                 response_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.LogSearchesResponse.FromString,
                 _registered_method=True)
+        self.RecordUsage = channel.unary_unary(
+                '/clipmind.analytics.internal.v1.AnalyticsInternalService/RecordUsage',
+                request_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageRequest.SerializeToString,
+                response_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsInternalServiceServicer:
@@ -54,6 +59,14 @@ class AnalyticsInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordUsage(self, request, context):
+        """Records what users consumed: uploads, deletions, processing, renders.
+        Idempotent by event id: an event delivered twice is recorded once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +74,11 @@ def add_AnalyticsInternalServiceServicer_to_server(servicer, server):
                     servicer.LogSearches,
                     request_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.LogSearchesRequest.FromString,
                     response_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.LogSearchesResponse.SerializeToString,
+            ),
+            'RecordUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsage,
+                    request_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageRequest.FromString,
+                    response_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +109,33 @@ class AnalyticsInternalService:
             '/clipmind.analytics.internal.v1.AnalyticsInternalService/LogSearches',
             clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.LogSearchesRequest.SerializeToString,
             clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.LogSearchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.analytics.internal.v1.AnalyticsInternalService/RecordUsage',
+            clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageRequest.SerializeToString,
+            clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
