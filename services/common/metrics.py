@@ -67,6 +67,9 @@ DEAD_LETTERS = Counter("clipmind_worker_dead_letters_total", "Jobs that failed f
                        "written), by failure code.", ["code"])
 JOBS = Gauge("clipmind_worker_jobs", "Jobs in the job store by state (refreshed by the worker every few seconds).",
              ["state"])
+OLDEST_RUN = Gauge("clipmind_worker_oldest_run_seconds", "Age of the oldest attempt running now, from its claim (0 "
+                   "when none runs; refreshed by the worker every few seconds): a stuck video shows here before "
+                   "its attempt ends.")
 QUEUE_DEPTH = Gauge("clipmind_worker_queue_depth", "Entries waiting in a Redis work queue (queued and deferred; "
                     "refreshed by the worker every few seconds).", ["queue"])
 

@@ -68,7 +68,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import asyncpg
 
-from services.common import tracing
+from services.common import request_context, tracing
 from services.common.db import Database
 from services.common.errors import ClipMindError
 
@@ -107,14 +107,19 @@ async def add(conn: asyncpg.Connection, topic: str, payload: bytes) -> int:
         raise ValueError("outbox topic must not be empty")
     # The trace context of the request adding the fact goes with it, so that its delivery (an ``outbox.deliver``
     # span and the handler's calls) continues that request's trace: an upload → SubmitVideoJob → the worker's job.
+    # The request id goes with it as well, so the delivery's log lines and calls carry the same id as the request's.
     carried = tracing.carrier()
+    request_id = request_context.current().request_id
+    if request_id:
+        carried[request_context.REQUEST_ID_KEY] = request_id
     return int(await conn.fetchval(
         "INSERT INTO outbox (topic, payload, trace_context) VALUES ($1, $2, $3) RETURNING id",
         topic, payload, json.dumps(carried) if carried else ""))
 
 
 def _trace_of(row: asyncpg.Record) -> dict[str, str] | None:
-    """The carried trace context of a claimed row (None for none, or an unreadable one: a new trace)."""
+    """The carried trace context (and request id) of a claimed row (None for none, or an unreadable one: a new
+    trace and request id)."""
     try:
         carried = json.loads(row["trace_context"]) if row["trace_context"] else None
     except ValueError:
@@ -285,7 +290,10 @@ class OutboxRelay:
         outbox_id, topic, attempts = row["id"], row["topic"], row["attempts"]
         handler = self._handlers[topic]  # only rows of handled topics are claimed
         try:
-            with tracing.continued_span("outbox.deliver", _trace_of(row), attributes={
+            carried = _trace_of(row)
+            request_id = (carried or {}).get(request_context.REQUEST_ID_KEY)
+            with request_context.bind(request_id=request_id or None), tracing.continued_span(
+                    "outbox.deliver", carried, attributes={
                     "clipmind.outbox.topic": topic, "clipmind.outbox.id": outbox_id,
                     "clipmind.outbox.attempt": attempts + 1, "clipmind.outbox.relay": self.name}):
                 async with asyncio.timeout(self._handler_timeout_s):

@@ -29,17 +29,18 @@ from typing import Any
 
 from arq import cron, func
 from arq.worker import Worker
+from clipmind.analytics.internal.v1.analytics_internal_service_pb2_grpc import AnalyticsInternalServiceStub
 from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestInternalServiceStub
 from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchInternalServiceStub
 from redis.exceptions import RedisError
 
-from services.common import request_context, tracing
+from services.common import request_context, tracing, usage_events
 from services.common.blobstore import LocalBlobStore
 from services.common.config import WorkerSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging
-from services.common.metrics import JOBS, QUEUE_DEPTH, start_metrics_server
+from services.common.metrics import JOBS, OLDEST_RUN, QUEUE_DEPTH, start_metrics_server
 from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
@@ -71,13 +72,15 @@ def run_policy(settings: WorkerSettings) -> RunPolicy:
 
 
 async def refresh_gauges(jobs: JobStore, redis: Any, *, every_s: float = GAUGE_REFRESH_S) -> None:
-    """Keep ``clipmind_worker_jobs{state}`` and ``clipmind_worker_queue_depth{queue}`` current (until cancelled);
+    """Keep ``clipmind_worker_jobs{state}``, ``clipmind_worker_oldest_run_seconds`` and
+    ``clipmind_worker_queue_depth{queue}`` current (until cancelled);
     a store that is away leaves the last values and is asked again next time."""
     while True:
         try:
             counts = await jobs.count_by_state()
             for state in JOB_STATES:
                 JOBS.labels(state).set(counts.get(state, 0))
+            OLDEST_RUN.set(await jobs.oldest_run_age_s())
         except Exception as exc:
             log.debug("job counts not refreshed: %s", exc)
         try:
@@ -94,7 +97,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     bus = ProgressBus.connect(settings.redis_url)
     channels = InternalChannels(settings)
     ingest = channels.stub(IngestInternalServiceStub, settings.ingest_url)
-    relay = OutboxRelay(pool, relay_handlers(ingest), name="worker")
+    analytics = channels.stub(AnalyticsInternalServiceStub, settings.analytics_url)
+    relay = OutboxRelay(pool, {**relay_handlers(ingest), **usage_events.handler(analytics)}, name="worker")
     relay.start()
     jobs = JobStore(pool, on_fact=lambda fact: relay.deliver_soon(fact, FACT_WAIT_S))
     videos = IngestClient(ingest)

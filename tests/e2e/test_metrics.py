@@ -136,3 +136,4 @@ def test_worker_gauges_show_queue_depth_and_jobs_by_state(endpoints, flow: dict)
     assert len(depth) == 1 and depth[0] >= 0
     states = {labels["state"] for labels, _ in worker["clipmind_worker_jobs"]}
     assert {"QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED"} <= states
+    assert [v >= 0 for _, v in worker["clipmind_worker_oldest_run_seconds"]] == [True]

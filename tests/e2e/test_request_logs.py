@@ -19,6 +19,7 @@ import pytest
 from services.launcher import Mesh
 from services.launcher.credentials import user_api_key
 from tests.e2e.clients import bearer
+from tests.media import SceneSpec, make_scene_video
 
 pytestmark = pytest.mark.e2e
 
@@ -72,6 +73,35 @@ def test_log_lines_of_one_request_share_its_request_id_across_processes(mesh: Me
                if line.get("method") == "/clipmind.identity.internal.v1.IdentityInternalService/AuthenticateApiKey"]
     assert asked["code"] == "OK" and asked["caller"] == "ingest"
     assert asked["principal"] == f"users/{uuid.UUID(int=0)}"  # the system identity
+
+
+def test_facts_a_request_commits_are_delivered_under_its_request_id(mesh: Mesh, endpoints, rest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Ingest's outbox keeps the request id of the upload that committed its facts: the pipeline's SubmitVideoJob,
+    search's UpsertVideoFacts and analytics' RecordUsage, delivered after the upload answered, log it too."""
+    request_id = f"upload-{uuid.uuid4().hex}"
+    path = make_scene_video(tmp_path / "logged.mp4", (SceneSpec(2.0, "testsrc2"),))
+    created = rest.post("/v1/uploads", json={"filename": path.name, "contentType": "video/mp4",
+                                             "sizeBytes": str(path.stat().st_size)})
+    assert created.status_code == 200, created.text
+    name = created.json()["name"]
+    written = rest.put(f"/v1/{name}:write", params={"offset": 0}, content=path.read_bytes(),
+                       headers={"content-type": "application/octet-stream"})
+    assert written.status_code == 200, written.text
+    completed = rest.post(f"/v1/{name}:complete", json={"title": "logged"}, headers={"x-request-id": request_id})
+    assert completed.status_code == 200, completed.text
+    wanted = {"pipeline": "/clipmind.pipeline.internal.v1.PipelineInternalService/SubmitVideoJob",
+              "search": "/clipmind.search.internal.v1.SearchInternalService/UpsertVideoFacts",
+              "analytics": "/clipmind.analytics.internal.v1.AnalyticsInternalService/RecordUsage"}
+
+    def delivered() -> dict[str, bool]:
+        return {p: any(line.get("request_id") == request_id and line.get("method") == method
+                       and line.get("caller") == "ingest" for line in json_lines(mesh, p))
+                for p, method in wanted.items()}
+
+    deadline = time.monotonic() + 20
+    while not all(delivered().values()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert all(delivered().values()), delivered()
 
 
 def test_every_service_process_logs_json_lines_naming_itself(mesh: Mesh) -> None:

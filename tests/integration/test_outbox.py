@@ -382,17 +382,20 @@ async def test_two_producers_sharing_one_table_never_touch_each_others_rows(open
 
 
 async def test_a_delivery_continues_the_trace_of_the_request_that_added_the_fact(open_db: OpenDb) -> None:
-    """The trace context goes into the row with the fact, so whichever relay delivers it (here a new one, as after
-    a restart) runs the handler in that trace: the request context it binds names the same trace id."""
+    """The trace context and the request id go into the row with the fact, so whichever relay delivers it (here a
+    new one, as after a restart) runs the handler in that trace and under that request id: the request context it
+    binds names both (and the handler's calls and log lines carry them)."""
     db = await open_db()
     traceparent = "00-" + uuid.uuid4().hex + "-" + uuid.uuid4().hex[:16] + "-01"
-    with request_context.bind(traceparent=traceparent):
+    with request_context.bind(traceparent=traceparent, request_id="upload-req-42"):
         await add_committed(db, ("traced", b"1"))
     await add_committed(db, ("traced", b"2"))  # outside any request: a trace of its own
     seen: dict[bytes, str] = {}
+    request_ids: dict[bytes, str] = {}
 
     async def handler(payload: bytes) -> None:
         seen[payload] = request_context.current().traceparent
+        request_ids[payload] = request_context.current().request_id
 
     relay = OutboxRelay(db, {"traced": handler}, name="t", **Fast)
     relay.start()
@@ -402,6 +405,7 @@ async def test_a_delivery_continues_the_trace_of_the_request_that_added_the_fact
         await relay.stop()
     assert seen[b"1"].split("-")[1] == traceparent.split("-")[1]
     assert traceparent.split("-")[1] not in seen[b"2"]
+    assert request_ids == {b"1": "upload-req-42", b"2": ""}  # no request: its calls get fresh ids
 
 
 async def _done(seen: dict[bytes, str], count: int) -> bool:
