@@ -14,9 +14,14 @@ own code (``reports.Reports``, what the servicer calls), median and p95 of ``--r
 * ListPopularClips (first page of 20): everyone's;
 
 and RecordInteraction (``interactions.InteractionStore.record``: a click, checked against its search, counted
-on it) from ``--concurrency`` tasks for ``--seconds``: interactions per second. GetUsage is not implemented yet.
+on it) from ``--concurrency`` tasks for ``--seconds``: interactions per second.
 
-    .venv/bin/python bench/analytics.py [--searches 1000000]
+Usage: ``--usage-events`` facts (default 200,000: uploads, processing runs, videos ready, deletions, the users'
+Zipf again) over the same 30 days, recorded through ``usage.UsageStore.record`` in batches of 500 as the outbox
+relays deliver them (events per second), then GetUsage (``UsageStore.report``, what the servicer calls) over the
+30 days: everyone's, everyone's per day, the heaviest user's per day.
+
+    .venv/bin/python bench/analytics.py [--searches 1000000] [--usage-events 200000]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 from services.analytics.interactions import InteractionStore, NewInteraction  # noqa: E402
 from services.analytics.reports import Reports  # noqa: E402
 from services.analytics.search_log import MIGRATIONS, SCHEMA  # noqa: E402
+from services.analytics.usage import KINDS, UsageEvent, UsageStore  # noqa: E402
 from services.common.db import create_pool  # noqa: E402
 from services.launcher.postgres import EmbeddedPostgres  # noqa: E402
 from services.launcher.process import free_port  # noqa: E402
@@ -129,6 +135,26 @@ async def load(dsn: str, searches: int) -> tuple[float, uuid.UUID, datetime]:
     return time.perf_counter() - started, heaviest, start
 
 
+async def load_usage(store: UsageStore, users: list[uuid.UUID], start: datetime, events: int) -> float:
+    """Record ``events`` usage facts of ``users`` (the heaviest first, Zipf) over the 30 days through the store, in
+    batches of 500 as a relay would; returns events per second."""
+    rng = np.random.default_rng(13)
+    weights = [0.3, 0.3, 0.25, 0.1, 0.05]  # uploads, runs, ready, deletions, compilations (as KINDS orders them)
+    kinds = [KINDS.index(k) for k in ("VIDEO_UPLOADED", "PROCESSING_RUN", "VIDEO_PROCESSED", "VIDEO_DELETED",
+                                      "COMPILATION_RENDERED")]
+    t0 = time.perf_counter()
+    for first in range(0, events, 500):
+        n = min(500, events - first)
+        who = np.minimum(rng.zipf(1.3, n) - 1, len(users) - 1)
+        kind = rng.choice(kinds, n, p=weights)
+        at = np.sort(rng.uniform(first / events, (first + n) / events, n)) * DAYS * 86_400
+        await store.record([
+            UsageEvent(uuid.uuid4(), users[who[i]], KINDS[kind[i]], start + timedelta(seconds=float(at[i])),
+                       uuid.uuid4(), int(rng.integers(1, 2**31)), float(rng.uniform(1, 600)))
+            for i in range(n)])
+    return events / (time.perf_counter() - t0)
+
+
 async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float, float]:
     samples = []
     for _ in range(repeats):
@@ -139,12 +165,17 @@ async def timed(call: Callable[[], Awaitable[Any]], repeats: int) -> tuple[float
     return statistics.median(samples), samples[min(len(samples) - 1, round(0.95 * (len(samples) - 1)))]
 
 
-async def measure(dsn: str, searches: int, repeats: int, seconds: float, concurrency: int) -> None:
+async def measure(dsn: str, searches: int, repeats: int, seconds: float, concurrency: int, usage_events: int) -> None:
     took, heaviest, start = await load(dsn, searches)
     print(f"{searches:,} searches over {DAYS} days loaded in {took:.0f} s")
     pool = await create_pool(dsn, migrations=MIGRATIONS, schema=SCHEMA, max_size=concurrency + 2)
     try:
-        reports = Reports(pool)
+        reports, usage = Reports(pool), UsageStore(pool)
+        users = [heaviest, *[r["user_id"] for r in await pool.fetch(
+            "SELECT user_id FROM searches WHERE user_id <> $1 GROUP BY user_id ORDER BY count(*) DESC", heaviest)]]
+        rate = await load_usage(usage, users, start, usage_events)
+        await pool.execute("VACUUM ANALYZE usage_events, usage_days")
+        print(f"{usage_events:,} usage events recorded (RecordUsage's store, batches of 500): {rate:,.0f} per second")
         start, end = start + timedelta(minutes=30), start + timedelta(days=DAYS, minutes=30)
         own = await pool.fetchval("SELECT count(*) FROM searches WHERE user_id = $1", heaviest)
         cases: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
@@ -156,6 +187,9 @@ async def measure(dsn: str, searches: int, repeats: int, seconds: float, concurr
              lambda: reports.popular_queries(start, end, heaviest, offset=0, limit=21)),
             ("ListPopularClips, everyone, first 20",
              lambda: reports.popular_clips(start, end, None, offset=0, limit=21)),
+            ("GetUsage, everyone, 30 days", lambda: usage.report(start, end, None, None)),
+            ("GetUsage, everyone, 30 days per day", lambda: usage.report(start, end, None, "day")),
+            ("GetUsage, heaviest user, 30 days per day", lambda: usage.report(start, end, heaviest, "day")),
         ]
         for label, call in cases:
             await call()  # warm
@@ -192,6 +226,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--usage-events", type=int, default=200_000)
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f} at start")
@@ -207,7 +242,7 @@ def main() -> None:
 async def _prepare_and_measure(dsn: str, args: argparse.Namespace) -> None:
     pool = await create_pool(dsn, migrations=MIGRATIONS, schema=SCHEMA)  # the schema, as the service makes it
     await pool.close()
-    await measure(dsn, args.searches, args.repeats, args.seconds, args.concurrency)
+    await measure(dsn, args.searches, args.repeats, args.seconds, args.concurrency, args.usage_events)
 
 
 if __name__ == "__main__":
