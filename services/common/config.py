@@ -24,6 +24,21 @@ class CommonSettings(BaseSettings):
         description="PostgreSQL DSN (asyncpg); the database needs the pgvector extension available.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for arq queues and pub/sub.")
+    # -- work queues and priorities (services.common.queue) -------------------------------------------------
+    queue_high: str = Field("clipmind:queue:default", description="Work queue of high-priority jobs.")
+    queue_standard: str = Field("clipmind:queue:default", description="Work queue of standard-priority jobs.")
+    queue_batch: str = Field(
+        "clipmind:queue:default", description="Work queue of batch jobs. Give a priority a queue of its own to serve "
+        "it by a worker pool of its own (CLIPMIND_WORKER_QUEUE).",
+    )
+    priority_high_lead_s: float = Field(
+        3600.0, ge=0, description="How far ahead of batch work a high-priority job is ordered in a shared queue: it "
+        "comes before every job enqueued less than this long before it.",
+    )
+    priority_standard_lead_s: float = Field(
+        600.0, ge=0, description="How far ahead of batch work a standard job is ordered: a batch job that waited "
+        "longer than this comes before standard work arriving now (no priority starves).",
+    )
     triton_url: str = Field("127.0.0.1:8001", description="Triton Inference Server gRPC endpoint host:port.")
     blob_dir: Path = Field(Path(".clipmind/blobs"), description="Local blob store root directory.")
     media_base_url: str = Field(
@@ -236,6 +251,10 @@ class WorkerSettings(CommonSettings):
     service_name: str = "worker"
 
     max_jobs: int = Field(2, description="Jobs one worker runs at once.")
+    worker_queue: str = Field(
+        "clipmind:queue:default", description="The work queue this worker takes jobs from (see queue_high, "
+        "queue_standard, queue_batch).",
+    )
     job_timeout_s: int = Field(3600, description="Longest a single attempt at a processing job may run.")
     requeue_idle_s: float = Field(
         60.0, gt=0, description="A queued job idle this long whose queue entry is gone (Redis was unreachable "

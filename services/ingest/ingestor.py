@@ -134,7 +134,8 @@ class VideoIngestor:
             return new_size
 
     async def complete_upload(
-        self, caller: Principal, upload_id: uuid.UUID, title: str, description: str, sidecar: SidecarInput | None
+        self, caller: Principal, upload_id: uuid.UUID, title: str, description: str, sidecar: SidecarInput | None,
+        *, priority: str = "STANDARD",
     ) -> Video:
         """Validate and store the committed bytes as a video, once: a second completion, or a write while
         this one runs, fails (ABORTED ``UPLOAD_BUSY``, or FAILED_PRECONDITION once it is completed). The video
@@ -154,7 +155,7 @@ class VideoIngestor:
                     reason="UPLOAD_INCOMPLETE", metadata={"committed_size": str(upload.committed_size)},
                 )
             meta = VideoMeta(upload.filename, upload.content_type, title, description, upload.committed_size,
-                             sidecar)
+                             sidecar, priority)
             staged = self._staged(upload_id)
             # Bytes past the committed size belong to a write that never committed (its process died).
             with contextlib.suppress(FileNotFoundError):  # gone: validation says the video is unreadable
@@ -257,7 +258,7 @@ class VideoIngestor:
                 video.sidecar_format = sidecar_format
                 video.sidecar_language = meta.sidecar.language
                 await self._blobs.put_bytes(video.sidecar_key, meta.sidecar.data)
-            submission = await self._videos.create(video, upload_id, lock=lock)
+            submission = await self._videos.create(video, upload_id, lock=lock, priority=meta.priority)
         except BaseException:
             await self._blobs.delete_prefix(video_prefix(video_id))
             raise

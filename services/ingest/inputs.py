@@ -45,6 +45,7 @@ class VideoMeta:
     description: str = ""
     size_bytes: int = 0
     sidecar: SidecarInput | None = None
+    priority: str = "STANDARD"  # of the video's processing, already checked against the caller's role
 
 
 def check_text(value: str, field: str, max_chars: int, *, multiline: bool = False) -> str:

@@ -28,9 +28,10 @@ class Videos(Protocol):
 
     async def count(self, *, owner: uuid.UUID | None, state: str | None = None) -> int: ...
 
-    async def create(self, video: Video, upload_id: uuid.UUID | None = None, *, lock: uuid.UUID | None = None) -> int:
-        """Store the video (completing the upload held under ``lock``) with its job submission in the outbox;
-        returns the submission's outbox id."""
+    async def create(self, video: Video, upload_id: uuid.UUID | None = None, *, lock: uuid.UUID | None = None,
+                     priority: str = "STANDARD") -> int:
+        """Store the video (completing the upload held under ``lock``) with its job submission (at ``priority``) in
+        the outbox; returns the submission's outbox id."""
 
     async def update_fields(self, video_id: uuid.UUID, *, owner: uuid.UUID | None, **values: Any) -> Video: ...
 

@@ -10,7 +10,7 @@ from clipmind.ingest.v1 import ingest_service_pb2 as pb
 from clipmind.ingest.v1 import ingest_service_pb2_grpc
 from google.protobuf import empty_pb2
 
-from services.common import request_context
+from services.common import priority, request_context
 from services.common.blobstore import BlobStore
 from services.common.convert import enum_value, timestamp
 from services.common.errors import Unimplemented, invalid_field
@@ -117,8 +117,10 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     async def CompleteUpload(self, request: pb.CompleteUploadRequest, context: Context) -> pb.Video:
         upload_id = parse_upload_name(request.name)
         sidecar = sidecar_from_pb(request.sidecar_subtitles, request.HasField("sidecar_subtitles"))
-        video = await self._ingestor.complete_upload(request_context.principal(), upload_id, request.title,
-                                                     request.description, sidecar)
+        caller = request_context.principal()
+        wanted = priority.requested(caller, request.priority)
+        video = await self._ingestor.complete_upload(caller, upload_id, request.title, request.description, sidecar,
+                                                     priority=wanted)
         return video_to_pb(video, self._blobs)
 
     async def UploadVideo(
@@ -131,7 +133,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                                 reason="METADATA_FIRST")
         m = first.metadata
         meta = VideoMeta(m.filename, m.content_type, m.title, m.description, m.size_bytes,
-                         sidecar_from_pb(m.sidecar_subtitles, m.HasField("sidecar_subtitles")))
+                         sidecar_from_pb(m.sidecar_subtitles, m.HasField("sidecar_subtitles")),
+                         priority.requested(caller, m.priority, "metadata.priority"))
 
         async def chunks() -> AsyncIterator[bytes]:
             async for message in request_iterator:

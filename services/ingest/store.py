@@ -27,6 +27,7 @@ from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipel
 from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 
 from services.common import outbox, usage_events
+from services.common import priority as job_priority
 from services.common.db import Database
 from services.common.errors import Aborted, FailedPrecondition, NotFound
 from services.common.names import upload_name, user_name, video_name
@@ -121,6 +122,7 @@ class VideoStore:
 
     async def create(
         self, video: Video, upload_id: uuid.UUID | None = None, *, lock: uuid.UUID | None = None,
+        priority: str = "STANDARD",
     ) -> int:
         """Insert the video row, and in the same transaction the outbox rows that ask the pipeline for its
         processing job and publish its facts to search (and close the upload, which must still be ACTIVE and
@@ -134,7 +136,8 @@ class VideoStore:
                 *[getattr(video, c) for c in cols],
             )
             submit = pipeline_pb.SubmitVideoJobRequest(video=video_name(video.id), generation=video.generation,
-                                                       owner=user_name(video.owner_id))
+                                                       owner=user_name(video.owner_id),
+                                                       priority=job_priority.to_pb(priority))
             outbox_id = await outbox.add(conn, SUBMIT_JOB_TOPIC, submit.SerializeToString())
             await _publish_facts(conn, video.id)
             await usage_events.add(conn, usage_events.VIDEO_UPLOADED, video.owner_id, video_id=video.id,

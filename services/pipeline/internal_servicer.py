@@ -6,6 +6,7 @@ import grpc.aio
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pb
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2_grpc as pb_grpc
 
+from services.common import priority
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
 from services.common.names import job_name, parse_user_name, parse_video_name
@@ -22,7 +23,8 @@ class PipelineInternalServicer(pb_grpc.PipelineInternalServiceServicer):
             raise invalid_field("generation", "must be 1 or more")
         # Required: a job without an owner would be nobody's (only administrators would ever see it).
         owner_id = parse_user_name(request.owner, "owner")
-        job, created = await self._control.submit(video_id, request.generation, owner_id)
+        job, created = await self._control.submit(video_id, request.generation, owner_id,
+                                                  priority.from_pb(request.priority))
         return pb.SubmitVideoJobResponse(job=job_name(job.id), created=created)
 
     async def DeleteVideoJobs(self, request: pb.DeleteVideoJobsRequest, context: Context) -> pb.DeleteVideoJobsResponse:

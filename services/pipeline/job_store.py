@@ -69,9 +69,9 @@ class JobStore:
         """Insert a QUEUED job unless one with its id exists (ids are derived from video and generation, so
         a repeated submission finds the first, with the owner it was made with). True when this call made it."""
         row = await self._pool.fetchrow(
-            "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key, owner_id) "
-            "VALUES ($1, $2, 'QUEUED', $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id",
-            job.id, job.video_id, job.max_attempts, job.queue_key or queue_key(job.id), job.owner_id,
+            "INSERT INTO jobs (id, video_id, state, max_attempts, queue_key, owner_id, priority) "
+            "VALUES ($1, $2, 'QUEUED', $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id",
+            job.id, job.video_id, job.max_attempts, job.queue_key or queue_key(job.id), job.owner_id, job.priority,
         )
         return row is not None
 
@@ -303,6 +303,14 @@ class JobStore:
         rows = await self._pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
         return {row["state"]: int(row["n"]) for row in rows}
 
+    async def waiting_by_priority(self) -> dict[str, tuple[int, int]]:
+        """(queued, running) jobs per priority (GetQueueStats); priorities with none are left out."""
+        rows = await self._pool.fetch(
+            "SELECT priority, count(*) FILTER (WHERE state = 'QUEUED') AS queued, "
+            "count(*) FILTER (WHERE state = 'RUNNING') AS running FROM jobs "
+            "WHERE state IN ('QUEUED', 'RUNNING') GROUP BY priority")
+        return {r["priority"]: (int(r["queued"]), int(r["running"])) for r in rows}
+
     async def oldest_run_age_s(self) -> float:
         """Seconds since the oldest running attempt was claimed (0 when none runs): the worker's
         ``clipmind_worker_oldest_run_seconds`` gauge."""
@@ -384,15 +392,16 @@ class JobStore:
         await usage_events.add(conn, usage_events.PROCESSING_RUN, job["owner_id"], video_id=job["video_id"],
                                seconds=took)
 
-    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str, *, scope: uuid.UUID | None) -> Job:
-        """A failed or cancelled job that ``scope`` owns back to QUEUED under the queue entry ``new_key``
-        (NOT_FOUND when ``scope`` does not own it, FAILED_PRECONDITION ``JOB_NOT_RETRYABLE`` when it has not
-        ended or succeeded)."""
+    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str, *, scope: uuid.UUID | None,
+                              priority: str | None = None) -> Job:
+        """A failed or cancelled job that ``scope`` owns back to QUEUED under the queue entry ``new_key``, at
+        ``priority`` (None: its own) (NOT_FOUND when ``scope`` does not own it, FAILED_PRECONDITION
+        ``JOB_NOT_RETRYABLE`` when it has not ended or succeeded)."""
         row = await self._pool.fetchrow(
             "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', failure_code = '', end_time = NULL, "
-            "queue_key = $2, update_time = now() WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') "
-            "AND ($3::uuid IS NULL OR owner_id = $3) RETURNING *",
-            job_id, new_key, scope,
+            "queue_key = $2, update_time = now(), priority = coalesce($4, priority) "
+            "WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') AND ($3::uuid IS NULL OR owner_id = $3) RETURNING *",
+            job_id, new_key, scope, priority,
         )
         if row is None:
             job = await self.get(job_id, scope=scope)

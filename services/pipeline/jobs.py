@@ -12,17 +12,38 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from services.common.errors import FailedPrecondition
 from services.common.ids import job_id_for
 from services.common.principal import Principal
 from services.common.progress import ProgressBus
-from services.common.queue import PENDING_STATES, JobQueue, enqueue_or_leave_to_sweep, queue_key
+from services.common.queue import (
+    DEFAULT_PRIORITY,
+    PENDING_STATES,
+    PRIORITIES,
+    JobQueue,
+    enqueue_or_leave_to_sweep,
+    queue_key,
+)
 from services.pipeline.ports import Jobs
 from services.pipeline.records import DeadLetter, Job
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    name: str
+    priorities: list[str]
+    depth: int
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    queues: list[QueueFigures]
+    jobs: list[tuple[str, tuple[int, int]]]  # (priority, (queued, running)), most urgent first
 
 
 class JobControl:
@@ -32,18 +53,19 @@ class JobControl:
         self._queue = queue
         self._max_attempts = max_attempts
 
-    async def submit(self, video_id: uuid.UUID, generation: int, owner_id: uuid.UUID) -> tuple[Job, bool]:
-        """The processing job of ``owner_id``'s stored video's ``generation``, made and enqueued unless it exists
-        (a repeated submission answers with the first job, keyed by video and generation). Returns (job,
-        created)."""
+    async def submit(self, video_id: uuid.UUID, generation: int, owner_id: uuid.UUID,
+                     priority: str = DEFAULT_PRIORITY) -> tuple[Job, bool]:
+        """The processing job of ``owner_id``'s stored video's ``generation``, made and enqueued at ``priority``
+        unless it exists (a repeated submission answers with the first job, keyed by video and generation).
+        Returns (job, created)."""
         job_id = job_id_for(video_id, generation)
         created = await self._jobs.create(Job(
             job_id, video_id, "QUEUED", max_attempts=self._max_attempts, queue_key=queue_key(job_id),
-            owner_id=owner_id,
+            owner_id=owner_id, priority=priority,
         ))
         job = await self._jobs.get(job_id, scope=None)
         if created:  # a queue entry Redis cannot take now is enqueued by the sweep
-            await enqueue_or_leave_to_sweep(self._queue, job.id, job.queue_key)
+            await enqueue_or_leave_to_sweep(self._queue, job.id, job.queue_key, priority=job.priority)
         return job, created
 
     async def get(self, caller: Principal, job_id: uuid.UUID) -> Job:
@@ -85,16 +107,24 @@ class JobControl:
                     pass  # it ended meanwhile
         return await self._jobs.delete_for_video(video_id)
 
-    async def retry(self, caller: Principal, job_id: uuid.UUID) -> Job:
-        """Queue a FAILED or CANCELLED job of ``caller``'s again, as a fresh set of attempts."""
-        job = await self._jobs.reset_for_retry(job_id, queue_key(job_id, time.time_ns()), scope=caller.scope)
+    async def retry(self, caller: Principal, job_id: uuid.UUID, priority: str | None = None) -> Job:
+        """Queue a FAILED or CANCELLED job of ``caller``'s again, as a fresh set of attempts (attempt 1 next; its
+        dead letter goes), at ``priority`` (None: the job's own)."""
+        job = await self._jobs.reset_for_retry(job_id, queue_key(job_id, time.time_ns()), scope=caller.scope,
+                                               priority=priority)
         event = await self._jobs.record_event(
             job_id, stage=job.stage, stage_state="STARTED", progress=0.0, message="retry requested",
             job_state="QUEUED",
         )
-        await enqueue_or_leave_to_sweep(self._queue, job_id, job.queue_key)
+        await enqueue_or_leave_to_sweep(self._queue, job_id, job.queue_key, priority=job.priority)
         await self._bus.publish_best_effort(job_id, event.sequence)
         return await self._jobs.get(job_id, scope=caller.scope)
+
+    async def queue_stats(self) -> QueueStats:
+        """The work queues' depths (Redis) and the waiting and running jobs per priority (the job store)."""
+        queues = [QueueFigures(name, priorities, depth) for name, priorities, depth in await self._queue.queues()]
+        waiting = await self._jobs.waiting_by_priority()
+        return QueueStats(queues, [(p, waiting.get(p, (0, 0))) for p in PRIORITIES])
 
     async def requeue_lost(self, *, idle_s: float) -> list[uuid.UUID]:
         """Enqueue again every queued job, idle for ``idle_s``, whose queue entry is gone.
@@ -106,7 +136,7 @@ class JobControl:
         requeued = []
         for job in await self._jobs.pending(idle_s=idle_s):
             old_key = job.queue_key or queue_key(job.id)
-            state = await self._queue.state(old_key)
+            state = await self._queue.state(old_key, priority=job.priority)
             if state in PENDING_STATES:
                 continue
             new_key = queue_key(job.id, time.time_ns())
@@ -119,7 +149,7 @@ class JobControl:
                 continue
             log.warning("job %s was %s but its queue entry %s is %s: enqueued again as %s",
                         job.id, job.state, old_key, state, new_key)
-            await self._queue.enqueue(job.id, new_key)
+            await self._queue.enqueue(job.id, new_key, priority=job.priority)
             await self._bus.publish_best_effort(job.id, event.sequence)
             requeued.append(job.id)
         return requeued
@@ -139,7 +169,7 @@ class JobControl:
             log.warning("job %s lost its worker (%s) during %s, attempt %d of %d: %s", job.id, job.worker or "?",
                         job.stage, job.attempt, job.max_attempts, "dead-lettered" if final else "taken over")
             if not final:
-                await enqueue_or_leave_to_sweep(self._queue, job.id, new_key)
+                await enqueue_or_leave_to_sweep(self._queue, job.id, new_key, priority=job.priority)
             await self._bus.publish_best_effort(job.id, event.sequence)
             taken.append(job.id)
         return taken

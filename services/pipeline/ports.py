@@ -26,6 +26,9 @@ class Jobs(Protocol):
 
     async def delete_for_video(self, video_id: uuid.UUID) -> int: ...
 
+    async def waiting_by_priority(self) -> dict[str, tuple[int, int]]:
+        """(queued, running) jobs per priority."""
+
     async def list_page(
         self, *, scope: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None,
         video_id: uuid.UUID | None = None, state: str | None = None,
@@ -65,7 +68,8 @@ class Jobs(Protocol):
 
     async def requeue(self, job_id: uuid.UUID, *, expected_key: str, new_key: str, message: str) -> JobEvent | None: ...
 
-    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str, *, scope: uuid.UUID | None) -> Job: ...
+    async def reset_for_retry(self, job_id: uuid.UUID, new_key: str, *, scope: uuid.UUID | None,
+                              priority: str | None = None) -> Job: ...
 
     async def dead_letters(
         self, *, scope: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None

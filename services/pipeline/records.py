@@ -43,6 +43,7 @@ class Job:
     # The user whose video this job processes (``users/{owner_id}``): the only user who sees and changes it.
     # Keyword-only so the positional fields above keep their order; UNOWNED is a job from before owners.
     owner_id: uuid.UUID = field(default=UNOWNED, kw_only=True)
+    priority: str = field(default="STANDARD", kw_only=True)  # HIGH, STANDARD or BATCH: its queue entries' order
 
     @property
     def terminal(self) -> bool:
@@ -62,6 +63,7 @@ class Run:
     # The job's owner: the index the run writes is that user's (ReplaceVideoIndexRequest.owner). Required, so a
     # run can never write an index that nobody (or the wrong user) owns.
     owner_id: uuid.UUID = field(kw_only=True)
+    priority: str = field(default="STANDARD", kw_only=True)  # the job's: its retries are enqueued with it
 
 
 @dataclass

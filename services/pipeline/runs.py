@@ -141,7 +141,8 @@ class JobRunner:
             return "nothing to run: the job ended, runs elsewhere, or was re-queued under another key"
         job, event = claimed
         await self._reporter.published(event)
-        run = Run(job.id, job.video_id, run_id, job.attempt, job.max_attempts, job.fence, owner_id=job.owner_id)
+        run = Run(job.id, job.video_id, run_id, job.attempt, job.max_attempts, job.fence, owner_id=job.owner_id,
+                  priority=job.priority)
         started = time.monotonic()
         work = asyncio.create_task(self._processor.run(run, stopping), name=f"job {job.id} attempt {job.attempt}")
         guard = _Guard(self._jobs, run, self._policy, work)
@@ -209,7 +210,7 @@ class JobRunner:
                           f"{delay:g} s)"))
         if event is None:  # cancelled meanwhile
             return
-        await enqueue_or_leave_to_sweep(self._queue, run.job_id, new_key, defer_s=delay)
+        await enqueue_or_leave_to_sweep(self._queue, run.job_id, new_key, defer_s=delay, priority=run.priority)
         await self._reporter.published(event)
 
     async def _hand_back(self, run: Run, message: str) -> None:
@@ -221,6 +222,6 @@ class JobRunner:
             log.warning("job %s: could not hand back (%s); the sweep will take it over", run.job_id, exc)
             return
         if event is not None:
-            await enqueue_or_leave_to_sweep(self._queue, run.job_id, new_key)
+            await enqueue_or_leave_to_sweep(self._queue, run.job_id, new_key, priority=run.priority)
             await self._reporter.published(event)
 

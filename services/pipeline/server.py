@@ -18,7 +18,7 @@ from services.common.grpc_server import configure_logging, run_server
 from services.common.identity_client import process_authenticator, process_request_limits
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
-from services.common.queue import ArqJobQueue
+from services.common.queue import ArqJobQueue, QueueRoutes
 from services.pipeline import internal_servicer
 from services.pipeline.ingest_client import FACT_WAIT_S, relay_handlers
 from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
@@ -30,7 +30,7 @@ from services.pipeline.watch import JobWatcher
 async def serve(settings: PipelineSettings) -> None:
     pool = await open_database(settings, migrations=MIGRATIONS, schema=SCHEMA)
     bus = ProgressBus.connect(settings.redis_url)
-    queue = await ArqJobQueue.connect(settings.redis_url)
+    queue = await ArqJobQueue.connect(settings.redis_url, QueueRoutes.of(settings))
     channels = InternalChannels(settings)
     authenticator, revocations = process_authenticator(settings, channels)
     request_limits, windows = process_request_limits(settings)

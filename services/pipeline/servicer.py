@@ -14,9 +14,9 @@ from contextlib import aclosing
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc
 
-from services.common import request_context
+from services.common import priority, request_context
 from services.common.convert import enum_value, timestamp
-from services.common.errors import Unimplemented, invalid_field
+from services.common.errors import PermissionDenied, Unimplemented, invalid_field
 from services.common.grpc_server import Context
 from services.common.names import dead_letter_name, job_name, parse_job_name, parse_video_name, video_name
 from services.common.paging import bound_to, decode_token, encode_token, page_size
@@ -41,6 +41,7 @@ def job_to_pb(job: Job) -> pb.Job:
         start_time=timestamp(job.start_time),
         end_time=timestamp(job.end_time),
         update_time=timestamp(job.update_time),
+        priority=priority.to_pb(job.priority),
     )
 
 
@@ -120,7 +121,20 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         return job_to_pb(await self._control.cancel(request_context.principal(), parse_job_name(request.name)))
 
     async def RetryJob(self, request: pb.RetryJobRequest, context: Context) -> pb.Job:
-        return job_to_pb(await self._control.retry(request_context.principal(), parse_job_name(request.name)))
+        caller = request_context.principal()
+        job_id = parse_job_name(request.name)
+        wanted = priority.requested(caller, request.priority, default="") or None
+        return job_to_pb(await self._control.retry(caller, job_id, wanted))
+
+    async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: Context) -> pb.QueueStats:
+        if not request_context.principal().is_admin:
+            raise PermissionDenied("queue figures are for administrators", reason="ADMIN_ONLY")
+        stats = await self._control.queue_stats()
+        return pb.QueueStats(
+            queues=[pb.QueueStats.Queue(name=q.name, priorities=[priority.to_pb(p) for p in q.priorities],
+                                        depth=q.depth) for q in stats.queues],
+            jobs=[pb.QueueStats.PriorityJobs(priority=priority.to_pb(p), queued_count=queued,
+                                             running_count=running) for p, (queued, running) in stats.jobs])
 
     async def ListDeadLetters(
         self, request: pb.ListDeadLettersRequest, context: Context

@@ -28,7 +28,6 @@ import uuid
 from typing import Any
 
 from arq import cron, func
-from arq.worker import Worker
 from clipmind.analytics.internal.v1.analytics_internal_service_pb2_grpc import AnalyticsInternalServiceStub
 from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestInternalServiceStub
 from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchInternalServiceStub
@@ -44,7 +43,15 @@ from services.common.metrics import JOBS, OLDEST_RUN, QUEUE_DEPTH, start_metrics
 from services.common.model_health import check_weight_settings, log_model_status
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
-from services.common.queue import PROCESS_VIDEO, QUEUE_NAME, ArqJobQueue, arq_redis, job_from_json, job_to_json
+from services.common.queue import (
+    PROCESS_VIDEO,
+    ArqJobQueue,
+    PriorityWorker,
+    QueueRoutes,
+    arq_redis,
+    job_from_json,
+    job_to_json,
+)
 from services.inference.factory import make_inference
 from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_handlers
 from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
@@ -71,7 +78,7 @@ def run_policy(settings: WorkerSettings) -> RunPolicy:
     )
 
 
-async def refresh_gauges(jobs: JobStore, redis: Any, *, every_s: float = GAUGE_REFRESH_S) -> None:
+async def refresh_gauges(jobs: JobStore, queue: ArqJobQueue, *, every_s: float = GAUGE_REFRESH_S) -> None:
     """Keep ``clipmind_worker_jobs{state}``, ``clipmind_worker_oldest_run_seconds`` and
     ``clipmind_worker_queue_depth{queue}`` current (until cancelled);
     a store that is away leaves the last values and is asked again next time."""
@@ -84,7 +91,8 @@ async def refresh_gauges(jobs: JobStore, redis: Any, *, every_s: float = GAUGE_R
         except Exception as exc:
             log.debug("job counts not refreshed: %s", exc)
         try:
-            QUEUE_DEPTH.labels(QUEUE_NAME).set(await redis.zcard(QUEUE_NAME))
+            for name, _, depth in await queue.queues():  # every routed queue, whichever this worker polls
+                QUEUE_DEPTH.labels(name).set(depth)
         except Exception as exc:
             log.debug("queue depth not refreshed: %s", exc)
         await asyncio.sleep(every_s)
@@ -107,7 +115,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     await log_model_status(inference, "worker")
     reporter = JobReporter(jobs, bus)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
-    queue = ArqJobQueue(ctx["redis"])
+    queue = ArqJobQueue(ctx["redis"], QueueRoutes.of(settings))
     processor = VideoProcessor(
         videos, index, reporter, blobs, inference,
         ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size,
@@ -115,7 +123,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx.update(
         pool=pool, bus=bus, inference=inference, channels=channels, relay=relay,
-        gauges=asyncio.create_task(refresh_gauges(jobs, ctx["redis"]), name="worker-gauges"),
+        gauges=asyncio.create_task(refresh_gauges(jobs, queue), name="worker-gauges"),
         control=JobControl(jobs, bus, queue),
         runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
                          worker=f"{socket.gethostname()}:{os.getpid()}"),
@@ -157,8 +165,9 @@ async def process_video(ctx: dict[str, Any], job_id: str, trace: dict[str, str] 
         return await ctx["runner"].run(uuid.UUID(job_id), ctx["job_id"], stopping=ctx["stopping"])
 
 
-class ResilientWorker(Worker):
-    """arq's worker, riding out Redis outages and handing jobs back on SIGTERM (see the module doc)."""
+class ResilientWorker(PriorityWorker):
+    """arq's worker (taking entries in priority order), riding out Redis outages and handing jobs back on SIGTERM
+    (see the module doc)."""
 
     _outage_delay = 0.5
 
@@ -193,7 +202,7 @@ def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
         "redis_pool": arq_redis(settings.redis_url),
         "job_serializer": job_to_json,  # results too: never pickle
         "job_deserializer": job_from_json,
-        "queue_name": QUEUE_NAME,
+        "queue_name": settings.worker_queue,
         "max_jobs": settings.max_jobs,
         "job_timeout": settings.job_timeout_s,
         "job_completion_wait": settings.shutdown_grace_s,

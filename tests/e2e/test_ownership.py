@@ -48,6 +48,10 @@ NOT_IMPLEMENTED = {
     "/clipmind.pipeline.v1.PipelineService/GetCompilation",
     "/clipmind.ingest.v1.IngestService/ImportVideo",
 }
+# Administrators' own RPCs, about no user's objects: a user is refused PERMISSION_DENIED, which tells nothing of A.
+ADMIN_ONLY = {
+    "/clipmind.pipeline.v1.PipelineService/GetQueueStats",
+}
 # Valid values for fields a request needs besides the resource names, so that a refusal is about ownership.
 EXTRA_FIELDS: dict[str, dict[str, Any]] = {
     "/clipmind.search.v1.SearchService/Search": {"query": "the red scene"},
@@ -205,6 +209,10 @@ def test_user_b_cannot_see_or_touch_user_a_objects(  # type: ignore[no-untyped-d
         code, reply = call(as_b, method, request)
     if _path(method) in NOT_IMPLEMENTED:
         assert code == grpc.StatusCode.UNIMPLEMENTED, f"{_path(method)} is implemented now: walk it"
+        return
+    if _path(method) in ADMIN_ONLY:
+        assert code == grpc.StatusCode.PERMISSION_DENIED, (code, request)
+        assert not [i for i in _ids(a_objects) if i in reply]
         return
     if expect == "not_found":
         assert code == grpc.StatusCode.NOT_FOUND, (code, request)

@@ -140,3 +140,24 @@ async def test_watching_a_retried_job_follows_the_new_attempt(parts) -> None:  #
     await reporter.for_run(second, STAGE_WEIGHTS).finish("INDEX", "done")
     await asyncio.wait_for(task, 10)
     assert seen[:3] == ["RUNNING", "FAILED", "QUEUED"]
+
+
+async def test_a_jobs_priority_orders_its_queue_entries_is_kept_on_retry_and_counted(parts) -> None:  # type: ignore[no-untyped-def]
+    _, videos, _, control, _, _ = parts
+    video_id = uuid.uuid4()
+    await videos.create(Video(video_id, f"videos/{video_id}/source.mp4", "PENDING"))
+    job, created = await control.submit(video_id, 1, uuid.uuid4(), "BATCH")
+    assert created and job.priority == "BATCH"
+    stats = await control.queue_stats()
+    assert [p for p, _ in stats.jobs] == ["HIGH", "STANDARD", "BATCH"]
+    assert dict(stats.jobs)["BATCH"][0] >= 1  # queued (the session's database holds other tests' jobs too)
+    assert [(q.name, q.priorities) for q in stats.queues] == [
+        ("clipmind:queue:default", ["HIGH", "STANDARD", "BATCH"])]
+    assert stats.queues[0].depth >= 1
+
+    await control.cancel(SYSTEM, job.id)
+    again = await control.retry(SYSTEM, job.id)  # a retry keeps the job's priority...
+    assert again.priority == "BATCH"
+    await control.cancel(SYSTEM, again.id)
+    urgent = await control.retry(SYSTEM, job.id, "HIGH")  # ...unless it asks for another
+    assert (urgent.priority, urgent.state, urgent.attempt) == ("HIGH", "QUEUED", 0)

@@ -18,6 +18,7 @@ from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as ana
 from clipmind.ingest.internal.v1 import ingest_internal_service_pb2 as pb
 from clipmind.pipeline.internal.v1 import pipeline_internal_service_pb2 as pipeline_pb
 from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
+from clipmind.type.v1.priority_pb2 import PRIORITY_STANDARD
 
 from services.common import usage_events
 from services.common.convert import timestamp
@@ -109,7 +110,7 @@ async def test_create_commits_the_job_submission_and_the_facts_with_the_video(in
 
     [submit] = await ingest.rows(SUBMIT_JOB_TOPIC, video.id)
     assert pipeline_pb.SubmitVideoJobRequest.FromString(submit) == pipeline_pb.SubmitVideoJobRequest(
-        video=f"videos/{video.id}", generation=1, owner=f"users/{OWNER}")
+        video=f"videos/{video.id}", generation=1, owner=f"users/{OWNER}", priority=PRIORITY_STANDARD)
     assert await ingest.rows(FACTS_TOPIC, video.id) == [str(video.id).encode()]
     # One transaction wrote all three rows (same creating transaction id).
     xmins = await ingest.pool.fetch(
@@ -397,7 +398,8 @@ async def test_the_other_handlers_forward_their_requests(ingest: Ingest) -> None
     await handlers[DELETE_JOBS_TOPIC](jobs)
     await handlers[DELETE_INDEX_TOPIC](index)
     assert pipeline.calls == [
-        ("SubmitVideoJob", pipeline_pb.SubmitVideoJobRequest(video=name, generation=1, owner=f"users/{OWNER}")),
+        ("SubmitVideoJob", pipeline_pb.SubmitVideoJobRequest(video=name, generation=1, owner=f"users/{OWNER}",
+                                                             priority=PRIORITY_STANDARD)),
         ("DeleteVideoJobs", pipeline_pb.DeleteVideoJobsRequest(video=name)),
     ]
     assert search.calls == [("DeleteVideoIndex", search_pb.DeleteVideoIndexRequest(video=name))]

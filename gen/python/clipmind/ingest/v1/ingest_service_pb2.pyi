@@ -5,6 +5,7 @@ ClipMind ingest API: resumable uploads, streamed uploads, imports and the
 video records they create.
 """
 
+from clipmind.type.v1 import priority_pb2 as _priority_pb2
 from collections import abc as _abc
 from google.api import httpbody_pb2 as _httpbody_pb2
 from google.protobuf import descriptor as _descriptor
@@ -490,12 +491,17 @@ class CompleteUploadRequest(_message.Message):
     TITLE_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SIDECAR_SUBTITLES_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name of the upload, `uploads/{upload}`."""
     title: _builtins.str
     """Title of the new video; defaults to the file name without extension."""
     description: _builtins.str
     """Description of the new video."""
+    priority: _priority_pb2.Priority.ValueType
+    """Priority of the video's processing; users may ask for standard (the
+    default) or batch, administrators for any.
+    """
     @_builtins.property
     def sidecar_subtitles(self) -> Global___SubtitleFile:
         """Optional subtitles to use as the video's transcript."""
@@ -507,10 +513,11 @@ class CompleteUploadRequest(_message.Message):
         title: _builtins.str = ...,
         description: _builtins.str = ...,
         sidecar_subtitles: Global___SubtitleFile | None = ...,
+        priority: _priority_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sidecar_subtitles", b"sidecar_subtitles"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "sidecar_subtitles", b"sidecar_subtitles", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "priority", b"priority", "sidecar_subtitles", b"sidecar_subtitles", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,6 +567,7 @@ class UploadMetadata(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     SIDECAR_SUBTITLES_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     filename: _builtins.str
     """Original file name, e.g. `holiday.mp4`."""
     content_type: _builtins.str
@@ -574,6 +582,10 @@ class UploadMetadata(_message.Message):
     """Total size of the file in bytes, checked when the stream ends; 0 when
     unknown.
     """
+    priority: _priority_pb2.Priority.ValueType
+    """Priority of the video's processing; users may ask for standard (the
+    default) or batch, administrators for any.
+    """
     @_builtins.property
     def sidecar_subtitles(self) -> Global___SubtitleFile:
         """Optional subtitles to use as the video's transcript."""
@@ -587,10 +599,11 @@ class UploadMetadata(_message.Message):
         description: _builtins.str = ...,
         size_bytes: _builtins.int = ...,
         sidecar_subtitles: Global___SubtitleFile | None = ...,
+        priority: _priority_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sidecar_subtitles", b"sidecar_subtitles"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "description", b"description", "filename", b"filename", "sidecar_subtitles", b"sidecar_subtitles", "size_bytes", b"size_bytes", "title", b"title"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_type", b"content_type", "description", b"description", "filename", b"filename", "priority", b"priority", "sidecar_subtitles", b"sidecar_subtitles", "size_bytes", b"size_bytes", "title", b"title"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

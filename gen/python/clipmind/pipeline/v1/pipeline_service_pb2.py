@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from clipmind.type.v1 import priority_pb2 as clipmind_dot_type_dot_v1_dot_priority__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
@@ -29,7 +30,7 @@ from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+clipmind/pipeline/v1/pipeline_service.proto\x12\x14\x63lipmind.pipeline.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x05\n\x03Job\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x05video\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x34\n\x05state\x18\x03 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x30\n\x05stage\x18\x04 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.StageB\x04\xe2\x41\x01\x03\x12\x16\n\x08progress\x18\x05 \x01(\x02\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cmax_attempts\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\x7f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05:5\xea\x41\x32\n\x19pipeline.clipmind.dev/Job\x12\njobs/{job}*\x04jobs2\x03job\"\xc7\x02\n\x08JobEvent\x12+\n\x03job\x18\x01 \x01(\tB\x1e\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12*\n\x05stage\x18\x03 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.Stage\x12\x35\n\x0bstage_state\x18\x04 \x01(\x0e\x32 .clipmind.pipeline.v1.StageState\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x32\n\tjob_state\x18\x07 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.State\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\theartbeat\x18\t \x01(\x08\"\xcc\x02\n\nDeadLetter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12/\n\x03job\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x31\n\x05video\x18\x03 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:Y\xea\x41V\n pipeline.clipmind.dev/DeadLetter\x12\x19\x64\x65\x61\x64Letters/{dead_letter}*\x0b\x64\x65\x61\x64Letters2\ndeadLetter\"v\n\tClipRange\x12\x31\n\x05video\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1b\n\rstart_seconds\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x02\"\x88\x04\n\x0b\x43ompilation\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x35\n\x05\x63lips\x18\x02 \x03(\x0b\x32\x1f.clipmind.pipeline.v1.ClipRangeB\x05\xe2\x41\x02\x02\x05\x12<\n\x05state\x18\x03 \x01(\x0e\x32\'.clipmind.pipeline.v1.Compilation.StateB\x04\xe2\x41\x01\x03\x12\x18\n\noutput_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\"k\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04:]\xea\x41Z\n!pipeline.clipmind.dev/Compilation\x12\x1a\x63ompilations/{compilation}*\x0c\x63ompilations2\x0b\x63ompilation\"A\n\rGetJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.clipmind.pipeline.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x0fWatchJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"D\n\x10\x43\x61ncelJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"C\n\x0fRetryJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x17ListDeadLettersResponse\x12\x36\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32 .clipmind.pipeline.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x18\x43reateCompilationRequest\x12<\n\x0b\x63ompilation\x18\x01 \x01(\x0b\x32!.clipmind.pipeline.v1.CompilationB\x04\xe2\x41\x01\x02\"Q\n\x15GetCompilationRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!pipeline.clipmind.dev/Compilation*\x8e\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_PROBE\x10\x01\x12\x13\n\x0fSTAGE_THUMBNAIL\x10\x02\x12\x10\n\x0cSTAGE_SCENES\x10\x03\x12\x14\n\x10STAGE_TRANSCRIPT\x10\x04\x12\x0f\n\x0bSTAGE_EMBED\x10\x05\x12\x0f\n\x0bSTAGE_INDEX\x10\x06*\xa8\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_STARTED\x10\x01\x12\x18\n\x14STAGE_STATE_PROGRESS\x10\x02\x12\x19\n\x15STAGE_STATE_COMPLETED\x10\x03\x12\x17\n\x13STAGE_STATE_SKIPPED\x10\x04\x12\x16\n\x12STAGE_STATE_FAILED\x10\x05\x32\x91\x08\n\x0fPipelineService\x12j\n\x06GetJob\x12#.clipmind.pipeline.v1.GetJobRequest\x1a\x19.clipmind.pipeline.v1.Job\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12k\n\x08ListJobs\x12%.clipmind.pipeline.v1.ListJobsRequest\x1a&.clipmind.pipeline.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12{\n\x08WatchJob\x12%.clipmind.pipeline.v1.WatchJobRequest\x1a\x1e.clipmind.pipeline.v1.JobEvent\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12z\n\tCancelJob\x12&.clipmind.pipeline.v1.CancelJobRequest\x1a\x19.clipmind.pipeline.v1.Job\"*\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12w\n\x08RetryJob\x12%.clipmind.pipeline.v1.RetryJobRequest\x1a\x19.clipmind.pipeline.v1.Job\")\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12\x87\x01\n\x0fListDeadLetters\x12,.clipmind.pipeline.v1.ListDeadLettersRequest\x1a-.clipmind.pipeline.v1.ListDeadLettersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/deadLetters\x12\x9b\x01\n\x11\x43reateCompilation\x12..clipmind.pipeline.v1.CreateCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"3\xda\x41\x0b\x63ompilation\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/compilations:\x0b\x63ompilation\x12\x8a\x01\n\x0eGetCompilation\x12+.clipmind.pipeline.v1.GetCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"(\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=compilations/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+clipmind/pipeline/v1/pipeline_service.proto\x12\x14\x63lipmind.pipeline.v1\x1a\x1f\x63lipmind/type/v1/priority.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x05\n\x03Job\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x05video\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x34\n\x05state\x18\x03 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x30\n\x05stage\x18\x04 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.StageB\x04\xe2\x41\x01\x03\x12\x16\n\x08progress\x18\x05 \x01(\x02\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cmax_attempts\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08priority\x18\r \x01(\x0e\x32\x1a.clipmind.type.v1.PriorityB\x04\xe2\x41\x01\x03\"\x7f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05:5\xea\x41\x32\n\x19pipeline.clipmind.dev/Job\x12\njobs/{job}*\x04jobs2\x03job\"\xc7\x02\n\x08JobEvent\x12+\n\x03job\x18\x01 \x01(\tB\x1e\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12*\n\x05stage\x18\x03 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.Stage\x12\x35\n\x0bstage_state\x18\x04 \x01(\x0e\x32 .clipmind.pipeline.v1.StageState\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x32\n\tjob_state\x18\x07 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.State\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\theartbeat\x18\t \x01(\x08\"\xcc\x02\n\nDeadLetter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12/\n\x03job\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x31\n\x05video\x18\x03 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03:Y\xea\x41V\n pipeline.clipmind.dev/DeadLetter\x12\x19\x64\x65\x61\x64Letters/{dead_letter}*\x0b\x64\x65\x61\x64Letters2\ndeadLetter\"v\n\tClipRange\x12\x31\n\x05video\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1b\n\rstart_seconds\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x02\"\x88\x04\n\x0b\x43ompilation\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x35\n\x05\x63lips\x18\x02 \x03(\x0b\x32\x1f.clipmind.pipeline.v1.ClipRangeB\x05\xe2\x41\x02\x02\x05\x12<\n\x05state\x18\x03 \x01(\x0e\x32\'.clipmind.pipeline.v1.Compilation.StateB\x04\xe2\x41\x01\x03\x12\x18\n\noutput_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\"k\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04:]\xea\x41Z\n!pipeline.clipmind.dev/Compilation\x12\x1a\x63ompilations/{compilation}*\x0c\x63ompilations2\x0b\x63ompilation\"A\n\rGetJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.clipmind.pipeline.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x0fWatchJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"D\n\x10\x43\x61ncelJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"q\n\x0fRetryJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12,\n\x08priority\x18\x02 \x01(\x0e\x32\x1a.clipmind.type.v1.Priority\"\x16\n\x14GetQueueStatsRequest\"\xc2\x02\n\nQueueStats\x12\x36\n\x06queues\x18\x01 \x03(\x0b\x32&.clipmind.pipeline.v1.QueueStats.Queue\x12;\n\x04jobs\x18\x02 \x03(\x0b\x32-.clipmind.pipeline.v1.QueueStats.PriorityJobs\x1aT\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\npriorities\x18\x02 \x03(\x0e\x32\x1a.clipmind.type.v1.Priority\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x03\x1ai\n\x0cPriorityJobs\x12,\n\x08priority\x18\x01 \x01(\x0e\x32\x1a.clipmind.type.v1.Priority\x12\x14\n\x0cqueued_count\x18\x02 \x01(\x03\x12\x15\n\rrunning_count\x18\x03 \x01(\x03\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x17ListDeadLettersResponse\x12\x36\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32 .clipmind.pipeline.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x18\x43reateCompilationRequest\x12<\n\x0b\x63ompilation\x18\x01 \x01(\x0b\x32!.clipmind.pipeline.v1.CompilationB\x04\xe2\x41\x01\x02\"Q\n\x15GetCompilationRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!pipeline.clipmind.dev/Compilation*\x8e\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_PROBE\x10\x01\x12\x13\n\x0fSTAGE_THUMBNAIL\x10\x02\x12\x10\n\x0cSTAGE_SCENES\x10\x03\x12\x14\n\x10STAGE_TRANSCRIPT\x10\x04\x12\x0f\n\x0bSTAGE_EMBED\x10\x05\x12\x0f\n\x0bSTAGE_INDEX\x10\x06*\xa8\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_STARTED\x10\x01\x12\x18\n\x14STAGE_STATE_PROGRESS\x10\x02\x12\x19\n\x15STAGE_STATE_COMPLETED\x10\x03\x12\x17\n\x13STAGE_STATE_SKIPPED\x10\x04\x12\x16\n\x12STAGE_STATE_FAILED\x10\x05\x32\x88\t\n\x0fPipelineService\x12j\n\x06GetJob\x12#.clipmind.pipeline.v1.GetJobRequest\x1a\x19.clipmind.pipeline.v1.Job\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12k\n\x08ListJobs\x12%.clipmind.pipeline.v1.ListJobsRequest\x1a&.clipmind.pipeline.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12{\n\x08WatchJob\x12%.clipmind.pipeline.v1.WatchJobRequest\x1a\x1e.clipmind.pipeline.v1.JobEvent\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12z\n\tCancelJob\x12&.clipmind.pipeline.v1.CancelJobRequest\x1a\x19.clipmind.pipeline.v1.Job\"*\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12w\n\x08RetryJob\x12%.clipmind.pipeline.v1.RetryJobRequest\x1a\x19.clipmind.pipeline.v1.Job\")\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12u\n\rGetQueueStats\x12*.clipmind.pipeline.v1.GetQueueStatsRequest\x1a .clipmind.pipeline.v1.QueueStats\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/queueStats\x12\x87\x01\n\x0fListDeadLetters\x12,.clipmind.pipeline.v1.ListDeadLettersRequest\x1a-.clipmind.pipeline.v1.ListDeadLettersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/deadLetters\x12\x9b\x01\n\x11\x43reateCompilation\x12..clipmind.pipeline.v1.CreateCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"3\xda\x41\x0b\x63ompilation\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/compilations:\x0b\x63ompilation\x12\x8a\x01\n\x0eGetCompilation\x12+.clipmind.pipeline.v1.GetCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"(\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=compilations/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -60,6 +61,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB'].fields_by_name['end_time']._serialized_options = b'\342A\001\003'
   _globals['_JOB'].fields_by_name['update_time']._loaded_options = None
   _globals['_JOB'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_JOB'].fields_by_name['priority']._loaded_options = None
+  _globals['_JOB'].fields_by_name['priority']._serialized_options = b'\342A\001\003'
   _globals['_JOB']._loaded_options = None
   _globals['_JOB']._serialized_options = b'\352A2\n\031pipeline.clipmind.dev/Job\022\njobs/{job}*\004jobs2\003job'
   _globals['_JOBEVENT'].fields_by_name['job']._loaded_options = None
@@ -122,50 +125,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESERVICE'].methods_by_name['CancelJob']._serialized_options = b'\332A\004name\202\323\344\223\002\035\"\030/v1/{name=jobs/*}:cancel:\001*'
   _globals['_PIPELINESERVICE'].methods_by_name['RetryJob']._loaded_options = None
   _globals['_PIPELINESERVICE'].methods_by_name['RetryJob']._serialized_options = b'\332A\004name\202\323\344\223\002\034\"\027/v1/{name=jobs/*}:retry:\001*'
+  _globals['_PIPELINESERVICE'].methods_by_name['GetQueueStats']._loaded_options = None
+  _globals['_PIPELINESERVICE'].methods_by_name['GetQueueStats']._serialized_options = b'\202\323\344\223\002\020\022\016/v1/queueStats'
   _globals['_PIPELINESERVICE'].methods_by_name['ListDeadLetters']._loaded_options = None
   _globals['_PIPELINESERVICE'].methods_by_name['ListDeadLetters']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/deadLetters'
   _globals['_PIPELINESERVICE'].methods_by_name['CreateCompilation']._loaded_options = None
   _globals['_PIPELINESERVICE'].methods_by_name['CreateCompilation']._serialized_options = b'\332A\013compilation\202\323\344\223\002\037\"\020/v1/compilations:\013compilation'
   _globals['_PIPELINESERVICE'].methods_by_name['GetCompilation']._loaded_options = None
   _globals['_PIPELINESERVICE'].methods_by_name['GetCompilation']._serialized_options = b'\332A\004name\202\323\344\223\002\033\022\031/v1/{name=compilations/*}'
-  _globals['_STAGE']._serialized_start=3019
-  _globals['_STAGE']._serialized_end=3161
-  _globals['_STAGESTATE']._serialized_start=3164
-  _globals['_STAGESTATE']._serialized_end=3332
-  _globals['_JOB']._serialized_start=218
-  _globals['_JOB']._serialized_end=903
-  _globals['_JOB_STATE']._serialized_start=721
-  _globals['_JOB_STATE']._serialized_end=848
-  _globals['_JOBEVENT']._serialized_start=906
-  _globals['_JOBEVENT']._serialized_end=1233
-  _globals['_DEADLETTER']._serialized_start=1236
-  _globals['_DEADLETTER']._serialized_end=1568
-  _globals['_CLIPRANGE']._serialized_start=1570
-  _globals['_CLIPRANGE']._serialized_end=1688
-  _globals['_COMPILATION']._serialized_start=1691
-  _globals['_COMPILATION']._serialized_end=2211
-  _globals['_COMPILATION_STATE']._serialized_start=2009
-  _globals['_COMPILATION_STATE']._serialized_end=2116
-  _globals['_GETJOBREQUEST']._serialized_start=2213
-  _globals['_GETJOBREQUEST']._serialized_end=2278
-  _globals['_LISTJOBSREQUEST']._serialized_start=2280
-  _globals['_LISTJOBSREQUEST']._serialized_end=2352
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2354
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2438
-  _globals['_WATCHJOBREQUEST']._serialized_start=2440
-  _globals['_WATCHJOBREQUEST']._serialized_end=2531
-  _globals['_CANCELJOBREQUEST']._serialized_start=2533
-  _globals['_CANCELJOBREQUEST']._serialized_end=2601
-  _globals['_RETRYJOBREQUEST']._serialized_start=2603
-  _globals['_RETRYJOBREQUEST']._serialized_end=2670
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=2672
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=2735
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=2737
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=2843
-  _globals['_CREATECOMPILATIONREQUEST']._serialized_start=2845
-  _globals['_CREATECOMPILATIONREQUEST']._serialized_end=2933
-  _globals['_GETCOMPILATIONREQUEST']._serialized_start=2935
-  _globals['_GETCOMPILATIONREQUEST']._serialized_end=3016
-  _globals['_PIPELINESERVICE']._serialized_start=3335
-  _globals['_PIPELINESERVICE']._serialized_end=4376
+  _globals['_STAGE']._serialized_start=3499
+  _globals['_STAGE']._serialized_end=3641
+  _globals['_STAGESTATE']._serialized_start=3644
+  _globals['_STAGESTATE']._serialized_end=3812
+  _globals['_JOB']._serialized_start=251
+  _globals['_JOB']._serialized_end=988
+  _globals['_JOB_STATE']._serialized_start=806
+  _globals['_JOB_STATE']._serialized_end=933
+  _globals['_JOBEVENT']._serialized_start=991
+  _globals['_JOBEVENT']._serialized_end=1318
+  _globals['_DEADLETTER']._serialized_start=1321
+  _globals['_DEADLETTER']._serialized_end=1653
+  _globals['_CLIPRANGE']._serialized_start=1655
+  _globals['_CLIPRANGE']._serialized_end=1773
+  _globals['_COMPILATION']._serialized_start=1776
+  _globals['_COMPILATION']._serialized_end=2296
+  _globals['_COMPILATION_STATE']._serialized_start=2094
+  _globals['_COMPILATION_STATE']._serialized_end=2201
+  _globals['_GETJOBREQUEST']._serialized_start=2298
+  _globals['_GETJOBREQUEST']._serialized_end=2363
+  _globals['_LISTJOBSREQUEST']._serialized_start=2365
+  _globals['_LISTJOBSREQUEST']._serialized_end=2437
+  _globals['_LISTJOBSRESPONSE']._serialized_start=2439
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2523
+  _globals['_WATCHJOBREQUEST']._serialized_start=2525
+  _globals['_WATCHJOBREQUEST']._serialized_end=2616
+  _globals['_CANCELJOBREQUEST']._serialized_start=2618
+  _globals['_CANCELJOBREQUEST']._serialized_end=2686
+  _globals['_RETRYJOBREQUEST']._serialized_start=2688
+  _globals['_RETRYJOBREQUEST']._serialized_end=2801
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=2803
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=2825
+  _globals['_QUEUESTATS']._serialized_start=2828
+  _globals['_QUEUESTATS']._serialized_end=3150
+  _globals['_QUEUESTATS_QUEUE']._serialized_start=2959
+  _globals['_QUEUESTATS_QUEUE']._serialized_end=3043
+  _globals['_QUEUESTATS_PRIORITYJOBS']._serialized_start=3045
+  _globals['_QUEUESTATS_PRIORITYJOBS']._serialized_end=3150
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=3152
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=3215
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=3217
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=3323
+  _globals['_CREATECOMPILATIONREQUEST']._serialized_start=3325
+  _globals['_CREATECOMPILATIONREQUEST']._serialized_end=3413
+  _globals['_GETCOMPILATIONREQUEST']._serialized_start=3415
+  _globals['_GETCOMPILATIONREQUEST']._serialized_end=3496
+  _globals['_PIPELINESERVICE']._serialized_start=3815
+  _globals['_PIPELINESERVICE']._serialized_end=4975
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ ClipMind pipeline API: processing jobs and their progress, dead letters and
 compilations of clips.
 """
 
+from clipmind.type.v1 import priority_pb2 as _priority_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -151,6 +152,7 @@ class Job(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `jobs/{job}`, assigned by the server."""
     video: _builtins.str
@@ -167,6 +169,8 @@ class Job(_message.Message):
     """Number of attempts allowed before the job is dead-lettered."""
     failure_reason: _builtins.str
     """Why the job failed, for people; set only in STATE_FAILED."""
+    priority: _priority_pb2.Priority.ValueType
+    """How urgently the job is wanted (never unspecified in answers)."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the job was created (queued)."""
@@ -198,10 +202,11 @@ class Job(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        priority: _priority_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "max_attempts", b"max_attempts", "name", b"name", "progress", b"progress", "stage", b"stage", "start_time", b"start_time", "state", b"state", "update_time", b"update_time", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "progress", b"progress", "stage", b"stage", "start_time", b"start_time", "state", b"state", "update_time", b"update_time", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,20 +573,131 @@ class RetryJobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name of the job, `jobs/{job}`."""
+    priority: _priority_pb2.Priority.ValueType
+    """Priority of the new attempts; unset keeps the job's. Users may ask for
+    standard or batch, administrators for any.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        priority: _priority_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "priority", b"priority"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RetryJobRequest: _TypeAlias = RetryJobRequest  # noqa: Y015
+
+@_typing.final
+class GetQueueStatsRequest(_message.Message):
+    """Request message for PipelineService.GetQueueStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetQueueStatsRequest: _TypeAlias = GetQueueStatsRequest  # noqa: Y015
+
+@_typing.final
+class QueueStats(_message.Message):
+    """The work queues and the jobs in them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class Queue(_message.Message):
+        """One work queue (a Redis sorted set that workers poll)."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        NAME_FIELD_NUMBER: _builtins.int
+        PRIORITIES_FIELD_NUMBER: _builtins.int
+        DEPTH_FIELD_NUMBER: _builtins.int
+        name: _builtins.str
+        """Name of the queue, e.g. `clipmind:queue:default`."""
+        depth: _builtins.int
+        """Entries waiting in it (queued or deferred for a retry)."""
+        @_builtins.property
+        def priorities(self) -> _containers.RepeatedScalarFieldContainer[_priority_pb2.Priority.ValueType]:
+            """The priorities routed to it."""
+
+        def __init__(
+            self,
+            *,
+            name: _builtins.str = ...,
+            priorities: _abc.Iterable[_priority_pb2.Priority.ValueType] | None = ...,
+            depth: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["depth", b"depth", "name", b"name", "priorities", b"priorities"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class PriorityJobs(_message.Message):
+        """Jobs of one priority."""
+
+        DESCRIPTOR: _descriptor.Descriptor
+
+        PRIORITY_FIELD_NUMBER: _builtins.int
+        QUEUED_COUNT_FIELD_NUMBER: _builtins.int
+        RUNNING_COUNT_FIELD_NUMBER: _builtins.int
+        priority: _priority_pb2.Priority.ValueType
+        """The priority."""
+        queued_count: _builtins.int
+        """Jobs waiting for a worker."""
+        running_count: _builtins.int
+        """Jobs a worker runs now."""
+        def __init__(
+            self,
+            *,
+            priority: _priority_pb2.Priority.ValueType = ...,
+            queued_count: _builtins.int = ...,
+            running_count: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["priority", b"priority", "queued_count", b"queued_count", "running_count", b"running_count"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    QUEUES_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueStats.Queue]:
+        """Every queue a priority is routed to."""
+
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueStats.PriorityJobs]:
+        """Waiting and running jobs per priority, high first."""
+
+    def __init__(
+        self,
+        *,
+        queues: _abc.Iterable[Global___QueueStats.Queue] | None = ...,
+        jobs: _abc.Iterable[Global___QueueStats.PriorityJobs] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "queues", b"queues"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueStats: _TypeAlias = QueueStats  # noqa: Y015
 
 @_typing.final
 class ListDeadLettersRequest(_message.Message):

@@ -61,6 +61,11 @@ class PipelineServiceStub:
                 request_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.RetryJobRequest.SerializeToString,
                 response_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.Job.FromString,
                 _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/clipmind.pipeline.v1.PipelineService/GetQueueStats',
+                request_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.QueueStats.FromString,
+                _registered_method=True)
         self.ListDeadLetters = channel.unary_unary(
                 '/clipmind.pipeline.v1.PipelineService/ListDeadLetters',
                 request_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.ListDeadLettersRequest.SerializeToString,
@@ -125,6 +130,14 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetQueueStats(self, request, context):
+        """Returns the work queues' depths and the jobs waiting and running by
+        priority; administrators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeadLetters(self, request, context):
         """Lists jobs that failed after their last allowed attempt, newest first.
         """
@@ -174,6 +187,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.RetryJob,
                     request_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.RetryJobRequest.FromString,
                     response_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.Job.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.QueueStats.SerializeToString,
             ),
             'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeadLetters,
@@ -328,6 +346,33 @@ class PipelineService:
             '/clipmind.pipeline.v1.PipelineService/RetryJob',
             clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.RetryJobRequest.SerializeToString,
             clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.pipeline.v1.PipelineService/GetQueueStats',
+            clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.GetQueueStatsRequest.SerializeToString,
+            clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.QueueStats.FromString,
             options,
             channel_credentials,
             insecure,

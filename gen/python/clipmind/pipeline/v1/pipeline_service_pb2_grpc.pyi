@@ -57,6 +57,10 @@ class PipelineServiceStub:
     """Queues a failed or cancelled job again. Stages are idempotent, so work
     already done is reused, not duplicated.
     """
+    GetQueueStats: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.GetQueueStatsRequest, _pipeline_service_pb2.QueueStats]
+    """Returns the work queues' depths and the jobs waiting and running by
+    priority; administrators only.
+    """
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.ListDeadLettersRequest, _pipeline_service_pb2.ListDeadLettersResponse]
     """Lists jobs that failed after their last allowed attempt, newest first."""
     CreateCompilation: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.CreateCompilationRequest, _pipeline_service_pb2.Compilation]
@@ -92,6 +96,10 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
     RetryJob: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.RetryJobRequest, _pipeline_service_pb2.Job]  # type: ignore[assignment]
     """Queues a failed or cancelled job again. Stages are idempotent, so work
     already done is reused, not duplicated.
+    """
+    GetQueueStats: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.GetQueueStatsRequest, _pipeline_service_pb2.QueueStats]  # type: ignore[assignment]
+    """Returns the work queues' depths and the jobs waiting and running by
+    priority; administrators only.
     """
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.ListDeadLettersRequest, _pipeline_service_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """Lists jobs that failed after their last allowed attempt, newest first."""
@@ -155,6 +163,16 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_pipeline_service_pb2.Job, _abc.Awaitable[_pipeline_service_pb2.Job]]:
         """Queues a failed or cancelled job again. Stages are idempotent, so work
         already done is reused, not duplicated.
+        """
+
+    @_abc_1.abstractmethod
+    def GetQueueStats(
+        self,
+        request: _pipeline_service_pb2.GetQueueStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pipeline_service_pb2.QueueStats, _abc.Awaitable[_pipeline_service_pb2.QueueStats]]:
+        """Returns the work queues' depths and the jobs waiting and running by
+        priority; administrators only.
         """
 
     @_abc_1.abstractmethod

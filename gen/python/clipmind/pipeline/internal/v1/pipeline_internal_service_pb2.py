@@ -22,23 +22,24 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from clipmind.type.v1 import priority_pb2 as clipmind_dot_type_dot_v1_dot_priority__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n=clipmind/pipeline/internal/v1/pipeline_internal_service.proto\x12\x1d\x63lipmind.pipeline.internal.v1\"I\n\x15SubmitVideoJobRequest\x12\r\n\x05video\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\"6\n\x16SubmitVideoJobResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\'\n\x16\x44\x65leteVideoJobsRequest\x12\r\n\x05video\x18\x01 \x01(\t\"0\n\x17\x44\x65leteVideoJobsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\x32\x9b\x02\n\x17PipelineInternalService\x12}\n\x0eSubmitVideoJob\x12\x34.clipmind.pipeline.internal.v1.SubmitVideoJobRequest\x1a\x35.clipmind.pipeline.internal.v1.SubmitVideoJobResponse\x12\x80\x01\n\x0f\x44\x65leteVideoJobs\x12\x35.clipmind.pipeline.internal.v1.DeleteVideoJobsRequest\x1a\x36.clipmind.pipeline.internal.v1.DeleteVideoJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n=clipmind/pipeline/internal/v1/pipeline_internal_service.proto\x12\x1d\x63lipmind.pipeline.internal.v1\x1a\x1f\x63lipmind/type/v1/priority.proto\"w\n\x15SubmitVideoJobRequest\x12\r\n\x05video\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x03\x12\r\n\x05owner\x18\x03 \x01(\t\x12,\n\x08priority\x18\x04 \x01(\x0e\x32\x1a.clipmind.type.v1.Priority\"6\n\x16SubmitVideoJobResponse\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\'\n\x16\x44\x65leteVideoJobsRequest\x12\r\n\x05video\x18\x01 \x01(\t\"0\n\x17\x44\x65leteVideoJobsResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\x05\x32\x9b\x02\n\x17PipelineInternalService\x12}\n\x0eSubmitVideoJob\x12\x34.clipmind.pipeline.internal.v1.SubmitVideoJobRequest\x1a\x35.clipmind.pipeline.internal.v1.SubmitVideoJobResponse\x12\x80\x01\n\x0f\x44\x65leteVideoJobs\x12\x35.clipmind.pipeline.internal.v1.DeleteVideoJobsRequest\x1a\x36.clipmind.pipeline.internal.v1.DeleteVideoJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'clipmind.pipeline.internal.v1.pipeline_internal_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITVIDEOJOBREQUEST']._serialized_start=96
-  _globals['_SUBMITVIDEOJOBREQUEST']._serialized_end=169
-  _globals['_SUBMITVIDEOJOBRESPONSE']._serialized_start=171
-  _globals['_SUBMITVIDEOJOBRESPONSE']._serialized_end=225
-  _globals['_DELETEVIDEOJOBSREQUEST']._serialized_start=227
-  _globals['_DELETEVIDEOJOBSREQUEST']._serialized_end=266
-  _globals['_DELETEVIDEOJOBSRESPONSE']._serialized_start=268
-  _globals['_DELETEVIDEOJOBSRESPONSE']._serialized_end=316
-  _globals['_PIPELINEINTERNALSERVICE']._serialized_start=319
-  _globals['_PIPELINEINTERNALSERVICE']._serialized_end=602
+  _globals['_SUBMITVIDEOJOBREQUEST']._serialized_start=129
+  _globals['_SUBMITVIDEOJOBREQUEST']._serialized_end=248
+  _globals['_SUBMITVIDEOJOBRESPONSE']._serialized_start=250
+  _globals['_SUBMITVIDEOJOBRESPONSE']._serialized_end=304
+  _globals['_DELETEVIDEOJOBSREQUEST']._serialized_start=306
+  _globals['_DELETEVIDEOJOBSREQUEST']._serialized_end=345
+  _globals['_DELETEVIDEOJOBSRESPONSE']._serialized_start=347
+  _globals['_DELETEVIDEOJOBSRESPONSE']._serialized_end=395
+  _globals['_PIPELINEINTERNALSERVICE']._serialized_start=398
+  _globals['_PIPELINEINTERNALSERVICE']._serialized_end=681
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ of the pipeline. Never routed by Envoy to the outside; every call carries
 the calling service's identity.
 """
 
+from clipmind.type.v1 import priority_pb2 as _priority_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 import builtins as _builtins
@@ -28,6 +29,7 @@ class SubmitVideoJobRequest(_message.Message):
     VIDEO_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     video: _builtins.str
     """The stored video, `videos/{video}`."""
     generation: _builtins.int
@@ -36,16 +38,21 @@ class SubmitVideoJobRequest(_message.Message):
     """
     owner: _builtins.str
     """The user who owns the video, `users/{user}`: the job is theirs."""
+    priority: _priority_pb2.Priority.ValueType
+    """How urgently (checked against the uploader's role by ingest); unset:
+    standard.
+    """
     def __init__(
         self,
         *,
         video: _builtins.str = ...,
         generation: _builtins.int = ...,
         owner: _builtins.str = ...,
+        priority: _priority_pb2.Priority.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "owner", b"owner", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["generation", b"generation", "owner", b"owner", "priority", b"priority", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
