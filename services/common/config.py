@@ -273,6 +273,10 @@ class WorkerSettings(CommonSettings):
         1.0, gt=0, description="How often a running job checks that it still owns the job (a cancel stops work "
         "within about this long).",
     )
+    dead_letter_retention_days: float = Field(
+        30.0, ge=0, description="Dead letters older than this are purged by the sweep (their jobs stay FAILED); 0 "
+        "keeps them for good.",
+    )
     retry_base_s: float = Field(
         60.0, ge=0, description="Backoff before a failed job's next attempt: retry_base_s · 2^(attempt-1).",
     )

@@ -31,7 +31,7 @@ from services.common.names import job_name
 from services.common.queue import queue_key
 from services.common.rows import newest_first, to_record
 from services.pipeline.ingest_client import VIDEO_PROCESSING_TOPIC, processing_request
-from services.pipeline.records import TERMINAL_JOB_STATES, DeadLetter, Job, JobEvent
+from services.pipeline.records import TERMINAL_JOB_STATES, AttemptFailure, DeadLetter, Job, JobEvent
 
 SCHEMA = "pipeline"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -263,6 +263,12 @@ class JobStore:
         """(the event, the id of the outbox row telling ingest, if any)."""
         job_id = job["id"]
         reason = f"{code}: {message}" if code else message
+        if outcome in ("fail", "retry"):  # a failed attempt: the dead letter's history
+            await conn.execute(
+                "INSERT INTO attempt_failures (job_id, attempt, failure_code, message, worker) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id, attempt) DO UPDATE SET failure_code = $3, "
+                "message = $4, worker = $5, create_time = now()",
+                job_id, job["attempt"], code, message, job["worker"])
         if outcome == "fail":
             fence = await conn.fetchval(
                 "UPDATE jobs SET run_id = NULL, lease_expire_time = NULL, failure_code = $2, fence = fence + 1 "
@@ -397,19 +403,23 @@ class JobStore:
         """A failed or cancelled job that ``scope`` owns back to QUEUED under the queue entry ``new_key``, at
         ``priority`` (None: its own) (NOT_FOUND when ``scope`` does not own it, FAILED_PRECONDITION
         ``JOB_NOT_RETRYABLE`` when it has not ended or succeeded)."""
-        row = await self._pool.fetchrow(
-            "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', failure_code = '', end_time = NULL, "
-            "queue_key = $2, update_time = now(), priority = coalesce($4, priority) "
-            "WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') AND ($3::uuid IS NULL OR owner_id = $3) RETURNING *",
-            job_id, new_key, scope, priority,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = 'QUEUED', attempt = 0, failure_reason = '', failure_code = '', "
+                "end_time = NULL, queue_key = $2, update_time = now(), priority = coalesce($4, priority) "
+                "WHERE id = $1 AND state IN ('FAILED', 'CANCELLED') AND ($3::uuid IS NULL OR owner_id = $3) "
+                "RETURNING *",
+                job_id, new_key, scope, priority,
+            )
+            if row is not None:  # a fresh set of attempts: the old ones' letter and history go
+                await conn.execute("DELETE FROM dead_letters WHERE job_id = $1", job_id)
+                await conn.execute("DELETE FROM attempt_failures WHERE job_id = $1", job_id)
         if row is None:
             job = await self.get(job_id, scope=scope)
             raise FailedPrecondition(
                 f"job {job_id} is {job.state}; only FAILED or CANCELLED jobs can be retried",
                 reason="JOB_NOT_RETRYABLE",
             )
-        await self._pool.execute("DELETE FROM dead_letters WHERE job_id = $1", job_id)
         return to_record(Job, row)
 
     async def add_dead_letter(self, letter: DeadLetter) -> None:
@@ -426,4 +436,18 @@ class JobStore:
         job's, joined in the query."""
         sql, args = newest_first("SELECT d.* FROM dead_letters d JOIN jobs j ON j.id = d.job_id",
                                  {"j.owner_id": scope}, after, limit, alias="d.")
-        return [to_record(DeadLetter, r) for r in await self._pool.fetch(sql, *args)]
+        letters = [to_record(DeadLetter, r) for r in await self._pool.fetch(sql, *args)]
+        history: dict[uuid.UUID, list[AttemptFailure]] = {}
+        for r in await self._pool.fetch(
+                "SELECT * FROM attempt_failures WHERE job_id = ANY($1::uuid[]) ORDER BY job_id, attempt",
+                [d.job_id for d in letters]):
+            history.setdefault(r["job_id"], []).append(to_record(AttemptFailure, r))
+        for letter in letters:
+            letter.history = history.get(letter.job_id, [])
+        return letters
+
+    async def purge_dead_letters(self, *, older_than_s: float) -> int:
+        """Delete dead letters written more than ``older_than_s`` ago (their jobs stay FAILED); returns how many."""
+        status = await self._pool.execute(
+            "DELETE FROM dead_letters WHERE create_time < now() - make_interval(secs => $1)", older_than_s)
+        return int(status.split()[-1])

@@ -120,6 +120,13 @@ class JobControl:
         await self._bus.publish_best_effort(job_id, event.sequence)
         return await self._jobs.get(job_id, scope=caller.scope)
 
+    async def purge_dead_letters(self, *, older_than_s: float) -> int:
+        """Delete dead letters older than ``older_than_s`` (the sweep; their jobs stay FAILED)."""
+        purged = await self._jobs.purge_dead_letters(older_than_s=older_than_s)
+        if purged:
+            log.info("purged %d dead letter(s) older than %.0f days", purged, older_than_s / 86400)
+        return purged
+
     async def queue_stats(self) -> QueueStats:
         """The work queues' depths (Redis) and the waiting and running jobs per priority (the job store)."""
         queues = [QueueFigures(name, priorities, depth) for name, priorities, depth in await self._queue.queues()]

@@ -26,6 +26,8 @@ class Jobs(Protocol):
 
     async def delete_for_video(self, video_id: uuid.UUID) -> int: ...
 
+    async def purge_dead_letters(self, *, older_than_s: float) -> int: ...
+
     async def waiting_by_priority(self) -> dict[str, tuple[int, int]]:
         """(queued, running) jobs per priority."""
 

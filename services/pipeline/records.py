@@ -79,6 +79,18 @@ class JobEvent:
 
 
 @dataclass
+class AttemptFailure:
+    """Why one attempt at a job failed (a dead letter's history)."""
+
+    job_id: uuid.UUID
+    attempt: int
+    failure_code: str
+    message: str
+    worker: str = ""
+    create_time: datetime | None = None
+
+
+@dataclass
 class DeadLetter:
     id: uuid.UUID
     job_id: uuid.UUID
@@ -87,6 +99,7 @@ class DeadLetter:
     attempts: int
     failure_code: str = ""
     create_time: datetime | None = None
+    history: list[AttemptFailure] = field(default_factory=list)  # every failed attempt, the first first
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,10 @@ def dead_letter_to_pb(letter: DeadLetter) -> pb.DeadLetter:
     return pb.DeadLetter(
         name=dead_letter_name(letter.id), job=job_name(letter.job_id), video=video_name(letter.video_id),
         failure_reason=letter.failure_reason, attempts=letter.attempts,
-        create_time=timestamp(letter.create_time),
+        create_time=timestamp(letter.create_time), failure_code=letter.failure_code,
+        attempt_history=[pb.AttemptFailure(attempt=a.attempt, failure_code=a.failure_code, message=a.message,
+                                           worker=a.worker, end_time=timestamp(a.create_time))
+                         for a in letter.history],
     )
 
 

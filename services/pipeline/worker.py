@@ -145,12 +145,16 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def sweep(ctx: dict[str, Any]) -> str:
-    """Cron (one worker at a time): take over runs whose worker died, re-queue jobs whose entry was lost."""
+    """Cron (one worker at a time): take over runs whose worker died, re-queue jobs whose entry was lost, purge dead
+    letters past their retention."""
     settings: WorkerSettings = ctx["settings"]
     control: JobControl = ctx["control"]
     taken = await control.take_over_expired(idle_s=max(settings.lease_s, settings.requeue_idle_s))
     requeued = await control.requeue_lost(idle_s=settings.requeue_idle_s)
-    return f"took over {len(taken)} run(s), re-queued {len(requeued)} job(s)"
+    purged = 0
+    if settings.dead_letter_retention_days > 0:
+        purged = await control.purge_dead_letters(older_than_s=settings.dead_letter_retention_days * 86400)
+    return f"took over {len(taken)} run(s), re-queued {len(requeued)} job(s), purged {purged} dead letter(s)"
 
 
 async def process_video(ctx: dict[str, Any], job_id: str, trace: dict[str, str] | None = None) -> str:

@@ -180,6 +180,50 @@ async def test_failed_attempts_back_off_exponentially_then_dead_letter(parts) ->
     assert (video.state, video.failure_reason) == ("FAILED", "MODEL_UNAVAILABLE: triton blip 3")
 
 
+async def test_a_dead_letter_shows_every_attempt_and_a_retry_runs_again_from_attempt_1(parts) -> None:  # type: ignore[no-untyped-def]
+    pool, jobs, videos, control, runner = parts
+    job = await _new_job(jobs, videos, max_attempts=2)
+    fixed = False
+
+    def fail_until_fixed(attempt: int) -> None:
+        if not fixed:
+            raise Unavailable(f"triton blip {attempt}", reason="MODEL_UNAVAILABLE")
+
+    run, stages = runner(fail_until_fixed)
+    assert await run.run(job.id, job.queue_key) == "will retry"
+    assert await run.run(job.id, (await jobs.get(job.id, scope=None)).queue_key) == "failed"
+    [letter] = [d for d in await jobs.dead_letters(scope=None, limit=50, after=None) if d.job_id == job.id]
+    assert [(a.attempt, a.failure_code, a.message, a.worker) for a in letter.history] == [
+        (1, "MODEL_UNAVAILABLE", "triton blip 1", "test:1"), (2, "MODEL_UNAVAILABLE", "triton blip 2", "test:1")]
+
+    fixed = True  # an operator mends the cause and retries the dead letter's job
+    retried = await control.retry(SYSTEM, letter.job_id)
+    assert (retried.state, retried.attempt) == ("QUEUED", 0)
+    assert await run.run(job.id, retried.queue_key) == "succeeded"
+    assert [attempt for attempt, _ in stages.runs] == [1, 2, 1]  # from attempt 1 again
+    done = await jobs.get(job.id, scope=None)
+    assert (done.state, done.attempt) == ("SUCCEEDED", 1)
+    assert not [d for d in await jobs.dead_letters(scope=None, limit=50, after=None) if d.job_id == job.id]
+    assert await pool.fetchval("SELECT count(*) FROM attempt_failures WHERE job_id = $1", job.id) == 0
+
+
+async def test_dead_letters_past_their_retention_are_purged(parts) -> None:  # type: ignore[no-untyped-def]
+    pool, jobs, videos, control, runner = parts
+    old, recent = await _new_job(jobs, videos, max_attempts=1), await _new_job(jobs, videos, max_attempts=1)
+
+    def fail(attempt: int) -> None:
+        raise Unavailable("gone for good", reason="MODEL_UNAVAILABLE")
+
+    run, _ = runner(fail)
+    for job in (old, recent):
+        assert await run.run(job.id, job.queue_key) == "failed"
+    await pool.execute("UPDATE dead_letters SET create_time = now() - interval '31 days' WHERE job_id = $1", old.id)
+    assert await control.purge_dead_letters(older_than_s=30 * 86400) >= 1
+    left = {d.job_id for d in await jobs.dead_letters(scope=None, limit=500, after=None)}
+    assert old.id not in left and recent.id in left
+    assert (await jobs.get(old.id, scope=None)).state == "FAILED"  # the job itself stays, failed
+
+
 async def test_internal_errors_keep_details_out_of_the_job(parts, caplog) -> None:  # type: ignore[no-untyped-def]
     _, jobs, videos, _, runner = parts
     job = await _new_job(jobs, videos, max_attempts=1)

@@ -287,6 +287,8 @@ class DeadLetter(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    FAILURE_CODE_FIELD_NUMBER: _builtins.int
+    ATTEMPT_HISTORY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `deadLetters/{dead_letter}`, assigned by the server."""
     job: _builtins.str
@@ -297,9 +299,17 @@ class DeadLetter(_message.Message):
     """Why the last attempt failed, for people."""
     attempts: _builtins.int
     """Number of attempts made."""
+    failure_code: _builtins.str
+    """The stable reason of the last failure (e.g. `WORKER_LOST`,
+    `UNREADABLE_MEDIA`, `MODEL_UNAVAILABLE`).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the job was dead-lettered."""
+
+    @_builtins.property
+    def attempt_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttemptFailure]:
+        """Every failed attempt of the job, the first first."""
 
     def __init__(
         self,
@@ -310,14 +320,56 @@ class DeadLetter(_message.Message):
         failure_reason: _builtins.str = ...,
         attempts: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        failure_code: _builtins.str = ...,
+        attempt_history: _abc.Iterable[Global___AttemptFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "failure_reason", b"failure_reason", "job", b"job", "name", b"name", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt_history", b"attempt_history", "attempts", b"attempts", "create_time", b"create_time", "failure_code", b"failure_code", "failure_reason", b"failure_reason", "job", b"job", "name", b"name", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeadLetter: _TypeAlias = DeadLetter  # noqa: Y015
+
+@_typing.final
+class AttemptFailure(_message.Message):
+    """Why one attempt at a job failed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    FAILURE_CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    WORKER_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    attempt: _builtins.int
+    """Number of the attempt, from 1."""
+    failure_code: _builtins.str
+    """The stable reason, e.g. `WORKER_LOST`."""
+    message: _builtins.str
+    """What happened, for people."""
+    worker: _builtins.str
+    """The worker that ran the attempt (host:pid)."""
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the attempt ended."""
+
+    def __init__(
+        self,
+        *,
+        attempt: _builtins.int = ...,
+        failure_code: _builtins.str = ...,
+        message: _builtins.str = ...,
+        worker: _builtins.str = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "end_time", b"end_time", "failure_code", b"failure_code", "message", b"message", "worker", b"worker"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttemptFailure: _TypeAlias = AttemptFailure  # noqa: Y015
 
 @_typing.final
 class ClipRange(_message.Message):

@@ -123,8 +123,10 @@ class PipelineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryJob(self, request, context):
-        """Queues a failed or cancelled job again. Stages are idempotent, so work
-        already done is reused, not duplicated.
+        """Queues a failed or cancelled job again, as a fresh set of attempts
+        (attempt 1 next; its dead letter and attempt history go). Stages are
+        idempotent, so work already done is reused, not duplicated.
+        Administrators may retry anyone's dead-lettered jobs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,8 +54,10 @@ class PipelineServiceStub:
     with FAILED_PRECONDITION.
     """
     RetryJob: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.RetryJobRequest, _pipeline_service_pb2.Job]
-    """Queues a failed or cancelled job again. Stages are idempotent, so work
-    already done is reused, not duplicated.
+    """Queues a failed or cancelled job again, as a fresh set of attempts
+    (attempt 1 next; its dead letter and attempt history go). Stages are
+    idempotent, so work already done is reused, not duplicated.
+    Administrators may retry anyone's dead-lettered jobs.
     """
     GetQueueStats: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.GetQueueStatsRequest, _pipeline_service_pb2.QueueStats]
     """Returns the work queues' depths and the jobs waiting and running by
@@ -94,8 +96,10 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
     with FAILED_PRECONDITION.
     """
     RetryJob: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.RetryJobRequest, _pipeline_service_pb2.Job]  # type: ignore[assignment]
-    """Queues a failed or cancelled job again. Stages are idempotent, so work
-    already done is reused, not duplicated.
+    """Queues a failed or cancelled job again, as a fresh set of attempts
+    (attempt 1 next; its dead letter and attempt history go). Stages are
+    idempotent, so work already done is reused, not duplicated.
+    Administrators may retry anyone's dead-lettered jobs.
     """
     GetQueueStats: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.GetQueueStatsRequest, _pipeline_service_pb2.QueueStats]  # type: ignore[assignment]
     """Returns the work queues' depths and the jobs waiting and running by
@@ -161,8 +165,10 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pipeline_service_pb2.RetryJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_service_pb2.Job, _abc.Awaitable[_pipeline_service_pb2.Job]]:
-        """Queues a failed or cancelled job again. Stages are idempotent, so work
-        already done is reused, not duplicated.
+        """Queues a failed or cancelled job again, as a fresh set of attempts
+        (attempt 1 next; its dead letter and attempt history go). Stages are
+        idempotent, so work already done is reused, not duplicated.
+        Administrators may retry anyone's dead-lettered jobs.
         """
 
     @_abc_1.abstractmethod
