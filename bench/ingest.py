@@ -101,7 +101,8 @@ async def _stage_in_process(path: Path) -> dict[str, float]:
     probed = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as out:
         async with MediaPass(path, info.duration_s, out, thumbnail_at_s=min(1.0, info.duration_s / 2),
-                             threshold=DEFAULT_THRESHOLD, min_scene_s=DEFAULT_MIN_SCENE_S) as media:
+                             threshold=DEFAULT_THRESHOLD, min_scene_s=DEFAULT_MIN_SCENE_S,
+                             stream=info.video_stream) as media:
             await media.thumbnail()
             thumbnailed = time.perf_counter()
             analysis = await media.result()

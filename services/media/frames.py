@@ -39,7 +39,6 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
 
 import cv2
 import numpy as np
@@ -48,10 +47,12 @@ from services.common.errors import DeadlineExceeded, FailedPrecondition
 from services.media.probe import (
     PROBE_TIMEOUT_S,
     REASON_UNREADABLE_MEDIA,
+    VideoStreamFacts,
     first_motion_video,
     media_error,
     restricted,
     trim_stderr,
+    video_stream_facts,
 )
 
 ANALYSIS_WIDTH = 256
@@ -61,7 +62,6 @@ KEYFRAME_MAX_WIDTH = 480
 STALL_TIMEOUT_S = 120.0
 """Longest ffmpeg may go without producing a frame before the decode fails (DEADLINE_EXCEEDED)."""
 POLL_S = 0.1
-_DEFAULT_RATE = Fraction(25)
 _PIPE_BYTES = 1 << 20  # fewer wake-ups per frame; Linux allows unprivileged pipes up to 1 MiB by default
 _F_SETPIPE_SZ = 1031
 
@@ -71,14 +71,14 @@ class DecodeCancelled(Exception):
 
 
 @dataclass(frozen=True)
-class VideoStream:
-    """The stream to decode: absolute ``index``, stored size, sample aspect ratio and frame rate."""
+class VideoStream(VideoStreamFacts):
+    """The stream to decode: absolute ``index``, size (upright), frame rate and sample aspect ratio, as
+    ``probe`` finds them (``MediaInfo.video_stream``), and the sizes a decode derives from them."""
 
-    index: int
-    width: int
-    height: int
-    rate: Fraction
-    sar: Fraction = Fraction(1)
+    @classmethod
+    def of(cls, facts: VideoStreamFacts) -> VideoStream:
+        return facts if isinstance(facts, VideoStream) else cls(facts.index, facts.width, facts.height, facts.rate,
+                                                                facts.sar)
 
     @property
     def analysis_size(self) -> tuple[int, int]:
@@ -105,7 +105,8 @@ def bgr(i420: np.ndarray) -> np.ndarray:
 
 
 def probe_video_stream(path: str | os.PathLike[str], field: str, cancel: threading.Event) -> VideoStream:
-    """ffprobe (restricted, like every tool run) for the first moving-picture stream."""
+    """ffprobe (restricted, like every tool run) for the first moving-picture stream: for a decode without
+    ``probe``'s ``MediaInfo.video_stream`` at hand."""
     args = restricted(["ffprobe", "-v", "error", "-print_format", "json", "-show_streams", os.fspath(path)])
     try:
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -133,52 +134,10 @@ def probe_video_stream(path: str | os.PathLike[str], field: str, cancel: threadi
     except (json.JSONDecodeError, AttributeError):
         streams = []
     video = first_motion_video(streams)
-    width, height = (int(video.get("width") or 0), int(video.get("height") or 0)) if video else (0, 0)
-    if video is None or width <= 0 or height <= 0:
+    facts = video_stream_facts(video) if video else None
+    if facts is None:
         raise media_error(REASON_UNREADABLE_MEDIA, "no decodable video stream", field)
-    sar = _sar(video)
-    if _quarter_turned(video):  # ffmpeg turns the picture upright (autorotate): frames come out transposed
-        width, height, sar = height, width, 1 / sar
-    return VideoStream(int(video.get("index", 0)), width, height, guess_rate(video), sar)
-
-
-def guess_rate(stream: dict[str, Any]) -> Fraction:
-    """The stream's frame rate as ffmpeg (and OpenCV) guess it: the base rate ``r_frame_rate``, unless it
-    is implausibly high next to a plausible average rate."""
-    rates = []
-    for key in ("r_frame_rate", "avg_frame_rate"):
-        try:
-            rate = Fraction(str(stream.get(key, "0/1")))
-        except (ValueError, ZeroDivisionError):
-            rate = Fraction(0)
-        rates.append(rate if 0 < rate < 1000 else Fraction(0))
-    base, average = rates
-    if base > 210 and 0 < average < 70:
-        return average
-    return base or average or _DEFAULT_RATE
-
-
-def _quarter_turned(stream: dict[str, Any]) -> bool:
-    """Does the stream's display matrix (or old ``rotate`` tag) turn it by 90 or 270 degrees?"""
-    turns: list[Any] = [side.get("rotation") for side in stream.get("side_data_list") or []
-                        if isinstance(side, dict)]
-    turns.append((stream.get("tags") or {}).get("rotate"))
-    for turn in turns:
-        try:
-            return round(float(turn)) % 180 == 90
-        except (TypeError, ValueError):
-            continue
-    return False
-
-
-def _sar(stream: dict[str, Any]) -> Fraction:
-    """The sample aspect ratio (``"1:1"``, ``"4:3"``); 1 when absent, unknown (``0:1``) or absurd."""
-    try:
-        num, den = (int(part) for part in str(stream.get("sample_aspect_ratio", "1:1")).split(":"))
-        sar = Fraction(num, den)
-    except (ValueError, ZeroDivisionError):
-        return Fraction(1)
-    return sar if Fraction(1, 16) <= sar <= 16 else Fraction(1)
+    return VideoStream.of(facts)
 
 
 def decode_args(

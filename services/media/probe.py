@@ -60,6 +60,7 @@ DECODE_CHECK_TIMEOUT_S = 60.0
 FRAME_TIMEOUT_S = 60.0
 _STDERR_LIMIT = 600
 _TAIL_CHECK_S = 1.0
+_DEFAULT_RATE = Fraction(25)
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,20 @@ class SubtitleStream:
 
 
 @dataclass(frozen=True)
+class VideoStreamFacts:
+    """What a decode of the video stream needs to know (``frames.VideoStream`` adds the sizes it derives): the
+    absolute stream ``index`` (``-map 0:<index>``), the size frames come out at (upright: a quarter-turned
+    stream's sides swapped, as ffmpeg's autorotate turns the picture), ffmpeg's frame ``rate`` (``guess_rate``)
+    and the sample aspect ratio (``sar``, of the upright picture)."""
+
+    index: int
+    width: int
+    height: int
+    rate: Fraction
+    sar: Fraction = Fraction(1)
+
+
+@dataclass(frozen=True)
 class MediaInfo:
     """What ffprobe says about a video file; durations in seconds, sizes in bytes."""
 
@@ -89,6 +104,9 @@ class MediaInfo:
     format_name: str
     size_bytes: int
     subtitle_streams: list[SubtitleStream] = field(default_factory=list)
+    video_stream: VideoStreamFacts | None = None
+    """The decode facts of the video stream (None when its size is unknown): with them a decode pass
+    (``scenes.MediaPass``) needs no ffprobe of its own."""
 
     @property
     def container(self) -> str:
@@ -240,6 +258,7 @@ def media_info_from_probe(report: dict[str, Any], *, size_bytes: int, field: str
         format_name=format_name,
         size_bytes=size_bytes,
         subtitle_streams=[_subtitle_stream(s) for s in streams if s.get("codec_type") == "subtitle"],
+        video_stream=video_stream_facts(video),
     )
 
 
@@ -326,6 +345,56 @@ def _positive_float(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if number > 0 and number == number and number != float("inf") else None
+
+
+def video_stream_facts(stream: dict[str, Any]) -> VideoStreamFacts | None:
+    """The decode facts of ffprobe's ``stream`` (a video stream of ``-show_streams``); None without a size."""
+    width, height = int(stream.get("width") or 0), int(stream.get("height") or 0)
+    if width <= 0 or height <= 0:
+        return None
+    sar = _sar(stream)
+    if _quarter_turned(stream):  # ffmpeg turns the picture upright (autorotate): frames come out transposed
+        width, height, sar = height, width, 1 / sar
+    return VideoStreamFacts(int(stream.get("index", 0)), width, height, guess_rate(stream), sar)
+
+
+def guess_rate(stream: dict[str, Any]) -> Fraction:
+    """The stream's frame rate as ffmpeg (and OpenCV) guess it: the base rate ``r_frame_rate``, unless it
+    is implausibly high next to a plausible average rate."""
+    rates = []
+    for key in ("r_frame_rate", "avg_frame_rate"):
+        try:
+            rate = Fraction(str(stream.get(key, "0/1")))
+        except (ValueError, ZeroDivisionError):
+            rate = Fraction(0)
+        rates.append(rate if 0 < rate < 1000 else Fraction(0))
+    base, average = rates
+    if base > 210 and 0 < average < 70:
+        return average
+    return base or average or _DEFAULT_RATE
+
+
+def _quarter_turned(stream: dict[str, Any]) -> bool:
+    """Does the stream's display matrix (or old ``rotate`` tag) turn it by 90 or 270 degrees?"""
+    turns: list[Any] = [side.get("rotation") for side in stream.get("side_data_list") or []
+                        if isinstance(side, dict)]
+    turns.append((stream.get("tags") or {}).get("rotate"))
+    for turn in turns:
+        try:
+            return round(float(turn)) % 180 == 90
+        except (TypeError, ValueError):
+            continue
+    return False
+
+
+def _sar(stream: dict[str, Any]) -> Fraction:
+    """The sample aspect ratio (``"1:1"``, ``"4:3"``); 1 when absent, unknown (``0:1``) or absurd."""
+    try:
+        num, den = (int(part) for part in str(stream.get("sample_aspect_ratio", "1:1")).split(":"))
+        sar = Fraction(num, den)
+    except (ValueError, ZeroDivisionError):
+        return Fraction(1)
+    return sar if Fraction(1, 16) <= sar <= 16 else Fraction(1)
 
 
 def _frame_rate(stream: dict[str, Any]) -> float:

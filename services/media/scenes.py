@@ -43,7 +43,7 @@ from services.media.frames import (
     probe_video_stream,
 )
 from services.media.keyframes import Keyframe, KeyframePicker
-from services.media.probe import REASON_UNREADABLE_MEDIA, media_error
+from services.media.probe import REASON_UNREADABLE_MEDIA, VideoStreamFacts, media_error
 
 CANDIDATES_PER_S = 3
 """Keyframe candidates decoded at keyframe size per second of video: a keyframe is within 1/6 s of the middle
@@ -122,15 +122,17 @@ def detect_scenes(
     field: str = "video",
     cancel: threading.Event | None = None,
     stall_timeout_s: float = STALL_TIMEOUT_S,
+    stream: VideoStreamFacts | None = None,
 ) -> list[Scene]:
     """Scenes covering ``[0, duration_s]`` contiguously (at least one), cut where the picture jumps.
 
-    Blocking: decodes the whole video. Raises ``InvalidArgument`` (UNREADABLE_MEDIA) when the file cannot
-    be probed or no frame decodes, ``DeadlineExceeded`` (TOOL_TIMEOUT) when ffmpeg stalls, and
-    ``SceneDetectionCancelled`` once ``cancel`` is set.
+    ``stream``: the video stream's facts from ``probe`` (``MediaInfo.video_stream``); without them the video
+    is probed here first. Blocking: decodes the whole video. Raises ``InvalidArgument`` (UNREADABLE_MEDIA)
+    when the file cannot be probed or no frame decodes, ``DeadlineExceeded`` (TOOL_TIMEOUT) when ffmpeg
+    stalls, and ``SceneDetectionCancelled`` once ``cancel`` is set.
     """
     cuts = detect_cuts(path, threshold=threshold, min_scene_s=min_scene_s, field=field, cancel=cancel,
-                       stall_timeout_s=stall_timeout_s)
+                       stall_timeout_s=stall_timeout_s, stream=stream)
     return scenes_from_cuts(cuts, duration_s, min_scene_s=min_scene_s)
 
 
@@ -142,12 +144,13 @@ def detect_cuts(
     field: str = "video",
     cancel: threading.Event | None = None,
     stall_timeout_s: float = STALL_TIMEOUT_S,
+    stream: VideoStreamFacts | None = None,
 ) -> list[float]:
     """Times (seconds) of the first frame of every new shot after the first, ascending. Blocking."""
     cancel = cancel or threading.Event()
-    stream = _stream(path, field, cancel)
-    cuts = CutDetector(stream.rate, threshold, min_scene_s)
-    with FrameSource(path, stream, cancel, stall_timeout_s=stall_timeout_s, field=field) as frames:
+    video = _stream(path, field, cancel, stream)
+    cuts = CutDetector(video.rate, threshold, min_scene_s)
+    with FrameSource(path, video, cancel, stall_timeout_s=stall_timeout_s, field=field) as frames:
         while (frame := frames.analysis()) is not None:
             cuts.push(bgr(frame))
         frames.finish()
@@ -167,18 +170,20 @@ def analyse_video(
     stall_timeout_s: float = STALL_TIMEOUT_S,
     on_thumbnail: Callable[[Path], None] | None = None,
     keyframe_interval_s: float = DEFAULT_KEYFRAME_INTERVAL_S,
+    stream: VideoStreamFacts | None = None,
 ) -> SceneAnalysis:
     """``detect_scenes`` plus, from the same decode, the keyframes of each scene (one per block of at most
     ``keyframe_interval_s`` seconds, see ``SceneAnalysis.keyframes``) and the thumbnail (the frame nearest
     ``thumbnail_at_s``, clamped into the video) as JPEGs in ``out_dir`` (at most 480 px wide). ``on_thumbnail``
-    gets the thumbnail's path as soon as it is written, while the decode goes on. Blocking; raises as
+    gets the thumbnail's path as soon as it is written, while the decode goes on. ``stream``: as
+    ``detect_scenes``'s (with ``probe``'s facts the pass runs no ffprobe of its own). Blocking; raises as
     ``detect_scenes`` does, and ``ValueError`` when ``keyframe_interval_s`` is outside
     ``[MIN_KEYFRAME_INTERVAL_S, MAX_KEYFRAME_INTERVAL_S]``."""
     if not MIN_KEYFRAME_INTERVAL_S <= keyframe_interval_s <= MAX_KEYFRAME_INTERVAL_S:
         raise ValueError(f"keyframe_interval_s must be within [{MIN_KEYFRAME_INTERVAL_S}, "
                          f"{MAX_KEYFRAME_INTERVAL_S}] s, got {keyframe_interval_s}")
     cancel = cancel or threading.Event()
-    stream = _stream(path, field, cancel)
+    stream = _stream(path, field, cancel, stream)
     cuts = CutDetector(stream.rate, threshold, min_scene_s)
     every = max(1, min(round(stream.rate / CANDIDATES_PER_S), cuts.min_scene_frames))
     writer = _JpegWriter(Path(out_dir))
@@ -249,6 +254,7 @@ async def detect_scenes_async(
     field: str = "video",
     executor: Executor | None = None,
     stall_timeout_s: float = STALL_TIMEOUT_S,
+    stream: VideoStreamFacts | None = None,
 ) -> list[Scene]:
     """``detect_scenes`` off the event loop (in ``executor``, default: the loop's thread pool).
 
@@ -256,7 +262,7 @@ async def detect_scenes_async(
     to ``CANCEL_WAIT_S``) before ``CancelledError`` propagates."""
     cancel = threading.Event()
     job = partial(detect_scenes, path, duration_s, threshold, min_scene_s, field=field, cancel=cancel,
-                  stall_timeout_s=stall_timeout_s)
+                  stall_timeout_s=stall_timeout_s, stream=stream)
     future = asyncio.get_running_loop().run_in_executor(executor, job)
     try:
         return await asyncio.shield(future)
@@ -269,7 +275,7 @@ class MediaPass:
     """``analyse_video`` in a worker thread, as an async context manager: ``thumbnail()`` answers as soon as
     the poster frame is decoded (early in the pass), ``result()`` when the pass is over. Leaving the block
     before the pass ends (an error, a cancelled task) stops ffmpeg and the thread, as ``detect_scenes_async``
-    does. Arguments as ``analyse_video``'s."""
+    does. Arguments as ``analyse_video``'s (pass ``stream=info.video_stream`` from ``probe``: no second ffprobe)."""
 
     def __init__(self, path: str | os.PathLike[str], duration_s: float, out_dir: str | os.PathLike[str], *,
                  executor: Executor | None = None, **options: Any) -> None:
@@ -321,10 +327,12 @@ async def _stop_worker(future: asyncio.Future[T], cancel: threading.Event) -> No
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-def _stream(path: str | os.PathLike[str], field: str, cancel: threading.Event) -> VideoStream:
+def _stream(path: str | os.PathLike[str], field: str, cancel: threading.Event,
+            facts: VideoStreamFacts | None) -> VideoStream:
+    """The stream to decode: from ``probe``'s facts when given, else from an ffprobe of its own."""
     if cancel.is_set():  # cancelled while queued for a worker thread
         raise SceneDetectionCancelled()
-    return probe_video_stream(path, field, cancel)
+    return VideoStream.of(facts) if facts is not None else probe_video_stream(path, field, cancel)
 
 
 class _JpegWriter:

@@ -120,19 +120,22 @@ class VideoProcessor:
 
         await report.start("PROBE", "reading container and streams")
         info = await probe(source)
-        await self._update_video(
-            run, duration_s=info.duration_s, width=info.width, height=info.height,
-            frame_rate=info.frame_rate, video_codec=info.video_codec, audio_codec=info.audio_codec,
-            has_audio=info.has_audio, state="PROCESSING",
-        )
-        await report.done("PROBE", f"{info.duration_s:.1f} s, {info.width}x{info.height}, {info.video_codec}")
-
-        await report.start("THUMBNAIL", "extracting poster frame")
-        # One decode gives the thumbnail (early in it), the scenes and their keyframes.
+        # One decode gives the thumbnail (early in it), the scenes and their keyframes. It starts from the
+        # probe's facts (no ffprobe of its own) while those are stored and the stages reported.
         with tempfile.TemporaryDirectory(prefix="clipmind-frames-") as frames:
             async with MediaPass(source, info.duration_s, frames, thumbnail_at_s=min(1.0, info.duration_s / 2),
                                  threshold=self._config.scene_threshold, min_scene_s=self._config.min_scene_s,
-                                 keyframe_interval_s=self._config.keyframe_interval_s) as media:
+                                 keyframe_interval_s=self._config.keyframe_interval_s,
+                                 stream=info.video_stream) as media:
+                await self._update_video(
+                    run, duration_s=info.duration_s, width=info.width, height=info.height,
+                    frame_rate=info.frame_rate, video_codec=info.video_codec, audio_codec=info.audio_codec,
+                    has_audio=info.has_audio, state="PROCESSING",
+                )
+                await report.done("PROBE",
+                                  f"{info.duration_s:.1f} s, {info.width}x{info.height}, {info.video_codec}")
+
+                await report.start("THUMBNAIL", "extracting poster frame")
                 thumb_key = thumbnail_key(video.video_id)
                 await self._blobs.put_file(thumb_key, await media.thumbnail(), move=True)
                 await self._update_video(run, thumbnail_key=thumb_key)
