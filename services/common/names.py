@@ -25,6 +25,7 @@ UPLOADS = "uploads"
 USERS = "users"
 API_KEYS = "apiKeys"
 TRANSCRIPT_SEGMENTS = "transcriptSegments"
+COMPILATIONS = "compilations"
 
 #: ``users/me``: the caller, where a method accepts it.
 ME = "me"
@@ -66,6 +67,14 @@ def transcript_segment_name(video_id: uuid.UUID, index: int) -> str:
 
 
 # ---- parse -------------------------------------------------------------------------------------------------
+
+
+def compilation_name(compilation_id: uuid.UUID) -> str:
+    return f"{COMPILATIONS}/{compilation_id}"
+
+
+def parse_compilation_name(name: str, field: str = "name") -> uuid.UUID:
+    return parse_name(name, COMPILATIONS, field)
 
 
 def parse_name(name: str, collection: str, field: str = "name") -> uuid.UUID:

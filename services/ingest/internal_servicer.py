@@ -65,7 +65,8 @@ class IngestInternalServicer(pb_grpc.IngestInternalServiceServicer):
         video = await self._videos.get(parse_video_name(request.video, "video"))
         return pb.VideoSource(video=video_name(video.id), blob_key=video.blob_key, sidecar_key=video.sidecar_key,
                               sidecar_format=video.sidecar_format, sidecar_language=video.sidecar_language,
-                              title=video.title, owner=user_name(video.owner_id))
+                              title=video.title, owner=user_name(video.owner_id),
+                              duration_seconds=video.duration_s)
 
     async def UpdateVideoProcessing(
         self, request: pb.UpdateVideoProcessingRequest, context: Context

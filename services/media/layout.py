@@ -6,6 +6,8 @@ and the deleter agree. Everything of a video is under ``video_prefix``:
     videos/{id}/thumbnail.jpg        the poster frame
     videos/{id}/scenes/{scene:04d}-{frame:02d}.jpg   keyframe ``frame`` of scene ``scene`` (both from 0)
 
+A compilation's rendered file is ``compilations/{id}/output.mp4`` (under ``compilation_prefix``).
+
 These are blob keys, not resource names: a gRPC message names the video ``videos/{id}`` (services.common.names).
 """
 
@@ -39,3 +41,13 @@ def keyframe_key(video_id: uuid.UUID, scene_index: int, frame_index: int) -> str
     if scene_index < 0 or frame_index < 0:
         raise ValueError(f"scene and frame indices must not be negative, got {scene_index}, {frame_index}")
     return f"{video_prefix(video_id)}scenes/{scene_index:04d}-{frame_index:02d}.jpg"
+
+
+def compilation_prefix(compilation_id: uuid.UUID) -> str:
+    """The prefix of every blob of a compilation (with its trailing ``/``)."""
+    return f"compilations/{compilation_id}/"
+
+
+def compilation_key(compilation_id: uuid.UUID) -> str:
+    """A compilation's rendered file (MP4)."""
+    return f"{compilation_prefix(compilation_id)}output.mp4"

@@ -62,7 +62,8 @@ class IngestClient:
         answer = await self._stub.GetVideoSource(pb.GetVideoSourceRequest(video=video_name(video_id)))
         owner_id = parse_user_name(answer.owner, "owner") if answer.owner else None
         return VideoSource(video_id, answer.blob_key, answer.sidecar_key, answer.sidecar_format,
-                           answer.sidecar_language, answer.title, owner_id=owner_id)
+                           answer.sidecar_language, answer.title, owner_id=owner_id,
+                           duration_s=answer.duration_seconds)
 
     async def update(self, video_id: uuid.UUID, fence: int, state: str = "", **facts: Any) -> None:
         """Record facts (and a state) found by the run holding ``fence``; FAILED_PRECONDITION ``RUN_SUPERSEDED``

@@ -144,7 +144,11 @@ class JobStore:
         return event
 
     @staticmethod
-    async def _tell_ingest(conn: asyncpg.Connection, job: asyncpg.Record, fence: int, **update: object) -> int:
+    async def _tell_ingest(conn: asyncpg.Connection, job: asyncpg.Record, fence: int, **update: object) -> int | None:
+        """Commit the update ingest must learn of a video job's end; None for a compilation's job (its state is the
+        job's own: nothing to tell)."""
+        if job["video_id"] is None:
+            return None
         request = processing_request(job["video_id"], fence, **update)  # type: ignore[arg-type]
         return await outbox.add(conn, VIDEO_PROCESSING_TOPIC, request.SerializeToString())
 

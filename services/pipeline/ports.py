@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Protocol
 
-from services.pipeline.records import DeadLetter, Job, JobEvent, ProcessedVideo, VideoSource
+from services.pipeline.records import Compilation, DeadLetter, Job, JobEvent, ProcessedVideo, VideoSource
 
 
 class Jobs(Protocol):
@@ -97,3 +97,22 @@ class SearchIndex(Protocol):
         """Replace everything indexed for the video, atomically, as the index of ``owner_id`` (the user whose
         searches find it); FAILED_PRECONDITION ``RUN_SUPERSEDED`` when a later run (larger fence) wrote it already,
         NOT_FOUND when the video is gone, UNAVAILABLE while the search service is away."""
+
+
+class Compilations(Protocol):
+    """Compilations and their render jobs (``compilation_store.CompilationStore``); ``scope`` as for jobs."""
+
+    async def create(self, compilation: Compilation, job: Job) -> Compilation:
+        """The compilation and its QUEUED render job, together."""
+
+    async def get(self, compilation_id: uuid.UUID, *, scope: uuid.UUID | None) -> Compilation:
+        """NOT_FOUND (``COMPILATION_NOT_FOUND``) when there is none or ``scope`` does not own it."""
+
+    async def list_page(self, *, scope: uuid.UUID | None, limit: int,
+                        after: tuple[datetime, uuid.UUID] | None) -> list[Compilation]: ...
+
+    async def delete(self, compilation_id: uuid.UUID, *, scope: uuid.UUID | None) -> Compilation: ...
+
+    async def rendered(self, compilation_id: uuid.UUID, run_id: uuid.UUID, *, output_key: str, duration_s: float,
+                       size_bytes: int, render_method: str) -> None:
+        """What the run made; FAILED_PRECONDITION ``RUN_SUPERSEDED`` once it no longer owns the job."""

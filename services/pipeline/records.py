@@ -23,7 +23,7 @@ STAGES = ("PROBE", "THUMBNAIL", "SCENES", "TRANSCRIPT", "EMBED", "INDEX")
 @dataclass
 class Job:
     id: uuid.UUID
-    video_id: uuid.UUID
+    video_id: uuid.UUID | None  # the video it processes; None for a compilation's render job
     state: str
     stage: str = "STAGE_UNSPECIFIED"
     progress: float = 0.0
@@ -44,6 +44,7 @@ class Job:
     # Keyword-only so the positional fields above keep their order; UNOWNED is a job from before owners.
     owner_id: uuid.UUID = field(default=UNOWNED, kw_only=True)
     priority: str = field(default="STANDARD", kw_only=True)  # HIGH, STANDARD or BATCH: its queue entries' order
+    compilation_id: uuid.UUID | None = field(default=None, kw_only=True)  # the compilation a render job renders
 
     @property
     def terminal(self) -> bool:
@@ -55,7 +56,7 @@ class Run:
     """One attempt at a job by one worker: ``run_id`` fences every write it makes."""
 
     job_id: uuid.UUID
-    video_id: uuid.UUID
+    video_id: uuid.UUID  # the video it processes (a render run: its compilation's id)
     run_id: uuid.UUID
     attempt: int
     max_attempts: int
@@ -64,6 +65,7 @@ class Run:
     # run can never write an index that nobody (or the wrong user) owns.
     owner_id: uuid.UUID = field(kw_only=True)
     priority: str = field(default="STANDARD", kw_only=True)  # the job's: its retries are enqueued with it
+    compilation: bool = field(default=False, kw_only=True)  # a compilation's render (``video_id`` is its id)
 
 
 @dataclass
@@ -94,7 +96,7 @@ class AttemptFailure:
 class DeadLetter:
     id: uuid.UUID
     job_id: uuid.UUID
-    video_id: uuid.UUID
+    video_id: uuid.UUID | None  # None for a compilation's render job
     failure_reason: str
     attempts: int
     failure_code: str = ""
@@ -113,6 +115,7 @@ class VideoSource:
     sidecar_language: str = ""
     title: str = ""
     owner_id: uuid.UUID | None = None  # the video's owner as ingest records it (None: ingest did not say)
+    duration_s: float = 0.0  # as validated at upload (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -162,3 +165,40 @@ class ProcessedVideo:
     transcript_model: str = ""
     visual_vectors: list[tuple[uuid.UUID, np.ndarray]] = field(default_factory=list)  # (keyframe id, vector)
     visual_model: str = ""
+
+
+@dataclass(frozen=True)
+class CompilationPiece:
+    """A span of one of the owner's videos, in the compilation's order."""
+
+    video_id: uuid.UUID
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
+class CompilationOptions:
+    crossfade_s: float = 0.0
+    title_text: str = ""
+    title_s: float = 3.0
+    fade_in_s: float = 0.0
+    fade_out_s: float = 0.0
+    width: int = 0  # 0 x 0: the sources' own size when they share it
+    height: int = 0
+
+
+@dataclass
+class Compilation:
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    pieces: list[CompilationPiece]
+    options: CompilationOptions
+    job_id: uuid.UUID
+    state: str = "QUEUED"  # its job's state: QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED
+    failure_reason: str = ""
+    output_key: str = ""
+    duration_s: float = 0.0
+    size_bytes: int = 0
+    render_method: str = ""
+    create_time: datetime | None = None
+    update_time: datetime | None = None

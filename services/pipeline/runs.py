@@ -39,6 +39,7 @@ from services.media.layout import video_prefix
 from services.pipeline.ports import Jobs
 from services.pipeline.processor import VideoProcessor
 from services.pipeline.records import Run
+from services.pipeline.renderer import CompilationRenderer
 from services.pipeline.reporter import JobCancelled, JobReporter, StopRequested, ride_out
 
 log = logging.getLogger(__name__)
@@ -118,17 +119,19 @@ class _Guard:
 
 
 class JobRunner:
-    """Runs one queue entry of a job through ``VideoProcessor`` as one fenced, leased attempt."""
+    """Runs one queue entry of a job — a video's processing (``VideoProcessor``) or a compilation's render
+    (``CompilationRenderer``) — as one fenced, leased attempt."""
 
     def __init__(
         self, jobs: Jobs, reporter: JobReporter, queue: JobQueue, blobs: BlobStore,
-        processor: VideoProcessor, policy: RunPolicy, *, worker: str,
+        processor: VideoProcessor, policy: RunPolicy, *, worker: str, renderer: CompilationRenderer | None = None,
     ) -> None:
         self._jobs = jobs
         self._reporter = reporter
         self._queue = queue
         self._blobs = blobs
         self._processor = processor
+        self._renderer = renderer
         self._policy = policy
         self._worker = worker
 
@@ -141,10 +144,15 @@ class JobRunner:
             return "nothing to run: the job ended, runs elsewhere, or was re-queued under another key"
         job, event = claimed
         await self._reporter.published(event)
-        run = Run(job.id, job.video_id, run_id, job.attempt, job.max_attempts, job.fence, owner_id=job.owner_id,
-                  priority=job.priority)
+        subject = job.compilation_id or job.video_id
+        assert subject is not None  # a job has one (jobs_one_subject)
+        run = Run(job.id, subject, run_id, job.attempt, job.max_attempts, job.fence, owner_id=job.owner_id,
+                  priority=job.priority, compilation=job.compilation_id is not None)
         started = time.monotonic()
-        work = asyncio.create_task(self._processor.run(run, stopping), name=f"job {job.id} attempt {job.attempt}")
+        if run.compilation and self._renderer is None:
+            raise RuntimeError("this worker has no compilation renderer")
+        doer = self._renderer if run.compilation and self._renderer is not None else self._processor
+        work = asyncio.create_task(doer.run(run, stopping), name=f"job {job.id} attempt {job.attempt}")
         guard = _Guard(self._jobs, run, self._policy, work)
         outcome = "interrupted"  # the worker's task was cancelled (shutdown, arq's job timeout)
         try:
@@ -167,6 +175,11 @@ class JobRunner:
             await self._hand_back(run, f"the worker is stopping; handed back before {stop} (no attempt used)")
             return "handed back"
         except NotFound as gone:
+            if run.compilation:
+                if gone.reason in ("COMPILATION_NOT_FOUND", "JOB_NOT_FOUND"):  # deleted: its job went with it
+                    return "compilation deleted while rendering"
+                await self._end_failed(run, "SOURCE_NOT_FOUND", "a video of the compilation was deleted", final=True)
+                return "failed"
             if gone.reason not in ("VIDEO_NOT_FOUND", "JOB_NOT_FOUND"):
                 await self._end_failed(run, *failure_of(gone, "processing"), final=True)
                 return "failed"

@@ -11,16 +11,19 @@ from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestI
 from clipmind.pipeline.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
 
 from services.common import usage_events
+from services.common.blobstore import LocalBlobStore
 from services.common.config import PipelineSettings
 from services.common.db import open_database
 from services.common.grpc_client import InternalChannels
 from services.common.grpc_server import configure_logging, run_server
-from services.common.identity_client import process_authenticator, process_request_limits
+from services.common.identity_client import media_signer, process_authenticator, process_request_limits
 from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue, QueueRoutes
 from services.pipeline import internal_servicer
-from services.pipeline.ingest_client import FACT_WAIT_S, relay_handlers
+from services.pipeline.compilation_store import CompilationStore
+from services.pipeline.compilations import CompilationControl
+from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_handlers
 from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.servicer import PipelineServicer
@@ -35,14 +38,17 @@ async def serve(settings: PipelineSettings) -> None:
     authenticator, revocations = process_authenticator(settings, channels)
     request_limits, windows = process_request_limits(settings)
     analytics = channels.stub(AnalyticsInternalServiceStub, settings.analytics_url)
-    relay = OutboxRelay(pool, {**relay_handlers(channels.stub(IngestInternalServiceStub, settings.ingest_url)),
-                               **usage_events.handler(analytics)}, name="pipeline")
+    ingest = channels.stub(IngestInternalServiceStub, settings.ingest_url)
+    relay = OutboxRelay(pool, {**relay_handlers(ingest), **usage_events.handler(analytics)}, name="pipeline")
     relay.start()
     jobs = JobStore(pool, on_fact=lambda fact: relay.deliver_soon(fact, FACT_WAIT_S))
     watcher = JobWatcher(jobs, bus, heartbeat_s=settings.watch_heartbeat_s, poll_s=settings.watch_poll_s,
                          max_streams=settings.max_watch_streams)
     control = JobControl(jobs, bus, queue)
-    servicer = PipelineServicer(control, watcher)
+    # The rendered compilations' links are signed like ingest's (its media server checks them).
+    blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url, media_signer(settings))
+    compilations = CompilationControl(CompilationStore(pool), jobs, IngestClient(ingest), queue, blobs)
+    servicer = PipelineServicer(control, watcher, compilations, blobs)
     internal = internal_servicer.PipelineInternalServicer(control)
 
     def register(server: grpc.aio.Server) -> list[str]:

@@ -13,24 +13,62 @@ from contextlib import aclosing
 
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc
+from google.protobuf import empty_pb2
 
 from services.common import priority, request_context
+from services.common.blobstore import BlobStore
 from services.common.convert import enum_value, timestamp
-from services.common.errors import PermissionDenied, Unimplemented, invalid_field
+from services.common.errors import PermissionDenied, invalid_field
 from services.common.grpc_server import Context
-from services.common.names import dead_letter_name, job_name, parse_job_name, parse_video_name, video_name
+from services.common.names import (
+    compilation_name,
+    dead_letter_name,
+    job_name,
+    parse_compilation_name,
+    parse_job_name,
+    parse_video_name,
+    user_name,
+    video_name,
+)
 from services.common.paging import bound_to, decode_token, encode_token, page_size
+from services.pipeline.compilations import CompilationControl
 from services.pipeline.jobs import JobControl
-from services.pipeline.records import DeadLetter, Job, JobEvent
+from services.pipeline.records import Compilation, CompilationOptions, CompilationPiece, DeadLetter, Job, JobEvent
 from services.pipeline.watch import Heartbeat, JobWatcher
 
 _FILTER_TERM = re.compile(r'^\s*(video|state)\s*=\s*"?([\w/-]+)"?\s*$')
 
 
+# A compilation's state is its render job's.
+_COMPILATION_STATES = {"QUEUED": pb.Compilation.STATE_PENDING, "RUNNING": pb.Compilation.STATE_RUNNING,
+                       "SUCCEEDED": pb.Compilation.STATE_SUCCEEDED, "FAILED": pb.Compilation.STATE_FAILED,
+                       "CANCELLED": pb.Compilation.STATE_FAILED}
+
+
+def compilation_to_pb(c: Compilation, blobs: BlobStore) -> pb.Compilation:
+    done = c.state == "SUCCEEDED"
+    o = c.options
+    return pb.Compilation(
+        name=compilation_name(c.id), job=job_name(c.job_id), user=user_name(c.owner_id),
+        clips=[pb.ClipRange(video=video_name(p.video_id), start_seconds=p.start_s, end_seconds=p.end_s)
+               for p in c.pieces],
+        options=pb.CompilationOptions(crossfade_seconds=o.crossfade_s, title_text=o.title_text,
+                                      title_seconds=o.title_s, fade_in_seconds=o.fade_in_s,
+                                      fade_out_seconds=o.fade_out_s, width=o.width, height=o.height),
+        state=_COMPILATION_STATES.get(c.state, pb.Compilation.STATE_UNSPECIFIED),
+        output_uri=blobs.url(c.output_key) if done and c.output_key else "",
+        duration_seconds=c.duration_s if done else 0.0, size_bytes=c.size_bytes if done else 0,
+        render_method=c.render_method if done else "",
+        failure_reason=(c.failure_reason or "rendering cancelled") if c.state in ("FAILED", "CANCELLED") else "",
+        create_time=timestamp(c.create_time), update_time=timestamp(c.update_time),
+    )
+
+
 def job_to_pb(job: Job) -> pb.Job:
     return pb.Job(
         name=job_name(job.id),
-        video=video_name(job.video_id),
+        video=video_name(job.video_id) if job.video_id is not None else "",
+        compilation=compilation_name(job.compilation_id) if job.compilation_id is not None else "",
         state=enum_value(pb.Job.State, "STATE", job.state),
         stage=enum_value(pb.Stage, "STAGE", job.stage),
         progress=job.progress,
@@ -62,7 +100,8 @@ def event_to_pb(event: JobEvent | Heartbeat) -> pb.JobEvent:
 
 def dead_letter_to_pb(letter: DeadLetter) -> pb.DeadLetter:
     return pb.DeadLetter(
-        name=dead_letter_name(letter.id), job=job_name(letter.job_id), video=video_name(letter.video_id),
+        name=dead_letter_name(letter.id), job=job_name(letter.job_id),
+        video=video_name(letter.video_id) if letter.video_id is not None else "",
         failure_reason=letter.failure_reason, attempts=letter.attempts,
         create_time=timestamp(letter.create_time), failure_code=letter.failure_code,
         attempt_history=[pb.AttemptFailure(attempt=a.attempt, failure_code=a.failure_code, message=a.message,
@@ -90,9 +129,12 @@ def parse_job_filter(expr: str) -> tuple[uuid.UUID | None, str | None]:
 
 
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
-    def __init__(self, control: JobControl, watcher: JobWatcher) -> None:
+    def __init__(self, control: JobControl, watcher: JobWatcher, compilations: CompilationControl,
+                 blobs: BlobStore) -> None:
         self._control = control
         self._watcher = watcher
+        self._compilations = compilations
+        self._blobs = blobs  # signs the rendered files' links
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.Job:
         return job_to_pb(await self._control.get(request_context.principal(), parse_job_name(request.name)))
@@ -157,7 +199,38 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         )
 
     async def CreateCompilation(self, request: pb.CreateCompilationRequest, context: Context) -> pb.Compilation:
-        raise Unimplemented("compilations are not implemented yet", reason="NOT_IMPLEMENTED")
+        caller = request_context.principal()
+        if not request.HasField("compilation"):
+            raise invalid_field("compilation", "required", reason="REQUIRED_FIELD")
+        c = request.compilation
+        pieces = [CompilationPiece(parse_video_name(r.video, f"compilation.clips[{i}].video"), r.start_seconds,
+                                   r.end_seconds) for i, r in enumerate(c.clips)]
+        o = c.options
+        options = CompilationOptions(o.crossfade_seconds, o.title_text, o.title_seconds, o.fade_in_seconds,
+                                     o.fade_out_seconds, o.width, o.height)
+        wanted = priority.requested(caller, c.priority, "compilation.priority")
+        made = await self._compilations.create(caller, pieces, options, priority=wanted)
+        return compilation_to_pb(made, self._blobs)
 
     async def GetCompilation(self, request: pb.GetCompilationRequest, context: Context) -> pb.Compilation:
-        raise Unimplemented("compilations are not implemented yet", reason="NOT_IMPLEMENTED")
+        found = await self._compilations.get(request_context.principal(), parse_compilation_name(request.name))
+        return compilation_to_pb(found, self._blobs)
+
+    async def ListCompilations(self, request: pb.ListCompilationsRequest,
+                               context: Context) -> pb.ListCompilationsResponse:
+        caller = request_context.principal()
+        size = page_size(request.page_size)
+        binding = bound_to(caller.user_id, "ListCompilations")
+        found = await self._compilations.list_page(caller, limit=size + 1,
+                                                   after=decode_token(request.page_token, binding))
+        token = ""
+        if len(found) > size:
+            found = found[:size]
+            assert found[-1].create_time is not None
+            token = encode_token(found[-1].create_time, found[-1].id, binding)
+        return pb.ListCompilationsResponse(compilations=[compilation_to_pb(c, self._blobs) for c in found],
+                                           next_page_token=token)
+
+    async def DeleteCompilation(self, request: pb.DeleteCompilationRequest, context: Context) -> empty_pb2.Empty:
+        await self._compilations.delete(request_context.principal(), parse_compilation_name(request.name))
+        return empty_pb2.Empty()

@@ -53,11 +53,13 @@ from services.common.queue import (
     job_to_json,
 )
 from services.inference.factory import make_inference
+from services.pipeline.compilation_store import CompilationStore
 from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_handlers
 from services.pipeline.job_store import MIGRATIONS, SCHEMA, JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.processor import ProcessorConfig, VideoProcessor
 from services.pipeline.records import TERMINAL_JOB_STATES
+from services.pipeline.renderer import CompilationRenderer
 from services.pipeline.reporter import JobReporter
 from services.pipeline.runs import JobRunner, RunPolicy
 from services.pipeline.search_index import SearchIndexClient
@@ -126,7 +128,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         gauges=asyncio.create_task(refresh_gauges(jobs, queue), name="worker-gauges"),
         control=JobControl(jobs, bus, queue),
         runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
-                         worker=f"{socket.gethostname()}:{os.getpid()}"),
+                         worker=f"{socket.gethostname()}:{os.getpid()}",
+                         renderer=CompilationRenderer(CompilationStore(pool), videos, reporter, blobs)),
     )
 
 

@@ -3,7 +3,6 @@ nothing is stored for it; unknown resources are NOT_FOUND (HTTP 404)."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import grpc
@@ -103,5 +102,5 @@ def test_malformed_name_and_empty_query_are_invalid(rest: httpx.Client, channel:
 
 
 def test_unimplemented_rpcs_say_so(rest: httpx.Client) -> None:
-    response = rest.get(f"/v1/compilations/{uuid.uuid4()}")  # GetCompilation: compilations come with issue 13
+    response = rest.post("/v1/videos:import", json={"uri": "https://example.com/a.mp4"})  # ImportVideo: issue 14
     assert response.status_code == 501 and error_reason(response) == "NOT_IMPLEMENTED"

@@ -28,6 +28,8 @@ from services.common.principal import Principal
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
 from services.inference.ports import MODEL_NAMES, ModelStatus
+from services.pipeline.compilation_store import CompilationStore
+from services.pipeline.compilations import CompilationControl
 from services.pipeline.ingest_client import IngestClient
 from services.pipeline.internal_servicer import PipelineInternalServicer
 from services.pipeline.job_store import JobStore
@@ -68,15 +70,17 @@ class Pipeline:
 
 
 @pytest.fixture
-async def pipeline(pg_dsn: str, redis_url: str) -> AsyncIterator[Pipeline]:
+async def pipeline(pg_dsn: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Pipeline]:
     pool = await service_db(pg_dsn, "pipeline")
     bus = ProgressBus.connect(redis_url)
     queue = await ArqJobQueue.connect(redis_url)
     jobs = JobStore(pool)
     control = JobControl(jobs, bus, queue)
     watcher = JobWatcher(jobs, bus, poll_s=0.2)
+    blobs = LocalBlobStore(tmp_path / "blobs", "http://media.invalid")  # compilations: not exercised here
+    compilations = CompilationControl(CompilationStore(pool), jobs, IngestClient(Ingest("", "")), queue, blobs)
     try:
-        yield Pipeline(jobs, control, watcher, bus, queue, PipelineServicer(control, watcher),
+        yield Pipeline(jobs, control, watcher, bus, queue, PipelineServicer(control, watcher, compilations, blobs),
                        ServicerStub(PipelineInternalServicer(control)))
     finally:
         await queue.close()

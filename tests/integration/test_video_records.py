@@ -263,11 +263,12 @@ async def test_every_change_bumps_the_revision_and_publishes_the_facts(ingest: I
 
 async def test_get_video_source_names_the_bytes_and_sidecar(ingest: Ingest) -> None:
     video = await ingest.new_video(title="a talk", sidecar_key="videos/s/sidecar.srt", sidecar_format="SRT",
-                                   sidecar_language="en")
+                                   sidecar_language="en", duration_s=42.5)
     source = await ingest.internal.GetVideoSource(pb.GetVideoSourceRequest(video=f"videos/{video.id}"))
     assert source == pb.VideoSource(video=f"videos/{video.id}", blob_key=video.blob_key,
                                     sidecar_key="videos/s/sidecar.srt", sidecar_format="SRT",
-                                    sidecar_language="en", title="a talk", owner=f"users/{OWNER}")
+                                    sidecar_language="en", title="a talk", owner=f"users/{OWNER}",
+                                    duration_seconds=42.5)
 
 
 async def test_a_deleted_video_asks_for_its_jobs_and_index_to_go_and_is_not_found(ingest: Ingest) -> None:

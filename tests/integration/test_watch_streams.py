@@ -9,6 +9,7 @@ import asyncio
 import os
 import signal
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from clipmind.pipeline.v1 import pipeline_service_pb2_grpc as pb_grpc
 
 from services.common.auth import Authenticator
 from services.common.auth_interceptor import AuthInterceptor
+from services.common.blobstore import LocalBlobStore
 from services.common.grpc_errors import ErrorInterceptor
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue
@@ -32,6 +34,8 @@ from services.common.revocations import Revocations
 from services.launcher import EmbeddedRedis, free_port
 from services.launcher.process import ManagedProcess
 from services.launcher.services import REPO_ROOT, grpc_serving, python_path
+from services.pipeline.compilation_store import CompilationStore
+from services.pipeline.compilations import CompilationControl
 from services.pipeline.job_store import JobStore
 from services.pipeline.jobs import JobControl
 from services.pipeline.records import Job
@@ -52,6 +56,13 @@ class Stack:
     stub: pb_grpc.PipelineServiceStub
 
 
+class NoCatalog:
+    """Ingest's side of CreateCompilation, which these tests of WatchJob never call."""
+
+    async def source(self, video_id: uuid.UUID) -> None:
+        raise AssertionError("no compilations in the WatchJob tests")
+
+
 @asynccontextmanager
 async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, poll_s: float = 3.0,
                    max_streams: int = 1000, health_check_s: float = 5.0,
@@ -66,7 +77,10 @@ async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, po
     revocations = Revocations.from_url(redis_url)
     server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(SIGNER, revocations, None)),
                                            ErrorInterceptor()])
-    pb_grpc.add_PipelineServiceServicer_to_server(PipelineServicer(JobControl(jobs, bus, queue), watcher), server)
+    blobs = LocalBlobStore(Path(tempfile.mkdtemp(prefix="clipmind-watch-")), "http://media.invalid")  # unused here
+    compilations = CompilationControl(CompilationStore(pool), jobs, NoCatalog(), queue, blobs)  # type: ignore[arg-type]
+    pb_grpc.add_PipelineServiceServicer_to_server(
+        PipelineServicer(JobControl(jobs, bus, queue), watcher, compilations, blobs), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     channel = aio_channel(f"127.0.0.1:{port}")

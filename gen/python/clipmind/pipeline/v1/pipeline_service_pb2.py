@@ -27,10 +27,11 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import client_pb2 as google_dot_api_dot_client__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.api import resource_pb2 as google_dot_api_dot_resource__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+clipmind/pipeline/v1/pipeline_service.proto\x12\x14\x63lipmind.pipeline.v1\x1a\x1f\x63lipmind/type/v1/priority.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x05\n\x03Job\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x05video\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x34\n\x05state\x18\x03 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x30\n\x05stage\x18\x04 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.StageB\x04\xe2\x41\x01\x03\x12\x16\n\x08progress\x18\x05 \x01(\x02\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cmax_attempts\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08priority\x18\r \x01(\x0e\x32\x1a.clipmind.type.v1.PriorityB\x04\xe2\x41\x01\x03\"\x7f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05:5\xea\x41\x32\n\x19pipeline.clipmind.dev/Job\x12\njobs/{job}*\x04jobs2\x03job\"\xc7\x02\n\x08JobEvent\x12+\n\x03job\x18\x01 \x01(\tB\x1e\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12*\n\x05stage\x18\x03 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.Stage\x12\x35\n\x0bstage_state\x18\x04 \x01(\x0e\x32 .clipmind.pipeline.v1.StageState\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x32\n\tjob_state\x18\x07 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.State\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\theartbeat\x18\t \x01(\x08\"\xad\x03\n\nDeadLetter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12/\n\x03job\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x31\n\x05video\x18\x03 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66\x61ilure_code\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x43\n\x0f\x61ttempt_history\x18\x08 \x03(\x0b\x32$.clipmind.pipeline.v1.AttemptFailureB\x04\xe2\x41\x01\x03:Y\xea\x41V\n pipeline.clipmind.dev/DeadLetter\x12\x19\x64\x65\x61\x64Letters/{dead_letter}*\x0b\x64\x65\x61\x64Letters2\ndeadLetter\"\x86\x01\n\x0e\x41ttemptFailure\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x14\n\x0c\x66\x61ilure_code\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\tClipRange\x12\x31\n\x05video\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1b\n\rstart_seconds\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x02\"\x88\x04\n\x0b\x43ompilation\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x35\n\x05\x63lips\x18\x02 \x03(\x0b\x32\x1f.clipmind.pipeline.v1.ClipRangeB\x05\xe2\x41\x02\x02\x05\x12<\n\x05state\x18\x03 \x01(\x0e\x32\'.clipmind.pipeline.v1.Compilation.StateB\x04\xe2\x41\x01\x03\x12\x18\n\noutput_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\"k\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04:]\xea\x41Z\n!pipeline.clipmind.dev/Compilation\x12\x1a\x63ompilations/{compilation}*\x0c\x63ompilations2\x0b\x63ompilation\"A\n\rGetJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.clipmind.pipeline.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x0fWatchJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"D\n\x10\x43\x61ncelJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"q\n\x0fRetryJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12,\n\x08priority\x18\x02 \x01(\x0e\x32\x1a.clipmind.type.v1.Priority\"\x16\n\x14GetQueueStatsRequest\"\xc2\x02\n\nQueueStats\x12\x36\n\x06queues\x18\x01 \x03(\x0b\x32&.clipmind.pipeline.v1.QueueStats.Queue\x12;\n\x04jobs\x18\x02 \x03(\x0b\x32-.clipmind.pipeline.v1.QueueStats.PriorityJobs\x1aT\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\npriorities\x18\x02 \x03(\x0e\x32\x1a.clipmind.type.v1.Priority\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x03\x1ai\n\x0cPriorityJobs\x12,\n\x08priority\x18\x01 \x01(\x0e\x32\x1a.clipmind.type.v1.Priority\x12\x14\n\x0cqueued_count\x18\x02 \x01(\x03\x12\x15\n\rrunning_count\x18\x03 \x01(\x03\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x17ListDeadLettersResponse\x12\x36\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32 .clipmind.pipeline.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x18\x43reateCompilationRequest\x12<\n\x0b\x63ompilation\x18\x01 \x01(\x0b\x32!.clipmind.pipeline.v1.CompilationB\x04\xe2\x41\x01\x02\"Q\n\x15GetCompilationRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!pipeline.clipmind.dev/Compilation*\x8e\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_PROBE\x10\x01\x12\x13\n\x0fSTAGE_THUMBNAIL\x10\x02\x12\x10\n\x0cSTAGE_SCENES\x10\x03\x12\x14\n\x10STAGE_TRANSCRIPT\x10\x04\x12\x0f\n\x0bSTAGE_EMBED\x10\x05\x12\x0f\n\x0bSTAGE_INDEX\x10\x06*\xa8\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_STARTED\x10\x01\x12\x18\n\x14STAGE_STATE_PROGRESS\x10\x02\x12\x19\n\x15STAGE_STATE_COMPLETED\x10\x03\x12\x17\n\x13STAGE_STATE_SKIPPED\x10\x04\x12\x16\n\x12STAGE_STATE_FAILED\x10\x05\x32\x88\t\n\x0fPipelineService\x12j\n\x06GetJob\x12#.clipmind.pipeline.v1.GetJobRequest\x1a\x19.clipmind.pipeline.v1.Job\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12k\n\x08ListJobs\x12%.clipmind.pipeline.v1.ListJobsRequest\x1a&.clipmind.pipeline.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12{\n\x08WatchJob\x12%.clipmind.pipeline.v1.WatchJobRequest\x1a\x1e.clipmind.pipeline.v1.JobEvent\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12z\n\tCancelJob\x12&.clipmind.pipeline.v1.CancelJobRequest\x1a\x19.clipmind.pipeline.v1.Job\"*\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12w\n\x08RetryJob\x12%.clipmind.pipeline.v1.RetryJobRequest\x1a\x19.clipmind.pipeline.v1.Job\")\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12u\n\rGetQueueStats\x12*.clipmind.pipeline.v1.GetQueueStatsRequest\x1a .clipmind.pipeline.v1.QueueStats\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/queueStats\x12\x87\x01\n\x0fListDeadLetters\x12,.clipmind.pipeline.v1.ListDeadLettersRequest\x1a-.clipmind.pipeline.v1.ListDeadLettersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/deadLetters\x12\x9b\x01\n\x11\x43reateCompilation\x12..clipmind.pipeline.v1.CreateCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"3\xda\x41\x0b\x63ompilation\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/compilations:\x0b\x63ompilation\x12\x8a\x01\n\x0eGetCompilation\x12+.clipmind.pipeline.v1.GetCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"(\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=compilations/*}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+clipmind/pipeline/v1/pipeline_service.proto\x12\x14\x63lipmind.pipeline.v1\x1a\x1f\x63lipmind/type/v1/priority.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x17google/api/client.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x19google/api/resource.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x06\n\x03Job\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x31\n\x05video\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x34\n\x05state\x18\x03 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.StateB\x04\xe2\x41\x01\x03\x12\x30\n\x05stage\x18\x04 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.StageB\x04\xe2\x41\x01\x03\x12\x16\n\x08progress\x18\x05 \x01(\x02\x42\x04\xe2\x41\x01\x03\x12\x15\n\x07\x61ttempt\x18\x06 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1a\n\x0cmax_attempts\x18\x07 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08\x65nd_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x32\n\x08priority\x18\r \x01(\x0e\x32\x1a.clipmind.type.v1.PriorityB\x04\xe2\x41\x01\x03\x12?\n\x0b\x63ompilation\x18\x0e \x01(\tB*\xe2\x41\x01\x03\xfa\x41#\n!pipeline.clipmind.dev/Compilation\"\x7f\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_QUEUED\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04\x12\x13\n\x0fSTATE_CANCELLED\x10\x05:5\xea\x41\x32\n\x19pipeline.clipmind.dev/Job\x12\njobs/{job}*\x04jobs2\x03job\"\xc7\x02\n\x08JobEvent\x12+\n\x03job\x18\x01 \x01(\tB\x1e\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12*\n\x05stage\x18\x03 \x01(\x0e\x32\x1b.clipmind.pipeline.v1.Stage\x12\x35\n\x0bstage_state\x18\x04 \x01(\x0e\x32 .clipmind.pipeline.v1.StageState\x12\x10\n\x08progress\x18\x05 \x01(\x02\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x32\n\tjob_state\x18\x07 \x01(\x0e\x32\x1f.clipmind.pipeline.v1.Job.State\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\theartbeat\x18\t \x01(\x08\"\xad\x03\n\nDeadLetter\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12/\n\x03job\x18\x02 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x31\n\x05video\x18\x03 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08\x61ttempts\x18\x05 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1a\n\x0c\x66\x61ilure_code\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12\x43\n\x0f\x61ttempt_history\x18\x08 \x03(\x0b\x32$.clipmind.pipeline.v1.AttemptFailureB\x04\xe2\x41\x01\x03:Y\xea\x41V\n pipeline.clipmind.dev/DeadLetter\x12\x19\x64\x65\x61\x64Letters/{dead_letter}*\x0b\x64\x65\x61\x64Letters2\ndeadLetter\"\x86\x01\n\x0e\x41ttemptFailure\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x14\n\x0c\x66\x61ilure_code\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"v\n\tClipRange\x12\x31\n\x05video\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19ingest.clipmind.dev/Video\x12\x1b\n\rstart_seconds\x18\x02 \x01(\x01\x42\x04\xe2\x41\x01\x02\x12\x19\n\x0b\x65nd_seconds\x18\x03 \x01(\x01\x42\x04\xe2\x41\x01\x02\"\x99\x06\n\x0b\x43ompilation\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x35\n\x05\x63lips\x18\x02 \x03(\x0b\x32\x1f.clipmind.pipeline.v1.ClipRangeB\x05\xe2\x41\x02\x02\x05\x12<\n\x05state\x18\x03 \x01(\x0e\x32\'.clipmind.pipeline.v1.Compilation.StateB\x04\xe2\x41\x01\x03\x12\x18\n\noutput_uri\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1c\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\x03job\x18\x08 \x01(\tB\"\xe2\x41\x01\x03\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x12\n\x04user\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12?\n\x07options\x18\n \x01(\x0b\x32(.clipmind.pipeline.v1.CompilationOptionsB\x04\xe2\x41\x01\x05\x12\x1e\n\x10\x64uration_seconds\x18\x0b \x01(\x01\x42\x04\xe2\x41\x01\x03\x12\x18\n\nsize_bytes\x18\x0c \x01(\x03\x42\x04\xe2\x41\x01\x03\x12\x1b\n\rrender_method\x18\r \x01(\tB\x04\xe2\x41\x01\x03\x12\x32\n\x08priority\x18\x0e \x01(\x0e\x32\x1a.clipmind.type.v1.PriorityB\x04\xe2\x41\x01\x04\"k\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x11\n\rSTATE_PENDING\x10\x01\x12\x11\n\rSTATE_RUNNING\x10\x02\x12\x13\n\x0fSTATE_SUCCEEDED\x10\x03\x12\x10\n\x0cSTATE_FAILED\x10\x04:]\xea\x41Z\n!pipeline.clipmind.dev/Compilation\x12\x1a\x63ompilations/{compilation}*\x0c\x63ompilations2\x0b\x63ompilation\"\xac\x01\n\x12\x43ompilationOptions\x12\x19\n\x11\x63rossfade_seconds\x18\x01 \x01(\x01\x12\x12\n\ntitle_text\x18\x02 \x01(\t\x12\x15\n\rtitle_seconds\x18\x03 \x01(\x01\x12\x17\n\x0f\x66\x61\x64\x65_in_seconds\x18\x04 \x01(\x01\x12\x18\n\x10\x66\x61\x64\x65_out_seconds\x18\x05 \x01(\x01\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x0e\n\x06height\x18\x07 \x01(\x05\"A\n\rGetJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"H\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"T\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.clipmind.pipeline.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"[\n\x0fWatchJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"D\n\x10\x43\x61ncelJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\"q\n\x0fRetryJobRequest\x12\x30\n\x04name\x18\x01 \x01(\tB\"\xe2\x41\x01\x02\xfa\x41\x1b\n\x19pipeline.clipmind.dev/Job\x12,\n\x08priority\x18\x02 \x01(\x0e\x32\x1a.clipmind.type.v1.Priority\"\x16\n\x14GetQueueStatsRequest\"\xc2\x02\n\nQueueStats\x12\x36\n\x06queues\x18\x01 \x03(\x0b\x32&.clipmind.pipeline.v1.QueueStats.Queue\x12;\n\x04jobs\x18\x02 \x03(\x0b\x32-.clipmind.pipeline.v1.QueueStats.PriorityJobs\x1aT\n\x05Queue\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\npriorities\x18\x02 \x03(\x0e\x32\x1a.clipmind.type.v1.Priority\x12\r\n\x05\x64\x65pth\x18\x03 \x01(\x03\x1ai\n\x0cPriorityJobs\x12,\n\x08priority\x18\x01 \x01(\x0e\x32\x1a.clipmind.type.v1.Priority\x12\x14\n\x0cqueued_count\x18\x02 \x01(\x03\x12\x15\n\rrunning_count\x18\x03 \x01(\x03\"?\n\x16ListDeadLettersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"j\n\x17ListDeadLettersResponse\x12\x36\n\x0c\x64\x65\x61\x64_letters\x18\x01 \x03(\x0b\x32 .clipmind.pipeline.v1.DeadLetter\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"X\n\x18\x43reateCompilationRequest\x12<\n\x0b\x63ompilation\x18\x01 \x01(\x0b\x32!.clipmind.pipeline.v1.CompilationB\x04\xe2\x41\x01\x02\"@\n\x17ListCompilationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"l\n\x18ListCompilationsResponse\x12\x37\n\x0c\x63ompilations\x18\x01 \x03(\x0b\x32!.clipmind.pipeline.v1.Compilation\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x18\x44\x65leteCompilationRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!pipeline.clipmind.dev/Compilation\"Q\n\x15GetCompilationRequest\x12\x38\n\x04name\x18\x01 \x01(\tB*\xe2\x41\x01\x02\xfa\x41#\n!pipeline.clipmind.dev/Compilation*\xa0\x01\n\x05Stage\x12\x15\n\x11STAGE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSTAGE_PROBE\x10\x01\x12\x13\n\x0fSTAGE_THUMBNAIL\x10\x02\x12\x10\n\x0cSTAGE_SCENES\x10\x03\x12\x14\n\x10STAGE_TRANSCRIPT\x10\x04\x12\x0f\n\x0bSTAGE_EMBED\x10\x05\x12\x0f\n\x0bSTAGE_INDEX\x10\x06\x12\x10\n\x0cSTAGE_RENDER\x10\x07*\xa8\x01\n\nStageState\x12\x1b\n\x17STAGE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13STAGE_STATE_STARTED\x10\x01\x12\x18\n\x14STAGE_STATE_PROGRESS\x10\x02\x12\x19\n\x15STAGE_STATE_COMPLETED\x10\x03\x12\x17\n\x13STAGE_STATE_SKIPPED\x10\x04\x12\x16\n\x12STAGE_STATE_FAILED\x10\x05\x32\x9e\x0b\n\x0fPipelineService\x12j\n\x06GetJob\x12#.clipmind.pipeline.v1.GetJobRequest\x1a\x19.clipmind.pipeline.v1.Job\" \xda\x41\x04name\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/{name=jobs/*}\x12k\n\x08ListJobs\x12%.clipmind.pipeline.v1.ListJobsRequest\x1a&.clipmind.pipeline.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12{\n\x08WatchJob\x12%.clipmind.pipeline.v1.WatchJobRequest\x1a\x1e.clipmind.pipeline.v1.JobEvent\"&\xda\x41\x04name\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/{name=jobs/*}:watch0\x01\x12z\n\tCancelJob\x12&.clipmind.pipeline.v1.CancelJobRequest\x1a\x19.clipmind.pipeline.v1.Job\"*\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/{name=jobs/*}:cancel:\x01*\x12w\n\x08RetryJob\x12%.clipmind.pipeline.v1.RetryJobRequest\x1a\x19.clipmind.pipeline.v1.Job\")\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/{name=jobs/*}:retry:\x01*\x12u\n\rGetQueueStats\x12*.clipmind.pipeline.v1.GetQueueStatsRequest\x1a .clipmind.pipeline.v1.QueueStats\"\x16\x82\xd3\xe4\x93\x02\x10\x12\x0e/v1/queueStats\x12\x87\x01\n\x0fListDeadLetters\x12,.clipmind.pipeline.v1.ListDeadLettersRequest\x1a-.clipmind.pipeline.v1.ListDeadLettersResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/deadLetters\x12\x9b\x01\n\x11\x43reateCompilation\x12..clipmind.pipeline.v1.CreateCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"3\xda\x41\x0b\x63ompilation\x82\xd3\xe4\x93\x02\x1f\"\x10/v1/compilations:\x0b\x63ompilation\x12\x8a\x01\n\x0eGetCompilation\x12+.clipmind.pipeline.v1.GetCompilationRequest\x1a!.clipmind.pipeline.v1.Compilation\"(\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/{name=compilations/*}\x12\x8b\x01\n\x10ListCompilations\x12-.clipmind.pipeline.v1.ListCompilationsRequest\x1a..clipmind.pipeline.v1.ListCompilationsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/compilations\x12\x85\x01\n\x11\x44\x65leteCompilation\x12..clipmind.pipeline.v1.DeleteCompilationRequest\x1a\x16.google.protobuf.Empty\"(\xda\x41\x04name\x82\xd3\xe4\x93\x02\x1b*\x19/v1/{name=compilations/*}b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -63,6 +64,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOB'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_JOB'].fields_by_name['priority']._loaded_options = None
   _globals['_JOB'].fields_by_name['priority']._serialized_options = b'\342A\001\003'
+  _globals['_JOB'].fields_by_name['compilation']._loaded_options = None
+  _globals['_JOB'].fields_by_name['compilation']._serialized_options = b'\342A\001\003\372A#\n!pipeline.clipmind.dev/Compilation'
   _globals['_JOB']._loaded_options = None
   _globals['_JOB']._serialized_options = b'\352A2\n\031pipeline.clipmind.dev/Job\022\njobs/{job}*\004jobs2\003job'
   _globals['_JOBEVENT'].fields_by_name['job']._loaded_options = None
@@ -105,6 +108,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMPILATION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
   _globals['_COMPILATION'].fields_by_name['failure_reason']._loaded_options = None
   _globals['_COMPILATION'].fields_by_name['failure_reason']._serialized_options = b'\342A\001\003'
+  _globals['_COMPILATION'].fields_by_name['job']._loaded_options = None
+  _globals['_COMPILATION'].fields_by_name['job']._serialized_options = b'\342A\001\003\372A\033\n\031pipeline.clipmind.dev/Job'
+  _globals['_COMPILATION'].fields_by_name['user']._loaded_options = None
+  _globals['_COMPILATION'].fields_by_name['user']._serialized_options = b'\342A\001\003'
+  _globals['_COMPILATION'].fields_by_name['options']._loaded_options = None
+  _globals['_COMPILATION'].fields_by_name['options']._serialized_options = b'\342A\001\005'
+  _globals['_COMPILATION'].fields_by_name['duration_seconds']._loaded_options = None
+  _globals['_COMPILATION'].fields_by_name['duration_seconds']._serialized_options = b'\342A\001\003'
+  _globals['_COMPILATION'].fields_by_name['size_bytes']._loaded_options = None
+  _globals['_COMPILATION'].fields_by_name['size_bytes']._serialized_options = b'\342A\001\003'
+  _globals['_COMPILATION'].fields_by_name['render_method']._loaded_options = None
+  _globals['_COMPILATION'].fields_by_name['render_method']._serialized_options = b'\342A\001\003'
+  _globals['_COMPILATION'].fields_by_name['priority']._loaded_options = None
+  _globals['_COMPILATION'].fields_by_name['priority']._serialized_options = b'\342A\001\004'
   _globals['_COMPILATION']._loaded_options = None
   _globals['_COMPILATION']._serialized_options = b'\352AZ\n!pipeline.clipmind.dev/Compilation\022\032compilations/{compilation}*\014compilations2\013compilation'
   _globals['_GETJOBREQUEST'].fields_by_name['name']._loaded_options = None
@@ -117,6 +134,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRYJOBREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A\033\n\031pipeline.clipmind.dev/Job'
   _globals['_CREATECOMPILATIONREQUEST'].fields_by_name['compilation']._loaded_options = None
   _globals['_CREATECOMPILATIONREQUEST'].fields_by_name['compilation']._serialized_options = b'\342A\001\002'
+  _globals['_DELETECOMPILATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_DELETECOMPILATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A#\n!pipeline.clipmind.dev/Compilation'
   _globals['_GETCOMPILATIONREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETCOMPILATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002\372A#\n!pipeline.clipmind.dev/Compilation'
   _globals['_PIPELINESERVICE'].methods_by_name['GetJob']._loaded_options = None
@@ -137,54 +156,66 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PIPELINESERVICE'].methods_by_name['CreateCompilation']._serialized_options = b'\332A\013compilation\202\323\344\223\002\037\"\020/v1/compilations:\013compilation'
   _globals['_PIPELINESERVICE'].methods_by_name['GetCompilation']._loaded_options = None
   _globals['_PIPELINESERVICE'].methods_by_name['GetCompilation']._serialized_options = b'\332A\004name\202\323\344\223\002\033\022\031/v1/{name=compilations/*}'
-  _globals['_STAGE']._serialized_start=3733
-  _globals['_STAGE']._serialized_end=3875
-  _globals['_STAGESTATE']._serialized_start=3878
-  _globals['_STAGESTATE']._serialized_end=4046
-  _globals['_JOB']._serialized_start=251
-  _globals['_JOB']._serialized_end=988
-  _globals['_JOB_STATE']._serialized_start=806
-  _globals['_JOB_STATE']._serialized_end=933
-  _globals['_JOBEVENT']._serialized_start=991
-  _globals['_JOBEVENT']._serialized_end=1318
-  _globals['_DEADLETTER']._serialized_start=1321
-  _globals['_DEADLETTER']._serialized_end=1750
-  _globals['_ATTEMPTFAILURE']._serialized_start=1753
-  _globals['_ATTEMPTFAILURE']._serialized_end=1887
-  _globals['_CLIPRANGE']._serialized_start=1889
-  _globals['_CLIPRANGE']._serialized_end=2007
-  _globals['_COMPILATION']._serialized_start=2010
-  _globals['_COMPILATION']._serialized_end=2530
-  _globals['_COMPILATION_STATE']._serialized_start=2328
-  _globals['_COMPILATION_STATE']._serialized_end=2435
-  _globals['_GETJOBREQUEST']._serialized_start=2532
-  _globals['_GETJOBREQUEST']._serialized_end=2597
-  _globals['_LISTJOBSREQUEST']._serialized_start=2599
-  _globals['_LISTJOBSREQUEST']._serialized_end=2671
-  _globals['_LISTJOBSRESPONSE']._serialized_start=2673
-  _globals['_LISTJOBSRESPONSE']._serialized_end=2757
-  _globals['_WATCHJOBREQUEST']._serialized_start=2759
-  _globals['_WATCHJOBREQUEST']._serialized_end=2850
-  _globals['_CANCELJOBREQUEST']._serialized_start=2852
-  _globals['_CANCELJOBREQUEST']._serialized_end=2920
-  _globals['_RETRYJOBREQUEST']._serialized_start=2922
-  _globals['_RETRYJOBREQUEST']._serialized_end=3035
-  _globals['_GETQUEUESTATSREQUEST']._serialized_start=3037
-  _globals['_GETQUEUESTATSREQUEST']._serialized_end=3059
-  _globals['_QUEUESTATS']._serialized_start=3062
-  _globals['_QUEUESTATS']._serialized_end=3384
-  _globals['_QUEUESTATS_QUEUE']._serialized_start=3193
-  _globals['_QUEUESTATS_QUEUE']._serialized_end=3277
-  _globals['_QUEUESTATS_PRIORITYJOBS']._serialized_start=3279
-  _globals['_QUEUESTATS_PRIORITYJOBS']._serialized_end=3384
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=3386
-  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=3449
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=3451
-  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=3557
-  _globals['_CREATECOMPILATIONREQUEST']._serialized_start=3559
-  _globals['_CREATECOMPILATIONREQUEST']._serialized_end=3647
-  _globals['_GETCOMPILATIONREQUEST']._serialized_start=3649
-  _globals['_GETCOMPILATIONREQUEST']._serialized_end=3730
-  _globals['_PIPELINESERVICE']._serialized_start=4049
-  _globals['_PIPELINESERVICE']._serialized_end=5209
+  _globals['_PIPELINESERVICE'].methods_by_name['ListCompilations']._loaded_options = None
+  _globals['_PIPELINESERVICE'].methods_by_name['ListCompilations']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/compilations'
+  _globals['_PIPELINESERVICE'].methods_by_name['DeleteCompilation']._loaded_options = None
+  _globals['_PIPELINESERVICE'].methods_by_name['DeleteCompilation']._serialized_options = b'\332A\004name\202\323\344\223\002\033*\031/v1/{name=compilations/*}'
+  _globals['_STAGE']._serialized_start=4537
+  _globals['_STAGE']._serialized_end=4697
+  _globals['_STAGESTATE']._serialized_start=4700
+  _globals['_STAGESTATE']._serialized_end=4868
+  _globals['_JOB']._serialized_start=280
+  _globals['_JOB']._serialized_end=1082
+  _globals['_JOB_STATE']._serialized_start=900
+  _globals['_JOB_STATE']._serialized_end=1027
+  _globals['_JOBEVENT']._serialized_start=1085
+  _globals['_JOBEVENT']._serialized_end=1412
+  _globals['_DEADLETTER']._serialized_start=1415
+  _globals['_DEADLETTER']._serialized_end=1844
+  _globals['_ATTEMPTFAILURE']._serialized_start=1847
+  _globals['_ATTEMPTFAILURE']._serialized_end=1981
+  _globals['_CLIPRANGE']._serialized_start=1983
+  _globals['_CLIPRANGE']._serialized_end=2101
+  _globals['_COMPILATION']._serialized_start=2104
+  _globals['_COMPILATION']._serialized_end=2897
+  _globals['_COMPILATION_STATE']._serialized_start=2695
+  _globals['_COMPILATION_STATE']._serialized_end=2802
+  _globals['_COMPILATIONOPTIONS']._serialized_start=2900
+  _globals['_COMPILATIONOPTIONS']._serialized_end=3072
+  _globals['_GETJOBREQUEST']._serialized_start=3074
+  _globals['_GETJOBREQUEST']._serialized_end=3139
+  _globals['_LISTJOBSREQUEST']._serialized_start=3141
+  _globals['_LISTJOBSREQUEST']._serialized_end=3213
+  _globals['_LISTJOBSRESPONSE']._serialized_start=3215
+  _globals['_LISTJOBSRESPONSE']._serialized_end=3299
+  _globals['_WATCHJOBREQUEST']._serialized_start=3301
+  _globals['_WATCHJOBREQUEST']._serialized_end=3392
+  _globals['_CANCELJOBREQUEST']._serialized_start=3394
+  _globals['_CANCELJOBREQUEST']._serialized_end=3462
+  _globals['_RETRYJOBREQUEST']._serialized_start=3464
+  _globals['_RETRYJOBREQUEST']._serialized_end=3577
+  _globals['_GETQUEUESTATSREQUEST']._serialized_start=3579
+  _globals['_GETQUEUESTATSREQUEST']._serialized_end=3601
+  _globals['_QUEUESTATS']._serialized_start=3604
+  _globals['_QUEUESTATS']._serialized_end=3926
+  _globals['_QUEUESTATS_QUEUE']._serialized_start=3735
+  _globals['_QUEUESTATS_QUEUE']._serialized_end=3819
+  _globals['_QUEUESTATS_PRIORITYJOBS']._serialized_start=3821
+  _globals['_QUEUESTATS_PRIORITYJOBS']._serialized_end=3926
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_start=3928
+  _globals['_LISTDEADLETTERSREQUEST']._serialized_end=3991
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_start=3993
+  _globals['_LISTDEADLETTERSRESPONSE']._serialized_end=4099
+  _globals['_CREATECOMPILATIONREQUEST']._serialized_start=4101
+  _globals['_CREATECOMPILATIONREQUEST']._serialized_end=4189
+  _globals['_LISTCOMPILATIONSREQUEST']._serialized_start=4191
+  _globals['_LISTCOMPILATIONSREQUEST']._serialized_end=4255
+  _globals['_LISTCOMPILATIONSRESPONSE']._serialized_start=4257
+  _globals['_LISTCOMPILATIONSRESPONSE']._serialized_end=4365
+  _globals['_DELETECOMPILATIONREQUEST']._serialized_start=4367
+  _globals['_DELETECOMPILATIONREQUEST']._serialized_end=4451
+  _globals['_GETCOMPILATIONREQUEST']._serialized_start=4453
+  _globals['_GETCOMPILATIONREQUEST']._serialized_end=4534
+  _globals['_PIPELINESERVICE']._serialized_start=4871
+  _globals['_PIPELINESERVICE']._serialized_end=6309
 # @@protoc_insertion_point(module_scope)

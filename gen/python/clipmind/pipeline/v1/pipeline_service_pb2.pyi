@@ -43,6 +43,8 @@ class _StageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Stage.ValueType
     """Compute image and transcript embeddings of each clip."""
     STAGE_INDEX: _Stage.ValueType  # 6
     """Write the embeddings into the vector index and mark the video ready."""
+    STAGE_RENDER: _Stage.ValueType  # 7
+    """Render a compilation (compilation jobs only)."""
 
 class Stage(_Stage, metaclass=_StageEnumTypeWrapper):
     """A stage of video processing, in the order stages run."""
@@ -61,6 +63,8 @@ STAGE_EMBED: Stage.ValueType  # 5
 """Compute image and transcript embeddings of each clip."""
 STAGE_INDEX: Stage.ValueType  # 6
 """Write the embeddings into the vector index and mark the video ready."""
+STAGE_RENDER: Stage.ValueType  # 7
+"""Render a compilation (compilation jobs only)."""
 Global___Stage: _TypeAlias = Stage  # noqa: Y015
 
 class _StageState:
@@ -153,6 +157,7 @@ class Job(_message.Message):
     END_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     PRIORITY_FIELD_NUMBER: _builtins.int
+    COMPILATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `jobs/{job}`, assigned by the server."""
     video: _builtins.str
@@ -171,6 +176,10 @@ class Job(_message.Message):
     """Why the job failed, for people; set only in STATE_FAILED."""
     priority: _priority_pb2.Priority.ValueType
     """How urgently the job is wanted (never unspecified in answers)."""
+    compilation: _builtins.str
+    """For a compilation's render job, the compilation,
+    `compilations/{compilation}` (`video` is then empty).
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the job was created (queued)."""
@@ -203,10 +212,11 @@ class Job(_message.Message):
         end_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         priority: _priority_pb2.Priority.ValueType = ...,
+        compilation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "progress", b"progress", "stage", b"stage", "start_time", b"start_time", "state", b"state", "update_time", b"update_time", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "compilation", b"compilation", "create_time", b"create_time", "end_time", b"end_time", "failure_reason", b"failure_reason", "max_attempts", b"max_attempts", "name", b"name", "priority", b"priority", "progress", b"progress", "stage", b"stage", "start_time", b"start_time", "state", b"state", "update_time", b"update_time", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -445,6 +455,13 @@ class Compilation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    OPTIONS_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    RENDER_METHOD_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Resource name, `compilations/{compilation}`, assigned by the server."""
     state: Global___Compilation.State.ValueType
@@ -455,6 +472,20 @@ class Compilation(_message.Message):
     """
     failure_reason: _builtins.str
     """Why rendering failed, for people; set only in STATE_FAILED."""
+    job: _builtins.str
+    """The render job, `jobs/{job}`: WatchJob follows its progress."""
+    user: _builtins.str
+    """Whose compilation it is, `users/{user}`."""
+    duration_seconds: _builtins.float
+    """Length of the rendered file, seconds; set in STATE_SUCCEEDED."""
+    size_bytes: _builtins.int
+    """Size of the rendered file in bytes; set in STATE_SUCCEEDED."""
+    render_method: _builtins.str
+    """How it was rendered: `stream_copy` (the sources' own streams cut at
+    keyframes, no re-encoding) or `filter_graph` (one encode of the whole).
+    """
+    priority: _priority_pb2.Priority.ValueType
+    """Priority of the render (users: standard or batch)."""
     @_builtins.property
     def clips(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClipRange]:
         """The clips to join, in playback order."""
@@ -467,6 +498,10 @@ class Compilation(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the compilation last changed."""
 
+    @_builtins.property
+    def options(self) -> Global___CompilationOptions:
+        """How the clips are joined and what the output looks like."""
+
     def __init__(
         self,
         *,
@@ -477,14 +512,72 @@ class Compilation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         failure_reason: _builtins.str = ...,
+        job: _builtins.str = ...,
+        user: _builtins.str = ...,
+        options: Global___CompilationOptions | None = ...,
+        duration_seconds: _builtins.float = ...,
+        size_bytes: _builtins.int = ...,
+        render_method: _builtins.str = ...,
+        priority: _priority_pb2.Priority.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "options", b"options", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "create_time", b"create_time", "failure_reason", b"failure_reason", "name", b"name", "output_uri", b"output_uri", "state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "create_time", b"create_time", "duration_seconds", b"duration_seconds", "failure_reason", b"failure_reason", "job", b"job", "name", b"name", "options", b"options", "output_uri", b"output_uri", "priority", b"priority", "render_method", b"render_method", "size_bytes", b"size_bytes", "state", b"state", "update_time", b"update_time", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Compilation: _TypeAlias = Compilation  # noqa: Y015
+
+@_typing.final
+class CompilationOptions(_message.Message):
+    """How a compilation's clips are joined, and the output."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CROSSFADE_SECONDS_FIELD_NUMBER: _builtins.int
+    TITLE_TEXT_FIELD_NUMBER: _builtins.int
+    TITLE_SECONDS_FIELD_NUMBER: _builtins.int
+    FADE_IN_SECONDS_FIELD_NUMBER: _builtins.int
+    FADE_OUT_SECONDS_FIELD_NUMBER: _builtins.int
+    WIDTH_FIELD_NUMBER: _builtins.int
+    HEIGHT_FIELD_NUMBER: _builtins.int
+    crossfade_seconds: _builtins.float
+    """Seconds of crossfade (picture and sound) between consecutive clips; 0
+    for hard cuts. At most half of the shortest clip, and 5 s.
+    """
+    title_text: _builtins.str
+    """Text of a title card shown before the first clip; empty for none."""
+    title_seconds: _builtins.float
+    """How long the title card shows, seconds (default 3)."""
+    fade_in_seconds: _builtins.float
+    """Fade in from black and silence at the start, seconds."""
+    fade_out_seconds: _builtins.float
+    """Fade out to black and silence at the end, seconds."""
+    width: _builtins.int
+    """Output width in pixels (even, 64 to 3840); 0 with `height` 0: the
+    sources' own size when they all share it, else 1280x720. Sources of
+    another shape are letterboxed.
+    """
+    height: _builtins.int
+    """Output height in pixels (even, 64 to 2160)."""
+    def __init__(
+        self,
+        *,
+        crossfade_seconds: _builtins.float = ...,
+        title_text: _builtins.str = ...,
+        title_seconds: _builtins.float = ...,
+        fade_in_seconds: _builtins.float = ...,
+        fade_out_seconds: _builtins.float = ...,
+        width: _builtins.int = ...,
+        height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crossfade_seconds", b"crossfade_seconds", "fade_in_seconds", b"fade_in_seconds", "fade_out_seconds", b"fade_out_seconds", "height", b"height", "title_seconds", b"title_seconds", "title_text", b"title_text", "width", b"width"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompilationOptions: _TypeAlias = CompilationOptions  # noqa: Y015
 
 @_typing.final
 class GetJobRequest(_message.Message):
@@ -816,7 +909,7 @@ class CreateCompilationRequest(_message.Message):
     COMPILATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def compilation(self) -> Global___Compilation:
-        """The compilation to render; only `clips` is read."""
+        """The compilation to render; `clips`, `options` and `priority` are read."""
 
     def __init__(
         self,
@@ -830,6 +923,84 @@ class CreateCompilationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateCompilationRequest: _TypeAlias = CreateCompilationRequest  # noqa: Y015
+
+@_typing.final
+class ListCompilationsRequest(_message.Message):
+    """Request message for PipelineService.ListCompilations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum number of compilations to return; the server picks a default
+    when 0 and caps large values.
+    """
+    page_token: _builtins.str
+    """`next_page_token` from a previous call, to fetch the next page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCompilationsRequest: _TypeAlias = ListCompilationsRequest  # noqa: Y015
+
+@_typing.final
+class ListCompilationsResponse(_message.Message):
+    """Response message for PipelineService.ListCompilations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPILATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when this is the last page."""
+    @_builtins.property
+    def compilations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Compilation]:
+        """The compilations on this page, newest first."""
+
+    def __init__(
+        self,
+        *,
+        compilations: _abc.Iterable[Global___Compilation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compilations", b"compilations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCompilationsResponse: _TypeAlias = ListCompilationsResponse  # noqa: Y015
+
+@_typing.final
+class DeleteCompilationRequest(_message.Message):
+    """Request message for PipelineService.DeleteCompilation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Resource name of the compilation, `compilations/{compilation}`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteCompilationRequest: _TypeAlias = DeleteCompilationRequest  # noqa: Y015
 
 @_typing.final
 class GetCompilationRequest(_message.Message):

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from clipmind.pipeline.v1 import pipeline_service_pb2 as clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2
+from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -81,6 +82,16 @@ class PipelineServiceStub:
                 request_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.GetCompilationRequest.SerializeToString,
                 response_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.Compilation.FromString,
                 _registered_method=True)
+        self.ListCompilations = channel.unary_unary(
+                '/clipmind.pipeline.v1.PipelineService/ListCompilations',
+                request_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.ListCompilationsRequest.SerializeToString,
+                response_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.ListCompilationsResponse.FromString,
+                _registered_method=True)
+        self.DeleteCompilation = channel.unary_unary(
+                '/clipmind.pipeline.v1.PipelineService/DeleteCompilation',
+                request_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.DeleteCompilationRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -148,8 +159,9 @@ class PipelineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateCompilation(self, request, context):
-        """Starts rendering a compilation: the given clips cut and joined into one
-        video file.
+        """Starts rendering a compilation: the given spans of the caller's videos
+        cut and joined into one MP4 (H.264 + AAC), by a worker job (follow it
+        with WatchJob). Another user's video is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +169,22 @@ class PipelineServiceServicer:
 
     def GetCompilation(self, request, context):
         """Returns one compilation, with its output location once rendered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCompilations(self, request, context):
+        """Lists the caller's compilations (an administrator's: everyone's),
+        newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCompilation(self, request, context):
+        """Deletes a compilation and its file (its link stops working); a render
+        still running is cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -209,6 +237,16 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.GetCompilation,
                     request_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.GetCompilationRequest.FromString,
                     response_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.Compilation.SerializeToString,
+            ),
+            'ListCompilations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCompilations,
+                    request_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.ListCompilationsRequest.FromString,
+                    response_serializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.ListCompilationsResponse.SerializeToString,
+            ),
+            'DeleteCompilation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCompilation,
+                    request_deserializer=clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.DeleteCompilationRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -456,6 +494,60 @@ class PipelineService:
             '/clipmind.pipeline.v1.PipelineService/GetCompilation',
             clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.GetCompilationRequest.SerializeToString,
             clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.Compilation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCompilations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.pipeline.v1.PipelineService/ListCompilations',
+            clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.ListCompilationsRequest.SerializeToString,
+            clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.ListCompilationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCompilation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.pipeline.v1.PipelineService/DeleteCompilation',
+            clipmind_dot_pipeline_dot_v1_dot_pipeline__service__pb2.DeleteCompilationRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

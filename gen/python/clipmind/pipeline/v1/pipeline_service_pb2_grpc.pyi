@@ -7,6 +7,7 @@ compilations of clips.
 
 from clipmind.pipeline.v1 import pipeline_service_pb2 as _pipeline_service_pb2
 from collections import abc as _abc
+from google.protobuf import empty_pb2 as _empty_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -66,11 +67,20 @@ class PipelineServiceStub:
     ListDeadLetters: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.ListDeadLettersRequest, _pipeline_service_pb2.ListDeadLettersResponse]
     """Lists jobs that failed after their last allowed attempt, newest first."""
     CreateCompilation: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.CreateCompilationRequest, _pipeline_service_pb2.Compilation]
-    """Starts rendering a compilation: the given clips cut and joined into one
-    video file.
+    """Starts rendering a compilation: the given spans of the caller's videos
+    cut and joined into one MP4 (H.264 + AAC), by a worker job (follow it
+    with WatchJob). Another user's video is NOT_FOUND.
     """
     GetCompilation: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.GetCompilationRequest, _pipeline_service_pb2.Compilation]
     """Returns one compilation, with its output location once rendered."""
+    ListCompilations: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.ListCompilationsRequest, _pipeline_service_pb2.ListCompilationsResponse]
+    """Lists the caller's compilations (an administrator's: everyone's),
+    newest first.
+    """
+    DeleteCompilation: _grpc.UnaryUnaryMultiCallable[_pipeline_service_pb2.DeleteCompilationRequest, _empty_pb2.Empty]
+    """Deletes a compilation and its file (its link stops working); a render
+    still running is cancelled.
+    """
 
 @_typing.type_check_only
 class PipelineServiceAsyncStub(PipelineServiceStub):
@@ -108,11 +118,20 @@ class PipelineServiceAsyncStub(PipelineServiceStub):
     ListDeadLetters: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.ListDeadLettersRequest, _pipeline_service_pb2.ListDeadLettersResponse]  # type: ignore[assignment]
     """Lists jobs that failed after their last allowed attempt, newest first."""
     CreateCompilation: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.CreateCompilationRequest, _pipeline_service_pb2.Compilation]  # type: ignore[assignment]
-    """Starts rendering a compilation: the given clips cut and joined into one
-    video file.
+    """Starts rendering a compilation: the given spans of the caller's videos
+    cut and joined into one MP4 (H.264 + AAC), by a worker job (follow it
+    with WatchJob). Another user's video is NOT_FOUND.
     """
     GetCompilation: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.GetCompilationRequest, _pipeline_service_pb2.Compilation]  # type: ignore[assignment]
     """Returns one compilation, with its output location once rendered."""
+    ListCompilations: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.ListCompilationsRequest, _pipeline_service_pb2.ListCompilationsResponse]  # type: ignore[assignment]
+    """Lists the caller's compilations (an administrator's: everyone's),
+    newest first.
+    """
+    DeleteCompilation: _aio.UnaryUnaryMultiCallable[_pipeline_service_pb2.DeleteCompilationRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Deletes a compilation and its file (its link stops working); a render
+    still running is cancelled.
+    """
 
 class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs and reports the processing of videos (probe, thumbnail, scenes,
@@ -195,8 +214,9 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _pipeline_service_pb2.CreateCompilationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_service_pb2.Compilation, _abc.Awaitable[_pipeline_service_pb2.Compilation]]:
-        """Starts rendering a compilation: the given clips cut and joined into one
-        video file.
+        """Starts rendering a compilation: the given spans of the caller's videos
+        cut and joined into one MP4 (H.264 + AAC), by a worker job (follow it
+        with WatchJob). Another user's video is NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -206,5 +226,25 @@ class PipelineServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_pipeline_service_pb2.Compilation, _abc.Awaitable[_pipeline_service_pb2.Compilation]]:
         """Returns one compilation, with its output location once rendered."""
+
+    @_abc_1.abstractmethod
+    def ListCompilations(
+        self,
+        request: _pipeline_service_pb2.ListCompilationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_pipeline_service_pb2.ListCompilationsResponse, _abc.Awaitable[_pipeline_service_pb2.ListCompilationsResponse]]:
+        """Lists the caller's compilations (an administrator's: everyone's),
+        newest first.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteCompilation(
+        self,
+        request: _pipeline_service_pb2.DeleteCompilationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Deletes a compilation and its file (its link stops working); a render
+        still running is cancelled.
+        """
 
 def add_PipelineServiceServicer_to_server(servicer: PipelineServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -87,6 +87,7 @@ class VideoSource(_message.Message):
     SIDECAR_LANGUAGE_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     video: _builtins.str
     """The video, `videos/{video}`."""
     blob_key: _builtins.str
@@ -103,6 +104,8 @@ class VideoSource(_message.Message):
     """The user who owns the video, `users/{user}`; its job, clips and vectors
     are theirs too.
     """
+    duration_seconds: _builtins.float
+    """Length of the video in seconds, as validated at upload (0: unknown)."""
     def __init__(
         self,
         *,
@@ -113,10 +116,11 @@ class VideoSource(_message.Message):
         sidecar_language: _builtins.str = ...,
         title: _builtins.str = ...,
         owner: _builtins.str = ...,
+        duration_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "owner", b"owner", "sidecar_format", b"sidecar_format", "sidecar_key", b"sidecar_key", "sidecar_language", b"sidecar_language", "title", b"title", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blob_key", b"blob_key", "duration_seconds", b"duration_seconds", "owner", b"owner", "sidecar_format", b"sidecar_format", "sidecar_key", b"sidecar_key", "sidecar_language", b"sidecar_language", "title", b"title", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
