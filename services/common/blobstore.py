@@ -30,6 +30,10 @@ class BlobStore(Protocol):
 
     async def delete_prefix(self, prefix: str) -> None: ...
 
+    async def list_prefixes(self, prefix: str) -> list[tuple[str, float]]:
+        """The next level under ``prefix`` (``videos/`` → ``videos/<id>/``, ...) with when each last changed
+        (seconds since the epoch)."""
+
     def url(self, key: str) -> str: ...
 
 
@@ -103,6 +107,22 @@ class LocalBlobStore:
                 target.unlink()
 
         await asyncio.to_thread(_delete)
+
+    async def list_prefixes(self, prefix: str) -> list[tuple[str, float]]:
+        base = self.local_path(prefix.rstrip("/"))
+
+        def _list() -> list[tuple[str, float]]:
+            if not base.is_dir():
+                return []
+            found = []
+            for child in base.iterdir():
+                try:  # a directory's time moves whenever a blob is added under it: its newest write
+                    found.append((f"{prefix.rstrip('/')}/{child.name}/", child.stat().st_mtime))
+                except FileNotFoundError:
+                    continue  # deleted meanwhile
+            return found
+
+        return await asyncio.to_thread(_list)
 
     def url(self, key: str) -> str:
         if not key:

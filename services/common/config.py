@@ -24,6 +24,11 @@ class CommonSettings(BaseSettings):
         description="PostgreSQL DSN (asyncpg); the database needs the pgvector extension available.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for arq queues and pub/sub.")
+    orphan_blob_grace_s: float = Field(
+        3600.0, ge=900, description="Blobs stored under a video's or compilation's prefix with no row for it are "
+        "removed once nothing was written there for this long (services/common/blob_sweep.py): longer than any "
+        "store of blobs before its row commits.",
+    )
     # -- work queues and priorities (services.common.queue) -------------------------------------------------
     queue_high: str = Field("clipmind:queue:default", description="Work queue of high-priority jobs.")
     queue_standard: str = Field("clipmind:queue:default", description="Work queue of standard-priority jobs.")

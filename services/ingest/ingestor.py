@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path, PurePath
 from typing import BinaryIO
 
+from services.common.blob_sweep import sweep_orphans
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, invalid_field
 from services.common.principal import Principal
@@ -199,6 +200,23 @@ class VideoIngestor:
                 if path.stat().st_mtime < cutoff:
                     deleted += await asyncio.to_thread(_unlink, path)
         return deleted
+
+    async def sweep_blobs(self, *, grace_s: float) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """Remove the blobs of videos that have no row (untouched for ``grace_s``: never a video being stored now,
+        ``services.common.blob_sweep``), and report the videos whose source blob is gone. Returns (the ids whose
+        blobs were removed, the ids whose source is missing)."""
+        removed = await sweep_orphans(self._blobs, "videos", self._videos.existing, grace_s=grace_s)
+        missing: list[uuid.UUID] = []
+        after: uuid.UUID | None = None
+        while page := await self._videos.blob_keys_page(after=after, limit=500):
+            for video_id, key in page:
+                if key and not await self._blobs.exists(key):
+                    missing.append(video_id)
+            after = page[-1][0]
+        if missing:
+            log.error("%d video(s) have no source blob (their rows point to nothing): %s", len(missing),
+                      ", ".join(str(i) for i in missing[:10]) + (" ..." if len(missing) > 10 else ""))
+        return removed, missing
 
     # -- streamed uploads --------------------------------------------------------------------
 

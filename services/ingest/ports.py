@@ -20,6 +20,12 @@ class Videos(Protocol):
     async def get(self, video_id: uuid.UUID, *, owner: uuid.UUID | None) -> Video:
         """NOT_FOUND (``VIDEO_NOT_FOUND``) when there is no such video of ``owner``."""
 
+    async def existing(self, video_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``video_ids`` that have a row."""
+
+    async def blob_keys_page(self, *, after: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, str]]:
+        """(id, source blob key) of every video, by id, a page at a time."""
+
     async def list_page(
         self, *, owner: uuid.UUID | None, limit: int, after: tuple[datetime, uuid.UUID] | None,
         state: str | None = None,

@@ -52,7 +52,7 @@ async def serve(settings: IngestSettings) -> None:
     def register(server: grpc.aio.Server) -> list[str]:
         return [*servicer.register(server, public), internal_servicer.register(server, internal)]
 
-    sweeper = asyncio.create_task(_sweep_staging_forever(ingestor))
+    sweeper = asyncio.create_task(_sweep_staging_forever(ingestor, grace_s=settings.orphan_blob_grace_s))
 
     async def stop_sweeper() -> None:
         sweeper.cancel()
@@ -69,13 +69,16 @@ async def serve(settings: IngestSettings) -> None:
     )
 
 
-async def _sweep_staging_forever(ingestor: VideoIngestor, interval_s: float = STAGING_SWEEP_S) -> None:
-    """Expired uploads and leftover staged files, at start and every ``interval_s``."""
+async def _sweep_staging_forever(ingestor: VideoIngestor, interval_s: float = STAGING_SWEEP_S, *,
+                                 grace_s: float) -> None:
+    """Expired uploads and leftover staged files, and orphan blobs (``VideoIngestor.sweep_blobs``), at start and
+    every ``interval_s``."""
     while True:
         try:
             deleted = await ingestor.sweep_staging()
             if deleted:
                 log.info("staging sweep deleted %d file(s)", deleted)
+            await ingestor.sweep_blobs(grace_s=grace_s)
         except Exception:  # the database may be briefly away: try again next round
             log.warning("staging sweep failed", exc_info=True)
         await asyncio.sleep(interval_s)

@@ -152,6 +152,17 @@ class VideoStore:
                     raise FailedPrecondition("upload is no longer active", reason="UPLOAD_NOT_ACTIVE")
         return outbox_id
 
+    async def existing(self, video_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``video_ids`` that have a row (the orphan-blob sweep)."""
+        rows = await self._pool.fetch("SELECT id FROM videos WHERE id = ANY($1::uuid[])", list(video_ids))
+        return {row["id"] for row in rows}
+
+    async def blob_keys_page(self, *, after: uuid.UUID | None, limit: int) -> list[tuple[uuid.UUID, str]]:
+        """(id, source blob key) of every video, by id, ``limit`` after ``after`` (the missing-blob report)."""
+        rows = await self._pool.fetch(
+            "SELECT id, blob_key FROM videos WHERE $1::uuid IS NULL OR id > $1 ORDER BY id LIMIT $2", after, limit)
+        return [(row["id"], row["blob_key"]) for row in rows]
+
     async def update_fields(self, video_id: uuid.UUID, *, owner: uuid.UUID | None, **values: Any) -> Video:
         """Set fields a user may edit (title, description) of ``owner``'s video (None: anyone's)."""
         if values:

@@ -79,6 +79,11 @@ class CompilationStore:
             f"{_SELECT} WHERE {where} ORDER BY c.create_time DESC, c.id DESC LIMIT $2", *args)
         return [_compilation(r) for r in rows]
 
+    async def existing(self, compilation_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        """Those of ``compilation_ids`` that have a row (the orphan-blob sweep)."""
+        rows = await self._pool.fetch("SELECT id FROM compilations WHERE id = ANY($1::uuid[])", compilation_ids)
+        return {row["id"] for row in rows}
+
     async def delete(self, compilation_id: uuid.UUID, *, scope: uuid.UUID | None) -> Compilation:
         """Delete the compilation (its job and events with it); NOT_FOUND outside ``scope``."""
         found = await self.get(compilation_id, scope=scope)

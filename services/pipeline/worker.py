@@ -34,6 +34,7 @@ from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchI
 from redis.exceptions import RedisError
 
 from services.common import request_context, tracing, usage_events
+from services.common.blob_sweep import sweep_orphans
 from services.common.blobstore import LocalBlobStore
 from services.common.config import WorkerSettings
 from services.common.db import open_database
@@ -118,6 +119,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     reporter = JobReporter(jobs, bus)
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url)
     queue = ArqJobQueue(ctx["redis"], QueueRoutes.of(settings))
+    compilations = CompilationStore(pool)
     processor = VideoProcessor(
         videos, index, reporter, blobs, inference,
         ProcessorConfig(settings.scene_threshold, settings.min_scene_s, settings.clip_batch_size,
@@ -129,7 +131,8 @@ async def startup(ctx: dict[str, Any]) -> None:
         control=JobControl(jobs, bus, queue),
         runner=JobRunner(jobs, reporter, queue, blobs, processor, run_policy(settings),
                          worker=f"{socket.gethostname()}:{os.getpid()}",
-                         renderer=CompilationRenderer(CompilationStore(pool), videos, reporter, blobs)),
+                         renderer=CompilationRenderer(compilations, videos, reporter, blobs)),
+        blobs=blobs, compilations=compilations,
     )
 
 
@@ -196,6 +199,14 @@ class ResilientWorker(PriorityWorker):
         super().handle_sig_wait_for_completion(signum)
 
 
+async def sweep_blobs(ctx: dict[str, Any]) -> str:
+    """Cron (one worker at a time, every 10 minutes): remove the files of compilations that have no row."""
+    settings: WorkerSettings = ctx["settings"]
+    removed = await sweep_orphans(ctx["blobs"], "compilations", ctx["compilations"].existing,
+                                  grace_s=settings.orphan_blob_grace_s)
+    return f"removed {len(removed)} orphan compilation file(s)"
+
+
 def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
     every = settings.sweep_every_s
     return {
@@ -203,7 +214,8 @@ def arq_settings(settings: WorkerSettings) -> dict[str, Any]:
             # One queue entry runs once: attempts, retries and take-overs are the runner's (new entries).
             func(process_video, name=PROCESS_VIDEO, max_tries=1, timeout=settings.job_timeout_s),
         ],
-        "cron_jobs": [cron(sweep, second=set(range(0, 60, every)), run_at_startup=True, timeout=120)],
+        "cron_jobs": [cron(sweep, second=set(range(0, 60, every)), run_at_startup=True, timeout=120),
+                      cron(sweep_blobs, minute=set(range(0, 60, 10)), second=7, timeout=600)],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "redis_pool": arq_redis(settings.redis_url),
