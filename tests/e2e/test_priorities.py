@@ -4,19 +4,35 @@ the priority it got; the queue figures are an administrator's (GetQueueStats).""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 from clipmind.ingest.v1 import ingest_service_pb2 as ingest_pb
 
-from tests.e2e.clients import bearer, error_reason, wait_ready
+from services.launcher import Mesh
+from tests.e2e.clients import authenticated_channel, bearer, error_reason, wait_ready
+from tests.e2e.conftest import mesh_user_key
 from tests.media import SceneSpec, make_scene_video
 
 pytestmark = pytest.mark.e2e
 
 
-def test_a_user_asks_for_batch_not_high_and_the_job_carries_it(rest: httpx.Client, channel, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def uploader(mesh: Mesh) -> Iterator[tuple[httpx.Client, grpc.Channel]]:
+    """REST and gRPC as a user of this module's own (their uploads leave the shared user's search cache alone)."""
+    key = mesh_user_key(mesh, f"batch-{uuid.uuid4().hex[:8]}@example.com")
+    target = mesh.endpoints.envoy_url
+    with httpx.Client(base_url=target, timeout=60, headers=bearer(key)) as rest, \
+            authenticated_channel(target.removeprefix("http://"), key) as channel:
+        yield rest, channel
+
+
+def test_a_user_asks_for_batch_not_high_and_the_job_carries_it(uploader, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    rest, channel = uploader
     path = make_scene_video(tmp_path / "batch.mp4", (SceneSpec(2.0, "testsrc2"),))
     created = rest.post("/v1/uploads", json={"filename": path.name, "contentType": "video/mp4",
                                              "sizeBytes": str(path.stat().st_size)})

@@ -75,9 +75,13 @@ def test_log_lines_of_one_request_share_its_request_id_across_processes(mesh: Me
     assert asked["principal"] == f"users/{uuid.UUID(int=0)}"  # the system identity
 
 
-def test_facts_a_request_commits_are_delivered_under_its_request_id(mesh: Mesh, endpoints, rest, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_facts_a_request_commits_are_delivered_under_its_request_id(mesh: Mesh, endpoints, credentials,  # type: ignore[no-untyped-def]
+                                                                     tmp_path) -> None:
     """Ingest's outbox keeps the request id of the upload that committed its facts: the pipeline's SubmitVideoJob,
-    search's UpsertVideoFacts and analytics' RecordUsage, delivered after the upload answered, log it too."""
+    search's UpsertVideoFacts and analytics' RecordUsage, delivered after the upload answered, log it too. (A user
+    of its own: the video's processing must not touch the shared user's search cache.)"""
+    key = user_api_key(endpoints.envoy_url, credentials.admin, f"logged-{uuid.uuid4().hex[:8]}@example.com")
+    rest = httpx.Client(base_url=endpoints.envoy_url, timeout=60, headers=bearer(key))
     request_id = f"upload-{uuid.uuid4().hex}"
     path = make_scene_video(tmp_path / "logged.mp4", (SceneSpec(2.0, "testsrc2"),))
     created = rest.post("/v1/uploads", json={"filename": path.name, "contentType": "video/mp4",
@@ -101,6 +105,7 @@ def test_facts_a_request_commits_are_delivered_under_its_request_id(mesh: Mesh, 
     deadline = time.monotonic() + 20
     while not all(delivered().values()) and time.monotonic() < deadline:
         time.sleep(0.3)
+    rest.close()
     assert all(delivered().values()), delivered()
 
 

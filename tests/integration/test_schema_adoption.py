@@ -39,7 +39,8 @@ SERVICES = ("ingest", "pipeline", "search")
 # What each service owns once adopted and migrated to its latest version.
 OWNED_TABLES = {
     "ingest": {"videos", "uploads", "outbox", "schema_migrations"},
-    "pipeline": {"jobs", "job_events", "dead_letters", "outbox", "schema_migrations"},
+    "pipeline": {"jobs", "job_events", "dead_letters", "outbox", "schema_migrations", "attempt_failures",
+                 "compilations"},  # the last two made by migrations 0006 and 0007
     "search": {"clips", "keyframes", "transcript_segments", "transcript_vectors", "visual_vectors", "videos",
                "outbox", "schema_migrations"},
 }
@@ -48,6 +49,8 @@ KEPT_FOREIGN_KEYS = {
     ("ingest", "uploads", "ingest", "videos"),
     ("pipeline", "job_events", "pipeline", "jobs"),
     ("pipeline", "dead_letters", "pipeline", "jobs"),
+    ("pipeline", "attempt_failures", "pipeline", "jobs"),  # migration 0006
+    ("pipeline", "jobs", "pipeline", "compilations"),  # migration 0007: a render job goes with its compilation
     ("search", "transcript_segments", "search", "clips"),
     ("search", "transcript_vectors", "search", "transcript_segments"),
     ("search", "keyframes", "search", "clips"),  # made by migration 0005, which gives each old clip its keyframe
