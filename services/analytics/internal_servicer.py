@@ -16,7 +16,7 @@ from services.analytics.search_log import NO_USER, LoggedResult, LoggedSearch, S
 from services.analytics.usage import KINDS, UsageEvent, UsageStore
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
-from services.common.names import parse_clip_name, parse_user_name, parse_video_name
+from services.common.names import clip_name, parse_clip_name, parse_user_name, parse_video_name, video_name
 from services.common.request_context import current
 
 MAX_SEARCHES_PER_CALL = 1000
@@ -92,6 +92,18 @@ class AnalyticsInternalServicer(pb_grpc.AnalyticsInternalServiceServicer):
         searches = [_search(i, s) for i, s in enumerate(request.searches)]
         logged = await self._log.record(searches, caller=current().caller)
         return pb.LogSearchesResponse(logged_count=logged)
+
+    async def GetSearchResults(self, request: pb.GetSearchResultsRequest,
+                               context: Context) -> pb.GetSearchResultsResponse:
+        try:
+            search_id = uuid.UUID(request.search_id)
+        except ValueError:
+            raise invalid_field("search_id", "not a search id (a UUID)") from None
+        user = parse_user_name(request.user, "user") if request.user else None
+        found = await self._log.results(search_id, user=user)
+        return pb.GetSearchResultsResponse(results=[
+            pb.LoggedResult(clip=clip_name(r.clip_id), video=video_name(r.video_id), rank=r.rank, score=r.score)
+            for r in found])
 
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
         if len(request.events) > MAX_EVENTS_PER_CALL:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services.common.db import Database
+from services.common.errors import NotFound
 from services.common.query_text import normalized_query
 
 SCHEMA = "analytics"
@@ -114,6 +115,18 @@ class SearchLogStore:
                 for sql in _ROLLUPS:  # in a fixed order, rows sorted: concurrent batches cannot deadlock
                     await conn.execute(sql, new)
         return len(new)
+
+    async def results(self, search_id: uuid.UUID, *, user: uuid.UUID | None) -> list[LoggedResult]:
+        """The ranked results search ``search_id`` logged, if it is ``user``'s (None: anyone's); NOT_FOUND
+        otherwise, the same for another user's search as for none."""
+        found = await self._db.fetchval(
+            "SELECT true FROM searches WHERE id = $1 AND ($2::uuid IS NULL OR user_id = $2)", search_id, user)
+        if not found:
+            raise NotFound(f"search {search_id} not found", reason="SEARCH_NOT_FOUND",
+                           metadata={"search_id": str(search_id)})
+        rows = await self._db.fetch(
+            "SELECT clip_id, video_id, rank, score FROM search_results WHERE search_id = $1 ORDER BY rank", search_id)
+        return [LoggedResult(r["clip_id"], r["video_id"], r["rank"], r["score"]) for r in rows]
 
     async def count(self) -> int:
         return int(await self._db.fetchval("SELECT count(*) FROM searches"))

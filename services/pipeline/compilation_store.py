@@ -34,7 +34,8 @@ def _not_found(compilation_id: uuid.UUID) -> NotFound:
 
 
 def _compilation(row: asyncpg.Record) -> Compilation:
-    pieces = [CompilationPiece(uuid.UUID(p["video"]), float(p["start_s"]), float(p["end_s"]))
+    pieces = [CompilationPiece(uuid.UUID(p["video"]), float(p["start_s"]), float(p["end_s"]),
+                               uuid.UUID(p["clip"]) if p.get("clip") else None)
               for p in json.loads(row["pieces"])]
     return Compilation(
         row["id"], row["owner_id"], pieces, CompilationOptions(**json.loads(row["options"])), row["job_id"],
@@ -48,7 +49,8 @@ class CompilationStore:
 
     async def create(self, compilation: Compilation, job: Job) -> Compilation:
         """Insert the compilation and its QUEUED render job ``job`` in one transaction."""
-        pieces = [{"video": str(p.video_id), "start_s": p.start_s, "end_s": p.end_s} for p in compilation.pieces]
+        pieces = [{"video": str(p.video_id), "start_s": p.start_s, "end_s": p.end_s,
+                   "clip": str(p.clip_id) if p.clip_id else ""} for p in compilation.pieces]
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO compilations (id, owner_id, pieces, options) VALUES ($1, $2, $3::jsonb, $4::jsonb)",

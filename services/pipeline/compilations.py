@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 from services.common.blobstore import BlobStore
 from services.common.errors import FailedPrecondition, NotFound, invalid_field
 from services.common.ids import job_id_for
-from services.common.names import video_name
+from services.common.names import clip_name, video_name
 from services.common.principal import Principal
 from services.common.queue import DEFAULT_PRIORITY, JobQueue, enqueue_or_leave_to_sweep, queue_key
 from services.media.layout import compilation_prefix
-from services.pipeline.ports import Compilations, Jobs, VideoCatalog
-from services.pipeline.records import Compilation, CompilationOptions, CompilationPiece, Job
+from services.pipeline.ports import ClipSources, Compilations, Jobs, VideoCatalog
+from services.pipeline.records import ClipRequest, Compilation, CompilationOptions, CompilationPiece, Job
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +78,28 @@ def check_pieces(pieces: list[CompilationPiece]) -> None:
 
 class CompilationControl:
     def __init__(self, compilations: Compilations, jobs: Jobs, catalog: VideoCatalog, queue: JobQueue,
-                 blobs: BlobStore, *, max_attempts: int = 3) -> None:
+                 blobs: BlobStore, sources: ClipSources, *, max_attempts: int = 3) -> None:
         self._compilations = compilations
         self._jobs = jobs
         self._catalog = catalog
         self._queue = queue
         self._blobs = blobs
+        self._sources = sources
         self._max_attempts = max_attempts
 
-    async def create(self, caller: Principal, pieces: list[CompilationPiece], options: CompilationOptions, *,
-                     priority: str = DEFAULT_PRIORITY) -> Compilation:
-        """Check the request, store the compilation with its render job, enqueue the job."""
+    async def create(self, caller: Principal, requested: Sequence[CompilationPiece | ClipRequest],
+                     options: CompilationOptions, *, priority: str = DEFAULT_PRIORITY,
+                     search_id: uuid.UUID | None = None, top: int = 0) -> Compilation:
+        """Check the request — spans of videos, or clips (trimmed), or the top ``top`` results (0: all) of search
+        ``search_id`` —, store the compilation with its render job, enqueue the job."""
+        if search_id is not None:
+            if requested:
+                raise invalid_field("search_id", "give the clips or a search, not both")
+            ranked = await self._sources.search_results(search_id, user=caller.scope)
+            requested = [ClipRequest(c) for c in (ranked[:top] if top > 0 else ranked)]
+            if not requested:
+                raise invalid_field("search_id", "the search found nothing to compile", reason="EMPTY_SEARCH")
+        pieces = await self._spans(caller, requested)
         check_pieces(pieces)
         options = check_options(options, pieces)
         for i, piece in enumerate(pieces):
@@ -100,6 +112,32 @@ class CompilationControl:
             Compilation(compilation_id, caller.user_id, pieces, options, job_id), job)
         await enqueue_or_leave_to_sweep(self._queue, job_id, job.queue_key, priority=priority)
         return made
+
+    async def _spans(self, caller: Principal,
+                     requested: Sequence[CompilationPiece | ClipRequest]) -> list[CompilationPiece]:
+        """Every clip asked for as its video's span less the trims (another user's clip is NOT_FOUND, like one that
+        does not exist); spans of videos as they are."""
+        clip_ids = [r.clip_id for r in requested if isinstance(r, ClipRequest)]
+        spans = await self._sources.spans(clip_ids, owner=caller.scope) if clip_ids else {}
+        pieces = []
+        for i, r in enumerate(requested):
+            if isinstance(r, CompilationPiece):
+                pieces.append(r)
+                continue
+            span = spans.get(r.clip_id)
+            if span is None:
+                raise NotFound(f"clip {r.clip_id} not found", reason="CLIP_NOT_FOUND",
+                               metadata={"name": clip_name(r.clip_id)})
+            for name, trim in (("trim_start_seconds", r.trim_start_s), ("trim_end_seconds", r.trim_end_s)):
+                if not math.isfinite(trim) or trim < 0:
+                    raise invalid_field(f"compilation.clips[{i}].{name}", "must be 0 or more")
+            start, end = span.start_s + r.trim_start_s, span.end_s - r.trim_end_s
+            if end - start < MIN_PIECE_S:
+                raise invalid_field(f"compilation.clips[{i}].trim_end_seconds",
+                                    f"the trims leave less than {MIN_PIECE_S:g} s of the clip "
+                                    f"({span.end_s - span.start_s:.2f} s long)")
+            pieces.append(CompilationPiece(span.video_id, start, end, clip_id=r.clip_id))
+        return pieces
 
     async def _check_video(self, caller: Principal, i: int, piece: CompilationPiece) -> None:
         source = await self._catalog.source(piece.video_id)  # NOT_FOUND when it does not exist

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime
 from typing import Protocol
 
-from services.pipeline.records import Compilation, DeadLetter, Job, JobEvent, ProcessedVideo, VideoSource
+from services.pipeline.records import ClipSpan, Compilation, DeadLetter, Job, JobEvent, ProcessedVideo, VideoSource
 
 
 class Jobs(Protocol):
@@ -116,3 +116,13 @@ class Compilations(Protocol):
     async def rendered(self, compilation_id: uuid.UUID, run_id: uuid.UUID, *, output_key: str, duration_s: float,
                        size_bytes: int, render_method: str) -> None:
         """What the run made; FAILED_PRECONDITION ``RUN_SUPERSEDED`` once it no longer owns the job."""
+
+
+class ClipSources(Protocol):
+    """Where compilations asked for as clips or a search get their spans (``clip_sources.ClipSourcesClient``)."""
+
+    async def spans(self, clip_ids: list[uuid.UUID], *, owner: uuid.UUID | None) -> dict[uuid.UUID, ClipSpan]:
+        """The clips among ``clip_ids`` of ``owner``'s (None: anyone's), by id; others are left out."""
+
+    async def search_results(self, search_id: uuid.UUID, *, user: uuid.UUID | None) -> list[uuid.UUID]:
+        """The clips a logged search of ``user``'s (None: anyone's) ranked, in order; NOT_FOUND for none."""

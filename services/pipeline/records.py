@@ -169,8 +169,29 @@ class ProcessedVideo:
 
 @dataclass(frozen=True)
 class CompilationPiece:
-    """A span of one of the owner's videos, in the compilation's order."""
+    """A span of one of the owner's videos, in the compilation's order (``clip_id``: the clip it was cut from, when
+    it was asked for as a clip)."""
 
+    video_id: uuid.UUID
+    start_s: float
+    end_s: float
+    clip_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """A clip asked for in a compilation, less ``trim_start_s`` / ``trim_end_s`` seconds at its ends."""
+
+    clip_id: uuid.UUID
+    trim_start_s: float = 0.0
+    trim_end_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    """Where a clip is in its video (the search service's record)."""
+
+    clip_id: uuid.UUID
     video_id: uuid.UUID
     start_s: float
     end_s: float

@@ -9,6 +9,7 @@ import grpc.aio
 from clipmind.analytics.internal.v1.analytics_internal_service_pb2_grpc import AnalyticsInternalServiceStub
 from clipmind.ingest.internal.v1.ingest_internal_service_pb2_grpc import IngestInternalServiceStub
 from clipmind.pipeline.v1 import pipeline_service_pb2, pipeline_service_pb2_grpc
+from clipmind.search.internal.v1.search_internal_service_pb2_grpc import SearchInternalServiceStub
 
 from services.common import usage_events
 from services.common.blobstore import LocalBlobStore
@@ -21,6 +22,7 @@ from services.common.outbox import OutboxRelay
 from services.common.progress import ProgressBus
 from services.common.queue import ArqJobQueue, QueueRoutes
 from services.pipeline import internal_servicer
+from services.pipeline.clip_sources import ClipSourcesClient
 from services.pipeline.compilation_store import CompilationStore
 from services.pipeline.compilations import CompilationControl
 from services.pipeline.ingest_client import FACT_WAIT_S, IngestClient, relay_handlers
@@ -47,7 +49,8 @@ async def serve(settings: PipelineSettings) -> None:
     control = JobControl(jobs, bus, queue)
     # The rendered compilations' links are signed like ingest's (its media server checks them).
     blobs = LocalBlobStore(settings.blob_dir, settings.media_base_url, media_signer(settings))
-    compilations = CompilationControl(CompilationStore(pool), jobs, IngestClient(ingest), queue, blobs)
+    sources = ClipSourcesClient(channels.stub(SearchInternalServiceStub, settings.search_url), analytics)
+    compilations = CompilationControl(CompilationStore(pool), jobs, IngestClient(ingest), queue, blobs, sources)
     servicer = PipelineServicer(control, watcher, compilations, blobs)
     internal = internal_servicer.PipelineInternalServicer(control)
 

@@ -10,6 +10,8 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from clipmind.pipeline.v1 import pipeline_service_pb2 as pb
 from clipmind.pipeline.v1 import pipeline_service_pb2_grpc
@@ -21,9 +23,11 @@ from services.common.convert import enum_value, timestamp
 from services.common.errors import PermissionDenied, invalid_field
 from services.common.grpc_server import Context
 from services.common.names import (
+    clip_name,
     compilation_name,
     dead_letter_name,
     job_name,
+    parse_clip_name,
     parse_compilation_name,
     parse_job_name,
     parse_video_name,
@@ -33,7 +37,15 @@ from services.common.names import (
 from services.common.paging import bound_to, decode_token, encode_token, page_size
 from services.pipeline.compilations import CompilationControl
 from services.pipeline.jobs import JobControl
-from services.pipeline.records import Compilation, CompilationOptions, CompilationPiece, DeadLetter, Job, JobEvent
+from services.pipeline.records import (
+    ClipRequest,
+    Compilation,
+    CompilationOptions,
+    CompilationPiece,
+    DeadLetter,
+    Job,
+    JobEvent,
+)
 from services.pipeline.watch import Heartbeat, JobWatcher
 
 _FILTER_TERM = re.compile(r'^\s*(video|state)\s*=\s*"?([\w/-]+)"?\s*$')
@@ -45,13 +57,24 @@ _COMPILATION_STATES = {"QUEUED": pb.Compilation.STATE_PENDING, "RUNNING": pb.Com
                        "CANCELLED": pb.Compilation.STATE_FAILED}
 
 
+def _requested_piece(i: int, r: pb.ClipRange) -> CompilationPiece | ClipRequest:
+    """One asked-for span: a clip (less its trims) or a video's seconds."""
+    if r.clip:
+        return ClipRequest(parse_clip_name(r.clip, f"compilation.clips[{i}].clip"), r.trim_start_seconds,
+                           r.trim_end_seconds)
+    if not r.video:
+        raise invalid_field(f"compilation.clips[{i}].video", "give a clip, or a video and its seconds",
+                            reason="REQUIRED_FIELD")
+    return CompilationPiece(parse_video_name(r.video, f"compilation.clips[{i}].video"), r.start_seconds, r.end_seconds)
+
+
 def compilation_to_pb(c: Compilation, blobs: BlobStore) -> pb.Compilation:
     done = c.state == "SUCCEEDED"
     o = c.options
     return pb.Compilation(
         name=compilation_name(c.id), job=job_name(c.job_id), user=user_name(c.owner_id),
-        clips=[pb.ClipRange(video=video_name(p.video_id), start_seconds=p.start_s, end_seconds=p.end_s)
-               for p in c.pieces],
+        clips=[pb.ClipRange(video=video_name(p.video_id), start_seconds=p.start_s, end_seconds=p.end_s,
+                            clip=clip_name(p.clip_id) if p.clip_id else "") for p in c.pieces],
         options=pb.CompilationOptions(crossfade_seconds=o.crossfade_s, title_text=o.title_text,
                                       title_seconds=o.title_s, fade_in_seconds=o.fade_in_s,
                                       fade_out_seconds=o.fade_out_s, width=o.width, height=o.height),
@@ -128,6 +151,25 @@ def parse_job_filter(expr: str) -> tuple[uuid.UUID | None, str | None]:
     return video_id, state
 
 
+class _Listed(Protocol):
+    id: uuid.UUID
+    create_time: datetime | None
+
+
+L = TypeVar("L", bound=_Listed)
+
+
+def _paged(found: list[L], size: int, binding: str) -> tuple[list[L], str]:
+    """A page of ``size`` from the ``size + 1`` newest-first rows a list asked for: the page, and the next page's
+    token when there is more (keyset: the last row's time and id)."""
+    if len(found) <= size:
+        return found, ""
+    page = found[:size]
+    last = page[-1]
+    assert last.create_time is not None
+    return page, encode_token(last.create_time, last.id, binding)
+
+
 class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
     def __init__(self, control: JobControl, watcher: JobWatcher, compilations: CompilationControl,
                  blobs: BlobStore) -> None:
@@ -144,13 +186,9 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         size = page_size(request.page_size)
         video_id, state = parse_job_filter(request.filter)
         binding = bound_to(caller.user_id, "ListJobs", request.filter)
-        jobs = await self._control.list_jobs(caller, limit=size + 1, after=decode_token(request.page_token, binding),
-                                             video_id=video_id, state=state)
-        token = ""
-        if len(jobs) > size:
-            jobs = jobs[:size]
-            assert jobs[-1].create_time is not None
-            token = encode_token(jobs[-1].create_time, jobs[-1].id, binding)
+        jobs, token = _paged(await self._control.list_jobs(
+            caller, limit=size + 1, after=decode_token(request.page_token, binding), video_id=video_id, state=state),
+            size, binding)
         return pb.ListJobsResponse(jobs=[job_to_pb(j) for j in jobs], next_page_token=token)
 
     async def WatchJob(self, request: pb.WatchJobRequest, context: Context) -> AsyncIterator[pb.JobEvent]:
@@ -187,29 +225,32 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         caller = request_context.principal()
         size = page_size(request.page_size)
         binding = bound_to(caller.user_id, "ListDeadLetters")
-        letters = await self._control.dead_letters(caller, limit=size + 1,
-                                                   after=decode_token(request.page_token, binding))
-        token = ""
-        if len(letters) > size:
-            letters = letters[:size]
-            assert letters[-1].create_time is not None
-            token = encode_token(letters[-1].create_time, letters[-1].id, binding)
+        letters, token = _paged(await self._control.dead_letters(
+            caller, limit=size + 1, after=decode_token(request.page_token, binding)), size, binding)
         return pb.ListDeadLettersResponse(
             dead_letters=[dead_letter_to_pb(d) for d in letters], next_page_token=token
         )
 
     async def CreateCompilation(self, request: pb.CreateCompilationRequest, context: Context) -> pb.Compilation:
         caller = request_context.principal()
-        if not request.HasField("compilation"):
-            raise invalid_field("compilation", "required", reason="REQUIRED_FIELD")
+        if not request.HasField("compilation") and not request.search_id:
+            raise invalid_field("compilation", "required (or a search_id)", reason="REQUIRED_FIELD")
         c = request.compilation
-        pieces = [CompilationPiece(parse_video_name(r.video, f"compilation.clips[{i}].video"), r.start_seconds,
-                                   r.end_seconds) for i, r in enumerate(c.clips)]
+        pieces = [_requested_piece(i, r) for i, r in enumerate(c.clips)]
+        search_id = None
+        if request.search_id:
+            try:
+                search_id = uuid.UUID(request.search_id)
+            except ValueError:
+                raise invalid_field("search_id", "not a search id (a UUID)") from None
+        if request.top_result_count < 0:
+            raise invalid_field("top_result_count", "must not be negative")
         o = c.options
         options = CompilationOptions(o.crossfade_seconds, o.title_text, o.title_seconds, o.fade_in_seconds,
                                      o.fade_out_seconds, o.width, o.height)
         wanted = priority.requested(caller, c.priority, "compilation.priority")
-        made = await self._compilations.create(caller, pieces, options, priority=wanted)
+        made = await self._compilations.create(caller, pieces, options, priority=wanted, search_id=search_id,
+                                               top=request.top_result_count)
         return compilation_to_pb(made, self._blobs)
 
     async def GetCompilation(self, request: pb.GetCompilationRequest, context: Context) -> pb.Compilation:
@@ -221,13 +262,8 @@ class PipelineServicer(pipeline_service_pb2_grpc.PipelineServiceServicer):
         caller = request_context.principal()
         size = page_size(request.page_size)
         binding = bound_to(caller.user_id, "ListCompilations")
-        found = await self._compilations.list_page(caller, limit=size + 1,
-                                                   after=decode_token(request.page_token, binding))
-        token = ""
-        if len(found) > size:
-            found = found[:size]
-            assert found[-1].create_time is not None
-            token = encode_token(found[-1].create_time, found[-1].id, binding)
+        found, token = _paged(await self._compilations.list_page(
+            caller, limit=size + 1, after=decode_token(request.page_token, binding)), size, binding)
         return pb.ListCompilationsResponse(compilations=[compilation_to_pb(c, self._blobs) for c in found],
                                            next_page_token=token)
 

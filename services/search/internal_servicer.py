@@ -14,7 +14,7 @@ from clipmind.search.internal.v1 import search_internal_service_pb2_grpc as pb_g
 from services.common.convert import from_timestamp
 from services.common.errors import invalid_field
 from services.common.grpc_server import Context
-from services.common.names import parse_user_name, parse_video_name
+from services.common.names import clip_name, parse_clip_name, parse_user_name, parse_video_name, video_name
 from services.search.clip_store import ClipStore
 from services.search.ports import QueryCache
 from services.search.records import Clip, Keyframe, Segment, VideoFacts, VideoIndex, scene_keyframe
@@ -38,6 +38,7 @@ def _vector(values: Any, dims: int, field: str) -> np.ndarray:
 
 # How far (seconds) a keyframe's stretch may reach past its scene's bounds: times are rounded on the way.
 SPAN_SLACK_S = 1e-3
+MAX_SPANS_PER_CALL = 1000
 
 
 def _keyframe(clip: Clip, k: pb.IndexedKeyframe, field: str) -> tuple[Keyframe, np.ndarray | None]:
@@ -177,6 +178,16 @@ class SearchInternalServicer(pb_grpc.SearchInternalServiceServicer):
         if applied:
             await self._changed(facts.video_id, facts.owner_id)
         return pb.UpsertVideoFactsResponse(applied=applied)
+
+    async def GetClipSpans(self, request: pb.GetClipSpansRequest, context: Context) -> pb.GetClipSpansResponse:
+        if len(request.clips) > MAX_SPANS_PER_CALL:
+            raise invalid_field("clips", f"at most {MAX_SPANS_PER_CALL} per call")
+        clip_ids = [parse_clip_name(name, f"clips[{i}]") for i, name in enumerate(request.clips)]
+        owner = parse_user_name(request.owner, "owner") if request.owner else None
+        found = await self._clips.get_many(clip_ids, owner=owner)
+        return pb.GetClipSpansResponse(spans=[
+            pb.ClipSpan(clip=clip_name(c.id), video=video_name(c.video_id), start_seconds=c.start_s,
+                        end_seconds=c.end_s) for c in found.values()])
 
 
 def register(server: grpc.aio.Server, servicer: SearchInternalServicer) -> str:

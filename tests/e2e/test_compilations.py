@@ -4,6 +4,7 @@ sees none of it and cannot use the video; deleting the compilation makes its lin
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -63,3 +64,32 @@ def test_a_compilation_is_rendered_played_hidden_from_others_and_deleted(
     assert rest.delete(f"/v1/{compilation['name']}").status_code == 200
     assert rest.get(f"/v1/{compilation['name']}").status_code == 404
     assert rest.get(done["outputUri"]).status_code == 404  # the link stops working
+
+
+def test_a_compilation_of_a_searchs_top_results_and_of_trimmed_clips(
+        processed_video: dict, rest: httpx.Client, stranger: httpx.Client) -> None:
+    found = rest.post("/v1/clips:search", json={"query": "quarterly revenue", "pageSize": 3}).json()
+    ranked = [r["clip"] for r in found["results"]]
+    assert len(ranked) >= 2
+
+    def create(client: httpx.Client, params: dict | None = None, body: dict | None = None) -> httpx.Response:
+        deadline = time.monotonic() + 10  # the search reaches the log through the search service's outbox
+        while True:
+            response = client.post("/v1/compilations", params=params, json=body or {})
+            if response.status_code != 404 or time.monotonic() > deadline or client is stranger:
+                return response
+            time.sleep(0.2)
+
+    top = create(rest, {"searchId": found["searchId"], "topResultCount": 2})
+    assert top.status_code == 200, top.text
+    assert [c["clip"] for c in top.json()["clips"]] == [c["name"] for c in ranked[:2]]
+    assert create(stranger, {"searchId": found["searchId"]}).status_code == 404  # not their search
+
+    first = ranked[0]
+    trimmed = create(rest, body={"clips": [{"clip": first["name"], "trimStartSeconds": 0.5, "trimEndSeconds": 1}]})
+    assert trimmed.status_code == 200, trimmed.text
+    [span] = trimmed.json()["clips"]
+    assert span["startSeconds"] == pytest.approx(float(first.get("startSeconds", 0)) + 0.5)
+    assert span["endSeconds"] == pytest.approx(float(first["endSeconds"]) - 1)
+    for made in (top.json(), trimmed.json()):
+        assert rest.delete(f"/v1/{made['name']}").status_code == 200

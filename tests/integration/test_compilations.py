@@ -4,7 +4,9 @@ a render job that a worker's runner runs like any job — the file rendered from
 for one source and no options), recorded on the compilation by the run with the owner's usage fact — then read,
 listed and deleted with its file.
 
-Ingest's side runs in process (its internal servicer on its own schema, as the pipeline's stub would call it)."""
+Ingest's, search's and analytics' sides run in process (their internal servicers on their own schemas, as the
+pipeline's stubs would call them): a compilation asked for as clips or as a search's top results takes their
+spans from the search index and the search log."""
 
 from __future__ import annotations
 
@@ -13,7 +15,12 @@ from pathlib import Path
 
 import pytest
 from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as analytics_pb
+from clipmind.analytics.internal.v1 import analytics_internal_service_pb2 as log_pb
+from clipmind.search.internal.v1 import search_internal_service_pb2 as search_pb
 
+from services.analytics.internal_servicer import AnalyticsInternalServicer
+from services.analytics.search_log import SearchLogStore
+from services.analytics.usage import UsageStore
 from services.common import usage_events
 from services.common.blobstore import LocalBlobStore
 from services.common.errors import InvalidArgument, NotFound
@@ -26,14 +33,17 @@ from services.ingest.records import Video
 from services.ingest.store import VideoStore
 from services.media.compose import probe_source
 from services.media.layout import compilation_key, source_key
+from services.pipeline.clip_sources import ClipSourcesClient
 from services.pipeline.compilation_store import CompilationStore
 from services.pipeline.compilations import CompilationControl
 from services.pipeline.ingest_client import IngestClient, relay_handlers
 from services.pipeline.job_store import JobStore
-from services.pipeline.records import CompilationOptions, CompilationPiece
+from services.pipeline.records import ClipRequest, CompilationOptions, CompilationPiece
 from services.pipeline.renderer import CompilationRenderer
 from services.pipeline.reporter import JobReporter
 from services.pipeline.runs import JobRunner, RunPolicy
+from services.search.clip_store import ClipStore
+from services.search.internal_servicer import SearchInternalServicer
 from tests.db_setup import ServicerStub, service_db
 from tests.media import SceneSpec, make_scene_video
 
@@ -52,6 +62,9 @@ class NoVideoJobs:
 @pytest.fixture
 async def parts(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
     pool, ingest_pool = await service_db(pg_dsn, "pipeline"), await service_db(pg_dsn, "ingest")
+    search_pool, analytics_pool = await service_db(pg_dsn, "search"), await service_db(pg_dsn, "analytics")
+    search = ServicerStub(SearchInternalServicer(ClipStore(search_pool)))
+    analytics = ServicerStub(AnalyticsInternalServicer(SearchLogStore(analytics_pool), UsageStore(analytics_pool)))
     bus = ProgressBus.connect(redis_url)
     queue = await ArqJobQueue.connect(redis_url)
     videos = VideoStore(ingest_pool)
@@ -63,12 +76,14 @@ async def parts(pg_dsn: str, redis_url: str, tmp_path: Path):  # type: ignore[no
     catalog = IngestClient(ingest)
     reporter = JobReporter(jobs, bus)
     store = CompilationStore(pool)
-    control = CompilationControl(store, jobs, catalog, queue, blobs)
+    control = CompilationControl(store, jobs, catalog, queue, blobs, ClipSourcesClient(search, analytics))
     runner = JobRunner(jobs, reporter, queue, blobs, NoVideoJobs(),  # type: ignore[arg-type]
                        RunPolicy(lease_s=30.0, heartbeat_s=0.5, cancel_poll_s=0.2, retry_base_s=0.0),
                        worker="test:1", renderer=CompilationRenderer(store, catalog, reporter, blobs))
-    yield pool, videos, blobs, control, jobs, runner, tmp_path
+    yield pool, videos, blobs, control, jobs, runner, tmp_path, (search, analytics)
     await relay.stop()
+    await search_pool.close()
+    await analytics_pool.close()
     await queue.close()
     await bus.close()
     await pool.close()
@@ -88,7 +103,7 @@ async def _stored_video(videos: VideoStore, blobs: LocalBlobStore, folder: Path,
 
 
 async def test_a_compilation_is_rendered_by_its_job_read_listed_and_deleted_with_its_file(parts) -> None:  # type: ignore[no-untyped-def]
-    pool, videos, blobs, control, jobs, runner, folder = parts
+    pool, videos, blobs, control, jobs, runner, folder, _ = parts
     video = await _stored_video(videos, blobs, folder, ALICE)
     pieces = [CompilationPiece(video.id, 0.0, 2.0), CompilationPiece(video.id, 3.0, 5.5)]
     made = await control.create(ALICE, pieces, CompilationOptions())
@@ -128,7 +143,7 @@ async def test_a_compilation_is_rendered_by_its_job_read_listed_and_deleted_with
 
 
 async def test_a_compilation_of_mixed_sources_with_options_is_one_filter_graph(parts) -> None:  # type: ignore[no-untyped-def]
-    _, videos, blobs, control, jobs, runner, folder = parts
+    _, videos, blobs, control, jobs, runner, folder, _ = parts
     first, second = [await _stored_video(videos, blobs, folder, ALICE) for _ in range(2)]
     made = await control.create(ALICE, [CompilationPiece(first.id, 0.5, 2.5), CompilationPiece(second.id, 1.0, 3.0)],
                                 CompilationOptions(crossfade_s=0.5, title_text="Best of", title_s=1.0, width=320,
@@ -143,7 +158,7 @@ async def test_a_compilation_of_mixed_sources_with_options_is_one_filter_graph(p
 
 
 async def test_only_the_callers_own_videos_and_sound_requests_are_taken(parts) -> None:  # type: ignore[no-untyped-def]
-    _, videos, blobs, control, _, _, folder = parts
+    _, videos, blobs, control, _, _, folder, _ = parts
     mine, theirs = await _stored_video(videos, blobs, folder, ALICE), await _stored_video(videos, blobs, folder, BOB)
     with pytest.raises(NotFound) as hidden:  # BOB's video in ALICE's request: as if it did not exist
         await control.create(ALICE, [CompilationPiece(mine.id, 0, 1), CompilationPiece(theirs.id, 0, 1)],
@@ -174,10 +189,63 @@ async def test_only_the_callers_own_videos_and_sound_requests_are_taken(parts) -
 
 
 async def test_deleting_a_queued_compilation_cancels_its_render(parts) -> None:  # type: ignore[no-untyped-def]
-    _, videos, blobs, control, jobs, runner, folder = parts
+    _, videos, blobs, control, jobs, runner, folder, _ = parts
     video = await _stored_video(videos, blobs, folder, ALICE)
     made = await control.create(ALICE, [CompilationPiece(video.id, 0, 2)], CompilationOptions())
     job = await jobs.get(made.job_id, scope=None)
     await control.delete(ALICE, made.id)
     assert "nothing to run" in await runner.run(job.id, job.queue_key)  # its queue entry finds no job
     assert not blobs.local_path(compilation_key(made.id)).exists()
+
+
+async def _indexed(search: ServicerStub, video: Video, owner: Principal) -> list[uuid.UUID]:
+    """The video's two 3 s scenes indexed as its owner's clips (as the pipeline's index write makes them)."""
+    clips = [uuid.uuid4(), uuid.uuid4()]
+    request = search_pb.ReplaceVideoIndexRequest(video=f"videos/{video.id}", fence=1, owner=owner.name)
+    for i, clip in enumerate(clips):
+        request.clips.add(id=str(clip), index=i, start_seconds=3.0 * i, end_seconds=3.0 * i + 3.0)
+    await search.ReplaceVideoIndex(request)
+    await search.UpsertVideoFacts(search_pb.UpsertVideoFactsRequest(facts=search_pb.VideoFacts(
+        video=f"videos/{video.id}", revision=1, title="t", blob_key=video.blob_key, state="READY",
+        duration_seconds=6.0, owner=owner.name)))
+    return clips
+
+
+async def test_a_compilation_of_clips_or_of_a_searchs_top_results(parts) -> None:  # type: ignore[no-untyped-def]
+    _, videos, blobs, control, jobs, runner, folder, (search, analytics) = parts
+    video = await _stored_video(videos, blobs, folder, ALICE)
+    first, second = await _indexed(search, video, ALICE)
+
+    trimmed = await control.create(ALICE, [ClipRequest(second, 0.5, 1.0), ClipRequest(first)], CompilationOptions())
+    assert trimmed.pieces == [CompilationPiece(video.id, 3.5, 5.0, second), CompilationPiece(video.id, 0.0, 3.0, first)]
+    job = await jobs.get(trimmed.job_id, scope=None)
+    assert await runner.run(job.id, job.queue_key) == "succeeded"
+
+    search_id = uuid.uuid4()  # ALICE searched; the log has its ranking: second, then first
+    logged = log_pb.LoggedSearch(search_id=str(search_id), query="q", result_count=2, latency_ms=5, user=ALICE.name)
+    logged.search_time.GetCurrentTime()
+    for rank, clip in enumerate((second, first), 1):
+        logged.results.add(clip=f"clips/{clip}", video=f"videos/{video.id}", rank=rank, score=1.0 / rank)
+    await analytics.LogSearches(log_pb.LogSearchesRequest(searches=[logged]))
+    top = await control.create(ALICE, [], CompilationOptions(), search_id=search_id, top=1)
+    assert [(p.clip_id, p.start_s, p.end_s) for p in top.pieces] == [(second, 3.0, 6.0)]
+    everything = await control.create(ALICE, [], CompilationOptions(), search_id=search_id)
+    assert [p.clip_id for p in everything.pieces] == [second, first]
+
+    with pytest.raises(NotFound):  # another user's search: as if there were none
+        await control.create(BOB, [], CompilationOptions(), search_id=search_id)
+    with pytest.raises(InvalidArgument):  # the internal calls name what is malformed
+        await analytics.GetSearchResults(log_pb.GetSearchResultsRequest(search_id="not-a-search"))
+    with pytest.raises(InvalidArgument) as bad_clip:
+        await search.GetClipSpans(search_pb.GetClipSpansRequest(clips=[f"clips/{first}", "videos/x"]))
+    assert [v.field for v in bad_clip.value.field_violations] == ["clips[1]"]
+    with pytest.raises(NotFound) as hidden:  # another user's clip too
+        await control.create(BOB, [ClipRequest(first)], CompilationOptions())
+    assert hidden.value.reason == "CLIP_NOT_FOUND"
+    for field, requested, search in (
+            ("compilation.clips[0].trim_end_seconds", [ClipRequest(first, 1.5, 1.5)], None),
+            ("compilation.clips[0].trim_start_seconds", [ClipRequest(first, -1.0)], None),
+            ("search_id", [ClipRequest(first)], search_id)):
+        with pytest.raises(InvalidArgument) as refused:
+            await control.create(ALICE, requested, CompilationOptions(), search_id=search)
+        assert [v.field for v in refused.value.field_violations] == [field]

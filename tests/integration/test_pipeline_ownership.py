@@ -78,7 +78,8 @@ async def pipeline(pg_dsn: str, redis_url: str, tmp_path: Path) -> AsyncIterator
     control = JobControl(jobs, bus, queue)
     watcher = JobWatcher(jobs, bus, poll_s=0.2)
     blobs = LocalBlobStore(tmp_path / "blobs", "http://media.invalid")  # compilations: not exercised here
-    compilations = CompilationControl(CompilationStore(pool), jobs, IngestClient(Ingest("", "")), queue, blobs)
+    compilations = CompilationControl(CompilationStore(pool), jobs, IngestClient(Ingest("", "")), queue, blobs,
+                                      None)  # type: ignore[arg-type]
     try:
         yield Pipeline(jobs, control, watcher, bus, queue, PipelineServicer(control, watcher, compilations, blobs),
                        ServicerStub(PipelineInternalServicer(control)))

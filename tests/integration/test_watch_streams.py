@@ -78,7 +78,8 @@ async def pipeline(pg_dsn: str, redis_url: str, *, heartbeat_s: float = 15.0, po
     server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(SIGNER, revocations, None)),
                                            ErrorInterceptor()])
     blobs = LocalBlobStore(Path(tempfile.mkdtemp(prefix="clipmind-watch-")), "http://media.invalid")  # unused here
-    compilations = CompilationControl(CompilationStore(pool), jobs, NoCatalog(), queue, blobs)  # type: ignore[arg-type]
+    compilations = CompilationControl(CompilationStore(pool), jobs, NoCatalog(), queue, blobs,  # type: ignore[arg-type]
+                                      None)  # type: ignore[arg-type]
     pb_grpc.add_PipelineServiceServicer_to_server(
         PipelineServicer(JobControl(jobs, bus, queue), watcher, compilations, blobs), server)
     port = server.add_insecure_port("127.0.0.1:0")

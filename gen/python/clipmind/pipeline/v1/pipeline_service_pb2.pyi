@@ -383,29 +383,49 @@ Global___AttemptFailure: _TypeAlias = AttemptFailure  # noqa: Y015
 
 @_typing.final
 class ClipRange(_message.Message):
-    """A span of one video, used to build a compilation."""
+    """A span of one video, used to build a compilation: a clip (trimmed or not),
+    or a video's span given in seconds.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     VIDEO_FIELD_NUMBER: _builtins.int
     START_SECONDS_FIELD_NUMBER: _builtins.int
     END_SECONDS_FIELD_NUMBER: _builtins.int
+    CLIP_FIELD_NUMBER: _builtins.int
+    TRIM_START_SECONDS_FIELD_NUMBER: _builtins.int
+    TRIM_END_SECONDS_FIELD_NUMBER: _builtins.int
     video: _builtins.str
-    """Resource name of the video, `videos/{video}`."""
+    """Resource name of the video, `videos/{video}`; set by the server when the
+    span was given as a clip.
+    """
     start_seconds: _builtins.float
-    """Start of the span in seconds from the beginning of the video."""
+    """Start of the span in seconds from the beginning of the video (with
+    `video`; set by the server for a clip).
+    """
     end_seconds: _builtins.float
     """End of the span in seconds; must be greater than `start_seconds`."""
+    clip: _builtins.str
+    """A clip, `clips/{clip}`, instead of `video` and the seconds: the span is the
+    clip's, less the trims.
+    """
+    trim_start_seconds: _builtins.float
+    """Seconds cut off the clip's start."""
+    trim_end_seconds: _builtins.float
+    """Seconds cut off the clip's end."""
     def __init__(
         self,
         *,
         video: _builtins.str = ...,
         start_seconds: _builtins.float = ...,
         end_seconds: _builtins.float = ...,
+        clip: _builtins.str = ...,
+        trim_start_seconds: _builtins.float = ...,
+        trim_end_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_seconds", b"end_seconds", "start_seconds", b"start_seconds", "video", b"video"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "end_seconds", b"end_seconds", "start_seconds", b"start_seconds", "trim_end_seconds", b"trim_end_seconds", "trim_start_seconds", b"trim_start_seconds", "video", b"video"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -907,6 +927,16 @@ class CreateCompilationRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     COMPILATION_FIELD_NUMBER: _builtins.int
+    SEARCH_ID_FIELD_NUMBER: _builtins.int
+    TOP_RESULT_COUNT_FIELD_NUMBER: _builtins.int
+    search_id: _builtins.str
+    """Instead of `compilation.clips`: the results of one of the caller's
+    searches (its `search_id`), in rank order.
+    """
+    top_result_count: _builtins.int
+    """With `search_id`: how many of its top results (default and most: all the
+    search returned).
+    """
     @_builtins.property
     def compilation(self) -> Global___Compilation:
         """The compilation to render; `clips`, `options` and `priority` are read."""
@@ -915,10 +945,12 @@ class CreateCompilationRequest(_message.Message):
         self,
         *,
         compilation: Global___Compilation | None = ...,
+        search_id: _builtins.str = ...,
+        top_result_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["compilation", b"compilation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compilation", b"compilation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compilation", b"compilation", "search_id", b"search_id", "top_result_count", b"top_result_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -357,3 +357,53 @@ class RecordUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordUsageResponse: _TypeAlias = RecordUsageResponse  # noqa: Y015
+
+@_typing.final
+class GetSearchResultsRequest(_message.Message):
+    """Request of GetSearchResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEARCH_ID_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    search_id: _builtins.str
+    """Id of the search (a UUID), as returned to its caller."""
+    user: _builtins.str
+    """Whose search it must be, `users/{user}`; empty for anyone's."""
+    def __init__(
+        self,
+        *,
+        search_id: _builtins.str = ...,
+        user: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["search_id", b"search_id", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSearchResultsRequest: _TypeAlias = GetSearchResultsRequest  # noqa: Y015
+
+@_typing.final
+class GetSearchResultsResponse(_message.Message):
+    """Response of GetSearchResults."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoggedResult]:
+        """The results the search logged, in rank order."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___LoggedResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSearchResultsResponse: _TypeAlias = GetSearchResultsResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class AnalyticsInternalServiceStub:
                 request_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageRequest.SerializeToString,
                 response_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageResponse.FromString,
                 _registered_method=True)
+        self.GetSearchResults = channel.unary_unary(
+                '/clipmind.analytics.internal.v1.AnalyticsInternalService/GetSearchResults',
+                request_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.GetSearchResultsRequest.SerializeToString,
+                response_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.GetSearchResultsResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsInternalServiceServicer:
@@ -67,6 +72,15 @@ class AnalyticsInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSearchResults(self, request, context):
+        """Returns the ranked results a logged search answered with (a compilation
+        of a search's top results): NOT_FOUND when there is no such search, or
+        it is another user's than `user`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +93,11 @@ def add_AnalyticsInternalServiceServicer_to_server(servicer, server):
                     servicer.RecordUsage,
                     request_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageRequest.FromString,
                     response_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'GetSearchResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSearchResults,
+                    request_deserializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.GetSearchResultsRequest.FromString,
+                    response_serializer=clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.GetSearchResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -136,6 +155,33 @@ class AnalyticsInternalService:
             '/clipmind.analytics.internal.v1.AnalyticsInternalService/RecordUsage',
             clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageRequest.SerializeToString,
             clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSearchResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.analytics.internal.v1.AnalyticsInternalService/GetSearchResults',
+            clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.GetSearchResultsRequest.SerializeToString,
+            clipmind_dot_analytics_dot_internal_dot_v1_dot_analytics__internal__service__pb2.GetSearchResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

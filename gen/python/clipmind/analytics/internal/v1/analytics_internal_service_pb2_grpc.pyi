@@ -44,6 +44,11 @@ class AnalyticsInternalServiceStub:
     """Records what users consumed: uploads, deletions, processing, renders.
     Idempotent by event id: an event delivered twice is recorded once.
     """
+    GetSearchResults: _grpc.UnaryUnaryMultiCallable[_analytics_internal_service_pb2.GetSearchResultsRequest, _analytics_internal_service_pb2.GetSearchResultsResponse]
+    """Returns the ranked results a logged search answered with (a compilation
+    of a search's top results): NOT_FOUND when there is no such search, or
+    it is another user's than `user`.
+    """
 
 @_typing.type_check_only
 class AnalyticsInternalServiceAsyncStub(AnalyticsInternalServiceStub):
@@ -57,6 +62,11 @@ class AnalyticsInternalServiceAsyncStub(AnalyticsInternalServiceStub):
     RecordUsage: _aio.UnaryUnaryMultiCallable[_analytics_internal_service_pb2.RecordUsageRequest, _analytics_internal_service_pb2.RecordUsageResponse]  # type: ignore[assignment]
     """Records what users consumed: uploads, deletions, processing, renders.
     Idempotent by event id: an event delivered twice is recorded once.
+    """
+    GetSearchResults: _aio.UnaryUnaryMultiCallable[_analytics_internal_service_pb2.GetSearchResultsRequest, _analytics_internal_service_pb2.GetSearchResultsResponse]  # type: ignore[assignment]
+    """Returns the ranked results a logged search answered with (a compilation
+    of a search's top results): NOT_FOUND when there is no such search, or
+    it is another user's than `user`.
     """
 
 class AnalyticsInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -80,6 +90,17 @@ class AnalyticsInternalServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_analytics_internal_service_pb2.RecordUsageResponse, _abc.Awaitable[_analytics_internal_service_pb2.RecordUsageResponse]]:
         """Records what users consumed: uploads, deletions, processing, renders.
         Idempotent by event id: an event delivered twice is recorded once.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSearchResults(
+        self,
+        request: _analytics_internal_service_pb2.GetSearchResultsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_internal_service_pb2.GetSearchResultsResponse, _abc.Awaitable[_analytics_internal_service_pb2.GetSearchResultsResponse]]:
+        """Returns the ranked results a logged search answered with (a compilation
+        of a search's top results): NOT_FOUND when there is no such search, or
+        it is another user's than `user`.
         """
 
 def add_AnalyticsInternalServiceServicer_to_server(servicer: AnalyticsInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

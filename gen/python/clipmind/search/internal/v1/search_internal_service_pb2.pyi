@@ -407,3 +407,89 @@ class UpsertVideoFactsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpsertVideoFactsResponse: _TypeAlias = UpsertVideoFactsResponse  # noqa: Y015
+
+@_typing.final
+class GetClipSpansRequest(_message.Message):
+    """Request of GetClipSpans."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIPS_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """Only clips of this user's videos, `users/{user}`; empty for anyone's."""
+    @_builtins.property
+    def clips(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The clips, `clips/{clip}` (at most 1,000)."""
+
+    def __init__(
+        self,
+        *,
+        clips: _abc.Iterable[_builtins.str] | None = ...,
+        owner: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clips", b"clips", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClipSpansRequest: _TypeAlias = GetClipSpansRequest  # noqa: Y015
+
+@_typing.final
+class ClipSpan(_message.Message):
+    """Where one clip is in its video."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIP_FIELD_NUMBER: _builtins.int
+    VIDEO_FIELD_NUMBER: _builtins.int
+    START_SECONDS_FIELD_NUMBER: _builtins.int
+    END_SECONDS_FIELD_NUMBER: _builtins.int
+    clip: _builtins.str
+    """The clip, `clips/{clip}`."""
+    video: _builtins.str
+    """Its video, `videos/{video}`."""
+    start_seconds: _builtins.float
+    """Start of the clip in the video, seconds."""
+    end_seconds: _builtins.float
+    """End of the clip in the video, seconds."""
+    def __init__(
+        self,
+        *,
+        clip: _builtins.str = ...,
+        video: _builtins.str = ...,
+        start_seconds: _builtins.float = ...,
+        end_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip", b"clip", "end_seconds", b"end_seconds", "start_seconds", b"start_seconds", "video", b"video"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClipSpan: _TypeAlias = ClipSpan  # noqa: Y015
+
+@_typing.final
+class GetClipSpansResponse(_message.Message):
+    """Response of GetClipSpans."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPANS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClipSpan]:
+        """The clips found, in no particular order."""
+
+    def __init__(
+        self,
+        *,
+        spans: _abc.Iterable[Global___ClipSpan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spans", b"spans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClipSpansResponse: _TypeAlias = GetClipSpansResponse  # noqa: Y015

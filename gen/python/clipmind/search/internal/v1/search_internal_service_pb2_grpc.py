@@ -51,6 +51,11 @@ class SearchInternalServiceStub:
                 request_serializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.UpsertVideoFactsRequest.SerializeToString,
                 response_deserializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.UpsertVideoFactsResponse.FromString,
                 _registered_method=True)
+        self.GetClipSpans = channel.unary_unary(
+                '/clipmind.search.internal.v1.SearchInternalService/GetClipSpans',
+                request_serializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.GetClipSpansRequest.SerializeToString,
+                response_deserializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.GetClipSpansResponse.FromString,
+                _registered_method=True)
 
 
 class SearchInternalServiceServicer:
@@ -87,6 +92,15 @@ class SearchInternalServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetClipSpans(self, request, context):
+        """Returns the spans of clips (the pipeline cuts compilations from them):
+        those of one owner's, or anyone's when no owner is given. A clip that
+        does not exist or is another owner's is left out of the answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchInternalServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -104,6 +118,11 @@ def add_SearchInternalServiceServicer_to_server(servicer, server):
                     servicer.UpsertVideoFacts,
                     request_deserializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.UpsertVideoFactsRequest.FromString,
                     response_serializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.UpsertVideoFactsResponse.SerializeToString,
+            ),
+            'GetClipSpans': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetClipSpans,
+                    request_deserializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.GetClipSpansRequest.FromString,
+                    response_serializer=clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.GetClipSpansResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +208,33 @@ class SearchInternalService:
             '/clipmind.search.internal.v1.SearchInternalService/UpsertVideoFacts',
             clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.UpsertVideoFactsRequest.SerializeToString,
             clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.UpsertVideoFactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetClipSpans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/clipmind.search.internal.v1.SearchInternalService/GetClipSpans',
+            clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.GetClipSpansRequest.SerializeToString,
+            clipmind_dot_search_dot_internal_dot_v1_dot_search__internal__service__pb2.GetClipSpansResponse.FromString,
             options,
             channel_credentials,
             insecure,

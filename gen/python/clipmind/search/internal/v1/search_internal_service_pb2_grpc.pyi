@@ -55,6 +55,11 @@ class SearchInternalServiceStub:
     model ingest publishes on every change). A revision lower than the one
     held is ignored, so deliveries in any order converge.
     """
+    GetClipSpans: _grpc.UnaryUnaryMultiCallable[_search_internal_service_pb2.GetClipSpansRequest, _search_internal_service_pb2.GetClipSpansResponse]
+    """Returns the spans of clips (the pipeline cuts compilations from them):
+    those of one owner's, or anyone's when no owner is given. A clip that
+    does not exist or is another owner's is left out of the answer.
+    """
 
 @_typing.type_check_only
 class SearchInternalServiceAsyncStub(SearchInternalServiceStub):
@@ -79,6 +84,11 @@ class SearchInternalServiceAsyncStub(SearchInternalServiceStub):
     """Records the facts of a video that search filters by and shows (the read
     model ingest publishes on every change). A revision lower than the one
     held is ignored, so deliveries in any order converge.
+    """
+    GetClipSpans: _aio.UnaryUnaryMultiCallable[_search_internal_service_pb2.GetClipSpansRequest, _search_internal_service_pb2.GetClipSpansResponse]  # type: ignore[assignment]
+    """Returns the spans of clips (the pipeline cuts compilations from them):
+    those of one owner's, or anyone's when no owner is given. A clip that
+    does not exist or is another owner's is left out of the answer.
     """
 
 class SearchInternalServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +129,17 @@ class SearchInternalServiceServicer(metaclass=_abc_1.ABCMeta):
         """Records the facts of a video that search filters by and shows (the read
         model ingest publishes on every change). A revision lower than the one
         held is ignored, so deliveries in any order converge.
+        """
+
+    @_abc_1.abstractmethod
+    def GetClipSpans(
+        self,
+        request: _search_internal_service_pb2.GetClipSpansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_search_internal_service_pb2.GetClipSpansResponse, _abc.Awaitable[_search_internal_service_pb2.GetClipSpansResponse]]:
+        """Returns the spans of clips (the pipeline cuts compilations from them):
+        those of one owner's, or anyone's when no owner is given. A clip that
+        does not exist or is another owner's is left out of the answer.
         """
 
 def add_SearchInternalServiceServicer_to_server(servicer: SearchInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
