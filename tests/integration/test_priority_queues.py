@@ -60,6 +60,16 @@ def _worker(redis_url: str, queue_name: str, recorder: Recorder, *, burst: bool,
                         handle_signals=False)
 
 
+async def _stop(worker: Worker, running: asyncio.Task[None]) -> None:
+    """Stop a live worker: its loop, then the job it may be running (cancelled with the loop or finished), then its
+    connections. The job tasks are awaited here, so ``close`` does not gather a cancelled one again and raise."""
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()
+    await worker.close()
+
+
 @pytest.fixture
 async def queue_of(redis_url: str) -> AsyncIterator:  # type: ignore[type-arg]
     made: list[ArqJobQueue] = []
@@ -112,8 +122,7 @@ async def test_a_busy_worker_takes_a_high_job_at_its_next_free_slot(redis_url: s
             await _enqueue(queue, "high", "HIGH")
             await asyncio.wait_for(running, 10)
         finally:
-            running.cancel()
-            await worker.close()
+            await _stop(worker, running)
         assert recorder.ran.index("high") == expected, (worker_class.__name__, recorder.ran)
 
 
@@ -137,9 +146,7 @@ async def test_a_batch_backlog_moves_while_standard_work_keeps_arriving(redis_ur
             await asyncio.sleep(0.05)
         ran = list(recorder.ran)
     finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await worker.close()
+        await _stop(worker, running)
     batch = [i for i, name in enumerate(ran) if name.startswith("batch")]
     assert len(batch) == 4, ran  # the whole backlog ran while standard work was still arriving
     assert ran[0].startswith("standard")  # standard first, as long as the backlog was young
