@@ -22,7 +22,14 @@ from services.common.principal import Principal
 from services.common.queue import DEFAULT_PRIORITY, JobQueue, enqueue_or_leave_to_sweep, queue_key
 from services.media.layout import compilation_prefix
 from services.pipeline.ports import ClipSources, Compilations, Jobs, VideoCatalog
-from services.pipeline.records import ClipRequest, Compilation, CompilationOptions, CompilationPiece, Job
+from services.pipeline.records import (
+    ClipRequest,
+    Compilation,
+    CompilationOptions,
+    CompilationPiece,
+    Job,
+    VideoSource,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,11 @@ class CompilationControl:
         pieces = await self._spans(caller, requested)
         check_pieces(pieces)
         options = check_options(options, pieces)
+        sources: dict[uuid.UUID, VideoSource] = {}  # one ingest call per video, however many spans it gives
         for i, piece in enumerate(pieces):
-            await self._check_video(caller, i, piece)
+            if piece.video_id not in sources:
+                sources[piece.video_id] = await self._catalog.source(piece.video_id)  # NOT_FOUND: no such video
+            self._check_video(caller, i, piece, sources[piece.video_id])
         compilation_id = uuid.uuid4()
         job_id = job_id_for(compilation_id, 1)
         job = Job(job_id, None, "QUEUED", max_attempts=self._max_attempts, queue_key=queue_key(job_id),
@@ -139,8 +149,9 @@ class CompilationControl:
             pieces.append(CompilationPiece(span.video_id, start, end, clip_id=r.clip_id))
         return pieces
 
-    async def _check_video(self, caller: Principal, i: int, piece: CompilationPiece) -> None:
-        source = await self._catalog.source(piece.video_id)  # NOT_FOUND when it does not exist
+    @staticmethod
+    def _check_video(caller: Principal, i: int, piece: CompilationPiece, source: VideoSource) -> None:
+        """The span is inside a video the caller may use (another user's is NOT_FOUND, as one that does not exist)."""
         if not caller.is_admin and source.owner_id != caller.user_id:
             raise NotFound(f"video {piece.video_id} not found", reason="VIDEO_NOT_FOUND",
                            metadata={"name": video_name(piece.video_id)})
